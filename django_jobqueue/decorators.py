@@ -1,0 +1,223 @@
+"""``@job``: turn a module-level function into something you can enqueue."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from . import conf
+from .exceptions import InvalidJobError
+from .handles import JobHandle
+from .options import (
+    check_group,
+    check_options,
+    check_positive_int,
+    check_priority,
+    check_queue,
+    resolve_run_after,
+)
+from .registry import registry
+from .serialization import check_call
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class JobFunction(Generic[P, R]):
+    """A registered job. Call it to run inline; ``enqueue()`` it to run on a worker.
+
+    Frozen: ``using(...)`` returns a copy with other options and validates them first.
+    ``None`` options take their value from the ``JOBQUEUE`` setting when the job is enqueued.
+    """
+
+    func: Callable[P, R]
+    name: str
+    queue: str | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    result_ttl: int | None = None
+    job_id: str | None = None
+    run_after: timedelta | datetime | None = None
+    group: str | None = None
+    timeout: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, without the queue."""
+        return self.func(*args, **kwargs)
+
+    def using(self, **options: Any) -> JobFunction[P, R]:
+        """Return a copy with other options: job_id, queue, priority, run_after, group,
+        max_attempts, result_ttl, timeout. Unknown options and bad values raise
+        ``InvalidJobError`` here, before anything is written."""
+        return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+
+    # -- producing ----------------------------------------------------------------------
+
+    def _row(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        now: datetime,
+        notify: bool,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        from .producing import new_job_id
+
+        call_args, call_kwargs = check_call(args, kwargs)
+        settings = conf.get_settings()
+        return {
+            "job_id": job_id or self.job_id or new_job_id(),
+            "name": self.name,
+            "queue": self.queue or settings["DEFAULT_QUEUE"],
+            "args": call_args,
+            "kwargs": call_kwargs,
+            "priority": self.priority,
+            "group": self.group,
+            "run_after": resolve_run_after(self.run_after, now),
+            "max_attempts": self.max_attempts or settings["MAX_ATTEMPTS"],
+            "result_ttl": (
+                self.result_ttl if self.result_ttl is not None else settings["RESULT_TTL"]
+            ),
+            "notify": notify,
+            "enqueued_at": now,
+        }
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Queue one run and return its handle at once.
+
+        Inside ``transaction.atomic()`` the job is written in that transaction: it runs if
+        the transaction commits and never existed if it rolls back.
+        """
+        from .producing import enqueue_rows
+
+        return enqueue_rows([self._row(args, kwargs, timezone.now(), notify=False)])[0]
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Async twin of :meth:`enqueue`."""
+        row = self._row(args, kwargs, timezone.now(), notify=False)  # validate in the caller
+        from .producing import enqueue_rows
+
+        return (await sync_to_async(enqueue_rows)([row]))[0]
+
+    def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
+        """Queue one run per item of ``calls`` in one statement per 1,000 jobs.
+
+        Each item is a tuple or list of positional arguments, or a dict of keyword
+        arguments. Every item is validated before anything is written. With a fixed
+        ``job_id`` option each job gets ``"<job_id>-<index>"``; otherwise fresh ids.
+        """
+        from .producing import enqueue_rows
+
+        now = timezone.now()
+        rows = []
+        for index, call in enumerate(calls):
+            if isinstance(call, Mapping):
+                args, kwargs = (), call
+            elif isinstance(call, list | tuple):
+                args, kwargs = call, {}
+            else:
+                raise InvalidJobError(
+                    f"enqueue_many() item {index} is a {type(call).__name__}; pass a tuple or "
+                    "list of positional arguments or a dict of keyword arguments per job."
+                )
+            job_id = f"{self.job_id}-{index}" if self.job_id else None
+            rows.append(self._row(args, kwargs, now, notify=False, job_id=job_id))
+        return enqueue_rows(rows) if rows else []
+
+    def enqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Queue one run (or join the existing run of the same ``job_id``) and return its result.
+
+        Subscribes to the job's "finished" notification before the job is written. Raises
+        ``JobTimeoutError`` after ``timeout`` seconds (default ``WAIT_TIMEOUT``; the job keeps
+        running), ``JobFailedError`` if it fails for good, and ``JobQueueError`` inside
+        ``transaction.atomic()``, where workers could not see the job until commit.
+        """
+        from .waiting import enqueue_and_wait
+
+        return enqueue_and_wait(self, args, kwargs)
+
+    async def aenqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Async twin of :meth:`enqueue_and_wait`: no thread and no database connection is
+        held while waiting."""
+        from .waiting import aenqueue_and_wait
+
+        return await aenqueue_and_wait(self, args, kwargs)
+
+
+@overload
+def job(func: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+
+@overload
+def job(
+    *,
+    name: str | None = ...,
+    queue: str | None = ...,
+    priority: int = ...,
+    max_attempts: int | None = ...,
+    result_ttl: int | None = ...,
+) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+
+def job(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    result_ttl: int | None = None,
+) -> Any:
+    """Register a module-level function (sync or ``async def``) as a job.
+
+    ``@job`` names it ``"<module>.<function>"``; ``@job(name=..., queue=..., priority=...,
+    max_attempts=..., result_ttl=...)`` sets its defaults. Options left as None follow the
+    ``JOBQUEUE`` setting when the job is enqueued.
+    """
+
+    def decorate(function: Callable[..., Any]) -> JobFunction[Any, Any]:
+        if not callable(function):
+            raise InvalidJobError(f"@job decorates a function, not {function!r}.")
+        qualname = getattr(function, "__qualname__", "")
+        if name is None and ("<locals>" in qualname or "<lambda>" in qualname):
+            raise InvalidJobError(
+                f"@job needs a module-level function, but {qualname} is defined inside "
+                "another function: a worker could not find it. Move it to a module "
+                "(myapp/jobs.py) or pass @job(name=...)."
+            )
+        job_name = name if name is not None else f"{function.__module__}.{qualname}"
+        if not isinstance(job_name, str) or not job_name or len(job_name) > 200:
+            raise InvalidJobError(f"A job name must be 1 to 200 characters, not {job_name!r}.")
+        definition = JobFunction(
+            func=function,
+            name=job_name,
+            queue=check_queue(queue) if queue is not None else None,
+            priority=check_priority(priority),
+            max_attempts=(
+                check_positive_int("max_attempts", max_attempts, 1)
+                if max_attempts is not None
+                else None
+            ),
+            result_ttl=(
+                check_positive_int("result_ttl", result_ttl, 0) if result_ttl is not None else None
+            ),
+            group=check_group(None),
+        )
+        registry.register(definition)
+        return definition
+
+    if func is not None:
+        return decorate(func)
+    return decorate

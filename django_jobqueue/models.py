@@ -1,0 +1,174 @@
+"""Jobs, their results and dead letters, stored in the project's own database.
+
+Which index serves which query (names as in the migration):
+
+* ``djq_claim_any``  ``(priority DESC, id) WHERE status='queued'``: the claim query of a
+  worker that serves every queue (``runjobworker`` with no ``--queue``).
+* ``djq_claim_queue`` ``(queue, priority DESC, id) WHERE status='queued'``: the claim query
+  of a worker started with ``--queue``; one index range scan per queue.
+* ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
+  NULL``: "is an earlier job of this group still queued or running?" in the claim query.
+* ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
+* ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed')``: pruning results.
+* the unique index on ``job_id``: deduplication and ``get_job()``.
+
+The partial indexes only hold the rows they serve, so they stay small when millions of
+finished jobs wait to be pruned, and a claim is an index range scan however long the
+backlog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .options import JOB_ID_MAX_LENGTH
+from .querysets import DeadLetterQuerySet, JobQuerySet
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+FINISHED = (Status.COMPLETED, Status.FAILED)
+
+
+class Job(models.Model):
+    """One run of a job: its arguments, its place in the queue and its lease.
+
+    ``id`` is an internal sequence (it orders a group's jobs); ``job_id`` is the public,
+    unique id users pass to ``using(job_id=...)`` and ``get_job()``.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH, unique=True)
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    priority = models.IntegerField(default=0)
+    group = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no group
+    run_after = models.DateTimeField(null=True, blank=True, help_text="Empty: run at once.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField()
+    result_ttl = models.PositiveIntegerField(help_text="Seconds the outcome is kept.")
+    notify = models.BooleanField(
+        default=False, help_text="Someone waits for this job: send 'finished' when it ends."
+    )
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(
+                models.F("priority").desc(),
+                "id",
+                name="djq_claim_any",
+                condition=Q(status="queued"),
+            ),
+            models.Index(
+                "queue",
+                models.F("priority").desc(),
+                "id",
+                name="djq_claim_queue",
+                condition=Q(status="queued"),
+            ),
+            models.Index(
+                fields=["group", "id"],
+                name="djq_group_active",
+                condition=Q(status__in=["queued", "running"], group__isnull=False),
+            ),
+            models.Index(
+                fields=["lease_expires_at"], name="djq_lease", condition=Q(status="running")
+            ),
+            models.Index(
+                fields=["expires_at"],
+                name="djq_expiry",
+                condition=Q(status__in=["completed", "failed"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.job_id
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds between the last start and the finish, if both happened."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    def is_expired(self, now: Any = None) -> bool:
+        """True once a finished job's outcome is past its ``result_ttl``."""
+        return (
+            self.status in FINISHED
+            and self.expires_at is not None
+            and self.expires_at <= (now or timezone.now())
+        )
+
+
+class JobResult(models.Model):
+    """The outcome of a finished job: its return value, or its last error and traceback."""
+
+    job = models.OneToOneField(
+        Job, primary_key=True, on_delete=models.CASCADE, related_name="outcome"
+    )
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"result of {self.job_id}"
+
+
+class DeadLetter(models.Model):
+    """A job that failed ``max_attempts`` times (or could not run at all), kept for an operator.
+
+    It outlives the job's ``result_ttl``; requeueing it runs the job again with the same id
+    and arguments and deletes the dead letter, in one transaction.
+    """
+
+    job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH, db_index=True)
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    priority = models.IntegerField(default=0)
+    group = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no group
+    max_attempts = models.PositiveIntegerField()
+    result_ttl = models.PositiveIntegerField()
+    attempts = models.PositiveIntegerField()
+    error = models.TextField()
+    traceback = models.TextField(blank=True, default="")
+    enqueued_at = models.DateTimeField()
+    failed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = DeadLetterQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-failed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.name})"
+
+    @property
+    def error_summary(self) -> str:
+        """The last line of the error, for list displays."""
+        lines = self.error.strip().splitlines()
+        return lines[-1] if lines else ""

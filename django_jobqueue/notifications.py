@@ -1,0 +1,440 @@
+"""Notifications over the channel layer: hints that make waiting and waking fast.
+
+One process-wide :class:`Hub` owns a background thread with a long-lived event loop (the
+channel layer's connections are per event loop, so ``async_to_sync`` per call would pay a new
+connection each time). It multiplexes every waiter of the process over one channel:
+
+* "finished": a worker ``group_send``s to the job's group (a hash of the job id, so any id
+  works); waiters ``group_add`` the process channel to that group *before* the job is written.
+* "work available": producers ``send`` to the plain channel ``djq.work.<queue>`` on commit;
+  a plain channel is popped by exactly one receiver, so one new job wakes one idle worker.
+
+The database stays the truth. Every layer call is bounded by ``NOTIFY_TIMEOUT``; a failure
+logs one warning, switches the hub to "degraded" for a few seconds (calls are skipped, callers
+poll the database) and it tries again after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from . import conf
+
+logger = logging.getLogger("django_jobqueue")
+
+FINISHED_TYPE = "jobqueue.finished"
+WORK_TYPE = "jobqueue.work"
+DEGRADED_RETRY = 5.0
+
+
+def group_for(job_id: str) -> str:
+    """The channel-layer group of a job's waiters: valid whatever the id's characters."""
+    return "djq.done." + hashlib.blake2b(job_id.encode(), digest_size=16).hexdigest()
+
+
+def work_channel(queue: str) -> str:
+    """The plain channel idle workers of ``queue`` receive "work available" on."""
+    if len(queue) <= 80:
+        return f"djq.work.{queue}"
+    return "djq.work." + hashlib.blake2b(queue.encode(), digest_size=16).hexdigest()
+
+
+class Waiter:
+    """Something waiting for one job; ``notify()`` is called from the hub's thread."""
+
+    def notify(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadWaiter(Waiter):
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def notify(self) -> None:
+        self.event.set()
+
+
+class AsyncWaiter(Waiter):
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:
+        self.loop.call_soon_threadsafe(self.event.set)
+
+
+class Hub:
+    """The process's link to the channel layer. Use :func:`hub` to get it."""
+
+    def __init__(self, alias: str | None) -> None:
+        self.alias = alias
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._degraded_until = 0.0
+        self._degraded = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._layer: Any = None
+        self._channel: str | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._waking: set[str] = set()
+        self._wake_again: set[str] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        if alias is not None:
+            self._layer = self._make_layer(alias)
+        if self._layer is not None:
+            self._loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=self._loop.run_forever, name="django-jobqueue-notifications", daemon=True
+            )
+            thread.start()
+
+    @staticmethod
+    def _make_layer(alias: str) -> Any:
+        from channels.layers import get_channel_layer
+
+        try:
+            return get_channel_layer(alias)
+        except Exception as exc:
+            logger.warning(
+                "notifications off: channel layer %r could not be made (%s); waiters and "
+                "workers poll the database",
+                alias,
+                exc,
+            )
+            return None
+
+    @property
+    def enabled(self) -> bool:
+        """True when a channel layer is configured (it may still be degraded)."""
+        return self._layer is not None
+
+    @property
+    def available(self) -> bool:
+        """True when notifications can be relied on right now (configured, not degraded)."""
+        return self._layer is not None and time.monotonic() >= self._degraded_until
+
+    # -- running coroutines on the hub's loop --------------------------------------------
+
+    def _submit(self, coro: Awaitable[Any]) -> Future[Any] | None:
+        if self._loop is None:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            return None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    def _fire(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` on the hub's loop without waiting for it."""
+        self._submit(coro)
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> bool:
+        """Run one layer call, bounded in time; False (and degraded) if it failed."""
+        if time.monotonic() < self._degraded_until:
+            return False
+        try:
+            await asyncio.wait_for(make(), timeout=conf.get("NOTIFY_TIMEOUT"))
+        except Exception as exc:
+            if _is_channel_full(exc):
+                logger.debug("notification dropped: %s channel is full", what)
+                return True
+            self._degrade(what, exc)
+            return False
+        self._recovered()
+        return True
+
+    def _degrade(self, what: str, exc: BaseException) -> None:
+        self._degraded_until = time.monotonic() + DEGRADED_RETRY
+        if not self._degraded:
+            self._degraded = True
+            logger.warning(
+                "notifications degraded: %s on channel layer %r failed (%s: %s); falling back "
+                "to polling the database every POLL_INTERVAL, retrying in %gs",
+                what,
+                self.alias,
+                type(exc).__name__,
+                exc,
+                DEGRADED_RETRY,
+            )
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            logger.warning("notifications restored: channel layer %r answers again", self.alias)
+
+    # -- waiters ---------------------------------------------------------------------------
+
+    def subscribe(self, job_id: str, waiter: Waiter) -> bool:
+        """Register ``waiter`` for ``job_id`` and join the job's group; block at most
+        ``NOTIFY_TIMEOUT``. True when notifications are live, False when the caller must
+        rely on polling."""
+        first = self._add_waiter(job_id, waiter)
+        future = self._submit(self._join(job_id)) if first else None
+        if future is None:
+            return self.available
+        try:
+            return bool(future.result(timeout=conf.get("NOTIFY_TIMEOUT") + 0.5))
+        except FutureTimeout:
+            return False
+
+    async def asubscribe(self, job_id: str, waiter: Waiter) -> bool:
+        """Async twin of :meth:`subscribe`: awaits without holding a thread."""
+        first = self._add_waiter(job_id, waiter)
+        future = self._submit(self._join(job_id)) if first else None
+        if future is None:
+            return self.available
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    asyncio.wrap_future(future), timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
+                )
+            )
+        except TimeoutError:
+            return False
+
+    def unsubscribe(self, job_id: str, waiter: Waiter) -> None:
+        """Forget ``waiter``; the last local waiter of a job leaves the job's group."""
+        with self._lock:
+            waiters = self._waiters.get(job_id)
+            if waiters is None:
+                return
+            waiters.discard(waiter)
+            if waiters:
+                return
+            del self._waiters[job_id]
+        self._fire(self._leave(job_id))
+
+    def _add_waiter(self, job_id: str, waiter: Waiter) -> bool:
+        with self._lock:
+            waiters = self._waiters.setdefault(job_id, set())
+            waiters.add(waiter)
+            return len(waiters) == 1
+
+    async def _join(self, job_id: str) -> bool:
+        channel = await self._process_channel()
+        if channel is None:
+            return False
+        return await self._call(
+            "group_add", lambda: self._layer.group_add(group_for(job_id), channel)
+        )
+
+    async def _leave(self, job_id: str) -> None:
+        if self._channel is None:
+            return
+        with self._lock:
+            if job_id in self._waiters:  # a new waiter came meanwhile and relies on the group
+                return
+        await self._call(
+            "group_discard", lambda: self._layer.group_discard(group_for(job_id), self._channel)
+        )
+
+    async def _process_channel(self) -> str | None:
+        if self._channel is None:
+            try:
+                self._channel = await asyncio.wait_for(
+                    self._layer.new_channel(), timeout=conf.get("NOTIFY_TIMEOUT")
+                )
+            except Exception as exc:
+                self._degrade("new_channel", exc)
+                return None
+            self._receiver = asyncio.ensure_future(self._receive_loop(self._channel))
+        return self._channel
+
+    async def _receive_loop(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self._layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._degrade("receive", exc)
+                await asyncio.sleep(min(DEGRADED_RETRY, conf.get("POLL_INTERVAL")))
+                continue
+            if message.get("type") == FINISHED_TYPE:
+                self._deliver(str(message.get("job_id")))
+
+    def _deliver(self, job_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(job_id, ()))
+        for waiter in waiters:
+            waiter.notify()
+
+    # -- workers and producers -------------------------------------------------------------
+
+    def job_finished(self, job_ids: Iterable[str]) -> None:
+        """Tell the waiters of ``job_ids`` (in any process) that the jobs finished."""
+        if self._loop is not None and self.available:
+            self._fire(self._send_finished(list(job_ids)))
+
+    async def _send_finished(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            message = {"type": FINISHED_TYPE, "job_id": job_id}
+            if not await self._call(
+                "group_send", lambda m=message, j=job_id: self._layer.group_send(group_for(j), m)
+            ):
+                return
+
+    def wake_workers(self, queues: Iterable[str]) -> None:
+        """Wake one idle worker of each of ``queues`` (coalesced while a wake-up is in flight)."""
+        if self._loop is not None and self.available:
+            self._loop.call_soon_threadsafe(self._wake_many, list(queues))
+
+    def _wake_many(self, queues: list[str]) -> None:
+        for queue in queues:
+            if queue in self._waking:
+                self._wake_again.add(queue)
+            else:
+                self._waking.add(queue)
+                task = asyncio.ensure_future(self._wake(queue))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _wake(self, queue: str) -> None:
+        try:
+            while True:
+                self._wake_again.discard(queue)
+                await self._call(
+                    "send", lambda: self._layer.send(work_channel(queue), {"type": WORK_TYPE})
+                )
+                if queue not in self._wake_again:
+                    return
+        finally:
+            self._waking.discard(queue)
+
+    def listen_for_work(
+        self, queues: Callable[[], Iterable[str]], on_work: Callable[[], None], idle: IdleFlag
+    ) -> None:
+        """Call ``on_work()`` (from the hub's thread) when a "work available" message for one
+        of ``queues()`` arrives; only receive while ``idle`` is set, so busy workers leave
+        wake-ups to idle ones."""
+        if self._loop is None:
+            return
+        idle.bind(self._loop)
+        self._fire(self._listen(queues, on_work, idle))
+
+    async def _listen(
+        self, queues: Callable[[], Iterable[str]], on_work: Callable[[], None], idle: IdleFlag
+    ) -> None:
+        listening: dict[str, asyncio.Task[None]] = {}
+        while True:
+            for queue in queues():
+                if queue not in listening:
+                    listening[queue] = asyncio.ensure_future(
+                        self._listen_one(work_channel(queue), on_work, idle)
+                    )
+            await asyncio.sleep(1.0)
+
+    async def _listen_one(self, channel: str, on_work: Callable[[], None], idle: IdleFlag) -> None:
+        while True:
+            await idle.wait()
+            if time.monotonic() < self._degraded_until:
+                await asyncio.sleep(DEGRADED_RETRY)
+                continue
+            try:
+                await self._layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._degrade("receive", exc)
+                continue
+            self._recovered()
+            on_work()
+
+    def close(self) -> None:
+        """Stop the hub's loop (used by tests and at worker exit)."""
+        if self._loop is not None:
+            loop = self._loop
+            self._loop = None
+
+            async def shutdown() -> None:
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                close = getattr(self._layer, "close_pools", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):  # best effort on the way out
+                        await asyncio.wait_for(close(), timeout=1.0)
+                loop.stop()
+
+            asyncio.run_coroutine_threadsafe(shutdown(), loop)
+
+
+class IdleFlag:
+    """A flag the worker's thread sets and clears and the hub's loop can await."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+        def make() -> None:
+            self._event = asyncio.Event()
+            if self._set:
+                self._event.set()
+
+        loop.call_soon_threadsafe(make)
+
+    def set(self, value: bool) -> None:
+        if value == self._set:
+            return
+        self._set = value
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply)
+
+    def _apply(self) -> None:
+        if self._event is not None:
+            if self._set:
+                self._event.set()
+            else:
+                self._event.clear()
+
+    async def wait(self) -> None:
+        while self._event is None:
+            await asyncio.sleep(0.01)
+        await self._event.wait()
+
+
+def _is_channel_full(exc: BaseException) -> bool:
+    from channels.exceptions import ChannelFull
+
+    return isinstance(exc, ChannelFull)
+
+
+_hub: Hub | None = None
+_hub_lock = threading.Lock()
+
+
+def hub() -> Hub:
+    """The process's hub for the layer named by ``JOBQUEUE["CHANNEL_LAYER"]``."""
+    global _hub
+    alias = conf.get("CHANNEL_LAYER")
+    current = _hub
+    if current is not None and current.pid == os.getpid() and current.alias == alias:
+        return current
+    with _hub_lock:
+        if _hub is None or _hub.pid != os.getpid() or _hub.alias != alias:
+            if _hub is not None and _hub.pid == os.getpid():
+                _hub.close()
+            _hub = Hub(alias)
+        return _hub
+
+
+def reset_hub() -> None:
+    """Close the hub; the next :func:`hub` call makes a new one (tests, settings changes)."""
+    global _hub
+    with _hub_lock:
+        if _hub is not None and _hub.pid == os.getpid():
+            _hub.close()
+        _hub = None

@@ -1,0 +1,165 @@
+"""Validation of job options, shared by ``@job(...)`` and ``.using(...)``.
+
+Every check runs at the call site, before anything is written, and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from .exceptions import InvalidJobError
+
+JOB_ID_MAX_LENGTH = 255
+USING_OPTIONS = (
+    "job_id",
+    "queue",
+    "priority",
+    "run_after",
+    "group",
+    "max_attempts",
+    "result_ttl",
+    "timeout",
+)
+_QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_INT32 = 2**31 - 1
+
+
+def _has_control(value: str) -> bool:
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+
+
+def unknown_options(given: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        if close:
+            hints.append(f"{name!r} (did you mean {close[0]!r}?)")
+        else:
+            hints.append(repr(name))
+    raise InvalidJobError(
+        f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for {where}; "
+        f"valid options are: {', '.join(valid)}."
+    )
+
+
+def check_job_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidJobError(f"job_id must be a str, not {type(value).__name__}: {value!r}.")
+    if not value or len(value) > JOB_ID_MAX_LENGTH:
+        raise InvalidJobError(
+            f"job_id must be 1 to {JOB_ID_MAX_LENGTH} characters long, not {len(value)}; "
+            "for long natural keys use a hash, e.g. hashlib.sha256(key.encode()).hexdigest()."
+        )
+    if value != value.strip() or _has_control(value):
+        raise InvalidJobError(
+            f"job_id {value!r} has surrounding whitespace or a control character; "
+            "use printable characters only."
+        )
+    return value
+
+
+def check_queue(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidJobError(f"queue must be a str, not {type(value).__name__}: {value!r}.")
+    if not _QUEUE_RE.fullmatch(value):
+        raise InvalidJobError(
+            f"queue {value!r} is not a valid queue name: use 1 to 100 ASCII letters, digits, "
+            "'_', '-' or '.'."
+        )
+    return value
+
+
+def check_priority(value: Any) -> int:
+    if type(value) is not int:
+        raise InvalidJobError(
+            f"priority must be an int (higher runs first), not {type(value).__name__}: {value!r}."
+        )
+    if not -_INT32 <= value <= _INT32:
+        raise InvalidJobError(f"priority must be between {-_INT32} and {_INT32}, not {value}.")
+    return value
+
+
+def check_positive_int(name: str, value: Any, minimum: int) -> int:
+    if type(value) is not int or value < minimum or value > _INT32:
+        raise InvalidJobError(f"{name} must be an int of at least {minimum}, not {value!r}.")
+    return value
+
+
+def check_group(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidJobError(f"group must be a str or None, not {type(value).__name__}.")
+    if not value or len(value) > 200 or _has_control(value):
+        raise InvalidJobError(f"group must be 1 to 200 printable characters, not {value!r}.")
+    return value
+
+
+def check_run_after(value: Any) -> timedelta | datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, datetime):
+        if timezone.is_naive(value) and _uses_tz():
+            raise InvalidJobError(
+                "run_after is a naive datetime but USE_TZ is True; pass an aware datetime "
+                "(django.utils.timezone.now() + timedelta(...)) or a timedelta."
+            )
+        return value
+    raise InvalidJobError(
+        f"run_after must be a timedelta or a datetime, not {type(value).__name__}: {value!r}."
+    )
+
+
+def check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidJobError(f"timeout must be a positive number of seconds, not {value!r}.")
+    if value != value or value == float("inf"):
+        raise InvalidJobError(f"timeout must be a finite number of seconds, not {value!r}.")
+    return float(value)
+
+
+def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> datetime | None:
+    """The absolute time a job may start; None means at once."""
+    if value is None:
+        return None
+    when = now + value if isinstance(value, timedelta) else value
+    if timezone.is_naive(when) and _uses_tz():
+        when = timezone.make_aware(when)
+    return when if when > now else None
+
+
+def _uses_tz() -> bool:
+    from django.conf import settings
+
+    return bool(settings.USE_TZ)
+
+
+CHECKS = {
+    "job_id": check_job_id,
+    "queue": check_queue,
+    "priority": check_priority,
+    "run_after": check_run_after,
+    "group": check_group,
+    "max_attempts": lambda value: check_positive_int("max_attempts", value, 1),
+    "result_ttl": lambda value: check_positive_int("result_ttl", value, 0),
+    "timeout": check_timeout,
+}
+
+
+def check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate ``using()`` options; return them unchanged or raise :class:`InvalidJobError`."""
+    unknown_options(options, USING_OPTIONS, where)
+    return {name: CHECKS[name](value) for name, value in options.items()}

@@ -1,0 +1,113 @@
+"""Putting jobs in the queue: one INSERT per batch, deduplicated by job id.
+
+The deduplication table of the design, enqueue side: an id that is queued or running, or
+finished within its ``result_ttl``, is not run again (the caller gets a handle to it); an id
+finished past its ``result_ttl`` is replaced by a new run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import router, transaction
+from django.utils import timezone
+
+from . import signals
+from .exceptions import JobQueueError
+from .handles import JobHandle
+from .models import ACTIVE, Job
+
+_REPLACE_ROUNDS = 5
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def enqueue_rows(rows: Sequence[dict[str, Any]], *, notify: bool = False) -> list[JobHandle]:
+    """Insert ``rows`` (as built by ``JobFunction``) and return one handle per row, in order.
+
+    With ``notify`` the jobs are marked as waited for, including existing active ones.
+    Workers of the jobs' queues are woken when the caller's transaction commits (at once
+    outside a transaction).
+    """
+    using = router.db_for_write(Job)
+    now = timezone.now()
+    handles: dict[str, JobHandle] = {}
+    pending = list(rows)
+    for _round in range(_REPLACE_ROUNDS):
+        inserted = Job.objects.using(using).insert_new(pending)
+        rest = []
+        for row in pending:
+            if row["job_id"] in inserted:
+                handles[row["job_id"]] = JobHandle(
+                    row["job_id"],
+                    name=row["name"],
+                    queue=row["queue"],
+                    status="queued",
+                    created=True,
+                    enqueued_at=row["enqueued_at"],
+                )
+            elif row["job_id"] not in handles:
+                rest.append(row)
+        if not rest:
+            break
+        pending = _resolve_existing(rest, handles, using=using, notify=notify, now=now)
+        if not pending:
+            break
+    else:
+        raise JobQueueError(
+            f"Could not enqueue {len(pending)} job(s) after {_REPLACE_ROUNDS} attempts: their "
+            "ids kept being replaced by concurrent producers. Nothing was written for them."
+        )
+    queues = {row["queue"] for row in rows if handles[row["job_id"]].created}
+    if queues:
+        transaction.on_commit(lambda: _after_commit(queues), using=using)
+    if signals.job_enqueued.has_listeners():
+        for row in rows:
+            handle = handles[row["job_id"]]
+            if handle.created:
+                signals.job_enqueued.send(sender=Job, handle=handle)
+    return [handles[row["job_id"]] for row in rows]
+
+
+def _resolve_existing(
+    rows: list[dict[str, Any]],
+    handles: dict[str, JobHandle],
+    *,
+    using: str,
+    notify: bool,
+    now: Any,
+) -> list[dict[str, Any]]:
+    """Hand out existing jobs; delete the expired ones and return their rows to insert again."""
+    existing = {
+        job.job_id: job
+        for job in Job.objects.using(using)
+        .select_related("outcome")
+        .filter(job_id__in=[row["job_id"] for row in rows])
+    }
+    again: list[dict[str, Any]] = []
+    expired: list[int] = []
+    for row in rows:
+        job = existing.get(row["job_id"])
+        if job is None:  # pruned or replaced between our INSERT and SELECT
+            again.append(row)
+        elif job.is_expired(now):
+            expired.append(job.pk)
+            again.append(row)
+        else:
+            subscribe = notify and job.status in ACTIVE and not job.notify
+            if subscribe and not Job.objects.using(using).subscribe(job.job_id):
+                job.refresh_from_db(using=using)  # it finished meanwhile
+            handles[row["job_id"]] = JobHandle.from_job(job)
+    if expired:
+        Job.objects.using(using).filter(pk__in=expired).expired_results(now).delete()
+    return again
+
+
+def _after_commit(queues: set[str]) -> None:
+    from .notifications import hub
+
+    hub().wake_workers(queues)

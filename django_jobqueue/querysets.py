@@ -1,0 +1,322 @@
+"""Query verbs for jobs: the hot path of producers and workers.
+
+Claiming, completing and renewing leases are single SQL statements (``UPDATE ...
+RETURNING``) written here by hand: each costs one round trip and, outside a caller's
+transaction, one commit. Every write by a worker is fenced on ``(id, attempts)``, so a worker
+whose lease was taken over cannot overwrite the newer run's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, models
+
+if TYPE_CHECKING:
+    pass
+
+#: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
+INSERT_BATCH = 1000
+
+_INSERT_COLUMNS = (
+    "job_id",
+    "name",
+    "queue",
+    "args",
+    "kwargs",
+    "priority",
+    "group",
+    "run_after",
+    "max_attempts",
+    "result_ttl",
+    "notify",
+    "enqueued_at",
+)
+
+_CLAIM_COLUMNS = (
+    "id",
+    "job_id",
+    "name",
+    "queue",
+    "args",
+    "kwargs",
+    "attempts",
+    "max_attempts",
+    "result_ttl",
+)
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker holds the lease of; ``attempts`` is the fencing token of this run."""
+
+    id: int
+    job_id: str
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    result_ttl: int
+    group: str | None
+
+
+class _SQL:
+    """Quoted names and value adapters for one database connection."""
+
+    def __init__(self, model: type[models.Model], using: str) -> None:
+        self.connection = connections[using]
+        qn = self.connection.ops.quote_name
+        self.table = qn(model._meta.db_table)
+        self.group = qn("group")
+        self.model = model
+        self.vendor = self.connection.vendor
+
+    def prep(self, field: str, value: Any) -> Any:
+        return self.model._meta.get_field(field).get_db_prep_save(value, self.connection)
+
+    def load_json(self, field: str, value: Any) -> Any:
+        return self.model._meta.get_field(field).from_db_value(value, None, self.connection)  # type: ignore[attr-defined]
+
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def claim_returning(self, prefix: str) -> str:
+        columns = [*_CLAIM_COLUMNS, self.group]
+        return "RETURNING " + ", ".join(prefix + column for column in columns)
+
+    def pairs(self, items: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
+        """``(id, attempts) IN (...)`` for fenced writes."""
+        sql = ", ".join(["(%s, %s)"] * len(items))
+        params = [value for pair in items for value in pair]
+        return f"(id, attempts) IN ({sql})", params
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def _sql(self) -> _SQL:
+        return _SQL(self.model, self.db)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def active(self) -> JobQuerySet:
+        """Jobs that are queued or running."""
+        return self.filter(status__in=["queued", "running"])
+
+    def ready(self, now: datetime) -> JobQuerySet:
+        """Queued jobs whose ``run_after`` has passed (groups are not considered here)."""
+        return self.filter(status="queued").filter(
+            models.Q(run_after__isnull=True) | models.Q(run_after__lte=now)
+        )
+
+    def expired_leases(self, now: datetime) -> JobQuerySet:
+        """Running jobs whose worker stopped renewing the lease."""
+        return self.filter(status="running", lease_expires_at__lt=now)
+
+    def expired_results(self, now: datetime) -> JobQuerySet:
+        """Finished jobs whose outcome is past ``result_ttl``."""
+        return self.filter(status__in=["completed", "failed"], expires_at__lte=now)
+
+    # -- producing ----------------------------------------------------------------------
+
+    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert jobs, skipping any whose ``job_id`` exists; return the ``job_id`` inserted.
+
+        One ``INSERT ... ON CONFLICT (job_id) DO NOTHING RETURNING job_id`` statement per
+        :data:`INSERT_BATCH` rows, so a concurrent producer of the same id never causes an
+        IntegrityError: one of them inserts, the other sees the existing job.
+        """
+        sql = self._sql()
+        inserted: set[str] = set()
+        columns = ", ".join(
+            sql.group if column == "group" else column for column in _INSERT_COLUMNS
+        )
+        # Constant columns are literals, so a row costs len(_INSERT_COLUMNS) parameters.
+        row_sql = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ", 'queued', 0, '', '')"
+        for start in range(0, len(rows), INSERT_BATCH):
+            batch = rows[start : start + INSERT_BATCH]
+            params: list[Any] = []
+            for row in batch:
+                params.extend(sql.prep(column, row[column]) for column in _INSERT_COLUMNS)
+            statement = (
+                f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
+                f"VALUES {', '.join([row_sql] * len(batch))} "
+                "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+            )
+            inserted.update(job_id for (job_id,) in sql.execute(statement, params))
+        return inserted
+
+    def subscribe(self, job_id: str) -> int:
+        """Mark an active job as waited for (its worker will send "finished").
+
+        Returns 0 if the job is not queued or running."""
+        return self.filter(job_id=job_id, status__in=["queued", "running"]).update(notify=True)
+
+    # -- working ------------------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        queue: str | None,
+        limit: int,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` ready jobs of ``queue`` (``None``: every queue) and lease them.
+
+        Highest ``priority`` first, then enqueue order. A job with a ``group`` is taken only
+        when no earlier job of its group is queued or running, so a group runs one job at a
+        time, in order. PostgreSQL: one statement with ``FOR UPDATE SKIP LOCKED``, so workers
+        never wait on each other. SQLite: the same selection inside ``BEGIN IMMEDIATE``, which
+        serialises claimers.
+        """
+        sql = self._sql()
+        queue_filter = "AND c.queue = %s " if queue is not None else ""
+        select = (
+            f"SELECT c.id FROM {sql.table} c "
+            f"WHERE c.status = 'queued' {queue_filter}"
+            "AND (c.run_after IS NULL OR c.run_after <= %s) "
+            f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
+            f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
+            "AND g.status IN ('queued', 'running') AND g.id < c.id)) "
+            "ORDER BY c.priority DESC, c.id LIMIT %s"
+        )
+        select_params: list[Any] = [queue] if queue is not None else []
+        select_params += [sql.prep("run_after", now), limit]
+        set_params = [
+            sql.prep("started_at", now),
+            sql.prep("lease_expires_at", lease_until),
+            worker,
+        ]
+        set_sql = (
+            "SET status = 'running', attempts = attempts + 1, started_at = %s, "
+            "lease_expires_at = %s, worker = %s"
+        )
+        if sql.vendor == "postgresql":
+            rows = sql.execute(
+                f"WITH picked AS ({select} FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {sql.table} {set_sql} FROM picked WHERE {sql.table}.id = picked.id "
+                f"{sql.claim_returning(sql.table + '.')}",
+                [*select_params, *set_params],
+            )
+        else:
+            rows = self._claim_exclusive(
+                sql,
+                f"UPDATE {sql.table} {set_sql} WHERE id IN ({select}) {sql.claim_returning('')}",
+                [*set_params, *select_params],
+            )
+        claimed = [
+            ClaimedJob(
+                id=row[0],
+                job_id=row[1],
+                name=row[2],
+                queue=row[3],
+                args=sql.load_json("args", row[4]),
+                kwargs=sql.load_json("kwargs", row[5]),
+                attempts=row[6],
+                max_attempts=row[7],
+                result_ttl=row[8],
+                group=row[9],
+            )
+            for row in rows
+        ]
+        claimed.sort(key=lambda job: job.id)
+        return claimed
+
+    @staticmethod
+    def _claim_exclusive(sql: _SQL, statement: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        if sql.connection.in_atomic_block:
+            return sql.execute(statement, params)
+        with sql.connection.cursor() as cursor:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute(statement, params)
+                rows = cursor.fetchall()
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+        return rows
+
+    def finish(
+        self,
+        fenced: Sequence[tuple[int, int]],
+        *,
+        status: str,
+        now: datetime,
+        expires_at: datetime,
+        error: str = "",
+    ) -> dict[int, bool]:
+        """Mark the runs ``(id, attempts)`` finished; return ``{id: notify}`` of those still ours.
+
+        A run whose lease was taken over (its ``attempts`` moved on, or the job is no longer
+        running) is left alone and missing from the answer.
+        """
+        if not fenced:
+            return {}
+        sql = self._sql()
+        where, params = sql.pairs(fenced)
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
+            f"lease_expires_at = NULL, last_error = %s WHERE status = 'running' AND {where} "
+            "RETURNING id, notify",
+            [
+                status,
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", expires_at),
+                error,
+                *params,
+            ],
+        )
+        return {row[0]: bool(row[1]) for row in rows}
+
+    def retry(self, job_id: int, attempts: int, *, run_after: datetime, error: str) -> bool:
+        """Put a failed run back in the queue for a later attempt; False if the run is not ours."""
+        return bool(
+            self.filter(id=job_id, attempts=attempts, status="running").update(
+                status="queued",
+                run_after=run_after,
+                lease_expires_at=None,
+                last_error=error,
+                worker="",
+            )
+        )
+
+    def release(self, fenced: Sequence[tuple[int, int]]) -> int:
+        """Hand claimed-but-never-started runs back to the queue, undoing their attempt."""
+        if not fenced:
+            return 0
+        sql = self._sql()
+        where, params = sql.pairs(fenced)
+        return len(
+            sql.execute(
+                f"UPDATE {sql.table} SET status = 'queued', attempts = attempts - 1, "
+                "lease_expires_at = NULL, started_at = NULL, worker = '' "
+                f"WHERE status = 'running' AND {where} RETURNING id",
+                params,
+            )
+        )
+
+    def renew_leases(self, fenced: Sequence[tuple[int, int]], lease_until: datetime) -> set[int]:
+        """Extend the leases of the runs ``(id, attempts)``; return the ids still ours."""
+        if not fenced:
+            return set()
+        sql = self._sql()
+        where, params = sql.pairs(fenced)
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET lease_expires_at = %s WHERE status = 'running' AND {where} "
+            "RETURNING id",
+            [sql.prep("lease_expires_at", lease_until), *params],
+        )
+        return {row[0] for row in rows}
+
+
+class DeadLetterQuerySet(models.QuerySet[Any]):
+    def for_jobs(self, job_ids: Iterable[str]) -> DeadLetterQuerySet:
+        return self.filter(job_id__in=list(job_ids))

@@ -1,0 +1,192 @@
+"""Request/response over the queue: subscribe, enqueue, wait for "finished", read the database.
+
+A notification only says "look now"; the result always comes from the database, and the
+database is also polled every ``POLL_INTERVAL`` seconds, so a lost notification (or no
+channel layer at all) makes an answer slower, never wrong or missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.utils import timezone
+
+from . import conf
+from .exceptions import JobFailedError, JobQueueError, JobTimeoutError
+from .handles import JobHandle
+from .models import Job
+from .notifications import AsyncWaiter, ThreadWaiter, hub
+from .producing import enqueue_rows
+
+if TYPE_CHECKING:
+    from .decorators import JobFunction
+
+T = TypeVar("T")
+
+#: Async waiters run their few short queries here, so hundreds of them share a handful of
+#: database connections instead of holding one each while they wait.
+_DB_THREADS = 4
+_executor: ThreadPoolExecutor | None = None
+
+
+def _refuse_in_atomic(what: str) -> None:
+    using = router.db_for_write(Job)
+    connection = transaction.get_connection(using)
+    if not connection.in_atomic_block:
+        return
+    cause = ""
+    if connection.settings_dict.get("ATOMIC_REQUESTS"):
+        cause = (
+            f" DATABASES[{using!r}]['ATOMIC_REQUESTS'] is True, so every view runs in a "
+            "transaction: decorate this view with @transaction.non_atomic_requests."
+        )
+    raise JobQueueError(
+        f"{what} cannot run inside transaction.atomic(): workers cannot see the job until "
+        "the transaction commits, so the wait could only time out. Enqueue with .enqueue() "
+        "and wait after the commit (transaction.on_commit), or call it outside the atomic "
+        f"block.{cause} In tests, use TransactionTestCase or "
+        "pytest.mark.django_db(transaction=True)."
+    )
+
+
+def _timeout(value: float | None) -> float:
+    return float(value if value is not None else conf.get("WAIT_TIMEOUT"))
+
+
+def _outcome(handle: JobHandle) -> Any:
+    if handle.status == "failed":
+        raise JobFailedError(handle.id, handle.error)
+    return handle.result
+
+
+def _poll_interval(live: bool, remaining: float) -> float:
+    interval = float(conf.get("POLL_INTERVAL"))
+    return max(0.0, min(remaining, interval))
+
+
+# -- synchronous --------------------------------------------------------------------------
+
+
+def enqueue_and_wait(
+    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Any:
+    _refuse_in_atomic(f"{job.name}.enqueue_and_wait()")
+    timeout = _timeout(job.timeout)
+    deadline = time.monotonic() + timeout
+    row = job._row(args, kwargs, timezone.now(), notify=True)
+    waiter = ThreadWaiter()
+    notifier = hub()
+    live = notifier.subscribe(row["job_id"], waiter)
+    try:
+        handle = enqueue_rows([row], notify=True)[0]
+        return _wait_loop(handle, waiter, live, deadline, timeout)
+    finally:
+        notifier.unsubscribe(row["job_id"], waiter)
+
+
+def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
+    if handle.finished:
+        return _outcome(handle)
+    _refuse_in_atomic("JobHandle.wait()")
+    timeout = _timeout(timeout)
+    deadline = time.monotonic() + timeout
+    waiter = ThreadWaiter()
+    notifier = hub()
+    live = notifier.subscribe(handle.id, waiter)
+    try:
+        Job.objects.subscribe(handle.id)
+        handle.refresh()
+        return _wait_loop(handle, waiter, live, deadline, timeout)
+    finally:
+        notifier.unsubscribe(handle.id, waiter)
+
+
+def _wait_loop(
+    handle: JobHandle, waiter: ThreadWaiter, live: bool, deadline: float, timeout: float
+) -> Any:
+    while not handle.finished:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeoutError(handle.id, timeout)
+        waiter.event.wait(_poll_interval(live, remaining))
+        waiter.event.clear()
+        handle.refresh()
+    return _outcome(handle)
+
+
+# -- asynchronous -------------------------------------------------------------------------
+
+
+def _db(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(_DB_THREADS, thread_name_prefix="django-jobqueue-db")
+    return asyncio.get_running_loop().run_in_executor(_executor, _retrying, function, *args)
+
+
+def _retrying(function: Callable[..., T], *args: Any) -> T:
+    """Run ``function`` in an executor thread whose connection persists between calls; on a
+    broken connection reconnect and try once more (every call here is idempotent)."""
+    try:
+        return function(*args)
+    except (OperationalError, InterfaceError):
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+        return function(*args)
+
+
+async def aenqueue_and_wait(
+    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Any:
+    timeout = _timeout(job.timeout)
+    deadline = time.monotonic() + timeout
+    row = job._row(args, kwargs, timezone.now(), notify=True)
+    waiter = AsyncWaiter()
+    notifier = hub()
+    live = await notifier.asubscribe(row["job_id"], waiter)
+    try:
+        handle = (await _db(enqueue_rows, [row], True))[0]
+        return await _await_loop(handle, waiter, live, deadline, timeout)
+    finally:
+        notifier.unsubscribe(row["job_id"], waiter)
+
+
+def _subscribe_and_refresh(handle: JobHandle) -> JobHandle:
+    Job.objects.subscribe(handle.id)
+    return handle.refresh()
+
+
+async def await_job(handle: JobHandle, timeout: float | None) -> Any:
+    if handle.finished:
+        return _outcome(handle)
+    timeout = _timeout(timeout)
+    deadline = time.monotonic() + timeout
+    waiter = AsyncWaiter()
+    notifier = hub()
+    live = await notifier.asubscribe(handle.id, waiter)
+    try:
+        await _db(_subscribe_and_refresh, handle)
+        return await _await_loop(handle, waiter, live, deadline, timeout)
+    finally:
+        notifier.unsubscribe(handle.id, waiter)
+
+
+async def _await_loop(
+    handle: JobHandle, waiter: AsyncWaiter, live: bool, deadline: float, timeout: float
+) -> Any:
+    while not handle.finished:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeoutError(handle.id, timeout)
+        try:
+            await asyncio.wait_for(waiter.event.wait(), _poll_interval(live, remaining))
+        except TimeoutError:
+            pass
+        waiter.event.clear()
+        await _db(handle.refresh)
+    return _outcome(handle)

@@ -1,0 +1,657 @@
+"""The worker: claim, run, renew leases, retry with backoff, dead-letter, stop cleanly.
+
+One main thread owns the worker's database connection and does every queue write: claims,
+completions (batched: whatever finished while it was busy goes in one statement), lease
+renewals, retries, dead letters and reaping of expired leases. Sync jobs run on a pool of
+``concurrency`` threads, async jobs on one event loop thread. When the database goes away the
+main thread keeps the outcomes it has not written, reconnects with backoff and writes them
+later; fencing on ``(id, attempts)`` makes a late write of a run that lost its lease a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    router,
+    transaction,
+)
+from django.utils import timezone
+
+from . import conf, signals
+from .exceptions import JobNotRegistered
+from .models import DeadLetter, Job, JobResult
+from .notifications import IdleFlag, hub
+from .querysets import ClaimedJob
+from .registry import registry
+from .serialization import check_json
+
+logger = logging.getLogger("django_jobqueue")
+
+REAP_BATCH = 100
+PRUNE_BATCH = 1000
+PRUNE_EVERY = 60.0
+#: A busy worker prefetches at most this many seconds of work (by recent job durations).
+PREFETCH_SECONDS = 0.05
+
+
+@dataclass(slots=True)
+class Outcome:
+    job: ClaimedJob
+    ok: bool
+    duration: float
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class _Timers:
+    poll: float = 0.0
+    heartbeat: float = 0.0
+    reap: float = 0.0
+    prune: float = 0.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (1-based): exponential, with jitter."""
+    base = float(conf.get("RETRY_BACKOFF"))
+    ceiling = float(conf.get("RETRY_BACKOFF_MAX"))
+    delay = min(ceiling, base * 2 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Worker:
+    """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
+
+    ``burst``: exit once nothing is ready to run and nothing is running.
+    """
+
+    def __init__(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        concurrency: int = 1,
+        burst: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.queues = list(dict.fromkeys(queues)) if queues else None
+        self.concurrency = max(1, concurrency)
+        self.burst = burst
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.using = router.db_for_write(Job)
+        self._running: dict[int, ClaimedJob] = {}
+        self._buffer: deque[ClaimedJob] = deque()
+        self._done: deque[Outcome] = deque()
+        self._wakeup = threading.Event()
+        self._work_hint = True
+        self._more_work = False
+        self._stopping = False
+        self._stop_count = 0
+        self._known_queues: set[str] = set()
+        self._avg_duration: float | None = None
+        self._idle = IdleFlag()
+        self._pool: ThreadPoolExecutor | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._db_failures = 0
+        self.processed = 0
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (or, with ``burst``, until idle); return the exit code."""
+        previous = self._install_signals()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="django-jobqueue-job")
+        notifier = hub()
+        notifier.listen_for_work(self._listen_queues, self._on_work, self._idle)
+        logger.info(
+            "worker started name=%s queues=%s concurrency=%d notifications=%s",
+            self.name,
+            ",".join(self.queues) if self.queues else "*",
+            self.concurrency,
+            "on" if notifier.enabled else "off (polling)",
+        )
+        try:
+            self._loop()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._flush_until_written()
+            if self._async_loop is not None:
+                self._async_loop.call_soon_threadsafe(self._async_loop.stop)
+            self._restore_signals(previous)
+            close_old_connections()
+            logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
+        return 0
+
+    def stop(self) -> None:
+        """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""
+        self._stopping = True
+        self._wakeup.set()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        timers = _Timers()
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic()
+            try:
+                self._flush()
+                if self._stopping:
+                    self._release_buffer()
+                    if not self._running and not self._done:
+                        return
+                else:
+                    self._periodic(now, timers)
+                    claimed_nothing = self._maybe_claim(now, timers)
+                    self._start_buffered()
+                    if (
+                        self.burst
+                        and claimed_nothing
+                        and not self._running
+                        and not self._buffer
+                        and not self._done
+                    ):
+                        return
+                self._db_failures = 0
+            except (OperationalError, InterfaceError) as exc:
+                self._database_lost(exc)
+                continue
+            self._idle.set(self._free_slots() > 0 and not self._stopping)
+            if self._done or (self._more_work and self._free_slots() > 0 and not self._stopping):
+                continue
+            self._wakeup.wait(self._sleep_for(timers))
+
+    def _sleep_for(self, timers: _Timers) -> float:
+        now = time.monotonic()
+        due = min(timers.poll, timers.heartbeat, timers.reap) - now
+        return max(0.0, min(due, float(conf.get("POLL_INTERVAL"))))
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._running) - len(self._buffer)
+
+    def _on_work(self) -> None:
+        self._work_hint = True
+        self._wakeup.set()
+
+    def _listen_queues(self) -> list[str]:
+        if self.queues is not None:
+            return self.queues
+        known = {conf.get("DEFAULT_QUEUE"), *self._known_queues}
+        known.update(job.queue for job in map(registry.get, registry.names()) if job.queue)
+        return sorted(known)
+
+    def _database_lost(self, exc: BaseException) -> None:
+        self._db_failures += 1
+        delay = min(5.0, 0.1 * 2 ** min(self._db_failures, 6))
+        logger.warning(
+            "database error in worker name=%s (%s); reconnecting in %.1fs", self.name, exc, delay
+        )
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+        self._wakeup.wait(delay)
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def _maybe_claim(self, now: float, timers: _Timers) -> bool:
+        """Claim if there is room and a reason; return True if a claim found nothing."""
+        wanted = self._free_slots() + self._prefetch()
+        if wanted <= 0 or self._free_slots() <= 0:
+            return False
+        if not (self._work_hint or self._more_work or now >= timers.poll):
+            return False
+        self._work_hint = False
+        timers.poll = now + float(conf.get("POLL_INTERVAL"))
+        claimed = self._claim(wanted)
+        self._more_work = len(claimed) >= wanted
+        for job in claimed:
+            self._known_queues.add(job.queue)
+            if job.name not in registry:
+                self._dead_letter(job, describe(JobNotRegistered(job.name)), "")
+            else:
+                self._buffer.append(job)
+        return not claimed
+
+    def _prefetch(self) -> int:
+        """Extra jobs to claim while busy: about PREFETCH_SECONDS of work, at most PREFETCH."""
+        if self._avg_duration is None or not self._running:
+            return 0
+        ceiling = int(conf.get("PREFETCH"))
+        return min(ceiling, int(PREFETCH_SECONDS / max(self._avg_duration, 1e-4)))
+
+    def _claim(self, wanted: int) -> list[ClaimedJob]:
+        now = timezone.now()
+        lease_until = now + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        jobs = Job.objects.using(self.using)
+        if self.queues is None:
+            return jobs.claim(
+                queue=None, limit=wanted, worker=self.name, now=now, lease_until=lease_until
+            )
+        claimed: list[ClaimedJob] = []
+        order = self.queues[:]
+        random.shuffle(order)
+        for queue in order:
+            if len(claimed) >= wanted:
+                break
+            claimed += jobs.claim(
+                queue=queue,
+                limit=wanted - len(claimed),
+                worker=self.name,
+                now=now,
+                lease_until=lease_until,
+            )
+        return claimed
+
+    def _release_buffer(self) -> None:
+        """Give prefetched, never-started jobs back to the queue (their attempt is undone)."""
+        if not self._buffer:
+            return
+        fenced = [(job.id, job.attempts) for job in self._buffer]
+        Job.objects.using(self.using).release(fenced)
+        self._buffer.clear()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _start_buffered(self) -> None:
+        while self._buffer and len(self._running) < self.concurrency:
+            job = self._buffer.popleft()
+            self._running[job.id] = job
+            definition = registry.get(job.name)
+            if signals.job_started.has_listeners():
+                signals.job_started.send(sender=Job, job_id=job.job_id, attempt=job.attempts)
+            if definition.is_async:
+                asyncio.run_coroutine_threadsafe(self._run_async(job), self._get_async_loop())
+            else:
+                assert self._pool is not None
+                self._pool.submit(self._run_sync, job)
+
+    def _get_async_loop(self) -> asyncio.AbstractEventLoop:
+        if self._async_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="django-jobqueue-async-jobs", daemon=True
+            ).start()
+            self._async_loop = loop
+        return self._async_loop
+
+    def _run_sync(self, job: ClaimedJob) -> None:
+        close_old_connections()
+        started = time.monotonic()
+        try:
+            result = registry.get(job.name).func(*job.args, **job.kwargs)
+            outcome = self._success(job, result, started)
+        except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
+            outcome = Outcome(
+                job,
+                False,
+                time.monotonic() - started,
+                error=describe(exc),
+                traceback=traceback.format_exc(),
+            )
+        finally:
+            close_old_connections()
+        self._report(outcome)
+
+    async def _run_async(self, job: ClaimedJob) -> None:
+        started = time.monotonic()
+        try:
+            result = await registry.get(job.name).func(*job.args, **job.kwargs)
+            outcome = self._success(job, result, started)
+        except BaseException as exc:
+            outcome = Outcome(
+                job,
+                False,
+                time.monotonic() - started,
+                error=describe(exc),
+                traceback=traceback.format_exc(),
+            )
+        self._report(outcome)
+
+    @staticmethod
+    def _success(job: ClaimedJob, result: Any, started: float) -> Outcome:
+        duration = time.monotonic() - started
+        try:
+            check_json(result, "result")
+        except Exception as exc:
+            return Outcome(
+                job,
+                False,
+                duration,
+                error=f"The job returned a value that cannot be stored: {exc}",
+                traceback=traceback.format_exc(),
+            )
+        return Outcome(job, True, duration, result=result)
+
+    def _report(self, outcome: Outcome) -> None:
+        self._done.append(outcome)
+        self._wakeup.set()
+
+    # -- writing outcomes --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write every outcome reported so far: completions in one statement per result_ttl."""
+        if not self._done:
+            return
+        outcomes: list[Outcome] = []
+        while self._done:
+            outcomes.append(self._done.popleft())
+        try:
+            self._write(outcomes)
+        except BaseException:
+            self._done.extendleft(reversed(outcomes))
+            raise
+        for outcome in outcomes:
+            self._running.pop(outcome.job.id, None)
+            duration = outcome.duration
+            self._avg_duration = (
+                duration
+                if self._avg_duration is None
+                else 0.8 * self._avg_duration + 0.2 * duration
+            )
+        self.processed += len(outcomes)
+
+    def _flush_until_written(self) -> None:
+        for _ in range(50):
+            try:
+                self._flush()
+                return
+            except (OperationalError, InterfaceError) as exc:
+                self._database_lost(exc)
+        logger.error("worker name=%s could not write %d outcomes", self.name, len(self._done))
+
+    def _write(self, outcomes: list[Outcome]) -> None:
+        now = timezone.now()
+        notify: list[str] = []
+        by_ttl: dict[int, list[Outcome]] = {}
+        for outcome in outcomes:
+            if outcome.ok:
+                by_ttl.setdefault(outcome.job.result_ttl, []).append(outcome)
+        jobs = Job.objects.using(self.using)
+        for ttl, done in by_ttl.items():
+            fenced = [(o.job.id, o.job.attempts) for o in done]
+            with_result = [o for o in done if o.result is not None]
+            expires = now + timedelta(seconds=ttl)
+            if with_result:
+                with transaction.atomic(using=self.using):
+                    mine = jobs.finish(fenced, status="completed", now=now, expires_at=expires)
+                    JobResult.objects.using(self.using).bulk_create(
+                        JobResult(job_id=o.job.id, result=o.result)
+                        for o in with_result
+                        if o.job.id in mine
+                    )
+            else:
+                mine = jobs.finish(fenced, status="completed", now=now, expires_at=expires)
+            for o in done:
+                self._log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
+                if mine.get(o.job.id):
+                    notify.append(o.job.job_id)
+        for outcome in outcomes:
+            if outcome.ok:
+                continue
+            job = outcome.job
+            if job.attempts >= job.max_attempts:
+                if self._dead_letter(job, outcome.error, outcome.traceback, outcome=outcome):
+                    notify.append(job.job_id)
+            else:
+                delay = backoff(job.attempts)
+                retried = jobs.retry(
+                    job.id,
+                    job.attempts,
+                    run_after=now + timedelta(seconds=delay),
+                    error=outcome.error,
+                )
+                self._log(
+                    outcome,
+                    f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)",
+                )
+        if notify:
+            hub().job_finished(notify)
+        if signals.job_finished.has_listeners():
+            for outcome in outcomes:
+                signals.job_finished.send(
+                    sender=Job, job_id=outcome.job.job_id, ok=outcome.ok, error=outcome.error
+                )
+
+    def _log(self, outcome: Outcome, result: str) -> None:
+        job = outcome.job
+        logger.info(
+            "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
+            job.job_id,
+            job.name,
+            job.queue,
+            job.attempts,
+            job.max_attempts,
+            outcome.duration,
+            result,
+            f" error={outcome.error!r}" if outcome.error else "",
+        )
+
+    def _dead_letter(
+        self,
+        job: ClaimedJob,
+        error: str,
+        trace: str,
+        *,
+        outcome: Outcome | None = None,
+        lease_expired_before: datetime | None = None,
+    ) -> bool:
+        """Fail the run ``job`` for good: status failed, its result row, a DeadLetter row."""
+        notify = dead_letter(
+            job, error, trace, using=self.using, lease_expired_before=lease_expired_before
+        )
+        if notify is None:
+            if outcome is not None:
+                self._log(outcome, "discarded (lease lost)")
+            return False
+        self._log(outcome or Outcome(job, False, 0.0, error=error), "dead-lettered")
+        if notify and outcome is None:
+            hub().job_finished([job.job_id])
+        self._running.pop(job.id, None)
+        return notify
+
+    # -- periodic: leases, reaping, pruning ---------------------------------------------------
+
+    def _periodic(self, now: float, timers: _Timers) -> None:
+        if now >= timers.heartbeat:
+            timers.heartbeat = now + conf.heartbeat_interval()
+            self._heartbeat()
+        if now >= timers.reap:
+            timers.reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
+            self._reap()
+        if now >= timers.prune:
+            timers.prune = now + PRUNE_EVERY
+            self._prune()
+
+    def _heartbeat(self) -> None:
+        held = [*self._running.values(), *self._buffer]
+        if not held:
+            return
+        lease_until = timezone.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        ours = Job.objects.using(self.using).renew_leases(
+            [(job.id, job.attempts) for job in held], lease_until
+        )
+        lost = [job for job in held if job.id not in ours]
+        for job in lost:
+            logger.warning(
+                "lease lost id=%s name=%s attempt=%d: another worker may run it; this run's "
+                "outcome will be discarded",
+                job.job_id,
+                job.name,
+                job.attempts,
+            )
+        if lost:
+            lost_ids = {job.id for job in lost}
+            self._buffer = deque(job for job in self._buffer if job.id not in lost_ids)
+
+    def _reap(self) -> None:
+        """Requeue (or dead-letter) running jobs whose worker stopped renewing their lease."""
+        now = timezone.now()
+        expired = list(
+            Job.objects.using(self.using)
+            .expired_leases(now)
+            .order_by("lease_expires_at")[:REAP_BATCH]
+        )
+        for row in expired:
+            job = _claimed_from(row)
+            error = (
+                f"Lease expired: the worker running attempt {job.attempts} ({row.worker or '?'}) "
+                "stopped or lost its database connection."
+            )
+            if job.attempts >= job.max_attempts:
+                self._dead_letter(job, error, "", lease_expired_before=now)
+            else:
+                requeued = (
+                    Job.objects.using(self.using)
+                    .filter(
+                        id=job.id, attempts=job.attempts, status="running", lease_expires_at__lt=now
+                    )
+                    .update(
+                        status="queued",
+                        run_after=now + timedelta(seconds=backoff(job.attempts)),
+                        lease_expires_at=None,
+                        last_error=error,
+                        worker="",
+                    )
+                )
+                if requeued:
+                    logger.warning(
+                        "lease expired id=%s name=%s attempt=%d/%d: requeued",
+                        job.job_id,
+                        job.name,
+                        job.attempts,
+                        job.max_attempts,
+                    )
+
+    def _prune(self) -> None:
+        now = timezone.now()
+        jobs = Job.objects.using(self.using)
+        ids = list(jobs.expired_results(now).values_list("id", flat=True)[:PRUNE_BATCH])
+        if ids:
+            deleted, _ = jobs.filter(id__in=ids).expired_results(now).delete()
+            logger.debug("pruned %d expired results", deleted)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_count += 1
+        if self._stop_count == 1:
+            logger.info(
+                "worker name=%s got %s: finishing %d running job(s), then exiting",
+                self.name,
+                signal.Signals(signum).name,
+                len(self._running),
+            )
+            self.stop()
+        else:
+            logger.warning(
+                "worker name=%s got %s again: exiting now; unfinished jobs run again after "
+                "their lease",
+                self.name,
+                signal.Signals(signum).name,
+            )
+            os._exit(1)
+
+
+def _claimed_from(row: Job) -> ClaimedJob:
+    return ClaimedJob(
+        id=row.pk,
+        job_id=row.job_id,
+        name=row.name,
+        queue=row.queue,
+        args=row.args,
+        kwargs=row.kwargs,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        result_ttl=row.result_ttl,
+        group=row.group,
+    )
+
+
+def dead_letter(
+    job: ClaimedJob,
+    error: str,
+    trace: str,
+    *,
+    using: str,
+    lease_expired_before: datetime | None = None,
+) -> bool | None:
+    """Fail the run ``(job.id, job.attempts)`` for good, in one transaction.
+
+    Returns None if the run is no longer ours (fenced), else whether someone waits for it.
+    """
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        rows = Job.objects.using(using).filter(id=job.id, attempts=job.attempts, status="running")
+        if lease_expired_before is not None:
+            rows = rows.filter(lease_expires_at__lt=lease_expired_before)
+        row = rows.select_for_update().first()
+        if row is None:
+            return None
+        row.status = "failed"
+        row.finished_at = now
+        row.expires_at = now + timedelta(seconds=row.result_ttl)
+        row.lease_expires_at = None
+        row.last_error = error
+        row.save(
+            update_fields=["status", "finished_at", "expires_at", "lease_expires_at", "last_error"]
+        )
+        JobResult.objects.using(using).update_or_create(
+            job=row, defaults={"error": error, "traceback": trace, "result": None}
+        )
+        letter = DeadLetter.objects.using(using).create(
+            job_id=row.job_id,
+            name=row.name,
+            queue=row.queue,
+            args=row.args,
+            kwargs=row.kwargs,
+            priority=row.priority,
+            group=row.group,
+            max_attempts=row.max_attempts,
+            result_ttl=row.result_ttl,
+            attempts=row.attempts,
+            error=error,
+            traceback=trace,
+            enqueued_at=row.enqueued_at,
+            failed_at=now,
+        )
+    if signals.job_dead_lettered.has_listeners():
+        signals.job_dead_lettered.send(sender=DeadLetter, dead_letter=letter)
+    return row.notify

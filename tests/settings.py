@@ -1,0 +1,97 @@
+"""Test settings. DATABASE_URL picks PostgreSQL (postgres://...) over the SQLite default;
+REDIS_URL picks channels_redis over the in-memory channel layer."""
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "channels",
+    "django_jobqueue",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL.startswith(("postgres://", "postgresql://")):
+    url = urlparse(DATABASE_URL)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/") or "postgres",
+            "USER": url.username or "postgres",
+            "PASSWORD": url.password or "",
+            "HOST": url.hostname or "127.0.0.1",
+            "PORT": str(url.port or 5432),
+            "TEST": {"NAME": os.environ.get("DJQ_TEST_DB_NAME", "test_django_jobqueue")},
+        }
+    }
+else:
+    _dir = Path(os.environ.get("DJQ_SQLITE_DIR", tempfile.gettempdir()))
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(_dir / "djq-tests.sqlite3"),
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            # A file, so that worker subprocesses open the same test database.
+            "TEST": {"NAME": str(_dir / f"djq-test-{os.getpid()}.sqlite3")},
+        }
+    }
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"djqtest{os.getpid()}:"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+JOBQUEUE = {
+    "LEASE_SECONDS": 2,
+    "POLL_INTERVAL": 0.1,
+    "RETRY_BACKOFF": 0.05,
+    "RETRY_BACKOFF_MAX": 0.2,
+}
+SILENCED_SYSTEM_CHECKS = ["django_jobqueue.W001"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_jobqueue": {"handlers": ["console"], "level": "INFO"}},
+}

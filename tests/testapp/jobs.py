@@ -1,0 +1,77 @@
+"""Module-level jobs used by the tests (autodiscovered, like a user's app)."""
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from django.db import connection
+
+from django_jobqueue import job
+
+
+@job
+def add(x, y):
+    return x + y
+
+
+@job
+def noop():
+    return None
+
+
+@job(queue="other")
+def other_queue(value):
+    return value
+
+
+@job
+async def async_add(x, y):
+    await asyncio.sleep(0)
+    return x + y
+
+
+@job(max_attempts=3)
+def always_fails(message="boom"):
+    raise RuntimeError(message)
+
+
+@job(max_attempts=3)
+def fails_then_succeeds(counter_path, fail_times):
+    """Fails ``fail_times`` times (counted in a file), then returns the attempt number."""
+    path = Path(counter_path)
+    attempts = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(attempts))
+    if attempts <= fail_times:
+        raise ValueError(f"failing attempt {attempts}")
+    return attempts
+
+
+@job
+def returns_unserializable():
+    return {1, 2, 3}
+
+
+@job
+def record(tag, sleep=0.0):
+    """Insert one row per execution, so tests can count executions across processes."""
+    if sleep:
+        time.sleep(sleep)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO testapp_execution (tag, pid) VALUES (%s, %s)", [tag, os.getpid()]
+        )
+    return tag
+
+
+@job
+def sleep_then_record(tag, seconds, marker_path=""):
+    """Mark that it started (a file), sleep, then record one execution."""
+    if marker_path:
+        Path(marker_path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO testapp_execution (tag, pid) VALUES (%s, %s)", [tag, os.getpid()]
+        )
+    return tag

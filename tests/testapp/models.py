@@ -1,0 +1,12 @@
+from django.db import models
+
+
+class Execution(models.Model):
+    """One row per job execution, written by the job itself."""
+
+    tag = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        app_label = "testapp"
