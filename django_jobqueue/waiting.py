@@ -8,6 +8,7 @@ channel layer at all) makes an answer slower, never wrong or missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,9 +65,8 @@ def _outcome(handle: JobHandle) -> Any:
     return handle.result
 
 
-def _poll_interval(live: bool, remaining: float) -> float:
-    interval = float(conf.get("POLL_INTERVAL"))
-    return max(0.0, min(remaining, interval))
+def _poll_interval(remaining: float) -> float:
+    return max(0.0, min(remaining, float(conf.get("POLL_INTERVAL"))))
 
 
 # -- synchronous --------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def _wait_loop(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise JobTimeoutError(handle.id, timeout)
-        waiter.event.wait(_poll_interval(live, remaining))
+        waiter.event.wait(_poll_interval(remaining))
         waiter.event.clear()
         handle.refresh()
     return _outcome(handle)
@@ -183,10 +183,8 @@ async def _await_loop(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise JobTimeoutError(handle.id, timeout)
-        try:
-            await asyncio.wait_for(waiter.event.wait(), _poll_interval(live, remaining))
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.event.wait(), _poll_interval(remaining))
         waiter.event.clear()
         await _db(handle.refresh)
     return _outcome(handle)
