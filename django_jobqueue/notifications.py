@@ -84,6 +84,7 @@ class Hub:
         self._degraded_until = 0.0
         self._degraded = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._layer: Any = None
         self._channel: str | None = None
         self._receiver: asyncio.Task[None] | None = None
@@ -94,10 +95,13 @@ class Hub:
             self._layer = self._make_layer(alias)
         if self._layer is not None:
             self._loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=self._loop.run_forever, name="django-jobqueue-notifications", daemon=True
+            self._thread = threading.Thread(
+                target=run_loop,
+                args=(self._loop,),
+                name="django-jobqueue-notifications",
+                daemon=True,
             )
-            thread.start()
+            self._thread.start()
 
     @staticmethod
     def _make_layer(alias: str) -> Any:
@@ -356,9 +360,10 @@ class Hub:
             self._loop = None
 
             async def shutdown() -> None:
-                for task in asyncio.all_tasks():
-                    if task is not asyncio.current_task():
-                        task.cancel()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 close = getattr(self._layer, "close_pools", None)
                 if close is not None:
                     with contextlib.suppress(Exception):  # best effort on the way out
@@ -366,6 +371,16 @@ class Hub:
                 loop.stop()
 
             asyncio.run_coroutine_threadsafe(shutdown(), loop)
+            if self._thread is not None:
+                self._thread.join(timeout=3.0)
+
+
+def run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 class IdleFlag:

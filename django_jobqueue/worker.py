@@ -41,7 +41,7 @@ from django.utils import timezone
 from . import conf, signals
 from .exceptions import JobNotRegistered
 from .models import DeadLetter, Job, JobResult
-from .notifications import IdleFlag, hub
+from .notifications import IdleFlag, hub, run_loop
 from .querysets import ClaimedJob
 from .registry import registry
 from .serialization import check_json
@@ -118,6 +118,7 @@ class Worker:
         self._idle = IdleFlag()
         self._pool: ThreadPoolExecutor | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_thread = threading.Thread()
         self._db_failures = 0
         self.processed = 0
 
@@ -143,8 +144,8 @@ class Worker:
             self._flush_until_written()
             if self._async_loop is not None:
                 self._async_loop.call_soon_threadsafe(self._async_loop.stop)
+                self._async_thread.join(timeout=5.0)
             self._restore_signals(previous)
-            close_old_connections()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
         return 0
 
@@ -293,9 +294,10 @@ class Worker:
     def _get_async_loop(self) -> asyncio.AbstractEventLoop:
         if self._async_loop is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(
-                target=loop.run_forever, name="django-jobqueue-async-jobs", daemon=True
-            ).start()
+            self._async_thread = threading.Thread(
+                target=run_loop, args=(loop,), name="django-jobqueue-async-jobs", daemon=True
+            )
+            self._async_thread.start()
             self._async_loop = loop
         return self._async_loop
 

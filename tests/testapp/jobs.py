@@ -5,9 +5,9 @@ import os
 import time
 from pathlib import Path
 
-from django.db import connection
 
 from django_jobqueue import job
+from tests.testapp.models import Execution
 
 
 @job
@@ -57,10 +57,7 @@ def record(tag, sleep=0.0):
     """Insert one row per execution, so tests can count executions across processes."""
     if sleep:
         time.sleep(sleep)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO testapp_execution (tag, pid) VALUES (%s, %s)", [tag, os.getpid()]
-        )
+    Execution.objects.create(tag=tag, pid=os.getpid())
     return tag
 
 
@@ -70,8 +67,5 @@ def sleep_then_record(tag, seconds, marker_path=""):
     if marker_path:
         Path(marker_path).write_text(str(os.getpid()))
     time.sleep(seconds)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO testapp_execution (tag, pid) VALUES (%s, %s)", [tag, os.getpid()]
-        )
+    Execution.objects.create(tag=tag, pid=os.getpid())
     return tag

@@ -1,0 +1,15 @@
+"""Jobs the benchmarks run: as cheap as a job can be, so the queue's own cost is what shows."""
+
+from django_jobqueue import job
+
+
+@job
+def noop() -> None:
+    """Do nothing; return None (no result row is written)."""
+    return None
+
+
+@job
+def echo(x):
+    """Return the argument (a result row is written and read back)."""
+    return x

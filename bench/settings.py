@@ -1,0 +1,101 @@
+"""Django settings for the benchmarks (``bench/run.py`` sets the environment).
+
+Environment:
+
+* ``BENCH_DB``: ``postgres`` (default) or ``sqlite``.
+* ``DATABASE_URL``: with ``postgres``, default ``postgres://postgres@127.0.0.1:5432/djq_bench``.
+* ``BENCH_SQLITE_DIR``: with ``sqlite``, the directory of the database file (default: a
+  ``djq_bench`` directory in the system temp dir). Worker subprocesses must see the same one.
+* ``BENCH_CHANNELS``: ``redis`` (default with PostgreSQL) or ``polling`` (default with SQLite:
+  ``JOBQUEUE["CHANNEL_LAYER"] = None``).
+* ``REDIS_URL``: default ``redis://127.0.0.1:6379/0``; ``BENCH_REDIS_PREFIX`` namespaces the keys
+  of one run so stale notifications of an earlier run are never received.
+* ``BENCH_POLL_INTERVAL``: ``JOBQUEUE["POLL_INTERVAL"]``; default 1.0 with Redis (the
+  library's default), 0.05 with polling.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+SECRET_KEY = "bench-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = None
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "channels",
+    "django_jobqueue",
+    "bench.benchapp",
+]
+
+BENCH_DB = os.environ.get("BENCH_DB", "postgres")
+
+if BENCH_DB == "postgres":
+    url = urlparse(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/djq_bench")
+    )
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/") or "djq_bench",
+            "USER": url.username or "postgres",
+            "PASSWORD": url.password or "",
+            "HOST": url.hostname or "127.0.0.1",
+            "PORT": str(url.port or 5432),
+        }
+    }
+elif BENCH_DB == "sqlite":
+    _dir = Path(os.environ.get("BENCH_SQLITE_DIR") or Path(tempfile.gettempdir()) / "djq_bench")
+    _dir.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(_dir / "djq_bench.sqlite3"),
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+        }
+    }
+else:
+    raise RuntimeError(f"BENCH_DB must be 'postgres' or 'sqlite', not {BENCH_DB!r}")
+
+BENCH_CHANNELS = os.environ.get("BENCH_CHANNELS") or (
+    "redis" if BENCH_DB == "postgres" else "polling"
+)
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+if BENCH_CHANNELS == "redis":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": os.environ.get("BENCH_REDIS_PREFIX", "djqbench:"),
+            },
+        }
+    }
+    _channel_layer = "default"
+    _poll = 1.0
+elif BENCH_CHANNELS == "polling":
+    CHANNEL_LAYERS = {}
+    _channel_layer = None
+    _poll = 0.05
+else:
+    raise RuntimeError(f"BENCH_CHANNELS must be 'redis' or 'polling', not {BENCH_CHANNELS!r}")
+
+JOBQUEUE = {
+    "CHANNEL_LAYER": _channel_layer,
+    "POLL_INTERVAL": float(os.environ.get("BENCH_POLL_INTERVAL") or _poll),
+}
+
+# Per-job INFO lines would cost more than a no-op job: warnings only.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_jobqueue": {"handlers": ["console"], "level": "WARNING"}},
+}

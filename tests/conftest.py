@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from django_jobqueue.notifications import reset_hub
+from django_jobqueue.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS = bool(os.environ.get("REDIS_URL"))
+POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+requires_redis = pytest.mark.skipif(not REDIS, reason="needs REDIS_URL (channels_redis)")
+requires_postgres = pytest.mark.skipif(not POSTGRES, reason="needs DATABASE_URL (PostgreSQL)")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hub() -> Iterator[None]:
+    reset_hub()
+    yield
+    reset_hub()
+
+
+@pytest.fixture
+def run_worker() -> Callable[..., Worker]:
+    """Run an in-process worker in burst mode (until nothing is ready) and return it."""
+
+    def run(**options: Any) -> Worker:
+        options.setdefault("burst", True)
+        worker = Worker(**options)
+        worker.run()
+        return worker
+
+    return run
+
+
+class WorkerProcesses:
+    """Start real ``manage.py runjobworker`` subprocesses against the test database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.tmp_path = tmp_path
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        log = self.tmp_path / f"worker-{len(self.procs)}.log"
+        full_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+            "DJQ_TEST_DB": connection.settings_dict["NAME"],
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "django", "runjobworker", "-v", "2", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        proc.log_path = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def log(proc: subprocess.Popen[str]) -> str:
+        return Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_processes(tmp_path: Path, transactional_db: Any) -> Iterator[WorkerProcesses]:
+    if connection.vendor == "sqlite" and connection.settings_dict["NAME"].startswith(
+        ("file:memorydb", ":memory:")
+    ):
+        pytest.skip("worker subprocesses need a file or server database")
+    procs = WorkerProcesses(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Threads the tests started (executor threads, asgiref's sync thread) keep connections
+    that PostgreSQL would refuse to drop the test database over; end them at the close."""
+    yield
+    if not POSTGRES:
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

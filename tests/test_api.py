@@ -1,0 +1,244 @@
+"""Producing jobs: @job, enqueue, using(), enqueue_many, bad input, transactions."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_jobqueue import (
+    InvalidJobError,
+    JobHandle,
+    JobQueueError,
+    SerializationError,
+    get_job,
+    job,
+)
+from django_jobqueue.models import Job
+from django_jobqueue.registry import registry
+from tests.testapp.jobs import add, async_add, noop, other_queue
+
+pytestmark = pytest.mark.django_db
+
+
+def test_job_is_registered_under_module_and_name():
+    assert add.name == "tests.testapp.jobs.add"
+    assert registry.get("tests.testapp.jobs.add") is add
+    assert other_queue.queue == "other"
+
+
+def test_plain_call_runs_inline_without_a_row():
+    assert add(2, 3) == 5
+    assert not Job.objects.exists()
+
+
+def test_enqueue_writes_one_queued_row():
+    handle = add.enqueue(1, y=2)
+    assert isinstance(handle, JobHandle)
+    assert handle.status == "queued" and handle.created
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.name, row.queue, row.args, row.kwargs) == ("tests.testapp.jobs.add", "default", [1], {"y": 2})
+    assert (row.max_attempts, row.result_ttl, row.priority, row.attempts) == (3, 3600, 0, 0)
+    assert row.run_after is None and row.group is None
+
+
+def test_settings_defaults_are_read_at_enqueue_time(settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "DEFAULT_QUEUE": "late", "MAX_ATTEMPTS": 7}
+    row = Job.objects.get(job_id=add.enqueue(1, 1).id)
+    assert (row.queue, row.max_attempts) == ("late", 7)
+
+
+def test_using_sets_every_option():
+    before = timezone.now()
+    handle = add.using(
+        job_id="add-1-2", queue="fast", priority=10, run_after=timedelta(seconds=30),
+        group="user:42", max_attempts=2, result_ttl=600,
+    ).enqueue(1, 2)
+    row = Job.objects.get(job_id="add-1-2")
+    assert handle.id == "add-1-2"
+    assert (row.queue, row.priority, row.group, row.max_attempts, row.result_ttl) == (
+        "fast", 10, "user:42", 2, 600,
+    )
+    assert before + timedelta(seconds=29) < row.run_after < timezone.now() + timedelta(seconds=31)
+
+
+def test_using_returns_a_copy():
+    fast = add.using(queue="fast")
+    assert fast.queue == "fast" and add.queue is None
+
+
+def test_tuples_arrive_as_lists():
+    handle = add.enqueue((1, 2), {"k": (3,)})
+    assert Job.objects.get(job_id=handle.id).args == [[1, 2], {"k": [3]}]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (datetime(2024, 1, 1), "isoformat"),
+        (date(2024, 1, 1), "isoformat"),
+        (Decimal("1.5"), "Decimal"),
+        ({1, 2}, "sorted"),
+        (b"x", "b64encode"),
+        (math.nan, "finite"),
+        (math.inf, "finite"),
+        ("a\x00b", "NUL"),
+        ({1: "int key"}, "keys must be str"),
+        (object(), "not JSON-serializable"),
+    ],
+)
+def test_unserializable_arguments_are_refused_and_nothing_is_written(value, fragment):
+    with pytest.raises(SerializationError, match=fragment) as info:
+        add.enqueue(1, {"nested": [value]})
+    assert info.value.path.startswith("args[1]['nested'][0]")
+    assert isinstance(info.value, TypeError)
+    assert not Job.objects.exists()
+
+
+def test_unknown_using_option_lists_the_valid_ones():
+    with pytest.raises(InvalidJobError) as info:
+        add.using(queu="x")
+    message = str(info.value)
+    assert "'queu' (did you mean 'queue'?)" in message
+    for option in ("job_id", "queue", "priority", "run_after", "group", "max_attempts",
+                   "result_ttl", "timeout"):
+        assert option in message
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"job_id": ""}, "1 to 255"),
+        ({"job_id": "x" * 256}, "1 to 255"),
+        ({"job_id": 12}, "must be a str"),
+        ({"job_id": "a\nb"}, "control character"),
+        ({"job_id": " padded"}, "whitespace"),
+        ({"queue": 5}, "queue must be a str"),
+        ({"queue": "has space"}, "not a valid queue name"),
+        ({"priority": "high"}, "priority must be an int"),
+        ({"priority": True}, "priority must be an int"),
+        ({"priority": 2**40}, "between"),
+        ({"max_attempts": 0}, "at least 1"),
+        ({"result_ttl": -1}, "at least 0"),
+        ({"run_after": 30}, "timedelta or a datetime"),
+        ({"run_after": datetime(2030, 1, 1)}, "naive"),
+        ({"group": ""}, "1 to 200"),
+        ({"timeout": 0}, "positive"),
+        ({"timeout": math.nan}, "positive"),
+    ],
+)
+def test_bad_options_raise_and_write_nothing(options, fragment):
+    with pytest.raises(InvalidJobError, match=fragment):
+        add.using(**options).enqueue(1, 2)
+    assert not Job.objects.exists()
+
+
+def test_any_printable_job_id_works():
+    job_id = "ünïcode/with spaces:and#symbols!" + "x" * 200
+    handle = add.using(job_id=job_id).enqueue(1, 2)
+    assert get_job(job_id).id == handle.id == job_id
+
+
+def test_decorator_refuses_nested_functions_and_bad_options():
+    with pytest.raises(InvalidJobError, match="module-level"):
+
+        @job
+        def nested():
+            pass
+
+    with pytest.raises(InvalidJobError, match="queue"):
+        job(queue="bad queue")(noop.func)
+    with pytest.raises(InvalidJobError, match="max_attempts"):
+        job(max_attempts=0)(noop.func)
+
+
+def test_get_job_returns_none_for_unknown_ids():
+    assert get_job("nope") is None
+
+
+def test_handle_refresh_reads_the_database():
+    handle = add.enqueue(1, 2)
+    Job.objects.filter(job_id=handle.id).update(status="running", attempts=1)
+    assert handle.status == "queued"
+    assert handle.refresh().status == "running" and handle.attempts == 1
+
+
+def test_rollback_leaves_no_job():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        add.enqueue(1, 2)
+        assert Job.objects.count() == 1
+        raise RuntimeError("roll back")
+    assert not Job.objects.exists()
+
+
+def test_enqueue_in_atomic_wakes_workers_only_on_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        add.enqueue(1, 2)
+    assert len(callbacks) == 1
+
+
+def test_enqueue_many_writes_one_statement_per_batch():
+    with CaptureQueriesContext(__import__("django.db").db.connection) as queries:
+        handles = add.enqueue_many([(1, 2), [3, 4], {"x": 5, "y": 6}])
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1
+    assert [h.created for h in handles] == [True, True, True]
+    rows = {row.job_id: row for row in Job.objects.all()}
+    assert [(rows[h.id].args, rows[h.id].kwargs) for h in handles] == [
+        ([1, 2], {}), ([3, 4], {}), ([], {"x": 5, "y": 6}),
+    ]
+
+
+def test_enqueue_many_validates_everything_before_writing():
+    with pytest.raises(SerializationError, match="args\\[0\\]"):
+        add.enqueue_many([(1, 2), (object(), 3)])
+    with pytest.raises(InvalidJobError, match="item 1"):
+        add.enqueue_many([(1, 2), 7])
+    assert not Job.objects.exists()
+
+
+def test_enqueue_many_with_a_job_id_numbers_the_jobs_and_deduplicates():
+    first = add.using(job_id="batch").enqueue_many([(1, 1), (2, 2)])
+    again = add.using(job_id="batch").enqueue_many([(1, 1), (2, 2), (3, 3)])
+    assert [h.id for h in first] == ["batch-0", "batch-1"]
+    assert [h.created for h in again] == [False, False, True]
+    assert Job.objects.count() == 3
+
+
+def test_enqueue_many_of_nothing_is_nothing():
+    assert add.enqueue_many([]) == []
+
+
+def test_enqueue_many_inside_a_rolled_back_transaction_leaves_nothing():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        add.enqueue_many([(1, 2)] * 5)
+        raise RuntimeError
+    assert not Job.objects.exists()
+
+
+async def test_aenqueue_writes_a_row(transactional_db):
+    handle = await async_add.aenqueue(1, 2)
+    assert handle.status == "queued"
+    assert (await Job.objects.aget(job_id=handle.id)).name == "tests.testapp.jobs.async_add"
+
+
+def test_enqueue_and_wait_refuses_inside_atomic():
+    with transaction.atomic(), pytest.raises(JobQueueError, match="transaction.atomic"):
+        add.enqueue_and_wait(1, 2)
+    assert not Job.objects.exists()
+
+
+def test_enqueue_and_wait_names_atomic_requests(settings):
+    from django.db import connection
+
+    connection.settings_dict["ATOMIC_REQUESTS"] = True
+    try:
+        with transaction.atomic(), pytest.raises(JobQueueError, match="non_atomic_requests"):
+            add.enqueue_and_wait(1, 2)
+    finally:
+        connection.settings_dict["ATOMIC_REQUESTS"] = False

@@ -1,0 +1,92 @@
+"""The deduplication table of the design, enqueue side, including concurrent producers."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import close_old_connections
+from django.utils import timezone
+
+from django_jobqueue.models import Job, JobResult
+from tests.testapp.jobs import add, always_fails
+
+
+@pytest.mark.django_db
+def test_queued_or_running_id_gives_the_existing_job():
+    first = add.using(job_id="same").enqueue(1, 2)
+    second = add.using(job_id="same").enqueue(5, 5)
+    assert first.created and not second.created
+    assert second.status == "queued"
+    Job.objects.filter(job_id="same").update(status="running")
+    third = add.using(job_id="same").enqueue(1, 2)
+    assert third.status == "running" and not third.created
+    assert Job.objects.count() == 1
+    assert Job.objects.get().args == [1, 2]
+
+
+@pytest.mark.django_db
+def test_completed_within_ttl_gives_the_cached_result(run_worker):
+    add.using(job_id="c").enqueue(1, 2)
+    run_worker()
+    handle = add.using(job_id="c").enqueue(1, 2)
+    assert (handle.status, handle.result, handle.created) == ("completed", 3, False)
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_failed_within_ttl_gives_the_failure(run_worker):
+    always_fails.using(job_id="f", max_attempts=1).enqueue("bad")
+    run_worker()
+    handle = always_fails.using(job_id="f").enqueue("bad")
+    assert (handle.status, handle.created) == ("failed", False)
+    assert handle.error == "RuntimeError: bad"
+
+
+@pytest.mark.django_db
+def test_finished_past_ttl_runs_again_as_a_new_job(run_worker):
+    add.using(job_id="old", result_ttl=0).enqueue(1, 2)
+    run_worker()
+    old = Job.objects.get(job_id="old")
+    assert old.status == "completed" and JobResult.objects.filter(job=old).exists()
+    handle = add.using(job_id="old").enqueue(2, 2)
+    assert handle.created and handle.status == "queued"
+    new = Job.objects.get(job_id="old")
+    assert new.pk > old.pk and new.args == [2, 2]
+    assert not JobResult.objects.filter(job_id=old.pk).exists()
+
+
+@pytest.mark.django_db
+def test_expired_failure_is_replaced_too():
+    Job.objects.create(
+        job_id="gone", name=add.name, queue="default", status="failed", max_attempts=1,
+        result_ttl=1, expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    assert add.using(job_id="gone").enqueue(1, 1).created
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_enqueues_of_one_id_make_one_job():
+    """Eight threads (eight connections) race on one id: one job, nobody sees an error."""
+    start = threading.Barrier(8)
+    results: list[object] = []
+
+    def produce() -> None:
+        try:
+            start.wait()
+            results.append(add.using(job_id="race").enqueue(1, 2))
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            results.append(exc)
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=produce) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert len(results) == 8
+    assert sum(r.created for r in results) == 1
+    assert Job.objects.filter(job_id="race").count() == 1

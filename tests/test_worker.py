@@ -1,0 +1,249 @@
+"""The worker, in process: running, ordering, retries, dead letters, leases, fencing, pruning."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_jobqueue import get_job
+from django_jobqueue.models import DeadLetter, Job, JobResult
+from django_jobqueue.worker import Worker, backoff
+from tests.conftest import wait_until
+from tests.testapp.jobs import (
+    add,
+    always_fails,
+    async_add,
+    noop,
+    other_queue,
+    record,
+    returns_unserializable,
+)
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db
+
+
+def test_runs_sync_and_async_jobs_and_keeps_results(run_worker):
+    sync = add.enqueue(1, 2)
+    coro = async_add.enqueue(3, 4)
+    none = noop.enqueue()
+    worker = run_worker()
+    assert worker.processed == 3
+    assert (sync.refresh().status, sync.result, sync.attempts) == ("completed", 3, 1)
+    assert (coro.refresh().status, coro.result) == ("completed", 7)
+    assert none.refresh().status == "completed" and none.result is None
+    # A None result needs no result row.
+    assert not JobResult.objects.filter(job__job_id=none.id).exists()
+    row = Job.objects.get(job_id=sync.id)
+    assert row.finished_at >= row.started_at and row.expires_at > row.finished_at
+    assert row.lease_expires_at is None
+
+
+def test_queue_option_limits_what_a_worker_runs(run_worker):
+    here = other_queue.enqueue("x")
+    there = add.enqueue(1, 1)
+    run_worker(queues=["other"])
+    assert here.refresh().status == "completed"
+    assert there.refresh().status == "queued"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_higher_priority_is_claimed_first(run_worker):
+    record.enqueue("low")
+    record.using(priority=5).enqueue("high")
+    record.using(priority=-1).enqueue("lowest")
+    record.enqueue("low-2")
+    run_worker()
+    assert list(Execution.objects.order_by("id").values_list("tag", flat=True)) == [
+        "high", "low", "low-2", "lowest",
+    ]
+
+
+def test_run_after_delays_a_job(run_worker):
+    later = add.using(run_after=timedelta(hours=1)).enqueue(1, 1)
+    now = add.using(run_after=timezone.now() - timedelta(seconds=5)).enqueue(1, 1)
+    run_worker()
+    assert later.refresh().status == "queued"
+    assert now.refresh().status == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_runs_one_at_a_time_in_enqueue_order(run_worker):
+    for index in range(6):
+        record.using(group="user:1").enqueue(f"g1-{index}", sleep=0.02)
+    record.using(group="user:2").enqueue("g2-0", sleep=0.02)
+    run_worker(concurrency=4)
+    rows = list(Job.objects.filter(group="user:1").order_by("id"))
+    assert all(row.status == "completed" for row in rows)
+    for earlier, later in zip(rows, rows[1:], strict=False):
+        assert earlier.finished_at <= later.started_at, "a group's jobs overlapped"
+    tags = [t for t in Execution.objects.order_by("id").values_list("tag", flat=True)]
+    assert [t for t in tags if t.startswith("g1")] == [f"g1-{i}" for i in range(6)]
+
+
+def test_a_failing_group_job_holds_the_group_until_it_is_dead_lettered(run_worker):
+    first = always_fails.using(group="g", max_attempts=2).enqueue()
+    second = add.using(group="g").enqueue(1, 1)
+    run_worker()
+    assert first.refresh().status in ("queued", "failed")
+    if first.status == "queued":
+        assert second.refresh().status == "queued"
+    _drain_until(lambda: second.refresh().status == "completed", run_worker)
+    assert first.refresh().status == "failed"
+    assert first.refresh().finished_at <= second.refresh().started_at
+
+
+def _drain_until(predicate, run_worker, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "jobs did not finish in time"
+        run_worker()
+        time.sleep(0.05)
+
+
+def test_retries_back_off_then_dead_letter(run_worker):
+    handle = always_fails.enqueue("poison")
+    first_try = timezone.now()
+    run_worker()
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.status, row.attempts, row.last_error) == ("queued", 1, "RuntimeError: poison")
+    assert row.run_after > first_try
+    _drain_until(lambda: handle.refresh().status == "failed", run_worker)
+    assert handle.attempts == 3 and handle.error == "RuntimeError: poison"
+    letter = DeadLetter.objects.get(job_id=handle.id)
+    assert (letter.name, letter.args, letter.attempts) == (always_fails.name, ["poison"], 3)
+    assert letter.error == "RuntimeError: poison"
+    assert 'raise RuntimeError(message)' in letter.traceback
+    outcome = JobResult.objects.get(job__job_id=handle.id)
+    assert outcome.error == letter.error and outcome.traceback == letter.traceback
+
+
+def test_backoff_grows_exponentially_with_jitter(settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 1.0, "RETRY_BACKOFF_MAX": 100.0}
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (8, 100.0), (20, 100.0)]:
+        delays = {backoff(attempt) for _ in range(20)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1, "no jitter"
+
+
+def test_unknown_job_name_is_dead_lettered_and_the_worker_goes_on(run_worker):
+    Job.objects.create(
+        job_id="ghost", name="deployed.later.job", queue="default", max_attempts=3, result_ttl=60
+    )
+    ok = add.enqueue(1, 1)
+    run_worker()
+    ghost = get_job("ghost")
+    assert ghost.status == "failed"
+    assert "No job is registered as 'deployed.later.job'" in ghost.error
+    assert DeadLetter.objects.get(job_id="ghost").attempts == 1
+    assert ok.refresh().status == "completed"
+
+
+def test_a_result_that_is_not_json_fails_the_attempt(run_worker):
+    handle = returns_unserializable.using(max_attempts=1).enqueue()
+    run_worker()
+    assert handle.refresh().status == "failed"
+    assert "returned a value that cannot be stored" in handle.error
+    assert "set" in handle.error
+
+
+def test_fencing_a_stale_worker_cannot_overwrite_a_newer_run():
+    handle = add.enqueue(1, 2)
+    now = timezone.now()
+    jobs = Job.objects.all()
+    (first,) = jobs.claim(queue=None, limit=5, worker="a", now=now, lease_until=now)
+    # The lease expired and another worker took the job over: attempts moved on.
+    Job.objects.filter(pk=first.id).update(status="queued")
+    (second,) = jobs.claim(queue=None, limit=5, worker="b", now=now, lease_until=now)
+    assert second.attempts == first.attempts + 1
+    assert jobs.finish([(first.id, first.attempts)], status="completed", now=now,
+                       expires_at=now) == {}
+    assert handle.refresh().status == "running"
+    assert jobs.renew_leases([(first.id, first.attempts)], now) == set()
+    assert jobs.finish([(second.id, second.attempts)], status="completed", now=now,
+                       expires_at=now) == {second.id: False}
+
+
+def test_an_expired_lease_counts_as_an_attempt_and_the_job_runs_again(run_worker):
+    handle = add.enqueue(2, 2)
+    Job.objects.filter(job_id=handle.id).update(
+        status="running", attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1),
+        worker="dead-worker",
+    )
+    run_worker()
+    row = Job.objects.get(job_id=handle.id)
+    assert row.status == "queued" and "Lease expired" in row.last_error
+    assert "dead-worker" in row.last_error
+    _drain_until(lambda: handle.refresh().status == "completed", run_worker)
+    assert handle.attempts == 2 and handle.result == 4
+
+
+def test_a_job_that_keeps_killing_its_worker_ends_as_a_dead_letter(run_worker):
+    handle = add.using(max_attempts=2).enqueue(2, 2)
+    Job.objects.filter(job_id=handle.id).update(
+        status="running", attempts=2, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    run_worker()
+    assert handle.refresh().status == "failed"
+    assert "Lease expired" in DeadLetter.objects.get(job_id=handle.id).error
+
+
+def test_expired_results_are_pruned():
+    kept = add.using(job_id="kept").enqueue(1, 1)
+    gone = add.using(job_id="gone").enqueue(1, 1)
+    Job.objects.filter(job_id=gone.id).update(
+        status="completed", expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    JobResult.objects.create(job=Job.objects.get(job_id="gone"), result=2)
+    Worker()._prune()
+    assert list(Job.objects.values_list("job_id", flat=True)) == [kept.id]
+    assert not JobResult.objects.exists()
+
+
+def test_release_hands_back_prefetched_jobs_without_using_an_attempt():
+    handle = add.enqueue(1, 1)
+    now = timezone.now()
+    (claimed,) = Job.objects.claim(queue=None, limit=1, worker="w", now=now, lease_until=now)
+    assert Job.objects.release([(claimed.id, claimed.attempts)]) == 1
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.status, row.attempts, row.lease_expires_at) == ("queued", 0, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queries_per_job_stay_bounded(settings):
+    """Claim + completion cost at most two statements per job (fewer when batched)."""
+    count = 50
+    noop.enqueue_many([()] * count)
+    worker = Worker(burst=True, concurrency=2)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == count
+    control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+    statements = [
+        q["sql"] for q in queries.captured_queries if not q["sql"].startswith(control)
+    ]
+    per_job = [s for s in statements if "RETURNING" in s]
+    assert len(per_job) <= 2 * count, statements
+    # Beyond claims and completions: at most a lease renewal, a reap and a prune query,
+    # plus the final empty claim.
+    assert len(statements) - len(per_job) <= 4, statements
+
+
+def test_stop_finishes_the_running_job(transactional_db):
+    import threading
+
+    handle = record.enqueue("slow", sleep=0.5)
+    worker = Worker()
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    wait_until(lambda: Job.objects.filter(job_id=handle.id, status="running").exists())
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert handle.refresh().status == "completed"
+    assert Execution.objects.filter(tag="slow").count() == 1
