@@ -9,7 +9,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 from .conf import DEFAULTS
 
-_NUMBERS = {
+_NUMBERS: dict[str, tuple[Any, float]] = {
     "MAX_ATTEMPTS": (int, 1),
     "RESULT_TTL": (int, 0),
     "WAIT_TIMEOUT": ((int, float), 0),

@@ -121,6 +121,8 @@ class JobFunction(Generic[P, R]):
 
         now = timezone.now()
         rows = []
+        args: Sequence[Any]
+        kwargs: Mapping[str, Any]
         for index, call in enumerate(calls):
             if isinstance(call, Mapping):
                 args, kwargs = (), call

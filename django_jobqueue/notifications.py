@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any
 
 from . import conf
@@ -244,13 +245,14 @@ class Hub:
     async def _process_channel(self) -> str | None:
         if self._channel is None:
             try:
-                self._channel = await asyncio.wait_for(
+                channel: str = await asyncio.wait_for(
                     self._layer.new_channel(), timeout=conf.get("NOTIFY_TIMEOUT")
                 )
             except Exception as exc:
                 self._degrade("new_channel", exc)
                 return None
-            self._receiver = asyncio.ensure_future(self._receive_loop(self._channel))
+            self._channel = channel
+            self._receiver = asyncio.ensure_future(self._receive_loop(channel))
         return self._channel
 
     async def _receive_loop(self, channel: str) -> None:
@@ -281,11 +283,12 @@ class Hub:
 
     async def _send_finished(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            message = {"type": FINISHED_TYPE, "job_id": job_id}
-            if not await self._call(
-                "group_send", lambda m=message, j=job_id: self._layer.group_send(group_for(j), m)
-            ):
+            if not await self._call("group_send", partial(self._group_send_finished, job_id)):
                 return
+
+    def _group_send_finished(self, job_id: str) -> Awaitable[None]:
+        message = {"type": FINISHED_TYPE, "job_id": job_id}
+        return self._layer.group_send(group_for(job_id), message)  # type: ignore[no-any-return]
 
     def wake_workers(self, queues: Iterable[str]) -> None:
         """Wake one idle worker of each of ``queues`` (coalesced while a wake-up is in flight)."""

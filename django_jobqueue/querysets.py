@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import connections, models
-
-if TYPE_CHECKING:
-    pass
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
@@ -76,11 +73,14 @@ class _SQL:
         self.model = model
         self.vendor = self.connection.vendor
 
+    def field(self, name: str) -> Any:
+        return self.model._meta.get_field(name)
+
     def prep(self, field: str, value: Any) -> Any:
-        return self.model._meta.get_field(field).get_db_prep_save(value, self.connection)
+        return self.field(field).get_db_prep_save(value, self.connection)
 
     def load_json(self, field: str, value: Any) -> Any:
-        return self.model._meta.get_field(field).from_db_value(value, None, self.connection)  # type: ignore[attr-defined]
+        return self.field(field).from_db_value(value, None, self.connection)
 
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.connection.cursor() as cursor:
@@ -98,7 +98,7 @@ class _SQL:
         return f"(id, attempts) IN ({sql})", params
 
 
-class JobQuerySet(models.QuerySet["Job"]):
+class JobQuerySet(models.QuerySet[Any]):
     def _sql(self) -> _SQL:
         return _SQL(self.model, self.db)
 

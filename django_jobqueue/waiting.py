@@ -129,6 +129,25 @@ def _db(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     return asyncio.get_running_loop().run_in_executor(_executor, _retrying, function, *args)
 
 
+def close_db_threads() -> None:
+    """Close the connections of the async waiters' threads and stop them (tests, shutdown)."""
+    global _executor
+    executor, _executor = _executor, None
+    if executor is None:
+        return
+    import threading
+
+    everyone = threading.Barrier(_DB_THREADS)
+
+    def close() -> None:
+        everyone.wait(timeout=5)
+        connections.close_all()
+
+    for future in [executor.submit(close) for _ in range(_DB_THREADS)]:
+        future.result(timeout=10)
+    executor.shutdown(wait=True)
+
+
 def _retrying(function: Callable[..., T], *args: Any) -> T:
     """Run ``function`` in an executor thread whose connection persists between calls; on a
     broken connection reconnect and try once more (every call here is idempotent)."""

@@ -146,6 +146,9 @@ class Worker:
                 self._async_loop.call_soon_threadsafe(self._async_loop.stop)
                 self._async_thread.join(timeout=5.0)
             self._restore_signals(previous)
+            connection = connections[self.using]
+            if not connection.in_atomic_block:  # a test may run the worker inside its transaction
+                connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
         return 0
 
@@ -562,7 +565,7 @@ class Worker:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, self._on_signal)
         return previous

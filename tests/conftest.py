@@ -112,6 +112,13 @@ def _drop_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Ite
     """Threads the tests started (executor threads, asgiref's sync thread) keep connections
     that PostgreSQL would refuse to drop the test database over; end them at the close."""
     yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    from django_jobqueue.waiting import close_db_threads
+
+    close_db_threads()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
     if not POSTGRES:
         return
     with django_db_blocker.unblock(), connection.cursor() as cursor:

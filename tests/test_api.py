@@ -42,7 +42,12 @@ def test_enqueue_writes_one_queued_row():
     assert isinstance(handle, JobHandle)
     assert handle.status == "queued" and handle.created
     row = Job.objects.get(job_id=handle.id)
-    assert (row.name, row.queue, row.args, row.kwargs) == ("tests.testapp.jobs.add", "default", [1], {"y": 2})
+    assert (row.name, row.queue, row.args, row.kwargs) == (
+        "tests.testapp.jobs.add",
+        "default",
+        [1],
+        {"y": 2},
+    )
     assert (row.max_attempts, row.result_ttl, row.priority, row.attempts) == (3, 3600, 0, 0)
     assert row.run_after is None and row.group is None
 
@@ -56,13 +61,22 @@ def test_settings_defaults_are_read_at_enqueue_time(settings):
 def test_using_sets_every_option():
     before = timezone.now()
     handle = add.using(
-        job_id="add-1-2", queue="fast", priority=10, run_after=timedelta(seconds=30),
-        group="user:42", max_attempts=2, result_ttl=600,
+        job_id="add-1-2",
+        queue="fast",
+        priority=10,
+        run_after=timedelta(seconds=30),
+        group="user:42",
+        max_attempts=2,
+        result_ttl=600,
     ).enqueue(1, 2)
     row = Job.objects.get(job_id="add-1-2")
     assert handle.id == "add-1-2"
     assert (row.queue, row.priority, row.group, row.max_attempts, row.result_ttl) == (
-        "fast", 10, "user:42", 2, 600,
+        "fast",
+        10,
+        "user:42",
+        2,
+        600,
     )
     assert before + timedelta(seconds=29) < row.run_after < timezone.now() + timedelta(seconds=31)
 
@@ -105,8 +119,16 @@ def test_unknown_using_option_lists_the_valid_ones():
         add.using(queu="x")
     message = str(info.value)
     assert "'queu' (did you mean 'queue'?)" in message
-    for option in ("job_id", "queue", "priority", "run_after", "group", "max_attempts",
-                   "result_ttl", "timeout"):
+    for option in (
+        "job_id",
+        "queue",
+        "priority",
+        "run_after",
+        "group",
+        "max_attempts",
+        "result_ttl",
+        "timeout",
+    ):
         assert option in message
 
 
@@ -190,7 +212,9 @@ def test_enqueue_many_writes_one_statement_per_batch():
     assert [h.created for h in handles] == [True, True, True]
     rows = {row.job_id: row for row in Job.objects.all()}
     assert [(rows[h.id].args, rows[h.id].kwargs) for h in handles] == [
-        ([1, 2], {}), ([3, 4], {}), ([], {"x": 5, "y": 6}),
+        ([1, 2], {}),
+        ([3, 4], {}),
+        ([], {"x": 5, "y": 6}),
     ]
 
 
@@ -228,7 +252,7 @@ async def test_aenqueue_writes_a_row(transactional_db):
 
 
 def test_enqueue_and_wait_refuses_inside_atomic():
-    with transaction.atomic(), pytest.raises(JobQueueError, match="transaction.atomic"):
+    with transaction.atomic(), pytest.raises(JobQueueError, match=r"transaction\.atomic"):
         add.enqueue_and_wait(1, 2)
     assert not Job.objects.exists()
 

@@ -5,7 +5,6 @@ import os
 import time
 from pathlib import Path
 
-
 from django_jobqueue import job
 from tests.testapp.models import Execution
 
