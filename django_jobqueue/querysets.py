@@ -244,35 +244,23 @@ class JobQuerySet(models.QuerySet[Any]):
             cursor.execute("COMMIT")
         return rows
 
-    def finish(
-        self,
-        fenced: Sequence[tuple[int, int]],
-        *,
-        status: str,
-        now: datetime,
-        expires_at: datetime,
-        error: str = "",
+    def complete(
+        self, fenced: Sequence[tuple[int, int]], *, now: datetime, expires_at: datetime
     ) -> dict[int, bool]:
-        """Mark the runs ``(id, attempts)`` finished; return ``{id: notify}`` of those still ours.
+        """Mark the runs ``(id, attempts)`` completed; return ``{id: notify}`` of those still ours.
 
         A run whose lease was taken over (its ``attempts`` moved on, or the job is no longer
-        running) is left alone and missing from the answer.
+        running) is left alone and missing from the answer. ``last_error`` is kept, so a job
+        that completed on a retry still shows why the earlier attempt failed.
         """
         if not fenced:
             return {}
         sql = self._sql()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
-            f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
-            f"lease_expires_at = NULL, last_error = %s WHERE status = 'running' AND {where} "
-            "RETURNING id, notify",
-            [
-                status,
-                sql.prep("finished_at", now),
-                sql.prep("expires_at", expires_at),
-                error,
-                *params,
-            ],
+            f"UPDATE {sql.table} SET status = 'completed', finished_at = %s, expires_at = %s, "
+            f"lease_expires_at = NULL WHERE status = 'running' AND {where} RETURNING id, notify",
+            [sql.prep("finished_at", now), sql.prep("expires_at", expires_at), *params],
         )
         return {row[0]: bool(row[1]) for row in rows}
 

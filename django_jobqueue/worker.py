@@ -403,14 +403,14 @@ class Worker:
             expires = now + timedelta(seconds=ttl)
             if with_result:
                 with transaction.atomic(using=self.using):
-                    mine = jobs.finish(fenced, status="completed", now=now, expires_at=expires)
+                    mine = jobs.complete(fenced, now=now, expires_at=expires)
                     JobResult.objects.using(self.using).bulk_create(
                         JobResult(job_id=o.job.id, result=o.result)
                         for o in with_result
                         if o.job.id in mine
                     )
             else:
-                mine = jobs.finish(fenced, status="completed", now=now, expires_at=expires)
+                mine = jobs.complete(fenced, now=now, expires_at=expires)
             for o in done:
                 self._log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
                 if mine.get(o.job.id):

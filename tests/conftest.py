@@ -65,6 +65,7 @@ class WorkerProcesses:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         log = self.tmp_path / f"worker-{len(self.procs)}.log"
+        output = log.open("w")
         full_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
@@ -77,10 +78,11 @@ class WorkerProcesses:
             [sys.executable, "-m", "django", "runjobworker", "-v", "2", *args],
             cwd=ROOT,
             env=full_env,
-            stdout=log.open("w"),
+            stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        output.close()  # the child has its own copy of the descriptor
         proc.log_path = log  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc

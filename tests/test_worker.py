@@ -84,8 +84,9 @@ def test_a_group_runs_one_at_a_time_in_enqueue_order(run_worker):
     run_worker(concurrency=4)
     rows = list(Job.objects.filter(group="user:1").order_by("id"))
     assert all(row.status == "completed" for row in rows)
-    for earlier, later in itertools.pairwise(rows):
-        assert earlier.finished_at <= later.started_at, "a group's jobs overlapped"
+    runs = list(Execution.objects.filter(tag__startswith="g1").order_by("started"))
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.at <= later.started, f"{earlier.tag} overlapped {later.tag}"
     tags = list(Execution.objects.order_by("id").values_list("tag", flat=True))
     assert [t for t in tags if t.startswith("g1")] == [f"g1-{i}" for i in range(6)]
 
@@ -171,14 +172,12 @@ def test_fencing_a_stale_worker_cannot_overwrite_a_newer_run():
     Job.objects.filter(pk=first.id).update(status="queued")
     (second,) = jobs.claim(queue=None, limit=5, worker="b", now=now, lease_until=now)
     assert second.attempts == first.attempts + 1
-    assert (
-        jobs.finish([(first.id, first.attempts)], status="completed", now=now, expires_at=now) == {}
-    )
+    assert jobs.complete([(first.id, first.attempts)], now=now, expires_at=now) == {}
     assert handle.refresh().status == "running"
     assert jobs.renew_leases([(first.id, first.attempts)], now) == set()
-    assert jobs.finish(
-        [(second.id, second.attempts)], status="completed", now=now, expires_at=now
-    ) == {second.id: False}
+    assert jobs.complete([(second.id, second.attempts)], now=now, expires_at=now) == {
+        second.id: False
+    }
 
 
 def test_an_expired_lease_counts_as_an_attempt_and_the_job_runs_again(run_worker, slow_retries):

@@ -5,6 +5,8 @@ import os
 import time
 from pathlib import Path
 
+from django.utils import timezone
+
 from django_jobqueue import job
 from tests.testapp.models import Execution
 
@@ -54,9 +56,10 @@ def returns_unserializable():
 @job
 def record(tag, sleep=0.0):
     """Insert one row per execution, so tests can count executions across processes."""
+    started = timezone.now()
     if sleep:
         time.sleep(sleep)
-    Execution.objects.create(tag=tag, pid=os.getpid())
+    Execution.objects.create(tag=tag, pid=os.getpid(), started=started)
     return tag
 
 

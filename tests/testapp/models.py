@@ -6,6 +6,7 @@ class Execution(models.Model):
 
     tag = models.CharField(max_length=200)
     pid = models.IntegerField()
+    started = models.DateTimeField(null=True)
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

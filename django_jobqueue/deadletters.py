@@ -1,0 +1,153 @@
+"""Requeueing dead letters: run a quarantined job again, with its id and arguments.
+
+One transaction per call. The dead letters are locked (``SELECT ... FOR UPDATE``; on SQLite
+the transaction takes the write lock first), so two operators clicking "Requeue" at once
+requeue each dead letter exactly once: the second finds it gone and does nothing.
+
+For each dead letter, by the state of the job row with the same ``job_id``:
+
+* none, or finished (completed or failed): a fresh job row is queued (attempt 0, same
+  name, queue, arguments, priority, group, ``max_attempts`` and ``result_ttl``), replacing
+  the finished row and its result, and the dead letter is deleted;
+* queued or running (it was enqueued again meanwhile, or an earlier dead letter of the same id
+  was just requeued): nothing happens to it, and the dead letter is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models, router, transaction
+from django.utils import timezone
+
+from . import signals
+from .handles import JobHandle
+from .models import ACTIVE, DeadLetter, Job
+
+
+@dataclass
+class RequeueReport:
+    """What :func:`requeue_report` did: ``requeued`` and ``skipped`` hold job ids.
+
+    A dead letter that no longer exists (requeued or deleted by someone else meanwhile) is in
+    neither list.
+    """
+
+    requeued: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def requeue(
+    dead_letters: models.QuerySet[DeadLetter] | Iterable[DeadLetter | int],
+    *,
+    using: str | None = None,
+) -> int:
+    """Requeue ``dead_letters`` (a queryset, instances or primary keys) in one transaction.
+
+    Returns how many were requeued; a dead letter whose job is queued or running is skipped and
+    kept. Workers of the jobs' queues are woken when the transaction commits.
+    """
+    return len(requeue_report(dead_letters, using=using).requeued)
+
+
+def requeue_report(
+    dead_letters: models.QuerySet[DeadLetter] | Iterable[DeadLetter | int],
+    *,
+    using: str | None = None,
+) -> RequeueReport:
+    """Like :func:`requeue`, but say which job ids were requeued and which were skipped."""
+    if using is None:
+        queryset_db = dead_letters._db if isinstance(dead_letters, models.QuerySet) else None
+        using = queryset_db or router.db_for_write(DeadLetter)
+    report = RequeueReport()
+    with transaction.atomic(using=using):
+        pks = _primary_keys(dead_letters)
+        if not pks:
+            return report
+        letters_table = DeadLetter.objects.using(using)
+        if transaction.get_connection(using).vendor == "sqlite":
+            # SQLite has no row locks: take the database's write lock before reading, so a
+            # concurrent requeue waits here instead of failing to upgrade its read lock.
+            letters_table.filter(pk__in=pks).update(attempts=models.F("attempts"))
+        letters = list(letters_table.select_for_update().filter(pk__in=pks).order_by("pk"))
+        if not letters:
+            return report
+        jobs = {
+            job.job_id: job
+            for job in Job.objects.using(using)
+            .select_for_update()
+            .filter(job_id__in={letter.job_id for letter in letters})
+            .only("id", "job_id", "status")
+            .order_by("pk")
+        }
+        now = timezone.now()
+        rows: list[dict[str, Any]] = []
+        chosen: list[DeadLetter] = []
+        replace: list[int] = []
+        taken: set[str] = set()
+        for letter in letters:
+            existing = jobs.get(letter.job_id)
+            if letter.job_id in taken or (existing is not None and existing.status in ACTIVE):
+                report.skipped.append(letter.job_id)
+                continue
+            if existing is not None:
+                replace.append(existing.pk)
+            taken.add(letter.job_id)
+            chosen.append(letter)
+            rows.append(_row(letter, now))
+        if replace:
+            # Finished rows only (they are locked, so still finished); results cascade.
+            Job.objects.using(using).filter(pk__in=replace).delete()
+        inserted = Job.objects.using(using).insert_new(rows) if rows else set()
+        done = [letter for letter in chosen if letter.job_id in inserted]
+        report.skipped.extend(letter.job_id for letter in chosen if letter.job_id not in inserted)
+        if done:
+            letters_table.filter(pk__in=[letter.pk for letter in done]).delete()
+            report.requeued.extend(letter.job_id for letter in done)
+            queues = {letter.queue for letter in done}
+            transaction.on_commit(lambda: _wake(queues), using=using)
+    if report.requeued and signals.job_enqueued.has_listeners():
+        for letter in done:
+            handle = JobHandle(
+                letter.job_id,
+                name=letter.name,
+                queue=letter.queue,
+                status="queued",
+                created=True,
+                enqueued_at=now,
+            )
+            signals.job_enqueued.send(sender=Job, handle=handle)
+    return report
+
+
+def _primary_keys(
+    dead_letters: models.QuerySet[DeadLetter] | Iterable[DeadLetter | int],
+) -> list[int]:
+    if isinstance(dead_letters, models.QuerySet):
+        return list(dead_letters.order_by().values_list("pk", flat=True))
+    return [item.pk if isinstance(item, DeadLetter) else int(item) for item in dead_letters]
+
+
+def _row(letter: DeadLetter, now: Any) -> dict[str, Any]:
+    return {
+        "job_id": letter.job_id,
+        "name": letter.name,
+        "queue": letter.queue,
+        "args": letter.args,
+        "kwargs": letter.kwargs,
+        "priority": letter.priority,
+        "group": letter.group,
+        "run_after": None,
+        "max_attempts": letter.max_attempts,
+        "result_ttl": letter.result_ttl,
+        "notify": False,
+        "enqueued_at": now,
+    }
+
+
+def _wake(queues: set[str]) -> None:
+    from .notifications import hub
+
+    hub().wake_workers(queues)
