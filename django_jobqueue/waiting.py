@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -169,7 +170,7 @@ async def aenqueue_and_wait(
     notifier = hub()
     live = await notifier.asubscribe(row["job_id"], waiter)
     try:
-        handle = (await _db(enqueue_rows, [row], True))[0]
+        handle = (await _db(partial(enqueue_rows, notify=True), [row]))[0]
         return await _await_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)

@@ -200,6 +200,7 @@ class Worker:
         return self.concurrency - len(self._running) - len(self._buffer)
 
     def _on_work(self) -> None:
+        logger.debug("worker name=%s woken by a work-available notification", self.name)
         self._work_hint = True
         self._wakeup.set()
 

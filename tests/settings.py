@@ -75,7 +75,11 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"djqtest{os.getpid()}:"},
+            # Shared with the worker subprocesses of this test run, apart from other runs.
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": os.environ.setdefault("DJQ_REDIS_PREFIX", f"djqtest{os.getpid()}:"),
+            },
         }
     }
 else:

@@ -1,0 +1,234 @@
+"""Request/response over the queue against real worker processes (and real Redis if given)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+from django.db import close_old_connections, connection
+
+from django_jobqueue import JobFailedError, JobTimeoutError, get_job
+from django_jobqueue.models import Job
+from django_jobqueue.notifications import group_for, reset_hub
+from tests.conftest import POSTGRES, requires_redis, wait_until
+from tests.testapp.jobs import add, always_fails, async_add, record, sleep_then_record
+from tests.testapp.models import Execution
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
+
+
+def test_enqueue_and_wait_returns_the_value(worker_processes):
+    worker_processes.start()
+    assert add.using(timeout=20).enqueue_and_wait(2, 3) == 5
+    assert async_add.using(timeout=20).enqueue_and_wait(4, 5) == 9
+
+
+def test_timeout_stops_the_wait_not_the_job(worker_processes):
+    worker_processes.start()
+    started = time.monotonic()
+    with pytest.raises(JobTimeoutError) as info:
+        sleep_then_record.using(job_id="slow", timeout=0.5).enqueue_and_wait("slow", 1.5)
+    assert 0.5 <= time.monotonic() - started < 3
+    assert isinstance(info.value, TimeoutError)
+    assert (info.value.job_id, info.value.timeout) == ("slow", 0.5)
+    wait_until(lambda: get_job("slow").status == "completed", timeout=30)
+    assert Execution.objects.filter(tag="slow").count() == 1
+
+
+def test_failure_is_raised_after_the_last_attempt(worker_processes):
+    worker_processes.start()
+    with pytest.raises(JobFailedError) as info:
+        always_fails.using(job_id="poison", timeout=30).enqueue_and_wait("bad input")
+    assert info.value.error == "RuntimeError: bad input"
+    assert get_job("poison").attempts == 3
+
+
+def test_handle_wait_blocks_for_an_enqueued_job(worker_processes):
+    handle = add.enqueue(20, 22)
+    worker_processes.start()
+    assert handle.wait(timeout=20) == 42
+    assert handle.status == "completed"
+
+
+def test_concurrent_waiters_share_one_run(worker_processes):
+    results: list[object] = []
+    barrier = threading.Barrier(4)
+
+    def wait() -> None:
+        try:
+            barrier.wait()
+            results.append(
+                record.using(job_id="shared", timeout=30).enqueue_and_wait("shared", sleep=0.5)
+            )
+        except Exception as exc:  # pragma: no cover - reported by the assertion
+            results.append(exc)
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=wait) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    worker_processes.start("--concurrency", "4")
+    for thread in threads:
+        thread.join(40)
+    assert results == ["shared"] * 4
+    assert Execution.objects.filter(tag="shared").count() == 1
+
+
+def test_cached_result_and_cached_failure_answer_at_once(run_worker):
+    add.using(job_id="cached").enqueue(1, 2)
+    always_fails.using(job_id="cached-failure", max_attempts=1).enqueue()
+    run_worker()
+    started = time.monotonic()
+    assert add.using(job_id="cached").enqueue_and_wait(1, 2) == 3
+    with pytest.raises(JobFailedError, match="boom"):
+        always_fails.using(job_id="cached-failure").enqueue_and_wait()
+    assert time.monotonic() - started < 1.0
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.parametrize("where", ["closed port", "silent server"])
+def test_no_redis_still_answers_by_polling(worker_processes, settings, caplog, where):
+    """The web side's Redis is unreachable (a closed port) or accepts connections and never
+    answers: enqueue_and_wait still answers, every layer call is bounded, one warning."""
+    silent = _SilentServer() if where == "silent server" else None
+    port = silent.port if silent else _closed_port()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{port}/0"]},
+        }
+    }
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "NOTIFY_TIMEOUT": 0.2}
+    reset_hub()
+    worker_processes.start()
+    try:
+        started = time.monotonic()
+        assert add.using(timeout=20).enqueue_and_wait(1, 1) == 2
+        assert add.using(timeout=20).enqueue_and_wait(2, 2) == 4
+        assert add.enqueue(3, 3).status == "queued"
+        assert time.monotonic() - started < 10
+    finally:
+        reset_hub()
+        if silent:
+            silent.close()
+    degraded = [r for r in caplog.records if "notifications degraded" in r.getMessage()]
+    assert len(degraded) == 1
+
+
+@requires_redis
+def test_notifications_make_waiting_fast_with_slow_polling(worker_processes, settings):
+    """Polling every 30 s on both sides: only the notifications can answer quickly."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 30}
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 30}'})
+    wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
+    time.sleep(0.5)  # let the worker's first poll pass; from here on only a wake-up helps
+    started = time.monotonic()
+    for value in range(5):
+        assert add.using(timeout=10).enqueue_and_wait(value, 1) == value + 1
+    assert time.monotonic() - started < 5
+
+
+@requires_redis
+def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
+    env = {"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 30}'}
+    procs = [worker_processes.start(env=env) for _ in range(3)]
+    for proc in procs:
+        wait_until(lambda p=proc: "worker started" in worker_processes.log(p), timeout=20)
+    time.sleep(0.5)
+    handle = add.enqueue(1, 2)
+    wait_until(lambda: handle.refresh().status == "completed", timeout=10)
+    time.sleep(0.3)
+    woken = sum("woken by a work-available" in worker_processes.log(p) for p in procs)
+    assert woken == 1
+
+
+@requires_redis
+def test_a_waiter_that_times_out_leaves_nothing_in_redis(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0])
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    with pytest.raises(JobTimeoutError):
+        add.using(job_id="nobody-runs-me", timeout=0.3).enqueue_and_wait(1, 1)
+    group_key = f"{prefix}:group:{group_for('nobody-runs-me')}"
+    wait_until(lambda: not client.exists(group_key), timeout=5)
+    client.close()
+
+
+async def test_async_view_through_the_asgi_handler(worker_processes):
+    from django.test import AsyncClient
+
+    await asyncio.to_thread(worker_processes.start)
+    response = await AsyncClient().get("/add/40/2")
+    assert response.status_code == 200
+    assert response.json() == {"result": 42}
+
+
+async def test_async_timeout_through_the_asgi_handler():
+    from django.test import AsyncClient
+
+    response = await AsyncClient().get("/add/1/1?timeout=0.2")
+    assert response.status_code == 504
+    assert "did not finish within 0.2 seconds" in response.json()["error"]
+
+
+@pytest.mark.skipif(not POSTGRES, reason="counts PostgreSQL connections")
+async def test_hundreds_of_async_waiters_share_a_few_connections(worker_processes):
+    await asyncio.to_thread(worker_processes.start, "--concurrency", "4")
+
+    def connections_now() -> int:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                )
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()  # this runs in a throwaway executor thread
+
+    waiters = [add.using(timeout=60).aenqueue_and_wait(i, i) for i in range(300)]
+    gathered = asyncio.gather(*waiters)
+    peak = 0
+    while not gathered.done():
+        peak = max(peak, await asyncio.to_thread(connections_now))
+        await asyncio.sleep(0.05)
+    assert await gathered == [2 * i for i in range(300)]
+    assert peak <= 12, f"{peak} connections for 300 waiters"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _SilentServer:
+    """Accepts TCP connections and never answers: a hung Redis."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(client)
+
+    def close(self) -> None:
+        self.sock.close()
+        for client in self.clients:
+            client.close()
+
