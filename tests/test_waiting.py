@@ -231,4 +231,3 @@ class _SilentServer:
         self.sock.close()
         for client in self.clients:
             client.close()
-

@@ -1,0 +1,94 @@
+"""System checks, by id and through ``manage.py check``."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from django_jobqueue.checks import check_channel_layer, check_settings
+
+
+def _ids(messages):
+    return [m.id for m in messages]
+
+
+def test_default_settings_pass(settings):
+    assert check_settings() == []
+
+
+def test_jobqueue_must_be_a_dict(settings):
+    settings.JOBQUEUE = ["nope"]
+    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+
+
+def test_unknown_key_is_an_error_that_lists_valid_keys(settings):
+    settings.JOBQUEUE = {"MAX_ATEMPTS": 5}
+    (error,) = check_settings()
+    assert error.id == "django_jobqueue.E001"
+    assert "MAX_ATEMPTS" in error.msg and "MAX_ATTEMPTS" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MAX_ATTEMPTS", 0),
+        ("MAX_ATTEMPTS", "3"),
+        ("LEASE_SECONDS", True),
+        ("POLL_INTERVAL", -1),
+        ("DEFAULT_QUEUE", "has spaces"),
+    ],
+)
+def test_bad_values_are_errors(settings, key, value):
+    settings.JOBQUEUE = {key: value}
+    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+
+
+def test_missing_channel_layer_alias_is_an_error(settings):
+    settings.JOBQUEUE = {"CHANNEL_LAYER": "notifications"}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert _ids(check_channel_layer()) == ["django_jobqueue.E002"]
+
+
+def test_no_channel_layers_at_all_is_fine(settings):
+    settings.JOBQUEUE = {}
+    del settings.CHANNEL_LAYERS
+    assert check_channel_layer() == []
+
+
+def test_polling_only_is_fine(settings):
+    settings.JOBQUEUE = {"CHANNEL_LAYER": None}
+    assert check_channel_layer() == []
+
+
+def test_in_memory_layer_warns(settings):
+    settings.JOBQUEUE = {}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert _ids(check_channel_layer()) == ["django_jobqueue.W001"]
+
+
+def test_redis_layer_passes(settings):
+    settings.JOBQUEUE = {}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]},
+        }
+    }
+    assert check_channel_layer() == []
+
+
+def test_manage_py_check_reports_errors(settings):
+    settings.JOBQUEUE = {"POLL_INTERVALL": 1}
+    with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E001"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_manage_py_check_shows_the_in_memory_warning(settings):
+    settings.SILENCED_SYSTEM_CHECKS = []
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    err = StringIO()
+    call_command("check", stdout=StringIO(), stderr=err)
+    assert "django_jobqueue.W001" in err.getvalue()
