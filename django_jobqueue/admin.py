@@ -65,7 +65,8 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        counted = self.object_list.order_by()[: self.cap + 1].count()
+        queryset: Any = self.object_list
+        counted = queryset.order_by()[: self.cap + 1].count()
         self.capped = counted > self.cap
         return min(counted, self.cap)
 
@@ -127,7 +128,7 @@ class _RegistryFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
-        return queryset.filter(**{self.parameter_name: value}) if value else queryset
+        return queryset.filter(**{str(self.parameter_name): value}) if value else queryset
 
 
 def known_queues() -> set[str]:
@@ -167,6 +168,11 @@ JOB_LIST_FIELDS = (
     "started_at",
     "finished_at",
 )
+
+
+def _fields(fieldsets: Any) -> tuple[str, ...]:
+    """Every field of ``fieldsets``: all of them are read-only."""
+    return tuple(name for _title, options in fieldsets for name in options["fields"])
 
 
 def _is_changelist(request: HttpRequest) -> bool:
@@ -235,9 +241,7 @@ class JobAdmin(admin.ModelAdmin):
             },
         ),
     )
-    readonly_fields = tuple(
-        name for _title, options in fieldsets for name in options["fields"]
-    )
+    readonly_fields = _fields(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         queryset = super().get_queryset(request)
@@ -382,20 +386,18 @@ def build_overview(now: datetime) -> Overview:
             stats[queue] = QueueStats(queue, now=now, minutes=[(0, 0)] * CHART_MINUTES)
         return stats[queue]
 
-    for queue in known_queues():
-        of(queue)
+    for name in known_queues():
+        of(name)
     jobs = Job.objects.order_by()
-    for row in jobs.values("queue", "status").annotate(n=Count("id")):
-        of(row["queue"]).counts[row["status"]] = row["n"]
+    for counted in jobs.values("queue", "status").annotate(n=Count("id")):
+        of(counted["queue"]).counts[counted["status"]] = counted["n"]
     waiting = (
-        jobs.ready(now)
-        .values("queue")
-        .annotate(since=Min(Coalesce("run_after", "enqueued_at")))
+        jobs.ready(now).values("queue").annotate(since=Min(Coalesce("run_after", "enqueued_at")))
     )
-    for row in waiting:
-        of(row["queue"]).waiting_since = row["since"]
-    for row in DeadLetter.objects.order_by().values("queue").annotate(n=Count("id")):
-        of(row["queue"]).dead_letters = row["n"]
+    for oldest in waiting:
+        of(oldest["queue"]).waiting_since = oldest["since"]
+    for letters in DeadLetter.objects.order_by().values("queue").annotate(n=Count("id")):
+        of(letters["queue"]).dead_letters = letters["n"]
 
     first_minute = now.replace(second=0, microsecond=0) - timedelta(minutes=CHART_MINUTES - 1)
     finished = (
@@ -408,29 +410,29 @@ def build_overview(now: datetime) -> Overview:
         .values("queue", "minute", "status")
         .annotate(n=Count("id"))
     )
-    for row in finished:
-        index = int((row["minute"] - first_minute).total_seconds() // 60)
+    for bucket in finished:
+        index = int((bucket["minute"] - first_minute).total_seconds() // 60)
         if not 0 <= index < CHART_MINUTES:
             continue
-        queue = of(row["queue"])
-        completed, failed = queue.minutes[index]
-        if row["status"] == Status.COMPLETED:
-            completed += row["n"]
+        stat = of(bucket["queue"])
+        completed, failed = stat.minutes[index]
+        if bucket["status"] == Status.COMPLETED:
+            completed += bucket["n"]
         else:
-            failed += row["n"]
-        queue.minutes = [*queue.minutes[:index], (completed, failed), *queue.minutes[index + 1 :]]
+            failed += bucket["n"]
+        stat.minutes[index] = (completed, failed)
 
     total = QueueStats("All queues", now=now, minutes=[(0, 0)] * CHART_MINUTES)
-    for queue in stats.values():
-        for status, n in queue.counts.items():
+    for stat in stats.values():
+        for status, n in stat.counts.items():
             total.counts[status] = total.counts.get(status, 0) + n
-        total.dead_letters += queue.dead_letters
-        if queue.waiting_since is not None and (
-            total.waiting_since is None or queue.waiting_since < total.waiting_since
+        total.dead_letters += stat.dead_letters
+        if stat.waiting_since is not None and (
+            total.waiting_since is None or stat.waiting_since < total.waiting_since
         ):
-            total.waiting_since = queue.waiting_since
+            total.waiting_since = stat.waiting_since
         total.minutes = [
-            (a + c, b + d) for (a, b), (c, d) in zip(total.minutes, queue.minutes, strict=True)
+            (a + c, b + d) for (a, b), (c, d) in zip(total.minutes, stat.minutes, strict=True)
         ]
     return Overview(queues=[stats[name] for name in sorted(stats)], total=total)
 
@@ -458,7 +460,9 @@ def bar_chart(minutes: list[tuple[int, int]], now: datetime | None) -> SafeStrin
             shapes.append((x, height - ok_h - bad_h, bad_h, STATUS_COLOURS[Status.FAILED], tip))
     rects = format_html_join(
         "",
-        '<rect x="{}" y="{}" width="' + str(bar) + '" height="{}" fill="{}"><title>{}</title></rect>',
+        '<rect x="{}" y="{}" width="'
+        + str(bar)
+        + '" height="{}" fill="{}"><title>{}</title></rect>',
         shapes,
     )
     label = f"peak {peak}/min" if peak else "nothing finished"
@@ -517,9 +521,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
         ("Failure", {"fields": ("error_display", "traceback_display")}),
     )
-    readonly_fields = tuple(
-        name for _title, options in fieldsets for name in options["fields"]
-    )
+    readonly_fields = _fields(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         queryset = super().get_queryset(request)
@@ -597,7 +599,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     report.requeued[0],
                 )
             else:
-                message = format_html("Requeued {} dead letters: their jobs are queued again.", count)
+                message = format_html(
+                    "Requeued {} dead letters: their jobs are queued again.", count
+                )
             self.message_user(request, message, messages.SUCCESS)
         if report.skipped:
             self.message_user(

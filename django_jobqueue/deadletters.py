@@ -59,18 +59,19 @@ def requeue_report(
 ) -> RequeueReport:
     """Like :func:`requeue`, but say which job ids were requeued and which were skipped."""
     if using is None:
-        queryset_db = dead_letters._db if isinstance(dead_letters, models.QuerySet) else None
+        queryset_db = getattr(dead_letters, "_db", None)
         using = queryset_db or router.db_for_write(DeadLetter)
     report = RequeueReport()
+    letters_table = DeadLetter.objects.using(using)
     with transaction.atomic(using=using):
+        if transaction.get_connection(using).vendor == "sqlite":
+            # SQLite has no row locks: take the database's write lock with the transaction's
+            # first statement (an UPDATE of no row), so a concurrent requeue waits here for
+            # this one to commit instead of failing to upgrade its read lock later.
+            letters_table.filter(pk__lt=0).update(attempts=models.F("attempts"))
         pks = _primary_keys(dead_letters)
         if not pks:
             return report
-        letters_table = DeadLetter.objects.using(using)
-        if transaction.get_connection(using).vendor == "sqlite":
-            # SQLite has no row locks: take the database's write lock before reading, so a
-            # concurrent requeue waits here instead of failing to upgrade its read lock.
-            letters_table.filter(pk__in=pks).update(attempts=models.F("attempts"))
         letters = list(letters_table.select_for_update().filter(pk__in=pks).order_by("pk"))
         if not letters:
             return report
