@@ -373,6 +373,8 @@ class Worker:
             raise
         for outcome in outcomes:
             self._running.pop(outcome.job.id, None)
+            if outcome.job.group is not None:
+                self._work_hint = True  # the group's next job may be ready now
             duration = outcome.duration
             self._avg_duration = (
                 duration

@@ -258,3 +258,14 @@ def test_stop_finishes_the_running_job(transactional_db):
     assert not thread.is_alive()
     assert handle.refresh().status == "completed"
     assert Execution.objects.filter(tag="slow").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_advances_without_waiting_for_the_next_poll(run_worker, settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 30}
+    for index in range(5):
+        record.using(group="chain").enqueue(f"c-{index}")
+    started = time.monotonic()
+    run_worker(concurrency=4)
+    assert Execution.objects.count() == 5
+    assert time.monotonic() - started < 5
