@@ -80,12 +80,14 @@ def test_redis_layer_passes(settings):
     assert check_channel_layer() == []
 
 
+@pytest.mark.django_db
 def test_manage_py_check_reports_errors(settings):
     settings.JOBQUEUE = {"POLL_INTERVALL": 1}
     with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E001"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
 
 
+@pytest.mark.django_db
 def test_manage_py_check_shows_the_in_memory_warning(settings):
     settings.SILENCED_SYSTEM_CHECKS = []
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
