@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -231,3 +233,60 @@ class _SilentServer:
         self.sock.close()
         for client in self.clients:
             client.close()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs the redis-server binary")
+def test_redis_dying_mid_run_degrades_to_polling(worker_processes, settings, caplog, tmp_path):
+    """A private Redis serves both sides, then is killed: answers keep coming, by polling."""
+    port = _closed_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: _answers(port), timeout=10)
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [url], "prefix": "djq-mid-run"},
+            }
+        }
+        settings.JOBQUEUE = {**settings.JOBQUEUE, "NOTIFY_TIMEOUT": 0.2}
+        reset_hub()
+        proc = worker_processes.start(env={"REDIS_URL": url, "DJQ_REDIS_PREFIX": "djq-mid-run"})
+        assert add.using(timeout=20).enqueue_and_wait(1, 1) == 2
+        server.kill()
+        server.wait(10)
+        for value in range(3):
+            assert add.using(timeout=20).enqueue_and_wait(value, 10) == value + 10
+        assert proc.poll() is None
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        reset_hub()
+    degraded = [r for r in caplog.records if "notifications degraded" in r.getMessage()]
+    assert len(degraded) == 1
+    assert "notifications degraded" in worker_processes.log(proc)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
