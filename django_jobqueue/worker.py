@@ -310,15 +310,9 @@ class Worker:
         started = time.monotonic()
         try:
             result = registry.get(job.name).func(*job.args, **job.kwargs)
-            outcome = self._success(job, result, started)
+            outcome = _succeeded(job, result, started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
-            outcome = Outcome(
-                job,
-                False,
-                time.monotonic() - started,
-                error=describe(exc),
-                traceback=traceback.format_exc(),
-            )
+            outcome = _failed(job, started, describe(exc))
         finally:
             close_old_connections()
         self._report(outcome)
@@ -327,31 +321,10 @@ class Worker:
         started = time.monotonic()
         try:
             result = await registry.get(job.name).func(*job.args, **job.kwargs)
-            outcome = self._success(job, result, started)
+            outcome = _succeeded(job, result, started)
         except BaseException as exc:
-            outcome = Outcome(
-                job,
-                False,
-                time.monotonic() - started,
-                error=describe(exc),
-                traceback=traceback.format_exc(),
-            )
+            outcome = _failed(job, started, describe(exc))
         self._report(outcome)
-
-    @staticmethod
-    def _success(job: ClaimedJob, result: Any, started: float) -> Outcome:
-        duration = time.monotonic() - started
-        try:
-            check_json(result, "result")
-        except Exception as exc:
-            return Outcome(
-                job,
-                False,
-                duration,
-                error=f"The job returned a value that cannot be stored: {exc}",
-                traceback=traceback.format_exc(),
-            )
-        return Outcome(job, True, duration, result=result)
 
     def _report(self, outcome: Outcome) -> None:
         self._done.append(outcome)
@@ -596,6 +569,21 @@ class Worker:
                 signal.Signals(signum).name,
             )
             os._exit(1)
+
+
+def _failed(job: ClaimedJob, started: float, error: str) -> Outcome:
+    """The outcome of an attempt that raised; call it from the ``except`` block."""
+    return Outcome(
+        job, False, time.monotonic() - started, error=error, traceback=traceback.format_exc()
+    )
+
+
+def _succeeded(job: ClaimedJob, result: Any, started: float) -> Outcome:
+    try:
+        check_json(result, "result")
+    except Exception as exc:
+        return _failed(job, started, f"The job returned a value that cannot be stored: {exc}")
+    return Outcome(job, True, time.monotonic() - started, result=result)
 
 
 def _claimed_from(row: Job) -> ClaimedJob:
