@@ -1,0 +1,1 @@
+"""The example project: a small shop that uses django-jobqueue for each common pattern."""

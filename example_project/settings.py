@@ -1,0 +1,123 @@
+"""Settings of the example project.
+
+SQLite and polling by default, so ``./scripts/example`` needs no server. Set ``DATABASE_URL``
+(``postgres://user:password@host:5432/name`` or ``sqlite:////absolute/path.sqlite3``) and
+``REDIS_URL`` (``redis://host:6379/0``) to run it on PostgreSQL and Redis, as in production.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "example-project-not-secret")
+DEBUG = os.environ.get("DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_jobqueue",
+    "example_project.shop",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+# -- database: DATABASE_URL, SQLite by default ---------------------------------------------------
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+_url = urlparse(DATABASE_URL)
+if _url.scheme in ("postgres", "postgresql"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _url.path.lstrip("/") or "postgres",
+            "USER": _url.username or "postgres",
+            "PASSWORD": _url.password or "",
+            "HOST": _url.hostname or "127.0.0.1",
+            "PORT": str(_url.port or 5432),
+        }
+    }
+elif _url.scheme in ("", "sqlite"):
+    # sqlite:///relative/to/this/directory.sqlite3 or sqlite:////an/absolute/path.sqlite3
+    _name = _url.path[1:] if _url.path else "db.sqlite3"
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": BASE_DIR / _name,  # an absolute _name replaces BASE_DIR
+            # WAL: the web server reads while the worker writes. timeout: wait for the
+            # write lock instead of failing with "database is locked".
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+        }
+    }
+else:
+    raise ValueError(f"DATABASE_URL must be postgres://... or sqlite:///..., not {DATABASE_URL!r}")
+
+# -- notifications: Redis if REDIS_URL, else polling ----------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": os.environ.get("REDIS_PREFIX", "djq-example"),
+            },
+        }
+    }
+
+JOBQUEUE = {
+    # Without Redis the web server and the worker find out about each other's work by
+    # polling the database; half a second keeps the demo snappy.
+    "CHANNEL_LAYER": "default" if REDIS_URL else None,
+    "POLL_INTERVAL": 0.5,
+    "WAIT_TIMEOUT": 10,
+    "RETRY_BACKOFF": 1.0,  # the flaky job's retries come after about 1 s, then 2 s
+    "RETRY_BACKOFF_MAX": 30.0,
+}
+
+# The welcome emails are printed by the worker instead of sent.
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = "shop@example.com"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"short": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "short"}},
+    "loggers": {"django_jobqueue": {"handlers": ["console"], "level": "INFO"}},
+}

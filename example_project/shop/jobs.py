@@ -1,0 +1,112 @@
+"""The example's jobs: one per pattern. A worker finds them because django-jobqueue imports
+the ``jobs`` module of every installed app."""
+
+import hashlib
+import time
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db.models import Count
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from django_jobqueue import job
+from django_jobqueue.models import Job
+
+from .models import UpstreamCall
+
+# -- API gateway: a view waits for this one --------------------------------------------------
+
+
+@job(queue="api", max_attempts=1, result_ttl=300)
+def analyse_text(text, delay=0.0, fail=False):
+    """Analyse ``text``. ``delay`` seconds of pretend work; ``fail`` raises, to see a 500.
+
+    One attempt: someone is waiting for the answer, so failing fast beats retrying.
+    """
+    if delay:
+        time.sleep(delay)
+    if fail:
+        raise RuntimeError("the analysis failed, as asked with fail=true")
+    words = text.split()
+    return {
+        "words": len(words),
+        "characters": len(text),
+        "longest_word": max(words, key=len, default=""),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+# -- background report: the client polls --------------------------------------------------------
+
+
+@job(queue="reports", result_ttl=24 * 3600)
+def build_report(kind, days, delay=2.0):
+    """A slow report, kept for a day. ``kind``: "signups" per day, or "jobs" by status."""
+    time.sleep(delay)  # stands in for a heavy query or a PDF rendering
+    since = timezone.now() - timedelta(days=days)
+    if kind == "signups":
+        per_day = (
+            get_user_model()
+            .objects.filter(date_joined__gte=since)
+            .annotate(day=TruncDate("date_joined"))
+            .values("day")
+            .annotate(signups=Count("id"))
+            .order_by("day")
+        )
+        rows = [{"day": row["day"].isoformat(), "signups": row["signups"]} for row in per_day]
+    else:
+        per_status = (
+            Job.objects.filter(enqueued_at__gte=since)
+            .values("name", "status")
+            .annotate(jobs=Count("id"))
+            .order_by("name", "status")
+        )
+        rows = list(per_status)
+    return {
+        "kind": kind,
+        "days": days,
+        "rows": rows,
+        "generated_at": timezone.now().isoformat(),
+    }
+
+
+# -- sign-up: enqueued in the transaction that creates the user ----------------------------------
+
+
+@job(queue="emails", max_attempts=5)
+def send_welcome_email(user_id):
+    """Send the welcome email (printed by the worker: the console email backend)."""
+    user = get_user_model().objects.get(pk=user_id)
+    send_mail(
+        subject="Welcome to the example shop",
+        message=f"Hello {user.username},\n\nthanks for signing up!\n",
+        from_email=None,
+        recipient_list=[user.email],
+    )
+    return {"to": user.email}
+
+
+# -- retries and dead letters ---------------------------------------------------------------------
+
+
+@job(max_attempts=5)
+def charge_card(order):
+    """Call a payment provider that is down twice, then answers (simulated per order).
+
+    The first two attempts fail; the worker retries with backoff and the third succeeds.
+    """
+    calls = UpstreamCall.record(order)
+    if calls <= 2:
+        raise ConnectionError(f"payment provider unavailable (call {calls} for order {order})")
+    return {"order": order, "charged": True, "calls": calls}
+
+
+@job(max_attempts=3)
+def import_feed(url):
+    """A poison job: it always fails, so after three attempts it becomes a dead letter.
+
+    Look for it in the admin under Job queue > Dead letters, then requeue or delete it.
+    """
+    raise ValueError(f"cannot parse the feed at {url}: it is not XML")
