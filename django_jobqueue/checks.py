@@ -25,7 +25,9 @@ _NUMBERS: dict[str, tuple[Any, float]] = {
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E001: JOBQUEUE is malformed (not a dict, an unknown key, a value of the wrong kind)."""
-    user = getattr(settings, "JOBQUEUE", {})
+    user = getattr(settings, "JOBQUEUE", None)
+    if user is None:
+        return []
     if not isinstance(user, dict):
         return [
             Error(
@@ -55,6 +57,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="django_jobqueue.E001",
                 )
             )
+    heartbeat = user.get("HEARTBEAT_INTERVAL")
+    if heartbeat is not None and (
+        isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0
+    ):
+        errors.append(
+            Error(
+                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a positive number "
+                "of seconds, or None for a third of LEASE_SECONDS.",
+                id="django_jobqueue.E001",
+            )
+        )
     queue = user.get("DEFAULT_QUEUE", DEFAULTS["DEFAULT_QUEUE"])
     from .options import check_queue
 
@@ -68,7 +81,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 @register(Tags.compatibility)
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E002: the named channel layer does not exist. W001: it cannot cross processes."""
-    user = getattr(settings, "JOBQUEUE", {})
+    user = getattr(settings, "JOBQUEUE", None) or {}
     alias = user.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"]) if isinstance(user, dict) else None
     if alias is None:
         return []

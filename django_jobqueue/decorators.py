@@ -16,6 +16,7 @@ from .exceptions import InvalidJobError
 from .handles import JobHandle
 from .options import (
     check_group,
+    check_job_id,
     check_options,
     check_positive_int,
     check_priority,
@@ -130,10 +131,10 @@ class JobFunction(Generic[P, R]):
                 args, kwargs = call, {}
             else:
                 raise InvalidJobError(
-                    f"enqueue_many() item {index} is a {type(call).__name__}; pass a tuple or "
-                    "list of positional arguments or a dict of keyword arguments per job."
+                    f"enqueue_many() item {index} is of type {type(call).__name__}; pass a "
+                    "tuple or list of positional arguments or a dict of keyword arguments."
                 )
-            job_id = f"{self.job_id}-{index}" if self.job_id else None
+            job_id = check_job_id(f"{self.job_id}-{index}") if self.job_id else None
             rows.append(self._row(args, kwargs, now, notify=False, job_id=job_id))
         return enqueue_rows(rows) if rows else []
 

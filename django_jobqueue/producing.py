@@ -69,7 +69,7 @@ def enqueue_rows(rows: Sequence[dict[str, Any]], *, notify: bool = False) -> lis
         for row in rows:
             handle = handles[row["job_id"]]
             if handle.created:
-                signals.job_enqueued.send(sender=Job, handle=handle)
+                signals.send_robust(signals.job_enqueued, sender=Job, handle=handle)
     return [handles[row["job_id"]] for row in rows]
 
 

@@ -1,14 +1,33 @@
 """Signals sent by django-jobqueue. Receivers run in the sending thread; keep them quick.
 
-* ``job_enqueued(sender=Job, handle)``: a new run was queued (not sent for deduplicated calls).
+* ``job_enqueued(sender=Job, handle)``: a new run was written (inside the caller's
+  transaction, if any; not sent for deduplicated calls).
 * ``job_started(sender=Job, job_id, attempt)``: a worker is about to run an attempt.
 * ``job_finished(sender=Job, job_id, ok, error)``: an attempt ended (completed or failed).
 * ``job_dead_lettered(sender=DeadLetter, dead_letter)``: a job failed for good.
 """
 
+import logging
+from typing import Any
+
 from django.dispatch import Signal
+
+logger = logging.getLogger("django_jobqueue")
 
 job_enqueued = Signal()
 job_started = Signal()
 job_finished = Signal()
 job_dead_lettered = Signal()
+
+
+def send_robust(signal: Signal, **kwargs: Any) -> None:
+    """Send ``signal``; a receiver that raises is logged and never breaks the queue."""
+    for receiver, response in signal.send_robust(**kwargs):
+        if isinstance(response, Exception):
+            logger.error(
+                "signal receiver %r raised %s: %s",
+                receiver,
+                type(response).__name__,
+                response,
+                exc_info=response,
+            )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import random
 import signal
 import socket
@@ -108,7 +109,9 @@ class Worker:
         self._running: dict[int, ClaimedJob] = {}
         self._buffer: deque[ClaimedJob] = deque()
         self._done: deque[Outcome] = deque()
-        self._wakeup = threading.Event()
+        # SimpleQueue.put is reentrant, so the signal handler (which runs on the main thread,
+        # between any two bytecodes) can wake the loop; an Event's lock could deadlock there.
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._work_hint = True
         self._more_work = False
         self._stopping = False
@@ -155,14 +158,28 @@ class Worker:
     def stop(self) -> None:
         """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""
         self._stopping = True
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeups.put(None)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait until woken or ``seconds`` pass; forget the wake-ups that came meanwhile."""
+        try:
+            self._wakeups.get(timeout=seconds)
+        except queue.Empty:
+            return
+        while True:
+            try:
+                self._wakeups.get_nowait()
+            except queue.Empty:
+                return
 
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
         timers = _Timers()
         while True:
-            self._wakeup.clear()
             now = time.monotonic()
             try:
                 self._flush()
@@ -170,6 +187,7 @@ class Worker:
                     self._release_buffer()
                     if not self._running and not self._done:
                         return
+                    self._heartbeat_if_due(now, timers)
                 else:
                     self._periodic(now, timers)
                     claimed_nothing = self._maybe_claim(now, timers)
@@ -189,11 +207,14 @@ class Worker:
             self._idle.set(self._free_slots() > 0 and not self._stopping)
             if self._done or (self._more_work and self._free_slots() > 0 and not self._stopping):
                 continue
-            self._wakeup.wait(self._sleep_for(timers))
+            self._sleep(self._sleep_for(timers))
 
     def _sleep_for(self, timers: _Timers) -> float:
         now = time.monotonic()
-        due = min(timers.poll, timers.heartbeat, timers.reap) - now
+        if self._stopping:
+            due = timers.heartbeat - now
+        else:
+            due = min(timers.poll, timers.heartbeat, timers.reap) - now
         return max(0.0, min(due, float(conf.get("POLL_INTERVAL"))))
 
     def _free_slots(self) -> int:
@@ -202,7 +223,7 @@ class Worker:
     def _on_work(self) -> None:
         logger.debug("worker name=%s woken by a work-available notification", self.name)
         self._work_hint = True
-        self._wakeup.set()
+        self._wake()
 
     def _listen_queues(self) -> list[str]:
         if self.queues is not None:
@@ -219,14 +240,14 @@ class Worker:
         )
         for connection in connections.all(initialized_only=True):
             connection.close()
-        self._wakeup.wait(delay)
+        self._sleep(delay)
 
     # -- claiming --------------------------------------------------------------------------
 
     def _maybe_claim(self, now: float, timers: _Timers) -> bool:
         """Claim if there is room and a reason; return True if a claim found nothing."""
         wanted = self._free_slots() + self._prefetch()
-        if wanted <= 0 or self._free_slots() <= 0:
+        if wanted <= 0:
             return False
         if not (self._work_hint or self._more_work or now >= timers.poll):
             return False
@@ -260,11 +281,11 @@ class Worker:
         claimed: list[ClaimedJob] = []
         order = self.queues[:]
         random.shuffle(order)
-        for queue in order:
+        for name in order:
             if len(claimed) >= wanted:
                 break
             claimed += jobs.claim(
-                queue=queue,
+                queue=name,
                 limit=wanted - len(claimed),
                 worker=self.name,
                 now=now,
@@ -288,7 +309,9 @@ class Worker:
             self._running[job.id] = job
             definition = registry.get(job.name)
             if signals.job_started.has_listeners():
-                signals.job_started.send(sender=Job, job_id=job.job_id, attempt=job.attempts)
+                signals.send_robust(
+                    signals.job_started, sender=Job, job_id=job.job_id, attempt=job.attempts
+                )
             if definition.is_async:
                 asyncio.run_coroutine_threadsafe(self._run_async(job), self._get_async_loop())
             else:
@@ -328,7 +351,7 @@ class Worker:
 
     def _report(self, outcome: Outcome) -> None:
         self._done.append(outcome)
-        self._wakeup.set()
+        self._wake()
 
     # -- writing outcomes --------------------------------------------------------------------
 
@@ -414,8 +437,12 @@ class Worker:
             hub().job_finished(notify)
         if signals.job_finished.has_listeners():
             for outcome in outcomes:
-                signals.job_finished.send(
-                    sender=Job, job_id=outcome.job.job_id, ok=outcome.ok, error=outcome.error
+                signals.send_robust(
+                    signals.job_finished,
+                    sender=Job,
+                    job_id=outcome.job.job_id,
+                    ok=outcome.ok,
+                    error=outcome.error,
                 )
 
     def _log(self, outcome: Outcome, result: str) -> None:
@@ -458,15 +485,18 @@ class Worker:
     # -- periodic: leases, reaping, pruning ---------------------------------------------------
 
     def _periodic(self, now: float, timers: _Timers) -> None:
-        if now >= timers.heartbeat:
-            timers.heartbeat = now + conf.heartbeat_interval()
-            self._heartbeat()
+        self._heartbeat_if_due(now, timers)
         if now >= timers.reap:
             timers.reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
             self._reap()
         if now >= timers.prune:
             timers.prune = now + PRUNE_EVERY
             self._prune()
+
+    def _heartbeat_if_due(self, now: float, timers: _Timers) -> None:
+        if now >= timers.heartbeat:
+            timers.heartbeat = now + conf.heartbeat_interval()
+            self._heartbeat()
 
     def _heartbeat(self) -> None:
         held = [*self._running.values(), *self._buffer]
@@ -649,5 +679,5 @@ def dead_letter(
             failed_at=now,
         )
     if signals.job_dead_lettered.has_listeners():
-        signals.job_dead_lettered.send(sender=DeadLetter, dead_letter=letter)
+        signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
     return row.notify

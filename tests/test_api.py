@@ -266,3 +266,24 @@ def test_enqueue_and_wait_names_atomic_requests(settings):
             add.enqueue_and_wait(1, 2)
     finally:
         connection.settings_dict["ATOMIC_REQUESTS"] = False
+
+
+def test_enqueue_many_refuses_ids_that_would_grow_too_long():
+    with pytest.raises(InvalidJobError, match="1 to 255"):
+        add.using(job_id="x" * 254).enqueue_many([(1, 2)])
+    assert not Job.objects.exists()
+
+
+def test_a_signal_receiver_that_raises_does_not_break_enqueue(caplog):
+    from django_jobqueue import signals
+
+    def broken(**kwargs):
+        raise ValueError("receiver bug")
+
+    signals.job_enqueued.connect(broken)
+    try:
+        handle = add.enqueue(1, 1)
+    finally:
+        signals.job_enqueued.disconnect(broken)
+    assert handle.created and Job.objects.filter(job_id=handle.id).exists()
+    assert "receiver bug" in caplog.text

@@ -94,3 +94,15 @@ def test_manage_py_check_shows_the_in_memory_warning(settings):
     err = StringIO()
     call_command("check", stdout=StringIO(), stderr=err)
     assert "django_jobqueue.W001" in err.getvalue()
+
+
+def test_jobqueue_none_means_defaults(settings):
+    settings.JOBQUEUE = None
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    assert check_settings() == [] and check_channel_layer() == []
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True])
+def test_bad_heartbeat_interval_is_an_error(settings, value):
+    settings.JOBQUEUE = {"HEARTBEAT_INTERVAL": value}
+    assert _ids(check_settings()) == ["django_jobqueue.E001"]

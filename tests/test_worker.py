@@ -269,3 +269,22 @@ def test_a_group_advances_without_waiting_for_the_next_poll(run_worker, settings
     run_worker(concurrency=4)
     assert Execution.objects.count() == 5
     assert time.monotonic() - started < 5
+
+
+def test_a_signal_receiver_that_raises_does_not_break_the_worker(run_worker, caplog):
+    from django_jobqueue import signals
+
+    def broken(**kwargs):
+        raise ValueError("receiver bug")
+
+    signals.job_finished.connect(broken)
+    signals.job_started.connect(broken)
+    try:
+        handle = add.enqueue(1, 1)
+        run_worker()
+    finally:
+        signals.job_finished.disconnect(broken)
+        signals.job_started.disconnect(broken)
+    assert handle.refresh().status == "completed"
+    assert "signal receiver" in caplog.text and "receiver bug" in caplog.text
+    assert "discarded" not in caplog.text

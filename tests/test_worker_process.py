@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
@@ -137,3 +140,29 @@ def test_worker_survives_its_database_connections_being_killed(worker_processes)
     wait_until(lambda: _status(second.id) == "completed", timeout=30)
     assert proc.poll() is None
     assert "database error in worker" in worker_processes.log(proc)
+
+
+def test_a_draining_worker_keeps_renewing_its_lease(worker_processes, tmp_path):
+    """SIGTERM, then a job three times longer than the lease (2 s): it is still one run, and
+    the draining worker sleeps instead of spinning."""
+    marker = tmp_path / "started"
+    handle = sleep_then_record.enqueue("drain", 6, str(marker))
+    draining = worker_processes.start()
+    wait_until(marker.exists, timeout=20)
+    draining.send_signal(signal.SIGTERM)
+    other = worker_processes.start()
+    cpu_before = _cpu_seconds(draining.pid)
+    time.sleep(2)  # a measuring window, not a synchronisation: the job runs 4 s more
+    cpu_used = _cpu_seconds(draining.pid) - cpu_before
+    assert draining.wait(30) == 0, worker_processes.log(draining)
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.status, row.attempts) == ("completed", 1)
+    assert Execution.objects.filter(tag="drain").count() == 1
+    assert "lease expired" not in worker_processes.log(other)
+    assert cpu_used < 0.5, f"the draining worker spun: {cpu_used:.2f}s of CPU in 2s"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
