@@ -110,6 +110,17 @@ def human_seconds(seconds: float | None) -> str:
     return f"{whole // 86400} d {whole % 86400 // 3600} h"
 
 
+def compact_time(value: datetime | None, same_day_as: datetime | None = None) -> str:
+    """``2026-11-22 07:18:03`` in the current time zone; only ``07:18:03`` when it is the same
+    day as ``same_day_as`` (a job's start and finish, next to its enqueue time)."""
+    if value is None:
+        return "-"
+    local = timezone.localtime(value)
+    if same_day_as is not None and timezone.localtime(same_day_as).date() == local.date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M:%S")
+
+
 # -- filters --------------------------------------------------------------------------------
 
 
@@ -188,9 +199,9 @@ class JobAdmin(admin.ModelAdmin):
         "queue",
         "status_display",
         "attempts_display",
-        "enqueued_at",
-        "started_at",
-        "finished_at",
+        "enqueued",
+        "started",
+        "finished",
         "duration_display",
     )
     list_display_links = ("job_id",)
@@ -264,6 +275,18 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: Job) -> str:
         return f"{job.attempts} / {job.max_attempts}"
+
+    @admin.display(description="enqueued", ordering="enqueued_at")
+    def enqueued(self, job: Job) -> str:
+        return compact_time(job.enqueued_at)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, job: Job) -> str:
+        return compact_time(job.started_at, job.enqueued_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, job: Job) -> str:
+        return compact_time(job.finished_at, job.enqueued_at)
 
     @admin.display(description="duration")
     def duration_display(self, job: Job) -> str:
@@ -439,7 +462,7 @@ def build_overview(now: datetime) -> Overview:
 
 def bar_chart(minutes: list[tuple[int, int]], now: datetime | None) -> SafeString:
     """An inline SVG bar chart: one bar per minute, completed (green) under failed (red)."""
-    bar, gap, height = 4, 1, 36
+    bar, gap, height = 3, 1, 32
     width = len(minutes) * (bar + gap)
     peak = max((completed + failed for completed, failed in minutes), default=0)
     start = (now or timezone.now()).replace(second=0, microsecond=0) - timedelta(
@@ -470,7 +493,7 @@ def bar_chart(minutes: list[tuple[int, int]], now: datetime | None) -> SafeStrin
         '<svg class="djq-chart" width="{}" height="{}" viewBox="0 0 {} {}" role="img" '
         'aria-label="jobs finished per minute, last {} minutes">'
         '<rect x="0" y="{}" width="{}" height="1" fill="#ccc"></rect>{}</svg>'
-        ' <span class="djq-peak">{}</span>',
+        '<br><span class="djq-peak">{}</span>',
         width,
         height,
         width,
@@ -485,12 +508,12 @@ def bar_chart(minutes: list[tuple[int, int]], now: datetime | None) -> SafeStrin
 
 # -- dead letters ---------------------------------------------------------------------------
 
-DEAD_LETTER_LIST_FIELDS = ("id", "job_id", "name", "queue", "error", "attempts", "failed_at")
+DEAD_LETTER_LIST_FIELDS = ("id", "job_id", "name", "error", "attempts", "failed_at")
 
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ("job_id", "name", "queue", "error_line", "attempts", "failed_at")
+    list_display = ("job_id", "name", "error_line", "attempts", "failed_at")
     list_display_links = ("job_id",)
     list_filter = ("queue", "name")
     search_fields = ("=job_id", "name")

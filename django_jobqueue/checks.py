@@ -98,6 +98,19 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     backend = str(layers[alias].get("BACKEND", ""))
+    if backend.startswith("channels_redis.") and _redis_py_major() >= 8:
+        hosts = (layers[alias].get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
+        if not all(_blocking_reads_fit(host) for host in hosts):
+            return [
+                Warning(
+                    f"Channel layer {alias!r} uses redis-py 8, whose default socket_timeout "
+                    "(5 s) is as long as channels_redis's blocking receive (5 s): receives "
+                    "time out every few seconds.",
+                    hint="Give each host a longer socket timeout, e.g. CONFIG = {'hosts': "
+                    "[{'address': 'redis://127.0.0.1:6379/0', 'socket_timeout': 10}]}.",
+                    id="django_jobqueue.W002",
+                )
+            ]
     if backend.endswith("InMemoryChannelLayer"):
         return [
             Warning(
@@ -110,3 +123,20 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+def _redis_py_major() -> int:
+    try:
+        from importlib.metadata import version
+
+        return int(version("redis").split(".")[0])
+    except Exception:
+        return 0
+
+
+def _blocking_reads_fit(host: Any) -> bool:
+    """True if the host's socket timeout outlasts channels_redis's 5 s BZPOPMIN."""
+    if not isinstance(host, dict) or "socket_timeout" not in host:
+        return False
+    timeout = host["socket_timeout"]
+    return timeout is None or (isinstance(timeout, int | float) and timeout > 5)

@@ -262,6 +262,8 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _is_read_timeout(exc):
+                    continue
                 self._degrade("receive", exc)
                 await asyncio.sleep(min(DEGRADED_RETRY, conf.get("POLL_INTERVAL")))
                 continue
@@ -351,7 +353,8 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._degrade("receive", exc)
+                if not _is_read_timeout(exc):
+                    self._degrade("receive", exc)
                 continue
             self._recovered()
             on_work()
@@ -422,6 +425,13 @@ class IdleFlag:
         while self._event is None:
             await asyncio.sleep(0.01)
         await self._event.wait()
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """A blocking receive that outlived the client's socket timeout: redis-py 8 defaults
+    ``socket_timeout`` to 5 s, the length of channels_redis's BZPOPMIN. Not an outage (sends
+    are bounded and judged on their own); receive again."""
+    return type(exc).__name__ == "TimeoutError" and "reading" in str(exc).lower()
 
 
 def _is_channel_full(exc: BaseException) -> bool:

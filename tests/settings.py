@@ -77,7 +77,8 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # Shared with the worker subprocesses of this test run, apart from other runs.
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Longer than channels_redis's 5 s blocking receive (redis-py 8 defaults to 5 s).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 "prefix": os.environ.setdefault("DJQ_REDIS_PREFIX", f"djqtest{os.getpid()}:"),
             },
         }

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import django.contrib.admin
 import pytest
+from django.conf import settings
+from django.test.testcases import LiveServerThread, _StaticFilesHandler
+from django.test.utils import override_settings
 from django.utils import timezone
 
 from django_jobqueue.models import DeadLetter, Job
@@ -62,6 +65,27 @@ def serve_admin_static(route: Route) -> None:
         return
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     route.fulfill(status=200, body=path.read_bytes(), content_type=content_type)
+
+
+@pytest.fixture
+def server_url(request, transactional_db):
+    """pytest-django's ``live_server`` when the settings have a STATIC_URL; without one its
+    static files handler fails every request, so run Django's live server thread here with a
+    STATIC_URL for the length of the test."""
+    if settings.STATIC_URL:
+        yield request.getfixturevalue("live_server").url
+        return
+    with override_settings(STATIC_URL="/static/", ALLOWED_HOSTS=["127.0.0.1"]):
+        thread = LiveServerThread("127.0.0.1", _StaticFilesHandler)
+        thread.daemon = True
+        thread.start()
+        thread.is_ready.wait(timeout=10)
+        if thread.error:
+            raise thread.error
+        try:
+            yield f"http://127.0.0.1:{thread.port}"
+        finally:
+            thread.terminate()
 
 
 def poll_page(page: Page, predicate, timeout: float = 30.0) -> None:
@@ -122,14 +146,14 @@ def seed_history() -> None:
     Job.objects.bulk_create(rows)
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / name), full_page=True)
+    page.screenshot(path=str(IMAGES / name), full_page=full_page)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_requeue_a_dead_letter_in_the_browser(
-    live_server, worker_processes, django_user_model, tmp_path
+    server_url, worker_processes, django_user_model, tmp_path
 ):
     django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pw")
     if SCREENSHOTS:
@@ -147,10 +171,12 @@ def test_requeue_a_dead_letter_in_the_browser(
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page = browser.new_page(
+                viewport={"width": 1600 if SCREENSHOTS else 1280, "height": 800}
+            )
             page.route(re.compile(r".*/admin/(css|js|img)/.*"), serve_admin_static)
 
-            page.goto(f"{live_server.url}/admin/login/?next=/admin/django_jobqueue/deadletter/")
+            page.goto(f"{server_url}/admin/login/?next=/admin/django_jobqueue/deadletter/")
             page.fill("#id_username", "admin")
             page.fill("#id_password", "admin-pw")
             page.click("input[type=submit]")
@@ -160,6 +186,7 @@ def test_requeue_a_dead_letter_in_the_browser(
             assert "ValueError: failing attempt 2" in row.inner_text()
 
             if SCREENSHOTS:
+                page.click("#toggle-nav-sidebar")  # more room for the list
                 screenshot(page, "admin-dead-letters.png")
                 row.locator("th a").click()
                 page.wait_for_url(f"**/deadletter/{letter.pk}/change/")
@@ -181,7 +208,7 @@ def test_requeue_a_dead_letter_in_the_browser(
             assert "1 / 2" in page.inner_text(".field-attempts_display")  # a fresh run
             assert page.inner_text(".field-result_display pre").strip() == "3"
 
-            page.goto(f"{live_server.url}/admin/django_jobqueue/job/")
+            page.goto(f"{server_url}/admin/django_jobqueue/job/")
             page.click("text=Queue overview")
             page.wait_for_url("**/admin/django_jobqueue/job/overview/")
             default_row = page.locator("tr[data-queue=default]")
@@ -189,6 +216,8 @@ def test_requeue_a_dead_letter_in_the_browser(
             assert default_row.locator("svg.djq-chart rect[fill]").count() >= 2
             if SCREENSHOTS:
                 screenshot(page, "admin-overview.png")
+                page.goto(f"{server_url}/admin/django_jobqueue/job/?status__exact=failed")
+                screenshot(page, "admin-jobs.png", full_page=False)
         finally:
             browser.close()
 

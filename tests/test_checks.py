@@ -69,7 +69,20 @@ def test_in_memory_layer_warns(settings):
     assert _ids(check_channel_layer()) == ["django_jobqueue.W001"]
 
 
-def test_redis_layer_passes(settings):
+def test_redis_layer_with_a_long_socket_timeout_passes(settings):
+    settings.JOBQUEUE = {}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": 10}]},
+        }
+    }
+    assert check_channel_layer() == []
+
+
+def test_redis_py_8_default_socket_timeout_warns(settings):
+    from importlib.metadata import version
+
     settings.JOBQUEUE = {}
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -77,7 +90,8 @@ def test_redis_layer_passes(settings):
             "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]},
         }
     }
-    assert check_channel_layer() == []
+    expected = ["django_jobqueue.W002"] if int(version("redis").split(".")[0]) >= 8 else []
+    assert _ids(check_channel_layer()) == expected
 
 
 @pytest.mark.django_db

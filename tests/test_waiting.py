@@ -152,7 +152,9 @@ def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
 def test_a_waiter_that_times_out_leaves_nothing_in_redis(settings):
     import redis
 
-    client = redis.Redis.from_url(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0])
+    client = redis.Redis.from_url(
+        settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"]
+    )
     prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
     with pytest.raises(JobTimeoutError):
         add.using(job_id="nobody-runs-me", timeout=0.3).enqueue_and_wait(1, 1)
