@@ -112,8 +112,9 @@ def test_manage_py_check_shows_the_in_memory_warning(settings):
 
 def test_jobqueue_none_means_defaults(settings):
     settings.JOBQUEUE = None
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
-    assert check_settings() == [] and check_channel_layer() == []
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert check_settings() == []
+    assert _ids(check_channel_layer()) == ["django_jobqueue.W001"]  # the default alias is used
 
 
 @pytest.mark.parametrize("value", [0, -1, "5", True])
