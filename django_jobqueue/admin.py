@@ -513,7 +513,7 @@ DEAD_LETTER_LIST_FIELDS = ("id", "job_id", "name", "error", "attempts", "failed_
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ("job_id", "name", "error_line", "attempts", "failed_at")
+    list_display = ("job_id", "name", "error_line", "attempts", "failed")
     list_display_links = ("job_id",)
     list_filter = ("queue", "name")
     search_fields = ("=job_id", "name")
@@ -566,6 +566,10 @@ class DeadLetterAdmin(admin.ModelAdmin):
     @admin.display(description="error")
     def error_line(self, letter: DeadLetter) -> str:
         return Truncator(letter.error_summary).chars(120)
+
+    @admin.display(description="failed", ordering="failed_at")
+    def failed(self, letter: DeadLetter) -> str:
+        return compact_time(letter.failed_at)
 
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, letter: DeadLetter) -> str:
