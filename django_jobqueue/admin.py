@@ -191,8 +191,22 @@ def _is_changelist(request: HttpRequest) -> bool:
     return bool(match and match.url_name and match.url_name.endswith("_changelist"))
 
 
+class SearchByJobIdMixin:
+    """Search: a whole job id is one index lookup; anything else searches names as well."""
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if term and " " not in term:
+            by_id = queryset.filter(job_id=term)
+            if by_id.exists():  # an index lookup, not "job_id = x OR name LIKE ..." (a scan)
+                return by_id, False
+        return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(SearchByJobIdMixin, admin.ModelAdmin):
     list_display = (
         "job_id",
         "name",
@@ -206,7 +220,7 @@ class JobAdmin(admin.ModelAdmin):
     )
     list_display_links = ("job_id",)
     list_filter = ("status", QueueFilter, NameFilter)
-    search_fields = ("=job_id", "name")
+    search_fields = ("job_id__exact", "name")
     search_help_text = "A job id (exact) or part of a job name."
     list_select_related = False
     list_per_page = 100
@@ -512,11 +526,11 @@ DEAD_LETTER_LIST_FIELDS = ("id", "job_id", "name", "error", "attempts", "failed_
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(SearchByJobIdMixin, admin.ModelAdmin):
     list_display = ("job_id", "name", "error_line", "attempts", "failed")
     list_display_links = ("job_id",)
     list_filter = ("queue", "name")
-    search_fields = ("=job_id", "name")
+    search_fields = ("job_id__exact", "name")
     search_help_text = "A job id (exact) or part of a job name."
     list_per_page = 100
     show_full_result_count = False

@@ -134,6 +134,9 @@ def test_job_filters_and_search(admin_client, population):
     assert ids(f"q={done.id}") == {done.id}
     assert ids("q=always_fails") == {failed}
     assert ids("q=no-such-job") == set()
+    with CaptureQueriesContext(connection) as queries:
+        assert ids(f"q={done.id}") == {done.id}
+    assert not [q for q in queries if "LIKE" in q["sql"].upper()], "a whole id: index lookups"
 
 
 def test_name_and_queue_filters_list_registered_jobs_without_scanning_the_table(
