@@ -121,6 +121,22 @@ def compact_time(value: datetime | None, same_day_as: datetime | None = None) ->
     return local.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def precise_time(value: datetime | None, empty: str = "-") -> str:
+    """``2026-11-22 07:18:03.120 UTC``: a job's times to the millisecond, with the zone."""
+    if value is None:
+        return empty
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d} {local.tzname()}"
+
+
+def _precise(field_name: str, label: str, empty: str = "-") -> Any:
+    @admin.display(description=label, ordering=field_name)
+    def show(self: Any, obj: Any) -> str:
+        return precise_time(getattr(obj, field_name), empty)
+
+    return show
+
+
 # -- filters --------------------------------------------------------------------------------
 
 
@@ -249,19 +265,19 @@ class JobAdmin(SearchByJobIdMixin, admin.ModelAdmin):
             "Timing",
             {
                 "fields": (
-                    "enqueued_at",
-                    "run_after",
-                    "started_at",
-                    "finished_at",
+                    "enqueued_at_display",
+                    "run_after_display",
+                    "started_at_display",
+                    "finished_at_display",
                     "duration_display",
-                    "expires_at",
+                    "expires_at_display",
                 )
             },
         ),
         (
             "Worker",
             {
-                "fields": ("worker", "lease_expires_at", "notify", "result_ttl"),
+                "fields": ("worker", "lease_expires_at_display", "notify", "result_ttl"),
                 "classes": ("collapse",),
             },
         ),
@@ -289,6 +305,13 @@ class JobAdmin(SearchByJobIdMixin, admin.ModelAdmin):
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: Job) -> str:
         return f"{job.attempts} / {job.max_attempts}"
+
+    enqueued_at_display = _precise("enqueued_at", "enqueued at")
+    run_after_display = _precise("run_after", "run after", "- (at once)")
+    started_at_display = _precise("started_at", "started at")
+    finished_at_display = _precise("finished_at", "finished at")
+    expires_at_display = _precise("expires_at", "outcome kept until")
+    lease_expires_at_display = _precise("lease_expires_at", "lease expires at")
 
     @admin.display(description="enqueued", ordering="enqueued_at")
     def enqueued(self, job: Job) -> str:
@@ -550,8 +573,8 @@ class DeadLetterAdmin(SearchByJobIdMixin, admin.ModelAdmin):
                     "priority",
                     "group",
                     "result_ttl",
-                    "enqueued_at",
-                    "failed_at",
+                    "enqueued_at_display",
+                    "failed_at_display",
                 )
             },
         ),
@@ -580,6 +603,9 @@ class DeadLetterAdmin(SearchByJobIdMixin, admin.ModelAdmin):
     @admin.display(description="error")
     def error_line(self, letter: DeadLetter) -> str:
         return Truncator(letter.error_summary).chars(120)
+
+    enqueued_at_display = _precise("enqueued_at", "enqueued at")
+    failed_at_display = _precise("failed_at", "failed at")
 
     @admin.display(description="failed", ordering="failed_at")
     def failed(self, letter: DeadLetter) -> str:

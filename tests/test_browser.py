@@ -207,6 +207,8 @@ def test_requeue_a_dead_letter_in_the_browser(
             poll_page(page, lambda p: "Completed" in p.inner_text(".field-status_display"))
             assert "1 / 2" in page.inner_text(".field-attempts_display")  # a fresh run
             assert page.inner_text(".field-result_display pre").strip() == "3"
+            if SCREENSHOTS:
+                screenshot(page, "admin-job.png")
 
             page.goto(f"{server_url}/admin/django_jobqueue/job/")
             page.click("text=Queue overview")
