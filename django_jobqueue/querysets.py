@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections, models
+from django.utils import timezone
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
@@ -177,18 +178,7 @@ class JobQuerySet(models.QuerySet[Any]):
         serialises claimers.
         """
         sql = self._sql()
-        queue_filter = "AND c.queue = %s " if queue is not None else ""
-        select = (
-            f"SELECT c.id FROM {sql.table} c "
-            f"WHERE c.status = 'queued' {queue_filter}"
-            "AND (c.run_after IS NULL OR c.run_after <= %s) "
-            f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
-            f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
-            "AND g.status IN ('queued', 'running') AND g.id < c.id)) "
-            "ORDER BY c.priority DESC, c.id LIMIT %s"
-        )
-        select_params: list[Any] = [queue] if queue is not None else []
-        select_params += [sql.prep("run_after", now), limit]
+        select, select_params = self._claim_select(sql, queue, limit, now)
         set_params = [
             sql.prep("started_at", now),
             sql.prep("lease_expires_at", lease_until),
@@ -228,6 +218,31 @@ class JobQuerySet(models.QuerySet[Any]):
         ]
         claimed.sort(key=lambda job: job.id)
         return claimed
+
+    def _claim_select(
+        self, sql: _SQL, queue: str | None, limit: int, now: datetime
+    ) -> tuple[str, list[Any]]:
+        """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``."""
+        queue_filter = "AND c.queue = %s " if queue is not None else ""
+        select = (
+            f"SELECT c.id FROM {sql.table} c "
+            f"WHERE c.status = 'queued' {queue_filter}"
+            "AND (c.run_after IS NULL OR c.run_after <= %s) "
+            f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
+            f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
+            "AND g.status IN ('queued', 'running') AND g.id < c.id)) "
+            "ORDER BY c.priority DESC, c.id LIMIT %s"
+        )
+        params: list[Any] = [queue] if queue is not None else []
+        return select, [*params, sql.prep("run_after", now), limit]
+
+    def explain_claim(self, *, queue: str | None = None, limit: int = 10) -> str:
+        """The database's plan for a worker's claim (``EXPLAIN``), to check it uses an index."""
+        sql = self._sql()
+        select, params = self._claim_select(sql, queue, limit, timezone.now())
+        prefix = "EXPLAIN QUERY PLAN " if sql.vendor == "sqlite" else "EXPLAIN "
+        rows = sql.execute(prefix + select, params)
+        return "\n".join(" ".join(str(col) for col in row) for row in rows)
 
     @staticmethod
     def _claim_exclusive(sql: _SQL, statement: str, params: list[Any]) -> list[tuple[Any, ...]]:
