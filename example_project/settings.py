@@ -94,7 +94,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Longer than channels_redis's 5 s blocking receive (check django_jobqueue.W002).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 "prefix": os.environ.get("REDIS_PREFIX", "djq-example"),
             },
         }
