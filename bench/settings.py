@@ -37,9 +37,7 @@ INSTALLED_APPS = [
 BENCH_DB = os.environ.get("BENCH_DB", "postgres")
 
 if BENCH_DB == "postgres":
-    url = urlparse(
-        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/djq_bench")
-    )
+    url = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/djq_bench"))
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
@@ -73,7 +71,9 @@ if BENCH_CHANNELS == "redis":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Longer than channels_redis's 5 s blocking receive, as the docs say (W002):
+                # redis-py 8's default of 5 s would time an idle receive out.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 "prefix": os.environ.get("BENCH_REDIS_PREFIX", "djqbench:"),
             },
         }

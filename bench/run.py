@@ -1,0 +1,1250 @@
+#!/usr/bin/env python
+"""django-jobqueue benchmarks: one entry point.
+
+    python bench/run.py [--db postgres|sqlite|all] [--quick] [--only SCENARIO ...]
+    python bench/run.py --profile roundtrip|worker      # cProfile of one side, PostgreSQL + Redis
+
+Scenarios: enqueue, enqueue_many, drain, roundtrip, wakeup, backlog, memory (see
+bench/README.md). The parent process prepares each database (drops and recreates the
+PostgreSQL database, or makes a fresh SQLite file in a temporary directory), then runs the
+scenarios of that database in a child process (Django settings are per process), which starts
+and stops ``runjobworker`` subprocesses itself. Every wait is bounded; every subprocess is
+killed on the way out. The table is printed at the end and written to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SCENARIOS = ["enqueue", "enqueue_many", "drain", "roundtrip", "wakeup", "backlog", "memory"]
+#: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
+SLOW = {"backlog", "memory"}
+DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
+DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/djq_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# What the numbers are chased against (PostgreSQL + Redis).
+AIMS = {
+    ("enqueue one by one", "jobs/s"): ">= 2,500",
+    ("enqueue_many", "jobs/s"): ">= 30,000",
+    ("drain, 2 workers x 2 threads", "jobs/s (from spawn)"): ">= 3,000",
+    ("drain, 2 workers x 2 threads", "jobs/s (DB window)"): ">= 3,000",
+    ("round trip enqueue_and_wait", "p50 ms"): "<= 2",
+    ("round trip enqueue_and_wait", "p99 ms"): "<= 5",
+    ("backlog 1M, other queue", "vs empty"): ">= 90%",
+    ("backlog 1M, same queue", "vs empty"): ">= 90%",
+    ("backlog 1M", "claim plan"): "index scan",
+    ("worker RSS", "growth 5k -> 100k jobs, MB"): "< 20",
+}
+
+SIZES: dict[str, dict[str, int]] = {
+    "full": {
+        "enqueue": 5000,
+        "enqueue_many": 50_000,
+        "drain": 10_000,
+        "drain_sqlite": 6000,
+        "roundtrip": 500,
+        "roundtrip_sqlite": 100,
+        "wakeup": 200,
+        "wakeup_sqlite": 100,
+        "backlog": 1_000_000,
+        "backlog_drain": 5000,
+        "memory": 100_000,
+    },
+    "quick": {
+        "enqueue": 1000,
+        "enqueue_many": 20_000,
+        "drain": 4000,
+        "drain_sqlite": 2000,
+        "roundtrip": 200,
+        "roundtrip_sqlite": 50,
+        "wakeup": 50,
+        "wakeup_sqlite": 30,
+        "backlog": 100_000,
+        "backlog_drain": 2000,
+        "memory": 20_000,
+    },
+}
+
+
+# ------------------------------------------------------------------------------------------
+# parent: prepare databases, run one child per database, print the table
+# ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--db", choices=["postgres", "sqlite", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="smaller N, no backlog/memory")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        metavar="SCENARIO",
+        help="run only these: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["roundtrip", "worker"],
+        help="profile one side with cProfile (PostgreSQL + Redis) instead",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--load-jobs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--queue", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load_jobs is not None:  # a loader process of Bench.load
+        import django
+
+        django.setup()
+        load_jobs(args.load_jobs, args.queue)
+        return 0
+    if args.child:
+        return child_main(args)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        dbs = ["postgres"]
+    else:
+        dbs = ["postgres", "sqlite"] if args.db == "all" else [args.db]
+    total_budget = 115.0 if args.quick else 580.0
+    started = time.monotonic()
+    results: dict[str, dict[str, Any]] = {}
+    for index, db in enumerate(dbs):
+        if args.profile:
+            scenarios: list[str] = []
+        elif args.only:
+            scenarios = list(args.only)
+        else:
+            scenarios = [
+                s for s in SCENARIOS if s not in SLOW or (db == "postgres" and not args.quick)
+            ]
+        left = total_budget - (time.monotonic() - started)
+        # Leave the later databases their share of what is left.
+        reserve = 45 if args.quick else 110  # what SQLite needs after PostgreSQL
+        budget = left if index == len(dbs) - 1 else max(left * 0.5, left - reserve)
+        print(
+            f"\n=== {DB_LABEL[db]}: {', '.join(scenarios) or 'profile ' + args.profile} "
+            f"(budget {budget:.0f}s) ===",
+            flush=True,
+        )
+        results[db] = run_child(
+            db, scenarios, quick=args.quick, budget=budget, profile=args.profile
+        )
+    elapsed = time.monotonic() - started
+    if args.profile:
+        return 0 if all(r.get("ok") for r in results.values()) else 1
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    report = render(results, dbs, command.strip(), elapsed, quick=args.quick)
+    print("\n" + report)
+    (RESULTS / "latest.md").write_text(report)
+    print(f"written to {RESULTS / 'latest.md'}")
+    return 0 if all(r.get("ok") for r in results.values()) else 1
+
+
+def prepare_postgres(url: str) -> None:
+    import psycopg
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/") or "djq_bench"
+    admin = parsed._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def run_child(
+    db: str, scenarios: list[str], *, quick: bool, budget: float, profile: str | None
+) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.update(
+        BENCH_DB=db,
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        BENCH_REDIS_PREFIX=f"djqbench{os.getpid()}{db[:2]}:",
+        PYTHONUNBUFFERED="1",
+    )
+    tmpdir = None
+    if db == "postgres":
+        env.setdefault("DATABASE_URL", DEFAULT_PG_URL)
+        prepare_postgres(env["DATABASE_URL"])
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="djq_bench_")
+        env["BENCH_SQLITE_DIR"] = tmpdir
+    out = Path(tempfile.mkstemp(prefix=f"djq_bench_{db}_", suffix=".json")[1])
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--db",
+        db,
+        "--out",
+        str(out),
+        "--budget",
+        f"{budget:.1f}",
+    ]
+    if quick:
+        cmd.append("--quick")
+    if scenarios:
+        cmd += ["--only", *scenarios]
+    if profile:
+        cmd += ["--profile", profile]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    try:
+        proc.wait(timeout=budget + 30)
+    except subprocess.TimeoutExpired:
+        print(f"!! {db}: the child ran past its budget; stopping it", flush=True)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        if proc.poll() is None:
+            proc.kill()
+        raise
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    try:
+        data = json.loads(out.read_text() or "{}")
+    except (OSError, ValueError):
+        data = {}
+    out.unlink(missing_ok=True)
+    data.setdefault("rows", [])
+    data.setdefault("notes", [])
+    data["ok"] = proc.returncode == 0 and data.get("ok", False)
+    if proc.returncode != 0:
+        data["notes"].append(f"child exited with code {proc.returncode}")
+    return data
+
+
+def render(
+    results: dict[str, dict[str, Any]], dbs: list[str], command: str, elapsed: float, *, quick: bool
+) -> str:
+    keys: list[tuple[str, str]] = []
+    values: dict[tuple[str, str], dict[str, str]] = {}
+    for db in dbs:
+        for row in results[db]["rows"]:
+            key = (row["scenario"], row["metric"])
+            if key not in values:
+                keys.append(key)
+                values[key] = {}
+            values[key][db] = row["value"]
+    head = ["Scenario", "Metric", *[DB_LABEL[db] for db in dbs], "Aim (PG + Redis)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        cells = [key[0], key[1], *[values[key].get(db, "") for db in dbs], AIMS.get(key, "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = [
+        f"# django-jobqueue benchmarks{' (quick)' if quick else ''}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; run took {elapsed:.0f}s.",
+        "",
+        *lines,
+        "",
+    ]
+    for db in dbs:
+        notes = results[db]["notes"]
+        if notes:
+            out += [f"## Notes: {DB_LABEL[db]}", ""]
+            for note in notes:
+                out += [note, ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------
+# child: one database, Django set up, scenarios in order
+# ------------------------------------------------------------------------------------------
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def load_jobs(n: int, queue: str | None, chunk: int = 10_000) -> None:
+    """enqueue_many ``n`` no-op jobs (Django must be set up)."""
+    from bench.benchapp.jobs import noop
+
+    job = noop.using(queue=queue) if queue else noop
+    done = 0
+    while done < n:
+        size = min(chunk, n - done)
+        job.enqueue_many([()] * size)
+        done += size
+
+
+class Bench:
+    def __init__(self, db: str, quick: bool, budget: float) -> None:
+        self.db = db
+        self.quick = quick
+        self.sizes = SIZES["quick" if quick else "full"]
+        self.deadline = time.monotonic() + budget
+        self.rows: list[dict[str, str]] = []
+        self.notes: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logdir = RESULTS / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._spawned = 0
+        self.failed = False
+
+    # -- output ------------------------------------------------------------------------
+
+    def row(self, scenario: str, metric: str, value: str) -> None:
+        self.rows.append({"scenario": scenario, "metric": metric, "value": value})
+        print(f"   {scenario:<34} {metric:<30} {value}", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def size(self, name: str) -> int:
+        return self.sizes.get(f"{name}_{self.db}", self.sizes[name])
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def bound(self, seconds: float) -> float:
+        """A monotonic deadline ``seconds`` from now, never past the child's budget."""
+        return time.monotonic() + max(1.0, min(seconds, self.left() - 5))
+
+    # -- database ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty the job tables and this run's Redis keys (no worker may be running)."""
+        from django.db import connection
+
+        from django_jobqueue.models import DeadLetter, Job, JobResult
+
+        tables = [m._meta.db_table for m in (JobResult, DeadLetter, Job)]
+        with connection.cursor() as cursor:
+            if self.db == "postgres":
+                cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+            else:
+                for table in tables:
+                    cursor.execute(f"DELETE FROM {table}")
+        self.flush_redis()
+
+    def flush_redis(self) -> None:
+        from django.conf import settings
+
+        if settings.BENCH_CHANNELS != "redis":
+            return
+        import redis
+
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+    def count(self, status: str = "completed") -> int:
+        from django_jobqueue.models import Job
+
+        return Job.objects.filter(status=status).count()
+
+    def load(
+        self,
+        n: int,
+        *,
+        queue: str | None = None,
+        analyze: bool = True,
+        processes: int = 1,
+        bound: float = 240,
+    ) -> float:
+        """enqueue_many ``n`` no-op jobs, 10,000 per call, in ``processes`` processes at
+        once; return the seconds taken.
+
+        Then ANALYZE the job table (not timed), as autovacuum would sooner or later: the claim
+        query's plan depends on the statistics (see the backlog scenario).
+        """
+        started = time.perf_counter()
+        if processes <= 1:
+            load_jobs(n, queue)
+        else:
+            share = [n // processes + (i < n % processes) for i in range(processes)]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--load-jobs"]
+            procs = [
+                subprocess.Popen(
+                    [*cmd, str(k), *(["--queue", queue] if queue else [])],
+                    cwd=ROOT,
+                    env=worker_env(),
+                    start_new_session=True,
+                )
+                for k in share
+            ]
+            self.procs += procs
+            deadline = self.bound(bound)
+            wait_until(lambda: all(p.poll() is not None for p in procs), deadline, 0.1)
+            for proc in procs:
+                self.stop(proc)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"a loader process exited with {proc.returncode}")
+        elapsed = time.perf_counter() - started
+        if analyze:
+            self.analyze()
+        return elapsed
+
+    def fresh_table(self) -> None:
+        """Drop and recreate the library's tables: no statistics, as on a fresh install."""
+        from django.core.management import call_command
+
+        self.reset()
+        call_command("migrate", "django_jobqueue", "zero", verbosity=0, interactive=False)
+        call_command("migrate", verbosity=0, interactive=False)
+
+    def analyze(self) -> None:
+        from django.db import connection
+
+        from django_jobqueue.models import Job
+
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {Job._meta.db_table}")
+
+    def autovacuum(self, on: bool) -> None:
+        """Switch autovacuum (and so auto-ANALYZE) of the job table on or off (PostgreSQL)."""
+        from django.db import connection
+
+        from django_jobqueue.models import Job
+
+        if self.db == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"ALTER TABLE {Job._meta.db_table} SET "
+                    f"(autovacuum_enabled = {'true' if on else 'false'})"
+                )
+
+    # -- workers -------------------------------------------------------------------------
+
+    def spawn(
+        self, *extra: str, burst: bool = False, concurrency: int = 2
+    ) -> subprocess.Popen[bytes]:
+        self._spawned += 1
+        cmd = [
+            sys.executable,
+            "-m",
+            "django",
+            "runjobworker",
+            "-v",
+            "0",
+            "--concurrency",
+            str(concurrency),
+            *extra,
+        ]
+        if burst:
+            cmd.append("--burst")
+        env = worker_env()
+        log = open(self.logdir / f"worker-{self.db}-{self._spawned}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def kill_all(self) -> None:
+        for proc in list(self.procs):
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        self.procs.clear()
+
+    @contextlib.contextmanager
+    def workers(
+        self, n: int, *extra: str, burst: bool = False
+    ) -> Iterator[list[subprocess.Popen[bytes]]]:
+        procs = [self.spawn(*extra, burst=burst) for _ in range(n)]
+        try:
+            yield procs
+        finally:
+            for proc in procs:
+                self.stop(proc)
+
+    def worker_log_tail(self, n: int = 3) -> str:
+        logs = sorted(self.logdir.glob(f"worker-{self.db}-*.log"), key=lambda p: p.stat().st_mtime)
+        text = []
+        for path in logs[-n:]:
+            content = path.read_text(errors="replace").strip().splitlines()[-5:]
+            if content:
+                text.append(f"{path.name}: " + " / ".join(content))
+        return "; ".join(text)
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU time that was busy over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_until(condition: Callable[[], bool], deadline: float, interval: float = 0.05) -> bool:
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def fmt_rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "n/a"
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+# -- scenarios -------------------------------------------------------------------------------
+
+
+def scenario_enqueue(b: Bench) -> None:
+    from bench.benchapp.jobs import noop
+
+    b.reset()
+    for _ in range(50):  # warm-up: connection, hub thread, channel layer pool
+        noop.enqueue()
+    n = b.size("enqueue")
+    deadline = b.bound(30)
+    done = 0
+    started = time.perf_counter()
+    while done < n and time.monotonic() < deadline:
+        noop.enqueue()
+        done += 1
+    elapsed = time.perf_counter() - started
+    b.row("enqueue one by one", "jobs/s", fmt_rate(done, elapsed))
+    if done < n:
+        b.note(f"enqueue one by one: stopped by its time bound after {done} of {n} jobs.")
+    raw = raw_insert_rate(min(n, 2000))
+    b.row("enqueue one by one", "baseline: raw 1-row INSERT commits/s", fmt_rate(*raw))
+    b.note(
+        "enqueue one by one: `noop.enqueue()` in autocommit, one transaction per job. The "
+        "baseline is the same table's single-row INSERT (hand-written SQL through Django's "
+        "cursor, one commit each): what the database and disk allow one connection here."
+    )
+
+
+def raw_insert_rate(n: int) -> tuple[int, float]:
+    import uuid
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_jobqueue.models import Job
+
+    table = connection.ops.quote_name(Job._meta.db_table)
+    group = connection.ops.quote_name("group")
+    sql = (
+        f"INSERT INTO {table} (job_id, name, queue, args, kwargs, priority, {group}, "
+        "max_attempts, result_ttl, notify, enqueued_at, status, attempts, worker, last_error) "
+        "VALUES (%s, 'raw', 'raw', '[]', '{}', 0, NULL, 3, 3600, false, %s, 'completed', 0, "
+        "'', '')"
+    )
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        started = time.perf_counter()
+        for _ in range(n):
+            cursor.execute(sql, [uuid.uuid4().hex, now])
+        return n, time.perf_counter() - started
+
+
+def scenario_enqueue_many(b: Bench) -> None:
+    from bench.benchapp.jobs import noop
+
+    b.reset()
+    noop.enqueue_many([()] * 1000)  # warm-up
+    n = b.size("enqueue_many")
+    started = time.perf_counter()
+    handles = noop.enqueue_many([()] * n)
+    elapsed = time.perf_counter() - started
+    assert len(handles) == n
+    b.row("enqueue_many", "jobs/s", fmt_rate(n, elapsed))
+
+
+def drain_window() -> tuple[Any, Any, int]:
+    from django.db.models import Count, Max, Min
+
+    from django_jobqueue.models import Job
+
+    agg = Job.objects.filter(status="completed").aggregate(
+        first=Min("started_at"), last=Max("finished_at"), n=Count("id")
+    )
+    return agg["first"], agg["last"], agg["n"]
+
+
+def drain(
+    b: Bench, n: int, nworkers: int, label: str, *, fresh: bool = False, bound: float = 90
+) -> str:
+    """Bulk-enqueue ``n`` no-op jobs, then time ``nworkers`` burst workers draining them.
+
+    ``fresh``: on a job table just created and never ANALYZEd (a fresh install before
+    autovacuum's first pass; autovacuum is held off meanwhile); the drain may stop at
+    ``bound`` and then reports the rate so far. Returns the claim query's plan (PostgreSQL,
+    ``fresh`` only) as it was before the workers started.
+    """
+    from django_jobqueue.models import Job
+
+    if fresh:
+        b.fresh_table()
+        b.autovacuum(False)
+    else:
+        b.reset()
+    plan = ""
+    try:
+        b.load(n, analyze=not fresh)
+        if fresh and b.db == "postgres":
+            plan = explain(claim_sql(None))
+        wall_start = time.time()
+        started = time.perf_counter()
+        deadline = b.bound(bound)
+        with b.workers(nworkers, burst=True) as procs:
+            done = wait_until(lambda: b.count() >= n, deadline, interval=0.05)
+            finished = time.perf_counter()
+            if done:
+                wait_until(lambda: all(p.poll() is not None for p in procs), b.bound(15))
+            exited = time.perf_counter()
+    finally:
+        if fresh:
+            b.autovacuum(True)
+    first, last, completed = drain_window()
+    suffix = "" if done else f" ({completed:,} of {n:,} in {bound:.0f}s)"
+    b.row(label, "jobs/s (from spawn)", fmt_rate(completed, finished - started) + suffix)
+    if first and last and completed:
+        window = (last - first).total_seconds()
+        b.row(label, "jobs/s (DB window)", fmt_rate(completed, window))
+        b.row(label, "startup s (spawn -> 1st claim)", f"{first.timestamp() - wall_start:.2f}")
+    retried = Job.objects.filter(attempts__gt=1).count()
+    if (not done and not fresh) or retried:
+        b.note(
+            f"{label}: {completed} of {n} completed before the bound; {retried} jobs ran "
+            f"more than once; workers exited {exited - finished:.1f}s after the last job. "
+            + b.worker_log_tail()
+        )
+    if not done and not fresh:
+        b.failed = True
+    return plan
+
+
+def scenario_drain(b: Bench) -> None:
+    n = b.size("drain")
+    drain(b, n, 1, "drain, 1 worker x 2 threads")
+    drain(b, n, 2, "drain, 2 workers x 2 threads")
+    plan = drain(b, n, 2, "drain, 2 workers, fresh table", fresh=True, bound=15)
+    if plan:
+        b.row("drain, 2 workers, fresh table", "claim plan (queue=None)", plan_summary(plan))
+        b.note(
+            f"EXPLAIN (ANALYZE, BUFFERS) of the claim query of a worker serving every queue, "
+            f"{n:,} jobs queued in a job table never ANALYZEd:\n\n```\n{plan}\n```"
+        )
+    b.note(
+        f"drain: {n:,} no-op jobs bulk-enqueued (then ANALYZE), then `runjobworker --burst "
+        "--concurrency 2 -v 0` subprocesses; 'from spawn' counts from starting the processes "
+        "to the last completion seen (polling COUNT every 50 ms), 'DB window' from the first "
+        "job's started_at to the last finished_at. 'fresh table': the same on a job table "
+        "just created (migrate django_jobqueue zero, migrate) and never ANALYZEd, autovacuum "
+        "held off, as on a fresh install before autovacuum's first pass; bounded to 15 s."
+    )
+
+
+def scenario_roundtrip(b: Bench) -> None:
+    from django.conf import settings
+
+    from bench.benchapp.jobs import echo
+    from django_jobqueue.models import Job
+
+    b.reset()
+    n = b.size("roundtrip")
+    timings: dict[int, tuple[float, float]] = {}  # x -> (wall start, wall end)
+    errors: list[str] = []
+    base = 1_000_000
+    with b.workers(1):
+        # The first wait also waits for the worker process to start.
+        try:
+            echo.using(timeout=20).enqueue_and_wait(-1)
+        except Exception as exc:
+            errors.append(f"first wait: {exc!r}")
+        waiting = echo.using(timeout=5)
+        for i in range(20):
+            with contextlib.suppress(Exception):
+                waiting.enqueue_and_wait(i)
+        deadline = b.bound(90)
+        for i in range(n):
+            if time.monotonic() > deadline:
+                errors.append(f"stopped by the time bound after {i} round trips")
+                break
+            x = base + i
+            t0 = time.time()
+            try:
+                value = waiting.enqueue_and_wait(x)
+            except Exception as exc:
+                errors.append(repr(exc))
+                continue
+            timings[x] = (t0, time.time())
+            if value != x:
+                errors.append(f"got {value!r} for {x}")
+    # Where the time went, from the timestamps the library writes: enqueued_at (stamped
+    # before subscribing), started_at (stamped by the worker before its claim query),
+    # finished_at (stamped before the completion is written).
+    phases: dict[str, list[float]] = {
+        "call -> started_at": [],
+        "started_at -> finished_at": [],
+        "finished_at -> return": [],
+    }
+    for args, started, finished in Job.objects.filter(name=echo.name).values_list(
+        "args", "started_at", "finished_at"
+    ):
+        x = args[0] if args else None
+        if x in timings and started and finished:
+            t0, t1 = timings[x]
+            phases["call -> started_at"].append(started.timestamp() - t0)
+            phases["started_at -> finished_at"].append((finished - started).total_seconds())
+            phases["finished_at -> return"].append(t1 - finished.timestamp())
+    total = [t1 - t0 for t0, t1 in timings.values()]
+    mode = (
+        "Redis notifications"
+        if settings.BENCH_CHANNELS == "redis"
+        else f"polling, POLL_INTERVAL={settings.JOBQUEUE['POLL_INTERVAL']}s"
+    )
+    label = "round trip enqueue_and_wait"
+    b.row(label, "mode", mode)
+    b.row(label, "samples", f"{len(total)}")
+    for p in (50, 95, 99):
+        b.row(label, f"p{p} ms", fmt_ms(percentile(total, p)))
+    b.row(label, "max ms", fmt_ms(max(total) if total else math.nan))
+    for phase, values in phases.items():
+        b.row(label, f"p50 ms, {phase}", fmt_ms(percentile(values, 50)))
+    if errors:
+        b.note(f"round trip: {len(errors)} errors: {'; '.join(errors[:5])}")
+    b.note(
+        f"round trip: one idle `runjobworker --concurrency 2` process; 20 warm-up then {n} "
+        f"sequential `echo.using(timeout=5).enqueue_and_wait(i)` ({mode}). Phases from the "
+        "job's own timestamps: 'call -> started_at' is subscribe + INSERT + wake-up + "
+        "worker wake; 'started_at -> finished_at' is the claim query, hand-off to the job "
+        "thread, the job, hand-back; 'finished_at -> return' is the completion write, the "
+        "'finished' notification and the waiter's read."
+    )
+
+
+def scenario_wakeup(b: Bench) -> None:
+    import random
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from bench.benchapp.jobs import echo, noop
+    from django_jobqueue.models import Job
+
+    b.reset()
+    n = b.size("wakeup")
+    samples: list[float] = []
+    missing = 0
+
+    def run_one() -> float | None:
+        handle = noop.enqueue()
+        committed = timezone.now()
+        row: dict[str, Any] = {}
+
+        def done() -> bool:
+            row.update(Job.objects.filter(job_id=handle.id).values("status", "started_at")[0])
+            return row["status"] == "completed"
+
+        if not wait_until(done, b.bound(5), interval=0.002):
+            return None
+        return (row["started_at"] - committed).total_seconds()
+
+    with b.workers(1):
+        if run_one() is None:  # also waits for the worker to start
+            run_one()
+        # This process also waits for a job once, as a web process serving both kinds of
+        # views would: its hub then holds a process channel that it keeps receiving on.
+        echo.using(timeout=10).enqueue_and_wait(0)
+        for _ in range(10):
+            run_one()
+            time.sleep(0.02)
+        deadline = b.bound(30)
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(random.uniform(0.01, 0.03))  # let the worker go idle again
+            latency = run_one()
+            if latency is None:
+                missing += 1
+            else:
+                samples.append(latency)
+    mode = (
+        "Redis notifications"
+        if settings.BENCH_CHANNELS == "redis"
+        else f"polling, POLL_INTERVAL={settings.JOBQUEUE['POLL_INTERVAL']}s"
+    )
+    label = "wake-up: commit -> started_at"
+    b.row(label, "samples", f"{len(samples)}")
+    b.row(label, "p50 ms", fmt_ms(percentile(samples, 50)))
+    b.row(label, "p99 ms", fmt_ms(percentile(samples, 99)))
+    b.row(label, "max ms", fmt_ms(max(samples) if samples else math.nan))
+    slow = sum(1 for v in samples if v > 0.1)
+    if settings.BENCH_CHANNELS == "redis":
+        b.row(label, "samples > 100 ms (polled)", f"{slow}")
+    b.note(
+        f"wake-up: one idle worker; time from `noop.enqueue()` returning (autocommit: "
+        f"committed) to the job's started_at, which the worker stamps just before its claim "
+        f"query ({mode}); 10-30 ms between samples. The producing process has waited for one "
+        f"job first (enqueue_and_wait), as a web process would. {missing} samples missed the "
+        "5 s bound."
+    )
+
+
+class _Rollback(Exception):
+    pass
+
+
+def claim_sql(queue: str | None) -> str:
+    """The SQL of JobQuerySet.claim as the worker sends it (captured, then rolled back)."""
+    from datetime import timedelta
+
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from django_jobqueue.models import Job
+
+    now = timezone.now()
+    with CaptureQueriesContext(connection) as ctx:
+        try:
+            with transaction.atomic():
+                Job.objects.claim(
+                    queue=queue,
+                    limit=10,
+                    worker="bench-explain",
+                    now=now,
+                    lease_until=now + timedelta(seconds=30),
+                )
+                raise _Rollback
+        except _Rollback:
+            pass
+    return [q["sql"] for q in ctx.captured_queries if "UPDATE" in q["sql"]][-1]
+
+
+def explain(sql: str) -> str:
+    from django.db import connection, transaction
+
+    prefix = (
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
+        if connection.vendor == "postgresql"
+        else "EXPLAIN QUERY PLAN "
+    )
+    lines: list[str] = []
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(prefix + sql)
+            for row in cursor.fetchall():
+                lines.append(str(row[-1]))
+            raise _Rollback  # EXPLAIN ANALYZE of an UPDATE runs it: undo
+    except _Rollback:
+        pass
+    return "\n".join(lines)
+
+
+def plan_summary(plan: str) -> str:
+    """'Index Scan using djq_claim_queue, 0.08 ms' from an EXPLAIN ANALYZE text (PostgreSQL),
+    the detail lines from an EXPLAIN QUERY PLAN (SQLite)."""
+    import re
+
+    if "Execution Time" not in plan:
+        return "; ".join(line.strip() for line in plan.splitlines() if line.strip())
+    scans = re.findall(
+        r"(Index Only Scan|Index Scan|Bitmap Heap Scan|Seq Scan)"
+        r"(?: Backward)?(?: using (\w+))? on \w+ c\b",
+        plan,
+    )
+    parts = [f"{kind} using {index}" if index else kind for kind, index in scans]
+    if "Sort Key" in plan:
+        parts.append("Sort")
+    text = " + ".join(parts) or "?"
+    timing = re.search(r"Execution Time: ([\d.]+) ms", plan)
+    if timing:
+        text += f", {float(timing.group(1)):.2f} ms"
+    return text
+
+
+def is_index_scan(plan: str) -> bool:
+    """True when the claim's candidate rows come from an ordered index scan of djq_claim_*
+    (not a bitmap scan or a sequential scan followed by a sort of every queued row)."""
+    summary = plan_summary(plan) if "Execution Time" in plan else plan
+    return ("Index Scan using djq_claim" in summary or "USING INDEX djq_claim" in plan) and (
+        "Sort" not in summary and "TEMP B-TREE" not in plan
+    )
+
+
+def drain_some(
+    b: Bench,
+    n: int,
+    extra: tuple[str, ...],
+    label: str,
+    *,
+    bound: float = 60,
+    partial_ok: bool = False,
+) -> float | None:
+    """Start 2 workers (not burst); rate of the first ``n`` jobs they complete, from the DB
+    (first started_at to n-th finished_at of the jobs claimed after the workers started)."""
+    from django.utils import timezone
+
+    from django_jobqueue.models import Job
+
+    since = timezone.now()
+    deadline = b.bound(bound)
+    before = b.count()
+    with b.workers(2, *extra):
+        ok = wait_until(lambda: b.count() - before >= n, deadline, interval=0.1)
+    mine = Job.objects.filter(status="completed", started_at__gte=since)
+    finished = list(mine.order_by("finished_at").values_list("finished_at", flat=True)[:n])
+    first = mine.order_by("started_at").values_list("started_at", flat=True).first()
+    if not finished or first is None:
+        b.note(f"{label}: no job completed within {bound:.0f}s. " + b.worker_log_tail())
+        b.row(label, "drain jobs/s (DB window)", "0")
+        return None
+    if not ok and not partial_ok:
+        b.note(
+            f"{label}: only {len(finished)} of {n} completed within {bound:.0f}s. "
+            + b.worker_log_tail()
+        )
+        b.failed = True
+    seconds = (finished[-1] - first).total_seconds()
+    rate = len(finished) / seconds if seconds > 0 else math.nan
+    shown = f"{rate:,.0f}" + ("" if ok else f" ({len(finished)} jobs in {bound:.0f}s)")
+    b.row(label, "drain jobs/s (DB window)", shown)
+    return rate
+
+
+def scenario_backlog(b: Bench) -> None:
+    from bench.benchapp.jobs import noop
+
+    size, n = b.size("backlog"), b.size("backlog_drain")
+    label = "backlog 1M" if size == 1_000_000 else f"backlog {size // 1000:,}k"
+    pg = b.db == "postgres"
+
+    # Baseline: nothing else in the table.
+    b.reset()
+    b.load(n)
+    empty = drain_some(b, n, ("--queue", "default"), "backlog 0 (empty queue)")
+
+    # A fresh install: the job table was never ANALYZEd (autovacuum has not come by yet,
+    # switched off here to keep it so) when the backlog arrives.
+    b.fresh_table()
+    b.autovacuum(False)
+    stale: dict[str | None, str] = {}
+    try:
+        seconds = b.load(size, queue="backlog", analyze=False, processes=2)
+        b.row(label, "load: enqueue_many in 2 processes, jobs/s", fmt_rate(size, seconds))
+        if pg:
+            stale = {queue: explain(claim_sql(queue)) for queue in ("backlog", None)}
+            for queue, plan in stale.items():
+                b.row(f"{label}, never ANALYZEd", f"claim plan (queue={queue})", plan_summary(plan))
+    finally:
+        b.autovacuum(True)
+    b.analyze()
+    plans = {queue: explain(claim_sql(queue)) for queue in ("default", "backlog", None)}
+
+    noop.enqueue_many([()] * n)
+    other = drain_some(b, n, ("--queue", "default"), f"{label}, other queue")
+    if other and empty:
+        b.row(f"{label}, other queue", "vs empty", f"{other / empty:.0%}")
+
+    # Same queue: drain the first n of the backlog itself (priority, id order).
+    same = drain_some(b, n, ("--queue", "backlog"), f"{label}, same queue")
+    if same and empty:
+        b.row(f"{label}, same queue", "vs empty", f"{same / empty:.0%}")
+
+    # Workers serving every queue (no --queue): the djq_claim_any index.
+    every = drain_some(b, n, (), f"{label}, worker on every queue")
+    if every and empty:
+        b.row(f"{label}, worker on every queue", "vs empty", f"{every / empty:.0%}")
+
+    index = all(is_index_scan(plan) for plan in plans.values())
+    b.row(label, "claim plan", "index scan" if index else "NOT an index scan (see notes)")
+    if pg:
+        for queue, plan in plans.items():
+            b.row(label, f"claim plan (queue={queue})", plan_summary(plan))
+    kind = "EXPLAIN (ANALYZE, BUFFERS)" if pg else "EXPLAIN QUERY PLAN"
+    for queue, plan in stale.items():
+        b.note(
+            f"{kind} of the claim query, queue={queue!r}, {size:,} jobs queued in "
+            "'backlog', table never ANALYZEd (fresh install):\n\n"
+            "```\n" + plan + "\n```"
+        )
+    for queue, plan in plans.items():
+        b.note(
+            f"{kind} of the claim query, queue={queue!r}, {size:,} jobs queued in "
+            "'backlog', after ANALYZE:\n\n```\n" + plan + "\n```"
+        )
+    b.note(
+        f"backlog: drains of {n:,} no-op jobs by 2 `runjobworker --concurrency 2` processes "
+        "(not burst; stopped after the n-th completion); rate = n / (first started_at to "
+        "n-th finished_at). 'other queue': workers with --queue default while the backlog "
+        "is in 'backlog'; 'same queue': workers with --queue backlog drain the backlog's "
+        "first jobs; 'every queue': workers without --queue. 'never ANALYZEd': the job "
+        "table was created afresh (migrate django_jobqueue zero, migrate) and autovacuum "
+        "kept off while the backlog was loaded, as on a fresh install before autovacuum's "
+        "first ANALYZE."
+    )
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def scenario_memory(b: Bench) -> None:
+    n = b.size("memory")
+    early = 5000
+    b.reset()
+    b.load(n, processes=2)
+    deadline = b.bound(200)
+    at_early = None
+    trace: list[str] = []
+    with b.workers(1) as (proc,):
+        next_trace = 0
+        while time.monotonic() < deadline:
+            done = b.count()
+            rss = rss_mb(proc.pid)
+            if rss is None:
+                break
+            if at_early is None and done >= early:
+                at_early = (done, rss)
+            if done >= next_trace:
+                trace.append(f"{done:,}: {rss:.1f}")
+                next_trace += n // 10
+            if done >= n:
+                break
+            time.sleep(0.25)
+        time.sleep(0.5)  # settle: the last flush
+        at_end = (b.count(), rss_mb(proc.pid))
+        proc_ok = proc.poll() is None
+    label = "worker RSS"
+    if at_early and at_end[1] is not None and proc_ok:
+        short = "" if at_end[0] >= n else f" (bound reached at {at_end[0]:,} jobs)"
+        b.row(label, f"MB after {early // 1000}k jobs", f"{at_early[1]:.1f}")
+        b.row(label, f"MB after {n // 1000}k jobs", f"{at_end[1]:.1f}{short}")
+        b.row(
+            label,
+            f"growth {early // 1000}k -> {n // 1000}k jobs, MB",
+            f"{at_end[1] - at_early[1]:+.1f}{short}",
+        )
+        if short:
+            b.failed = True
+    else:
+        b.row(label, "growth", "n/a (worker died or bound reached)")
+        b.failed = True
+    b.note(
+        f"memory: one `runjobworker --concurrency 2` process, {n:,} no-op jobs queued up "
+        f"front; VmRSS (MB) by completed jobs: {', '.join(trace)}; end {at_end}."
+    )
+
+
+SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
+    "enqueue": scenario_enqueue,
+    "enqueue_many": scenario_enqueue_many,
+    "drain": scenario_drain,
+    "roundtrip": scenario_roundtrip,
+    "wakeup": scenario_wakeup,
+    "backlog": scenario_backlog,
+    "memory": scenario_memory,
+}
+
+
+# -- profiling -------------------------------------------------------------------------------
+
+
+def profile_top(profiler: Any, name: str, limit: int = 30) -> str:
+    import io
+    import pstats
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(RESULTS / f"profile-{name}.prof"))
+    text = []
+    for key in ("tottime", "cumulative"):
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(key).print_stats(limit)
+        text.append(stream.getvalue())
+    out = "\n".join(text)
+    (RESULTS / f"profile-{name}.txt").write_text(out)
+    return out
+
+
+def profile_roundtrip(b: Bench) -> None:
+    import cProfile
+
+    from bench.benchapp.jobs import echo
+
+    b.reset()
+    with b.workers(1):
+        echo.using(timeout=20).enqueue_and_wait(-1)
+        waiting = echo.using(timeout=5)
+        for i in range(50):
+            waiting.enqueue_and_wait(i)
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        for i in range(500):
+            waiting.enqueue_and_wait(i)
+        profiler.disable()
+        elapsed = time.perf_counter() - started
+    print(profile_top(profiler, "roundtrip"))
+    print(
+        f"500 round trips in {elapsed:.2f}s ({elapsed * 2:.2f} ms each, under cProfile); "
+        f"written to {RESULTS}/profile-roundtrip.*"
+    )
+
+
+def profile_worker(b: Bench) -> None:
+    import cProfile
+
+    from django_jobqueue.worker import Worker
+
+    n = 20_000
+    b.reset()
+    b.load(n)
+    worker = Worker(burst=True, concurrency=2)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    worker.run()
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    print(profile_top(profiler, "worker"))
+    print(
+        f"worker main thread: {worker.processed} jobs in {elapsed:.2f}s under cProfile; "
+        f"written to {RESULTS}/profile-worker.*"
+    )
+
+
+# -- child entry -----------------------------------------------------------------------------
+
+
+def child_main(args: argparse.Namespace) -> int:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    bench = Bench(args.db, args.quick, args.budget or 600)
+    atexit.register(bench.kill_all)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    ok = True
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+        if args.profile:
+            {"roundtrip": profile_roundtrip, "worker": profile_worker}[args.profile](bench)
+        for name in args.only or []:
+            if bench.left() < 10:
+                bench.note(f"{name}: skipped, the run's time budget is used up")
+                ok = False
+                continue
+            # Let the machine settle (the database finishing the previous scenario's work,
+            # other people's processes) for up to 2 s; note it if it stays busy.
+            settle_until = time.monotonic() + 2
+            while (busy := cpu_busy(0.5)) > 0.3 and time.monotonic() < settle_until:
+                pass
+            print(f"-- {name} (machine CPU busy before: {busy:.0%})", flush=True)
+            if busy > 0.3:
+                bench.note(
+                    f"{name}: the machine was still {busy:.0%} busy with other work when it "
+                    "started; its figures are less reliable."
+                )
+            started = time.monotonic()
+            try:
+                SCENARIO_FUNCS[name](bench)
+            except Exception as exc:  # report and go on with the next scenario
+                import traceback
+
+                traceback.print_exc()
+                bench.note(f"{name}: failed with {exc!r}")
+                ok = False
+            finally:
+                bench.kill_all()
+            print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
+    finally:
+        bench.kill_all()
+        with contextlib.suppress(Exception):
+            bench.flush_redis()
+        if args.out:
+            Path(args.out).write_text(
+                json.dumps(
+                    {"rows": bench.rows, "notes": bench.notes, "ok": ok and not bench.failed}
+                )
+            )
+    return 0 if ok and not bench.failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
