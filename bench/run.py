@@ -127,6 +127,8 @@ def main() -> int:
         return child_main(args)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    # SIGTERM stops the run like Ctrl-C: the child is stopped, it stops its workers.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.profile:
         dbs = ["postgres"]
     else:
@@ -288,6 +290,26 @@ def render(
 # ------------------------------------------------------------------------------------------
 
 
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In a subprocess before exec (Linux): get SIGKILL when the process that started it dies,
+    so no worker outlives a benchmark that was killed outright. (Resolved before the fork:
+    nothing is imported between fork and exec.)"""
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -404,6 +426,7 @@ class Bench:
                     cwd=ROOT,
                     env=worker_env(),
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
                 for k in share
             ]
@@ -470,7 +493,13 @@ class Bench:
         env = worker_env()
         log = open(self.logdir / f"worker-{self.db}-{self._spawned}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self.procs.append(proc)
@@ -497,9 +526,9 @@ class Bench:
 
     @contextlib.contextmanager
     def workers(
-        self, n: int, *extra: str, burst: bool = False
+        self, n: int, *extra: str, burst: bool = False, concurrency: int = 2
     ) -> Iterator[list[subprocess.Popen[bytes]]]:
-        procs = [self.spawn(*extra, burst=burst) for _ in range(n)]
+        procs = [self.spawn(*extra, burst=burst, concurrency=concurrency) for _ in range(n)]
         try:
             yield procs
         finally:
@@ -635,7 +664,14 @@ def drain_window() -> tuple[Any, Any, int]:
 
 
 def drain(
-    b: Bench, n: int, nworkers: int, label: str, *, fresh: bool = False, bound: float = 90
+    b: Bench,
+    n: int,
+    nworkers: int,
+    label: str,
+    *,
+    fresh: bool = False,
+    bound: float = 90,
+    concurrency: int = 2,
 ) -> str:
     """Bulk-enqueue ``n`` no-op jobs, then time ``nworkers`` burst workers draining them.
 
@@ -659,7 +695,7 @@ def drain(
         wall_start = time.time()
         started = time.perf_counter()
         deadline = b.bound(bound)
-        with b.workers(nworkers, burst=True) as procs:
+        with b.workers(nworkers, burst=True, concurrency=concurrency) as procs:
             done = wait_until(lambda: b.count() >= n, deadline, interval=0.05)
             finished = time.perf_counter()
             if done:
@@ -691,6 +727,9 @@ def scenario_drain(b: Bench) -> None:
     n = b.size("drain")
     drain(b, n, 1, "drain, 1 worker x 2 threads")
     drain(b, n, 2, "drain, 2 workers x 2 threads")
+    # The worker claims and completes about `concurrency` jobs per statement: more threads,
+    # bigger batches, fewer commits per job.
+    drain(b, n, 2, "drain, 2 workers x 16 threads", concurrency=16)
     plan = drain(b, n, 2, "drain, 2 workers, fresh table", fresh=True, bound=15)
     if plan:
         b.row("drain, 2 workers, fresh table", "claim plan (queue=None)", plan_summary(plan))
@@ -702,7 +741,9 @@ def scenario_drain(b: Bench) -> None:
         f"drain: {n:,} no-op jobs bulk-enqueued (then ANALYZE), then `runjobworker --burst "
         "--concurrency 2 -v 0` subprocesses; 'from spawn' counts from starting the processes "
         "to the last completion seen (polling COUNT every 50 ms), 'DB window' from the first "
-        "job's started_at to the last finished_at. 'fresh table': the same on a job table "
+        "job's started_at to the last finished_at. 'x 16 threads': `--concurrency 16`, "
+        "because a worker claims and completes about `concurrency` jobs per statement. "
+        "'fresh table': the same on a job table "
         "just created (migrate django_jobqueue zero, migrate) and never ANALYZEd, autovacuum "
         "held off, as on a fresh install before autovacuum's first pass; bounded to 15 s."
     )
