@@ -71,7 +71,8 @@ class AsyncWaiter(Waiter):
         self.event = asyncio.Event()
 
     def notify(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
+        with contextlib.suppress(RuntimeError):  # the waiter's loop closed: nobody listens
+            self.loop.call_soon_threadsafe(self.event.set)
 
 
 class Hub:
@@ -88,6 +89,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._layer: Any = None
         self._channel: str | None = None
+        self._channel_lock: asyncio.Lock | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._waking: set[str] = set()
         self._wake_again: set[str] = set()
@@ -243,6 +245,12 @@ class Hub:
         )
 
     async def _process_channel(self) -> str | None:
+        if self._channel_lock is None:
+            self._channel_lock = asyncio.Lock()
+        async with self._channel_lock:  # concurrent first joins share one channel
+            return await self._make_process_channel()
+
+    async def _make_process_channel(self) -> str | None:
         if self._channel is None:
             try:
                 channel: str = await asyncio.wait_for(
@@ -274,7 +282,10 @@ class Hub:
         with self._lock:
             waiters = list(self._waiters.get(job_id, ()))
         for waiter in waiters:
-            waiter.notify()
+            try:
+                waiter.notify()
+            except Exception:  # one broken waiter must not stop the others' notifications
+                logger.exception("notifying a waiter of job %s failed", job_id)
 
     # -- workers and producers -------------------------------------------------------------
 

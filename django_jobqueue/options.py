@@ -115,6 +115,11 @@ def check_run_after(value: Any) -> timedelta | datetime | None:
                 "run_after is a naive datetime but USE_TZ is True; pass an aware datetime "
                 "(django.utils.timezone.now() + timedelta(...)) or a timedelta."
             )
+        if timezone.is_aware(value) and not _uses_tz():
+            raise InvalidJobError(
+                "run_after is an aware datetime but USE_TZ is False; pass a naive local "
+                "datetime or a timedelta."
+            )
         return value
     raise InvalidJobError(
         f"run_after must be a timedelta or a datetime, not {type(value).__name__}: {value!r}."
@@ -135,7 +140,10 @@ def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> date
     """The absolute time a job may start; None means at once."""
     if value is None:
         return None
-    when = now + value if isinstance(value, timedelta) else value
+    try:
+        when = now + value if isinstance(value, timedelta) else value
+    except OverflowError:
+        raise InvalidJobError(f"run_after {value!r} is too far in the future.") from None
     if timezone.is_naive(when) and _uses_tz():
         when = timezone.make_aware(when)
     return when if when > now else None

@@ -18,6 +18,7 @@ from . import signals
 from .exceptions import JobQueueError
 from .handles import JobHandle
 from .models import ACTIVE, Job
+from .querysets import INSERT_BATCH
 
 _REPLACE_ROUNDS = 5
 
@@ -26,42 +27,70 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_rows(rows: Sequence[dict[str, Any]], *, notify: bool = False) -> list[JobHandle]:
+def enqueue_rows(
+    rows: Sequence[dict[str, Any]], *, notify: bool = False, lock_timeout: float | None = None
+) -> list[JobHandle]:
     """Insert ``rows`` (as built by ``JobFunction``) and return one handle per row, in order.
 
     With ``notify`` the jobs are marked as waited for, including existing active ones.
     Workers of the jobs' queues are woken when the caller's transaction commits (at once
-    outside a transaction).
+    outside a transaction). One INSERT, in autocommit, is the common case; more statements
+    (several batches, or ids to resolve against existing jobs) run in one transaction, so a
+    failure writes nothing. ``lock_timeout`` (seconds, PostgreSQL) bounds the wait for
+    another transaction's uncommitted job with the same id.
     """
     using = router.db_for_write(Job)
-    now = timezone.now()
-    handles: dict[str, JobHandle] = {}
-    pending = list(rows)
-    for _round in range(_REPLACE_ROUNDS):
-        inserted = Job.objects.using(using).insert_new(pending)
-        rest = []
-        for row in pending:
-            if row["job_id"] in inserted:
-                handles[row["job_id"]] = JobHandle(
-                    row["job_id"],
-                    name=row["name"],
-                    queue=row["queue"],
-                    status="queued",
-                    created=True,
-                    enqueued_at=row["enqueued_at"],
+    fast = len(rows) <= INSERT_BATCH and lock_timeout is None
+    handles = _insert(rows, using) if fast else {}
+    pending = [row for row in rows if row["job_id"] not in handles]
+    if fast and not pending:
+        return _done(rows, handles, using)
+    with transaction.atomic(using=using):
+        if lock_timeout is not None and transaction.get_connection(using).vendor == "postgresql":
+            with transaction.get_connection(using).cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    [f"{max(1, int(lock_timeout * 1000))}ms"],
                 )
-            elif row["job_id"] not in handles:
-                rest.append(row)
-        if not rest:
-            break
-        pending = _resolve_existing(rest, handles, using=using, notify=notify, now=now)
-        if not pending:
-            break
-    else:
-        raise JobQueueError(
-            f"Could not enqueue {len(pending)} job(s) after {_REPLACE_ROUNDS} attempts: their "
-            "ids kept being replaced by concurrent producers. Nothing was written for them."
+        if not fast:
+            handles = _insert(rows, using)
+            pending = [row for row in rows if row["job_id"] not in handles]
+        now = timezone.now()
+        for _round in range(_REPLACE_ROUNDS):
+            if not pending:
+                break
+            pending = _resolve_existing(pending, handles, using=using, notify=notify, now=now)
+            if pending:
+                handles.update(_insert(pending, using))
+                pending = [row for row in pending if row["job_id"] not in handles]
+        if pending:
+            raise JobQueueError(
+                f"Could not enqueue {len(pending)} job(s) after {_REPLACE_ROUNDS} attempts: "
+                "their ids kept being replaced by concurrent producers. Nothing was written."
+            )
+    return _done(rows, handles, using)
+
+
+def _insert(rows: Sequence[dict[str, Any]], using: str) -> dict[str, JobHandle]:
+    """Insert what is new; a handle for each row inserted, by job id."""
+    inserted = Job.objects.using(using).insert_new(rows)
+    return {
+        row["job_id"]: JobHandle(
+            row["job_id"],
+            name=row["name"],
+            queue=row["queue"],
+            status="queued",
+            created=True,
+            enqueued_at=row["enqueued_at"],
         )
+        for row in rows
+        if row["job_id"] in inserted
+    }
+
+
+def _done(
+    rows: Sequence[dict[str, Any]], handles: dict[str, JobHandle], using: str
+) -> list[JobHandle]:
     queues = {row["queue"] for row in rows if handles[row["job_id"]].created}
     if queues:
         transaction.on_commit(lambda: _after_commit(queues), using=using)

@@ -230,7 +230,8 @@ class JobQuerySet(models.QuerySet[Any]):
             "AND (c.run_after IS NULL OR c.run_after <= %s) "
             f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
             f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
-            "AND g.status IN ('queued', 'running') AND g.id < c.id)) "
+            "AND g.status IN ('queued', 'running') "
+            "AND (g.status = 'running' OR g.id < c.id))) "
             "ORDER BY c.priority DESC, c.id LIMIT %s"
         )
         params: list[Any] = [queue] if queue is not None else []
@@ -290,6 +291,25 @@ class JobQuerySet(models.QuerySet[Any]):
                 worker="",
             )
         )
+
+    def overtaking(self, fenced: Sequence[tuple[int, int]]) -> set[int]:
+        """Of the claimed grouped runs ``(id, attempts)``, those with an earlier job of their
+        group still queued or running: possible on PostgreSQL when ids commit out of order.
+
+        SQLite serialises writers, so ids there commit in order: no query, no answer.
+        """
+        sql = self._sql()
+        if not fenced or sql.vendor == "sqlite":
+            return set()
+        where, params = sql.pairs(fenced)
+        rows = sql.execute(
+            f"SELECT c.id FROM {sql.table} c WHERE c.status = 'running' "
+            f"AND {where.replace('(id, attempts)', '(c.id, c.attempts)')} AND EXISTS ("
+            f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
+            "AND g.status IN ('queued', 'running') AND g.id < c.id)",
+            params,
+        )
+        return {row[0] for row in rows}
 
     def release(self, fenced: Sequence[tuple[int, int]]) -> int:
         """Hand claimed-but-never-started runs back to the queue, undoing their attempt."""

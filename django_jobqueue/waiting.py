@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections, router, transaction
@@ -23,6 +23,7 @@ from .exceptions import JobFailedError, JobQueueError, JobTimeoutError
 from .handles import JobHandle
 from .models import Job
 from .notifications import AsyncWaiter, ThreadWaiter, hub
+from .options import check_timeout
 from .producing import enqueue_rows
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ T = TypeVar("T")
 #: database connections instead of holding one each while they wait.
 _DB_THREADS = 4
 _executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
 
 
 def _refuse_in_atomic(what: str) -> None:
@@ -57,7 +59,11 @@ def _refuse_in_atomic(what: str) -> None:
 
 
 def _timeout(value: float | None) -> float:
-    return float(value if value is not None else conf.get("WAIT_TIMEOUT"))
+    if value is None:
+        return float(conf.get("WAIT_TIMEOUT"))
+    checked = check_timeout(value)
+    assert checked is not None
+    return checked
 
 
 def _outcome(handle: JobHandle) -> Any:
@@ -84,17 +90,17 @@ def enqueue_and_wait(
     notifier = hub()
     live = notifier.subscribe(row["job_id"], waiter)
     try:
-        handle = enqueue_rows([row], notify=True)[0]
+        handle = _enqueue(row, job, deadline, timeout)
         return _wait_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
 
 
 def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
+    timeout = _timeout(timeout)
     if handle.finished:
         return _outcome(handle)
     _refuse_in_atomic("JobHandle.wait()")
-    timeout = _timeout(timeout)
     deadline = time.monotonic() + timeout
     waiter = ThreadWaiter()
     notifier = hub()
@@ -105,6 +111,30 @@ def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
         return _wait_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(handle.id, waiter)
+
+
+def _enqueue(
+    row: dict[str, Any], job: JobFunction[Any, Any], deadline: float, timeout: float
+) -> JobHandle:
+    """Enqueue (or join) the run; with a caller's job id, another transaction's uncommitted
+    job of that id is waited for at most until the deadline (PostgreSQL's lock_timeout)."""
+    lock_timeout = max(0.001, deadline - time.monotonic()) if job.job_id else None
+    try:
+        return enqueue_rows([row], notify=True, lock_timeout=lock_timeout)[0]
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
+            raise JobTimeoutError(row["job_id"], timeout) from exc
+        raise
+
+
+async def _bounded(
+    future: asyncio.Future[T], row: dict[str, Any], deadline: float, timeout: float
+) -> T:
+    """Await a database call no longer than the wait's deadline."""
+    try:
+        return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise JobTimeoutError(row["job_id"], timeout) from None
 
 
 def _wait_loop(
@@ -124,9 +154,10 @@ def _wait_loop(
 
 
 def _db(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    global _executor
-    if _executor is None:
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():  # new, or inherited through fork()
         _executor = ThreadPoolExecutor(_DB_THREADS, thread_name_prefix="django-jobqueue-db")
+        _executor_pid = os.getpid()
     return asyncio.get_running_loop().run_in_executor(_executor, _retrying, function, *args)
 
 
@@ -170,7 +201,7 @@ async def aenqueue_and_wait(
     notifier = hub()
     live = await notifier.asubscribe(row["job_id"], waiter)
     try:
-        handle = (await _db(partial(enqueue_rows, notify=True), [row]))[0]
+        handle = await _bounded(_db(_enqueue, row, job, deadline, timeout), row, deadline, timeout)
         return await _await_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
@@ -182,15 +213,17 @@ def _subscribe_and_refresh(handle: JobHandle) -> JobHandle:
 
 
 async def await_job(handle: JobHandle, timeout: float | None) -> Any:
+    timeout = _timeout(timeout)
     if handle.finished:
         return _outcome(handle)
-    timeout = _timeout(timeout)
     deadline = time.monotonic() + timeout
     waiter = AsyncWaiter()
     notifier = hub()
     live = await notifier.asubscribe(handle.id, waiter)
     try:
-        await _db(_subscribe_and_refresh, handle)
+        await _bounded(
+            _db(_subscribe_and_refresh, handle), {"job_id": handle.id}, deadline, timeout
+        )
         return await _await_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(handle.id, waiter)
@@ -206,5 +239,10 @@ async def _await_loop(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiter.event.wait(), _poll_interval(remaining))
         waiter.event.clear()
-        await _db(handle.refresh)
+        remaining = deadline - time.monotonic()
+        try:
+            # A little grace, so a job that finished right at the deadline still answers.
+            await asyncio.wait_for(_db(handle.refresh), max(0.25, remaining))
+        except TimeoutError:
+            raise JobTimeoutError(handle.id, timeout) from None
     return _outcome(handle)

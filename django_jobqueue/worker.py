@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import (
     InterfaceError,
     OperationalError,
@@ -56,7 +57,7 @@ PRUNE_EVERY = 60.0
 PREFETCH_SECONDS = 0.05
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Outcome:
     job: ClaimedJob
     ok: bool
@@ -204,6 +205,13 @@ class Worker:
             except (OperationalError, InterfaceError) as exc:
                 self._database_lost(exc)
                 continue
+            except Exception:
+                # A bug or a database error that is not a lost connection (a migration not
+                # applied, a constraint): never die with jobs in hand; log, back off, go on.
+                logger.exception("worker name=%s: unexpected error, retrying", self.name)
+                self._sleep(min(5.0, 0.1 * 2 ** min(self._db_failures, 6)))
+                self._db_failures += 1
+                continue
             self._idle.set(self._free_slots() > 0 and not self._stopping)
             if self._done or (self._more_work and self._free_slots() > 0 and not self._stopping):
                 continue
@@ -248,19 +256,15 @@ class Worker:
         """Claim if there is room and a reason; return True if a claim found nothing."""
         wanted = self._free_slots() + self._prefetch()
         if wanted <= 0:
+            # Full: no poll is due until a slot frees (a finished job wakes the loop).
+            timers.poll = max(timers.poll, now + float(conf.get("POLL_INTERVAL")))
             return False
         if not (self._work_hint or self._more_work or now >= timers.poll):
             return False
         self._work_hint = False
         timers.poll = now + float(conf.get("POLL_INTERVAL"))
         claimed = self._claim(wanted)
-        self._more_work = len(claimed) >= wanted
-        for job in claimed:
-            self._known_queues.add(job.queue)
-            if job.name not in registry:
-                self._dead_letter(job, describe(JobNotRegistered(job.name)), "")
-            else:
-                self._buffer.append(job)
+        self._more_work = claimed >= wanted
         return not claimed
 
     def _prefetch(self) -> int:
@@ -270,28 +274,46 @@ class Worker:
         ceiling = int(conf.get("PREFETCH"))
         return min(ceiling, int(PREFETCH_SECONDS / max(self._avg_duration, 1e-4)))
 
-    def _claim(self, wanted: int) -> list[ClaimedJob]:
+    def _claim(self, wanted: int) -> int:
+        """Claim up to ``wanted`` jobs into the buffer (each claim is committed, so each lands
+        in the buffer at once and is renewed, run or released from there); return how many."""
         now = timezone.now()
         lease_until = now + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
         jobs = Job.objects.using(self.using)
-        if self.queues is None:
-            return jobs.claim(
-                queue=None, limit=wanted, worker=self.name, now=now, lease_until=lease_until
-            )
-        claimed: list[ClaimedJob] = []
-        order = self.queues[:]
+        order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
+        claimed = 0
         for name in order:
-            if len(claimed) >= wanted:
+            if claimed >= wanted:
                 break
-            claimed += jobs.claim(
+            batch = jobs.claim(
                 queue=name,
-                limit=wanted - len(claimed),
+                limit=wanted - claimed,
                 worker=self.name,
                 now=now,
                 lease_until=lease_until,
             )
+            self._buffer.extend(batch)
+            claimed += len(batch)
+            self._known_queues.update(job.queue for job in batch)
+            if any(job.group is not None for job in batch):
+                self._drop_overtaking(batch)
         return claimed
+
+    def _drop_overtaking(self, batch: list[ClaimedJob]) -> None:
+        """Hand back grouped jobs that overtook an earlier job of their group.
+
+        On PostgreSQL a job id is drawn when the row is inserted but becomes visible when it
+        commits, so two claims running at once can each take a job of one group. Checked
+        again with a fresh snapshot, after the claim committed, the later job is released
+        before it starts: the group still runs one job at a time, in order.
+        """
+        grouped = [(job.id, job.attempts) for job in batch if job.group is not None]
+        overtaking = Job.objects.using(self.using).overtaking(grouped)
+        if overtaking:
+            fenced = [(job.id, job.attempts) for job in self._buffer if job.id in overtaking]
+            Job.objects.using(self.using).release(fenced)
+            self._buffer = deque(job for job in self._buffer if job.id not in overtaking)
 
     def _release_buffer(self) -> None:
         """Give prefetched, never-started jobs back to the queue (their attempt is undone)."""
@@ -305,7 +327,12 @@ class Worker:
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self._running) < self.concurrency:
-            job = self._buffer.popleft()
+            job = self._buffer[0]
+            if job.name not in registry:  # deployed out of order: quarantine, go on
+                self._dead_letter(job, describe(JobNotRegistered(job.name)), "")
+                self._buffer.popleft()
+                continue
+            self._buffer.popleft()
             self._running[job.id] = job
             definition = registry.get(job.name)
             if signals.job_started.has_listeners():
@@ -341,12 +368,17 @@ class Worker:
         self._report(outcome)
 
     async def _run_async(self, job: ClaimedJob) -> None:
+        # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if it
+        # broke or aged, as a sync job's thread does (channels' database_sync_to_async).
+        await sync_to_async(close_old_connections)()
         started = time.monotonic()
         try:
             result = await registry.get(job.name).func(*job.args, **job.kwargs)
             outcome = _succeeded(job, result, started)
         except BaseException as exc:
             outcome = _failed(job, started, describe(exc))
+        finally:
+            await sync_to_async(close_old_connections)()
         self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
@@ -356,28 +388,68 @@ class Worker:
     # -- writing outcomes --------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Write every outcome reported so far: completions in one statement per result_ttl."""
+        """Write every outcome reported so far: completions in one statement per result_ttl.
+
+        What was written is done with even if a later write fails; what was not stays for the
+        next flush. An outcome the database refuses (not a lost connection) is written on its
+        own, and a completion that cannot be stored fails its attempt instead.
+        """
         if not self._done:
             return
         outcomes: list[Outcome] = []
         while self._done:
             outcomes.append(self._done.popleft())
+        written: list[Outcome] = []
         try:
-            self._write(outcomes)
-        except BaseException:
-            self._done.extendleft(reversed(outcomes))
+            try:
+                self._write(outcomes, written)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception:
+                logger.exception("worker name=%s: writing outcomes failed", self.name)
+                done = {id(o) for o in written}
+                for outcome in outcomes:
+                    if id(outcome) not in done:
+                        self._write_alone(outcome, written)
+        finally:
+            done = {id(o) for o in written}
+            self._done.extendleft(reversed([o for o in outcomes if id(o) not in done]))
+            self._finished(written)
+
+    def _write_alone(self, outcome: Outcome, written: list[Outcome]) -> None:
+        try:
+            self._write([outcome], written)
+            return
+        except (OperationalError, InterfaceError):
             raise
-        for outcome in outcomes:
+        except Exception as exc:
+            if not outcome.ok:
+                logger.exception(
+                    "worker name=%s: cannot record job %s; it runs again after its lease",
+                    self.name,
+                    outcome.job.job_id,
+                )
+                written.append(outcome)  # nothing more to try: the lease decides
+                return
+            failure = _failed(
+                outcome.job,
+                time.monotonic() - outcome.duration,
+                f"The job's result could not be stored: {describe(exc)}",
+            )
+        self._write_alone(failure, written)
+        for index, item in enumerate(written):
+            if item is failure:
+                written[index] = outcome  # the run is accounted for under its own outcome
+
+    def _finished(self, written: list[Outcome]) -> None:
+        for outcome in written:
             self._running.pop(outcome.job.id, None)
             if outcome.job.group is not None:
                 self._work_hint = True  # the group's next job may be ready now
             duration = outcome.duration
-            self._avg_duration = (
-                duration
-                if self._avg_duration is None
-                else 0.8 * self._avg_duration + 0.2 * duration
-            )
-        self.processed += len(outcomes)
+            previous = self._avg_duration
+            self._avg_duration = duration if previous is None else 0.8 * previous + 0.2 * duration
+        self.processed += len(written)
 
     def _flush_until_written(self) -> None:
         for _ in range(50):
@@ -388,9 +460,9 @@ class Worker:
                 self._database_lost(exc)
         logger.error("worker name=%s could not write %d outcomes", self.name, len(self._done))
 
-    def _write(self, outcomes: list[Outcome]) -> None:
+    def _write(self, outcomes: list[Outcome], written: list[Outcome]) -> None:
+        """Write ``outcomes``, appending each to ``written`` once its statement committed."""
         now = timezone.now()
-        notify: list[str] = []
         by_ttl: dict[int, list[Outcome]] = {}
         for outcome in outcomes:
             if outcome.ok:
@@ -410,29 +482,30 @@ class Worker:
                     )
             else:
                 mine = jobs.complete(fenced, now=now, expires_at=expires)
+            written.extend(done)
             for o in done:
                 self._log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
-                if mine.get(o.job.id):
-                    notify.append(o.job.job_id)
+            self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
         for outcome in outcomes:
             if outcome.ok:
                 continue
             job = outcome.job
             if job.attempts >= job.max_attempts:
-                if self._dead_letter(job, outcome.error, outcome.traceback, outcome=outcome):
-                    notify.append(job.job_id)
-            else:
-                delay = backoff(job.attempts)
-                retried = jobs.retry(
-                    job.id,
-                    job.attempts,
-                    run_after=now + timedelta(seconds=delay),
-                    error=outcome.error,
-                )
-                self._log(
-                    outcome,
-                    f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)",
-                )
+                notify = self._dead_letter(job, outcome.error, outcome.traceback, outcome=outcome)
+                written.append(outcome)
+                self._after_write([outcome], [job.job_id] if notify else [])
+                continue
+            delay = backoff(job.attempts)
+            retried = jobs.retry(
+                job.id, job.attempts, run_after=now + timedelta(seconds=delay), error=outcome.error
+            )
+            written.append(outcome)
+            self._log(
+                outcome, f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)"
+            )
+            self._after_write([outcome], [])
+
+    def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
         if notify:
             hub().job_finished(notify)
         if signals.job_finished.has_listeners():
@@ -603,8 +676,13 @@ class Worker:
 
 def _failed(job: ClaimedJob, started: float, error: str) -> Outcome:
     """The outcome of an attempt that raised; call it from the ``except`` block."""
+    trace = traceback.format_exc()
     return Outcome(
-        job, False, time.monotonic() - started, error=error, traceback=traceback.format_exc()
+        job,
+        False,
+        time.monotonic() - started,
+        error=error.replace("\x00", "\\x00"),  # text columns cannot hold NUL
+        traceback=trace.replace("\x00", "\\x00"),
     )
 
 
@@ -645,20 +723,20 @@ def dead_letter(
     """
     now = timezone.now()
     with transaction.atomic(using=using):
+        # Write first: on SQLite a transaction that reads before it writes can fail at once
+        # with "database is locked" when another connection wrote in between.
         rows = Job.objects.using(using).filter(id=job.id, attempts=job.attempts, status="running")
         if lease_expired_before is not None:
             rows = rows.filter(lease_expires_at__lt=lease_expired_before)
-        row = rows.select_for_update().first()
-        if row is None:
+        if not rows.update(
+            status="failed",
+            finished_at=now,
+            expires_at=now + timedelta(seconds=job.result_ttl),
+            lease_expires_at=None,
+            last_error=error,
+        ):
             return None
-        row.status = "failed"
-        row.finished_at = now
-        row.expires_at = now + timedelta(seconds=row.result_ttl)
-        row.lease_expires_at = None
-        row.last_error = error
-        row.save(
-            update_fields=["status", "finished_at", "expires_at", "lease_expires_at", "last_error"]
-        )
+        row = Job.objects.using(using).get(pk=job.id)
         JobResult.objects.using(using).update_or_create(
             job=row, defaults={"error": error, "traceback": trace, "result": None}
         )

@@ -77,6 +77,8 @@ def test_group_order_holds_under_two_workers(worker_processes):
     worker_processes.start("--concurrency", "2")
     worker_processes.start("--concurrency", "2")
     wait_until(lambda: Execution.objects.count() >= 16, timeout=60, interval=0.1)
+    # A job writes its Execution row before its worker records it completed.
+    wait_until(lambda: not Job.objects.exclude(status="completed").exists(), timeout=30)
     for group, prefix in (("account:1", "a"), ("account:2", "b")):
         rows = list(Job.objects.filter(group=group).order_by("id"))
         assert [r.args[0] for r in rows] == [f"{prefix}-{i}" for i in range(8)]
