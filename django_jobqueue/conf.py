@@ -21,7 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF": 1.0,  # seconds before the first retry; doubles per attempt
     "RETRY_BACKOFF_MAX": 600.0,
     "NOTIFY_TIMEOUT": 0.5,  # bound on every channel-layer call, seconds
-    "PREFETCH": 8,  # jobs a busy worker claims ahead of its free slots
+    "PREFETCH": 32,  # jobs a busy worker claims ahead of its free slots
+    "WORKER_SYNCHRONOUS_COMMIT": False,  # PostgreSQL: wait for the disk on worker writes
 }
 
 _cache: dict[str, Any] | None = None

@@ -103,6 +103,15 @@ class JobHandle:
             self._load(job)
         return self
 
+    def _poll(self) -> JobHandle:
+        """Refresh status, attempts, result and error only, with one light query (waiters)."""
+        from .models import Job
+
+        state = Job.objects.state(self.id)
+        if state is not None:
+            self.status, self.attempts, self.result, self.error = state
+        return self
+
     async def arefresh(self) -> JobHandle:
         """Async twin of :meth:`refresh`."""
         job = await sync_to_async(_fetch)(self.id)

@@ -108,10 +108,12 @@ class Hub:
 
     @staticmethod
     def _make_layer(alias: str) -> Any:
-        from channels.layers import get_channel_layer
+        from channels.layers import channel_layers
 
         try:
-            return get_channel_layer(alias)
+            # A private instance: its connections live on the hub's loop alone, and closing
+            # them (tests, reset) cannot disturb the project's own consumers.
+            return channel_layers.make_backend(alias)
         except Exception as exc:
             logger.warning(
                 "notifications off: channel layer %r could not be made (%s); waiters and "
@@ -141,8 +143,10 @@ class Hub:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
 
     def _fire(self, coro: Awaitable[Any]) -> None:
-        """Run ``coro`` on the hub's loop without waiting for it."""
-        self._submit(coro)
+        """Run ``coro`` on the hub's loop without waiting for it; log if it fails."""
+        future = self._submit(coro)
+        if future is not None:
+            future.add_done_callback(_log_failure)
 
     async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> bool:
         """Run one layer call, bounded in time; False (and degraded) if it failed."""
@@ -260,7 +264,9 @@ class Hub:
                 self._degrade("new_channel", exc)
                 return None
             self._channel = channel
-            self._receiver = asyncio.ensure_future(self._receive_loop(channel))
+            self._receiver = asyncio.get_running_loop().create_task(
+                self._receive_loop(channel), name="djq-loop-receive"
+            )
         return self._channel
 
     async def _receive_loop(self, channel: str) -> None:
@@ -339,19 +345,36 @@ class Hub:
         if self._loop is None:
             return
         idle.bind(self._loop)
-        self._fire(self._listen(queues, on_work, idle))
+        loop = self._loop
+        loop.call_soon_threadsafe(
+            lambda: loop.create_task(self._listen(queues, on_work, idle), name="djq-loop-listen")
+        )
 
     async def _listen(
         self, queues: Callable[[], Iterable[str]], on_work: Callable[[], None], idle: IdleFlag
     ) -> None:
         listening: dict[str, asyncio.Task[None]] = {}
         while True:
-            for queue in queues():
-                if queue not in listening:
-                    listening[queue] = asyncio.ensure_future(
-                        self._listen_one(work_channel(queue), on_work, idle)
-                    )
+            try:
+                await self._listen_to(queues, listening, on_work, idle)
+            except Exception:  # keep listening whatever went wrong
+                logger.exception("listening for work failed; trying again")
             await asyncio.sleep(1.0)
+
+    async def _listen_to(
+        self,
+        queues: Callable[[], Iterable[str]],
+        listening: dict[str, asyncio.Task[None]],
+        on_work: Callable[[], None],
+        idle: IdleFlag,
+    ) -> None:
+        """Start a receiver for each queue not listened to yet (queues can be learned)."""
+        for queue in queues():
+            if queue not in listening:
+                listening[queue] = asyncio.get_running_loop().create_task(
+                    self._listen_one(work_channel(queue), on_work, idle),
+                    name=f"djq-loop-listen-{queue}",
+                )
 
     async def _listen_one(self, channel: str, on_work: Callable[[], None], idle: IdleFlag) -> None:
         while True:
@@ -370,22 +393,41 @@ class Hub:
             self._recovered()
             on_work()
 
+    async def _close_connections(self) -> None:
+        """Close every connection of the layer, blocked receives included: a receive left
+        open on the server would take (and lose) the next message sent to its channel."""
+        per_loop = getattr(self._layer, "_layers", None)  # channels_redis: pools per loop
+        if isinstance(per_loop, dict):
+            for layer in list(per_loop.values()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(layer.flush(), timeout=1.0)
+            return
+        close = getattr(self._layer, "close_pools", None) or getattr(self._layer, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close(), timeout=1.0)
+
     def close(self) -> None:
-        """Stop the hub's loop (used by tests and at worker exit)."""
+        """Stop the hub's loop and close its connections (tests, settings changes)."""
         if self._loop is not None:
             loop = self._loop
             self._loop = None
 
             async def shutdown() -> None:
-                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                close = getattr(self._layer, "close_pools", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):  # best effort on the way out
-                        await asyncio.wait_for(close(), timeout=1.0)
-                loop.stop()
+                try:
+                    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                    # Let short tasks (a group_discard on its way out) finish; stop the loops.
+                    short = [t for t in tasks if not t.get_name().startswith("djq-loop")]
+                    if short:
+                        await asyncio.wait(short, timeout=1.0)
+                    for task in tasks:
+                        task.cancel()
+                    # Bounded: a task that ignores its cancellation must not keep the loop
+                    # (and its blocked receives) alive; closing the connections ends them.
+                    await asyncio.wait(tasks, timeout=1.0) if tasks else None
+                    await self._close_connections()
+                finally:
+                    loop.stop()
 
             asyncio.run_coroutine_threadsafe(shutdown(), loop)
             if self._thread is not None:
@@ -436,6 +478,11 @@ class IdleFlag:
         while self._event is None:
             await asyncio.sleep(0.01)
         await self._event.wait()
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("notification task failed", exc_info=future.exception())
 
 
 def _is_read_timeout(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.utils import timezone
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
@@ -44,6 +44,7 @@ _CLAIM_COLUMNS = (
     "attempts",
     "max_attempts",
     "result_ttl",
+    "priority",
 )
 
 
@@ -60,6 +61,7 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     result_ttl: int
+    priority: int
     group: str | None
 
 
@@ -122,6 +124,28 @@ class JobQuerySet(models.QuerySet[Any]):
     def expired_results(self, now: datetime) -> JobQuerySet:
         """Finished jobs whose outcome is past ``result_ttl``."""
         return self.filter(status__in=["completed", "failed"], expires_at__lte=now)
+
+    def state(self, job_id: str) -> tuple[str, int, Any, str] | None:
+        """``(status, attempts, result, error)`` of ``job_id`` in one hand-written query: what
+        a waiter polls. ``error`` is the last error (the final one once failed)."""
+        sql = self._sql()
+        result_table = sql.connection.ops.quote_name(
+            self.model._meta.get_field("outcome").related_model._meta.db_table
+        )
+        rows = sql.execute(
+            f"SELECT j.status, j.attempts, j.last_error, r.result, r.error FROM {sql.table} j "
+            f"LEFT JOIN {result_table} r ON r.job_id = j.id WHERE j.job_id = %s",
+            [job_id],
+        )
+        if not rows:
+            return None
+        status, attempts, last_error, result, error = rows[0]
+        if result is not None:
+            from .models import JobResult
+
+            field: Any = JobResult._meta.get_field("result")
+            result = field.from_db_value(result, None, sql.connection)
+        return status, attempts, result, (error or last_error) if status == "failed" else last_error
 
     # -- producing ----------------------------------------------------------------------
 
@@ -212,11 +236,12 @@ class JobQuerySet(models.QuerySet[Any]):
                 attempts=row[6],
                 max_attempts=row[7],
                 result_ttl=row[8],
-                group=row[9],
+                priority=row[9],
+                group=row[10],
             )
             for row in rows
         ]
-        claimed.sort(key=lambda job: job.id)
+        claimed.sort(key=lambda job: (-job.priority, job.id))  # RETURNING has no order
         return claimed
 
     def _claim_select(
@@ -277,6 +302,56 @@ class JobQuerySet(models.QuerySet[Any]):
             f"UPDATE {sql.table} SET status = 'completed', finished_at = %s, expires_at = %s, "
             f"lease_expires_at = NULL WHERE status = 'running' AND {where} RETURNING id, notify",
             [sql.prep("finished_at", now), sql.prep("expires_at", expires_at), *params],
+        )
+        return {row[0]: bool(row[1]) for row in rows}
+
+    def complete_with_results(
+        self,
+        fenced: Sequence[tuple[int, int]],
+        results: dict[int, Any],
+        *,
+        now: datetime,
+        expires_at: datetime,
+    ) -> dict[int, bool]:
+        """:meth:`complete`, storing ``results`` (``{id: value}``) of the runs still ours.
+
+        PostgreSQL: one statement (the UPDATE and the INSERT of the results in one CTE), so
+        one round trip. SQLite: both statements in one transaction.
+        """
+        from .models import JobResult
+
+        sql = self._sql()
+        if sql.vendor != "postgresql":
+            with transaction.atomic(using=self.db):
+                mine = self.complete(fenced, now=now, expires_at=expires_at)
+                JobResult.objects.using(self.db).bulk_create(
+                    JobResult(job_id=pk, result=value)
+                    for pk, value in results.items()
+                    if pk in mine
+                )
+            return mine
+        where, params = sql.pairs(fenced)
+        result_table = self.model._meta.get_field("outcome").related_model._meta.db_table
+        values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(results))
+        value_params: list[Any] = []
+        for pk, value in results.items():
+            value_params += [
+                pk,
+                JobResult._meta.get_field("result").get_db_prep_save(value, sql.connection),
+            ]
+        rows = sql.execute(
+            f"WITH done AS (UPDATE {sql.table} SET status = 'completed', finished_at = %s, "
+            f"expires_at = %s, lease_expires_at = NULL WHERE status = 'running' AND {where} "
+            f"RETURNING id, notify), stored AS (INSERT INTO {result_table} "
+            "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
+            f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id) "
+            "SELECT id, notify FROM done",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", expires_at),
+                *params,
+                *value_params,
+            ],
         )
         return {row[0]: bool(row[1]) for row in rows}
 

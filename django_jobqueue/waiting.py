@@ -107,7 +107,7 @@ def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
     live = notifier.subscribe(handle.id, waiter)
     try:
         Job.objects.subscribe(handle.id)
-        handle.refresh()
+        handle._poll()
         return _wait_loop(handle, waiter, live, deadline, timeout)
     finally:
         notifier.unsubscribe(handle.id, waiter)
@@ -146,7 +146,7 @@ def _wait_loop(
             raise JobTimeoutError(handle.id, timeout)
         waiter.event.wait(_poll_interval(remaining))
         waiter.event.clear()
-        handle.refresh()
+        handle._poll()
     return _outcome(handle)
 
 
@@ -209,7 +209,7 @@ async def aenqueue_and_wait(
 
 def _subscribe_and_refresh(handle: JobHandle) -> JobHandle:
     Job.objects.subscribe(handle.id)
-    return handle.refresh()
+    return handle._poll()
 
 
 async def await_job(handle: JobHandle, timeout: float | None) -> Any:
@@ -242,7 +242,7 @@ async def _await_loop(
         remaining = deadline - time.monotonic()
         try:
             # A little grace, so a job that finished right at the deadline still answers.
-            await asyncio.wait_for(_db(handle.refresh), max(0.25, remaining))
+            await asyncio.wait_for(_db(handle._poll), max(0.25, remaining))
         except TimeoutError:
             raise JobTimeoutError(handle.id, timeout) from None
     return _outcome(handle)

@@ -124,6 +124,7 @@ class Worker:
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_thread = threading.Thread()
         self._db_failures = 0
+        self._prepared: object = None
         self.processed = 0
 
     # -- public ---------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Worker:
         while True:
             now = time.monotonic()
             try:
+                self._prepare_connection()
                 self._flush()
                 if self._stopping:
                     self._release_buffer()
@@ -216,6 +218,33 @@ class Worker:
             if self._done or (self._more_work and self._free_slots() > 0 and not self._stopping):
                 continue
             self._sleep(self._sleep_for(timers))
+
+    def _prepare_connection(self) -> None:
+        """Once per database connection of the worker's main thread (PostgreSQL):
+
+        * ``synchronous_commit = off`` unless ``WORKER_SYNCHRONOUS_COMMIT``: the worker's own
+          writes (claims, completions, leases) skip the wait for the disk. A database crash
+          can forget the last fraction of a second of them, which at-least-once absorbs: a
+          forgotten claim or completion runs the job again. Enqueues stay durable.
+        * ``ANALYZE`` of a job table that was never analyzed (a fresh install, before
+          autovacuum's first pass), whose plans would sort every queued job per claim.
+        """
+        connection = connections[self.using]
+        if connection.vendor != "postgresql" or connection.in_atomic_block:
+            return
+        connection.ensure_connection()
+        raw = connection.connection
+        if raw is self._prepared:
+            return
+        table = Job._meta.db_table
+        with connection.cursor() as cursor:
+            if not conf.get("WORKER_SYNCHRONOUS_COMMIT"):
+                cursor.execute("SET synchronous_commit TO off")
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table])
+            row = cursor.fetchone()
+            if row is not None and row[0] < 0:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+        self._prepared = raw
 
     def _sleep_for(self, timers: _Timers) -> float:
         now = time.monotonic()
@@ -253,9 +282,16 @@ class Worker:
     # -- claiming --------------------------------------------------------------------------
 
     def _maybe_claim(self, now: float, timers: _Timers) -> bool:
-        """Claim if there is room and a reason; return True if a claim found nothing."""
-        wanted = self._free_slots() + self._prefetch()
-        if wanted <= 0:
+        """Claim if there is room and a reason; return True if a claim found nothing.
+
+        Room: the worker holds (runs or has buffered) fewer than ``concurrency`` plus the
+        prefetch. Claims refill the buffer in batches (one statement for many short jobs),
+        but only once it has drained to half the prefetch, so batches stay large.
+        """
+        prefetch = self._prefetch()
+        held = len(self._running) + len(self._buffer)
+        wanted = self.concurrency + prefetch - held
+        if wanted <= 0 or (held >= self.concurrency and wanted < max(1, prefetch // 2)):
             # Full: no poll is due until a slot frees (a finished job wakes the loop).
             timers.poll = max(timers.poll, now + float(conf.get("POLL_INTERVAL")))
             return False
@@ -268,8 +304,9 @@ class Worker:
         return not claimed
 
     def _prefetch(self) -> int:
-        """Extra jobs to claim while busy: about PREFETCH_SECONDS of work, at most PREFETCH."""
-        if self._avg_duration is None or not self._running:
+        """Jobs to claim beyond the free slots: about PREFETCH_SECONDS of work by the recent
+        job durations, at most PREFETCH; none until a job has run (its length is unknown)."""
+        if self._avg_duration is None:
             return 0
         ceiling = int(conf.get("PREFETCH"))
         return min(ceiling, int(PREFETCH_SECONDS / max(self._avg_duration, 1e-4)))
@@ -295,7 +332,8 @@ class Worker:
             )
             self._buffer.extend(batch)
             claimed += len(batch)
-            self._known_queues.update(job.queue for job in batch)
+            # Replaced, never mutated: the hub's thread reads it (_listen_queues).
+            self._known_queues = self._known_queues | {job.queue for job in batch}
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
@@ -473,13 +511,8 @@ class Worker:
             with_result = [o for o in done if o.result is not None]
             expires = now + timedelta(seconds=ttl)
             if with_result:
-                with transaction.atomic(using=self.using):
-                    mine = jobs.complete(fenced, now=now, expires_at=expires)
-                    JobResult.objects.using(self.using).bulk_create(
-                        JobResult(job_id=o.job.id, result=o.result)
-                        for o in with_result
-                        if o.job.id in mine
-                    )
+                results = {o.job.id: o.result for o in with_result}
+                mine = jobs.complete_with_results(fenced, results, now=now, expires_at=expires)
             else:
                 mine = jobs.complete(fenced, now=now, expires_at=expires)
             written.extend(done)
@@ -705,6 +738,7 @@ def _claimed_from(row: Job) -> ClaimedJob:
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         result_ttl=row.result_ttl,
+        priority=row.priority,
         group=row.group,
     )
 
