@@ -185,6 +185,8 @@ class Worker:
             now = time.monotonic()
             try:
                 self._prepare_connection()
+                if not self._stopping:
+                    self._start_buffered()  # refill finished slots before the writes
                 self._flush()
                 if self._stopping:
                     self._release_buffer()
@@ -364,7 +366,9 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
 
     def _start_buffered(self) -> None:
-        while self._buffer and len(self._running) < self.concurrency:
+        # Jobs whose outcome waits in _done are finished: their slot is free, although they
+        # stay in _running (and keep their lease renewed) until the outcome is written.
+        while self._buffer and len(self._running) - len(self._done) < self.concurrency:
             job = self._buffer[0]
             if job.name not in registry:  # deployed out of order: quarantine, go on
                 self._dead_letter(job, describe(JobNotRegistered(job.name)), "")
