@@ -9,7 +9,7 @@ whose lease was taken over cannot overwrite the newer run's outcome.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -124,10 +124,6 @@ class JobQuerySet(models.QuerySet[Any]):
         return _SQL(self.model, self.db)
 
     # -- reading ------------------------------------------------------------------------
-
-    def active(self) -> JobQuerySet:
-        """Jobs that are queued or running."""
-        return self.filter(status__in=["queued", "running"])
 
     def ready(self, now: datetime) -> JobQuerySet:
         """Queued jobs whose ``run_after`` has passed (groups are not considered here)."""
@@ -467,5 +463,4 @@ class JobQuerySet(models.QuerySet[Any]):
 
 
 class DeadLetterQuerySet(models.QuerySet[Any]):
-    def for_jobs(self, job_ids: Iterable[str]) -> DeadLetterQuerySet:
-        return self.filter(job_id__in=list(job_ids))
+    """Dead letters; requeueing lives in :mod:`django_jobqueue.deadletters`."""

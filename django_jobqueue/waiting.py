@@ -88,10 +88,10 @@ def enqueue_and_wait(
     row = job._row(args, kwargs, timezone.now(), notify=True)
     waiter = ThreadWaiter()
     notifier = hub()
-    live = notifier.subscribe(row["job_id"], waiter)
+    notifier.subscribe(row["job_id"], waiter)
     try:
         handle = _enqueue(row, job, deadline, timeout)
-        return _wait_loop(handle, waiter, live, deadline, timeout)
+        return _wait_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
 
@@ -104,11 +104,11 @@ def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
     deadline = time.monotonic() + timeout
     waiter = ThreadWaiter()
     notifier = hub()
-    live = notifier.subscribe(handle.id, waiter)
+    notifier.subscribe(handle.id, waiter)
     try:
         Job.objects.subscribe(handle.id)
         handle._poll()
-        return _wait_loop(handle, waiter, live, deadline, timeout)
+        return _wait_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(handle.id, waiter)
 
@@ -137,9 +137,7 @@ async def _bounded(
         raise JobTimeoutError(row["job_id"], timeout) from None
 
 
-def _wait_loop(
-    handle: JobHandle, waiter: ThreadWaiter, live: bool, deadline: float, timeout: float
-) -> Any:
+def _wait_loop(handle: JobHandle, waiter: ThreadWaiter, deadline: float, timeout: float) -> Any:
     while not handle.finished:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -199,10 +197,10 @@ async def aenqueue_and_wait(
     row = job._row(args, kwargs, timezone.now(), notify=True)
     waiter = AsyncWaiter()
     notifier = hub()
-    live = await notifier.asubscribe(row["job_id"], waiter)
+    await notifier.asubscribe(row["job_id"], waiter)
     try:
         handle = await _bounded(_db(_enqueue, row, job, deadline, timeout), row, deadline, timeout)
-        return await _await_loop(handle, waiter, live, deadline, timeout)
+        return await _await_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
 
@@ -219,18 +217,18 @@ async def await_job(handle: JobHandle, timeout: float | None) -> Any:
     deadline = time.monotonic() + timeout
     waiter = AsyncWaiter()
     notifier = hub()
-    live = await notifier.asubscribe(handle.id, waiter)
+    await notifier.asubscribe(handle.id, waiter)
     try:
         await _bounded(
             _db(_subscribe_and_refresh, handle), {"job_id": handle.id}, deadline, timeout
         )
-        return await _await_loop(handle, waiter, live, deadline, timeout)
+        return await _await_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(handle.id, waiter)
 
 
 async def _await_loop(
-    handle: JobHandle, waiter: AsyncWaiter, live: bool, deadline: float, timeout: float
+    handle: JobHandle, waiter: AsyncWaiter, deadline: float, timeout: float
 ) -> Any:
     while not handle.finished:
         remaining = deadline - time.monotonic()
