@@ -105,7 +105,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     backend = str(layers[alias].get("BACKEND", ""))
-    if backend.startswith("channels_redis.") and _redis_py_major() >= 8:
+    if backend.startswith("channels_redis.core.") and _redis_py_major() >= 8:
         hosts = (layers[alias].get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
         if not all(_blocking_reads_fit(host) for host in hosts):
             return [

@@ -6,8 +6,11 @@ connection each time). It multiplexes every waiter of the process over one chann
 
 * "finished": a worker ``group_send``s to the job's group (a hash of the job id, so any id
   works); waiters ``group_add`` the process channel to that group *before* the job is written.
-* "work available": producers ``send`` to the plain channel ``djq.work.<queue>`` on commit;
-  a plain channel is popped by exactly one receiver, so one new job wakes one idle worker.
+* "work available": producers ``send`` to the plain channel ``djq.work.<queue>`` on commit.
+  On a queue-like layer (``RedisChannelLayer``) a plain channel is popped by exactly one
+  receiver, so one new job wakes one idle worker; on a broadcast layer
+  (``RedisPubSubChannelLayer``: one Redis command per message, the lowest latency) every idle
+  worker of the queue gets it and they race for the job with ``SKIP LOCKED``.
 
 The database stays the truth. Every layer call is bounded by ``NOTIFY_TIMEOUT``; a failure
 logs one warning, switches the hub to "degraded" for a few seconds (calls are skipped, callers
@@ -91,8 +94,9 @@ class Hub:
         self._channel: str | None = None
         self._channel_lock: asyncio.Lock | None = None
         self._receiver: asyncio.Task[None] | None = None
-        self._waking: set[str] = set()
-        self._wake_again: set[str] = set()
+        self._wake_lock = threading.Lock()
+        self._waking: set[str] = set()  # queues with a wake-up in flight
+        self._wake_again: set[str] = set()  # ... and another one asked for meanwhile
         self._tasks: set[asyncio.Future[Any]] = set()
         if alias is not None:
             self._layer = self._make_layer(alias)
@@ -153,7 +157,8 @@ class Hub:
         if time.monotonic() < self._degraded_until:
             return False
         try:
-            await asyncio.wait_for(make(), timeout=conf.get("NOTIFY_TIMEOUT"))
+            async with asyncio.timeout(conf.get("NOTIFY_TIMEOUT")):  # no task per call
+                await make()
         except Exception as exc:
             if _is_channel_full(exc):
                 logger.debug("notification dropped: %s channel is full", what)
@@ -249,6 +254,8 @@ class Hub:
         )
 
     async def _process_channel(self) -> str | None:
+        if self._channel is not None:
+            return self._channel
         if self._channel_lock is None:
             self._channel_lock = asyncio.Lock()
         async with self._channel_lock:  # concurrent first joins share one channel
@@ -310,31 +317,48 @@ class Hub:
         return self._layer.group_send(group_for(job_id), message)  # type: ignore[no-any-return]
 
     def wake_workers(self, queues: Iterable[str]) -> None:
-        """Wake one idle worker of each of ``queues`` (coalesced while a wake-up is in flight)."""
-        if self._loop is not None and self.available:
-            self._loop.call_soon_threadsafe(self._wake_many, list(queues))
+        """Wake one idle worker of each of ``queues``.
 
-    def _wake_many(self, queues: list[str]) -> None:
+        Coalesced: while a wake-up of a queue is in flight, further calls only ask for one
+        more after it, decided here under a lock, so a producer enqueueing one job after
+        another neither wakes the hub's loop nor sends to the layer for each of them.
+        """
+        if self._loop is None or not self.available:
+            return
+        start: list[str] = []
+        with self._wake_lock:
+            for queue in queues:
+                if queue in self._waking:
+                    self._wake_again.add(queue)
+                else:
+                    self._waking.add(queue)
+                    start.append(queue)
+        if start:
+            self._loop.call_soon_threadsafe(self._start_wakes, start)
+
+    def _start_wakes(self, queues: list[str]) -> None:
         for queue in queues:
-            if queue in self._waking:
-                self._wake_again.add(queue)
-            else:
-                self._waking.add(queue)
-                task = asyncio.ensure_future(self._wake(queue))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            task = asyncio.ensure_future(self._wake(queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _wake(self, queue: str) -> None:
+        again = True
         try:
-            while True:
-                self._wake_again.discard(queue)
+            while again:
                 await self._call(
                     "send", lambda: self._layer.send(work_channel(queue), {"type": WORK_TYPE})
                 )
-                if queue not in self._wake_again:
-                    return
-        finally:
-            self._waking.discard(queue)
+                with self._wake_lock:
+                    again = queue in self._wake_again
+                    self._wake_again.discard(queue)
+                    if not again:
+                        self._waking.discard(queue)
+        except BaseException:
+            with self._wake_lock:
+                self._waking.discard(queue)
+                self._wake_again.discard(queue)
+            raise
 
     def listen_for_work(
         self, queues: Callable[[], Iterable[str]], on_work: Callable[[], None], idle: IdleFlag
@@ -377,8 +401,14 @@ class Hub:
                 )
 
     async def _listen_one(self, channel: str, on_work: Callable[[], None], idle: IdleFlag) -> None:
+        broadcast = broadcasts(self._layer)
         while True:
-            await idle.wait()
+            # A queue-like layer: receive only while idle, so a busy worker leaves the message
+            # to an idle one. A broadcast layer gives every listener a copy and queues what
+            # arrives for a subscribed channel: keep receiving, and drop the copies that come
+            # while busy (a busy worker claims again when it frees a slot anyway).
+            if not broadcast:
+                await idle.wait()
             if time.monotonic() < self._degraded_until:
                 await asyncio.sleep(DEGRADED_RETRY)
                 continue
@@ -391,7 +421,10 @@ class Hub:
                     self._degrade("receive", exc)
                 continue
             self._recovered()
-            on_work()
+            if not broadcast or idle.is_set():  # a popped message is acted on: it was ours
+                on_work()
+            else:
+                logger.debug("work-available message on %s dropped: the worker is busy", channel)
 
     async def _close_connections(self) -> None:
         """Close every connection of the layer, blocked receives included: a receive left
@@ -474,10 +507,20 @@ class IdleFlag:
             else:
                 self._event.clear()
 
+    def is_set(self) -> bool:
+        return self._set
+
     async def wait(self) -> None:
         while self._event is None:
             await asyncio.sleep(0.01)
         await self._event.wait()
+
+
+def broadcasts(layer: Any) -> bool:
+    """True for a layer that gives every receiver of a channel its own copy of a message
+    (``channels_redis.pubsub.RedisPubSubChannelLayer``); False for the queue-like layers, where
+    one receiver pops each message (``RedisChannelLayer``, ``InMemoryChannelLayer``)."""
+    return type(layer).__module__.startswith("channels_redis.pubsub")
 
 
 def _log_failure(future: Future[Any]) -> None:

@@ -74,16 +74,19 @@ else:
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    _REDIS_CONFIG = {
+        # Longer than channels_redis's 5 s blocking receive (redis-py 8 defaults to 5 s).
+        "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+        # Shared with the worker subprocesses of this test run, apart from other runs.
+        "prefix": os.environ.setdefault("DJQ_REDIS_PREFIX", f"djqtest{os.getpid()}:"),
+    }
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # Shared with the worker subprocesses of this test run, apart from other runs.
-            "CONFIG": {
-                # Longer than channels_redis's 5 s blocking receive (redis-py 8 defaults to 5 s).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
-                "prefix": os.environ.setdefault("DJQ_REDIS_PREFIX", f"djqtest{os.getpid()}:"),
-            },
-        }
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": _REDIS_CONFIG},
+        # JOBQUEUE["CHANNEL_LAYER"] = "pubsub" in the tests of the broadcast layer.
+        "pubsub": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": _REDIS_CONFIG,
+        },
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

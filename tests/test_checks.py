@@ -94,6 +94,18 @@ def test_redis_py_8_default_socket_timeout_warns(settings):
     assert _ids(check_channel_layer()) == expected
 
 
+def test_pubsub_layer_has_no_blocking_receive_to_time_out(settings):
+    """RedisPubSubChannelLayer reads with a 0.1 s timeout, not a 5 s BZPOPMIN: no W002."""
+    settings.JOBQUEUE = {}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]},
+        }
+    }
+    assert check_channel_layer() == []
+
+
 @pytest.mark.django_db
 def test_manage_py_check_reports_errors(settings):
     settings.JOBQUEUE = {"POLL_INTERVALL": 1}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,7 @@ from django.db import close_old_connections, connection
 
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
 from django_jobqueue.models import Job
-from django_jobqueue.notifications import group_for, reset_hub
+from django_jobqueue.notifications import IdleFlag, group_for, hub, reset_hub, work_channel
 from tests.conftest import POSTGRES, requires_redis, wait_until
 from tests.testapp.jobs import add, always_fails, async_add, record, sleep_then_record
 from tests.testapp.models import Execution
@@ -122,10 +124,13 @@ def test_no_redis_still_answers_by_polling(worker_processes, settings, caplog, w
 
 
 @requires_redis
-def test_notifications_make_waiting_fast_with_slow_polling(worker_processes, settings):
-    """Polling every 30 s on both sides: only the notifications can answer quickly."""
-    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 30}
-    proc = worker_processes.start(env={"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 30}'})
+@pytest.mark.parametrize("alias", ["default", "pubsub"])
+def test_notifications_make_waiting_fast_with_slow_polling(worker_processes, settings, alias):
+    """Polling every 30 s on both sides: only the notifications can answer quickly, on the
+    queue-like RedisChannelLayer and on the broadcast RedisPubSubChannelLayer alike."""
+    overrides = {"POLL_INTERVAL": 30, "CHANNEL_LAYER": alias}
+    settings.JOBQUEUE = {**settings.JOBQUEUE, **overrides}
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": json.dumps(overrides)})
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
     time.sleep(0.5)  # let the worker's first poll pass; from here on only a wake-up helps
     started = time.monotonic()
@@ -146,6 +151,39 @@ def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
     time.sleep(0.3)
     woken = sum("woken by a work-available" in worker_processes.log(p) for p in procs)
     assert woken == 1
+
+
+@requires_redis
+def test_a_busy_worker_drops_broadcast_wake_ups(settings, caplog):
+    """On a broadcast layer a worker stays subscribed while busy; what arrives then is
+    dropped as it comes, not queued up (memory) and not acted on once idle again."""
+    import redis
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "CHANNEL_LAYER": "pubsub"}
+    config = settings.CHANNEL_LAYERS["pubsub"]["CONFIG"]
+    client = redis.Redis.from_url(config["hosts"][0]["address"])
+    channel = work_channel("busy-test")
+    message = RedisPubSubChannelLayer(**config).serialize({"type": "jobqueue.work"})
+    woken: list[int] = []
+    idle = IdleFlag()
+    idle.set(True)
+    caplog.set_level(logging.DEBUG, logger="django_jobqueue")
+    hub().listen_for_work(lambda: ["busy-test"], lambda: woken.append(1), idle)
+    try:
+        wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, timeout=10)
+        client.publish(channel, message)
+        wait_until(lambda: len(woken) == 1)
+        idle.set(False)
+        for _ in range(50):
+            client.publish(channel, message)
+        wait_until(lambda: sum("worker is busy" in r.getMessage() for r in caplog.records) == 50)
+        idle.set(True)
+        client.publish(channel, message)  # delivered after the 50, in order
+        wait_until(lambda: len(woken) == 2)
+        assert len(woken) == 2
+    finally:
+        client.close()
 
 
 @requires_redis
@@ -238,7 +276,10 @@ class _SilentServer:
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="needs the redis-server binary")
-def test_redis_dying_mid_run_degrades_to_polling(worker_processes, settings, caplog, tmp_path):
+@pytest.mark.parametrize("alias", ["default", "pubsub"])
+def test_redis_dying_mid_run_degrades_to_polling(
+    worker_processes, settings, caplog, tmp_path, alias
+):
     """A private Redis serves both sides, then is killed: answers keep coming, by polling."""
     port = _closed_port()
     server = subprocess.Popen(
@@ -260,15 +301,22 @@ def test_redis_dying_mid_run_degrades_to_polling(worker_processes, settings, cap
     try:
         url = f"redis://127.0.0.1:{port}/0"
         wait_until(lambda: _answers(port), timeout=10)
+        backend = {
+            "default": "channels_redis.core.RedisChannelLayer",
+            "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        }[alias]
         settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [url], "prefix": "djq-mid-run"},
-            }
+            alias: {"BACKEND": backend, "CONFIG": {"hosts": [url], "prefix": "djq-mid-run"}}
         }
-        settings.JOBQUEUE = {**settings.JOBQUEUE, "NOTIFY_TIMEOUT": 0.2}
+        settings.JOBQUEUE = {**settings.JOBQUEUE, "NOTIFY_TIMEOUT": 0.2, "CHANNEL_LAYER": alias}
         reset_hub()
-        proc = worker_processes.start(env={"REDIS_URL": url, "DJQ_REDIS_PREFIX": "djq-mid-run"})
+        proc = worker_processes.start(
+            env={
+                "REDIS_URL": url,
+                "DJQ_REDIS_PREFIX": "djq-mid-run",
+                "DJQ_JOBQUEUE": json.dumps({"CHANNEL_LAYER": alias}),
+            }
+        )
         assert add.using(timeout=20).enqueue_and_wait(1, 1) == 2
         server.kill()
         server.wait(10)
