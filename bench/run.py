@@ -50,8 +50,10 @@ AIMS = {
     ("enqueue_many", "jobs/s"): ">= 30,000",
     ("drain, 2 workers x 2 threads", "jobs/s (from spawn)"): ">= 3,000",
     ("drain, 2 workers x 2 threads", "jobs/s (DB window)"): ">= 3,000",
-    ("round trip enqueue_and_wait", "p50 ms"): "<= 2",
-    ("round trip enqueue_and_wait", "p99 ms"): "<= 5",
+    ("round trip, RedisChannelLayer", "p50 ms"): "<= 2",
+    ("round trip, RedisChannelLayer", "p99 ms"): "<= 5",
+    ("round trip, RedisPubSubChannelLayer", "p50 ms"): "<= 2",
+    ("round trip, RedisPubSubChannelLayer", "p99 ms"): "<= 5",
     ("backlog 1M, other queue", "vs empty"): ">= 90%",
     ("backlog 1M, same queue", "vs empty"): ">= 90%",
     ("backlog 1M", "claim plan"): "index scan",
@@ -393,6 +395,33 @@ class Bench:
                 client.delete(*keys)
         finally:
             client.close()
+
+    def layers(self) -> list[str | None]:
+        """The channel-layer aliases to measure notifications with (None: polling)."""
+        from django.conf import settings
+
+        return ["default", "pubsub"] if settings.BENCH_CHANNELS == "redis" else [None]
+
+    @contextlib.contextmanager
+    def layer(self, alias: str | None) -> Iterator[str]:
+        """Use ``alias`` here and in the workers spawned meanwhile; yield its label."""
+        from django.conf import settings
+        from django.test import override_settings
+
+        from django_jobqueue.notifications import reset_hub
+
+        if alias is None:
+            yield f"polling, POLL_INTERVAL={settings.JOBQUEUE['POLL_INTERVAL']}s"
+            return
+        before = settings.JOBQUEUE["CHANNEL_LAYER"]
+        os.environ["BENCH_CHANNEL_LAYER"] = alias
+        try:
+            with override_settings(JOBQUEUE={**settings.JOBQUEUE, "CHANNEL_LAYER": alias}):
+                reset_hub()
+                yield settings.CHANNEL_LAYERS[alias]["BACKEND"].rsplit(".", 1)[-1]
+        finally:
+            os.environ["BENCH_CHANNEL_LAYER"] = before
+            reset_hub()
 
     def count(self, status: str = "completed") -> int:
         from django_jobqueue.models import Job
@@ -759,8 +788,12 @@ def scenario_drain(b: Bench) -> None:
 
 
 def scenario_roundtrip(b: Bench) -> None:
-    from django.conf import settings
+    for alias in b.layers():
+        with b.layer(alias) as mode:
+            roundtrip(b, mode)
 
+
+def roundtrip(b: Bench, mode: str) -> None:
     from bench.benchapp.jobs import echo
     from django_jobqueue.models import Job
 
@@ -812,13 +845,7 @@ def scenario_roundtrip(b: Bench) -> None:
             phases["started_at -> finished_at"].append((finished - started).total_seconds())
             phases["finished_at -> return"].append(t1 - finished.timestamp())
     total = [t1 - t0 for t0, t1 in timings.values()]
-    mode = (
-        "Redis notifications"
-        if settings.BENCH_CHANNELS == "redis"
-        else f"polling, POLL_INTERVAL={settings.JOBQUEUE['POLL_INTERVAL']}s"
-    )
-    label = "round trip enqueue_and_wait"
-    b.row(label, "mode", mode)
+    label = f"round trip, {mode}"
     b.row(label, "samples", f"{len(total)}")
     for p in (50, 95, 99):
         b.row(label, f"p{p} ms", fmt_ms(percentile(total, p)))
@@ -826,9 +853,9 @@ def scenario_roundtrip(b: Bench) -> None:
     for phase, values in phases.items():
         b.row(label, f"p50 ms, {phase}", fmt_ms(percentile(values, 50)))
     if errors:
-        b.note(f"round trip: {len(errors)} errors: {'; '.join(errors[:5])}")
+        b.note(f"round trip, {mode}: {len(errors)} errors: {'; '.join(errors[:5])}")
     b.note(
-        f"round trip: one idle `runjobworker --concurrency 2` process; 20 warm-up then {n} "
+        f"round trip, {mode}: one idle `runjobworker --concurrency 2` process; 20 warm-up then {n} "
         f"sequential `echo.using(timeout=5).enqueue_and_wait(i)` ({mode}). Phases from the "
         "job's own timestamps: 'call -> started_at' is subscribe + INSERT + wake-up + "
         "worker wake; 'started_at -> finished_at' is the claim query, hand-off to the job "
@@ -838,9 +865,14 @@ def scenario_roundtrip(b: Bench) -> None:
 
 
 def scenario_wakeup(b: Bench) -> None:
+    for alias in b.layers():
+        with b.layer(alias) as mode:
+            wakeup(b, mode, redis=alias is not None)
+
+
+def wakeup(b: Bench, mode: str, *, redis: bool) -> None:
     import random
 
-    from django.conf import settings
     from django.utils import timezone
 
     from bench.benchapp.jobs import echo, noop
@@ -883,21 +915,16 @@ def scenario_wakeup(b: Bench) -> None:
                 missing += 1
             else:
                 samples.append(latency)
-    mode = (
-        "Redis notifications"
-        if settings.BENCH_CHANNELS == "redis"
-        else f"polling, POLL_INTERVAL={settings.JOBQUEUE['POLL_INTERVAL']}s"
-    )
-    label = "wake-up: commit -> started_at"
+    label = f"wake-up, {mode}"
     b.row(label, "samples", f"{len(samples)}")
     b.row(label, "p50 ms", fmt_ms(percentile(samples, 50)))
     b.row(label, "p99 ms", fmt_ms(percentile(samples, 99)))
     b.row(label, "max ms", fmt_ms(max(samples) if samples else math.nan))
     slow = sum(1 for v in samples if v > 0.1)
-    if settings.BENCH_CHANNELS == "redis":
+    if redis:
         b.row(label, "samples > 100 ms (polled)", f"{slow}")
     b.note(
-        f"wake-up: one idle worker; time from `noop.enqueue()` returning (autocommit: "
+        f"wake-up, {mode}: one idle worker; time from `noop.enqueue()` returning (autocommit: "
         f"committed) to the job's started_at, which the worker stamps just before its claim "
         f"query ({mode}); 10-30 ms between samples. The producing process has waited for one "
         f"job first (enqueue_and_wait), as a web process would. {missing} samples missed the "

@@ -8,6 +8,8 @@ Environment:
   ``djq_bench`` directory in the system temp dir). Worker subprocesses must see the same one.
 * ``BENCH_CHANNELS``: ``redis`` (default with PostgreSQL) or ``polling`` (default with SQLite:
   ``JOBQUEUE["CHANNEL_LAYER"] = None``).
+* ``BENCH_CHANNEL_LAYER``: with ``redis``, the alias ``JOBQUEUE`` uses: ``default``
+  (``RedisChannelLayer``) or ``pubsub`` (``RedisPubSubChannelLayer``, same Redis and prefix).
 * ``REDIS_URL``: default ``redis://127.0.0.1:6379/0``; ``BENCH_REDIS_PREFIX`` namespaces the keys
   of one run so stale notifications of an earlier run are never received.
 * ``BENCH_POLL_INTERVAL``: ``JOBQUEUE["POLL_INTERVAL"]``; default 1.0 with Redis (the
@@ -67,18 +69,21 @@ BENCH_CHANNELS = os.environ.get("BENCH_CHANNELS") or (
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 if BENCH_CHANNELS == "redis":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # Longer than channels_redis's 5 s blocking receive, as the docs say (W002):
-                # redis-py 8's default of 5 s would time an idle receive out.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
-                "prefix": os.environ.get("BENCH_REDIS_PREFIX", "djqbench:"),
-            },
-        }
+    _REDIS_CONFIG = {
+        # Longer than channels_redis's 5 s blocking receive, as the docs say (W002):
+        # redis-py 8's default of 5 s would time an idle receive out.
+        "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+        "prefix": os.environ.get("BENCH_REDIS_PREFIX", "djqbench:"),
     }
-    _channel_layer = "default"
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": _REDIS_CONFIG},
+        "pubsub": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": _REDIS_CONFIG,
+        },
+    }
+    # The round-trip and wake-up scenarios measure both layers (bench/run.py sets this).
+    _channel_layer = os.environ.get("BENCH_CHANNEL_LAYER", "default")
     _poll = 1.0
 elif BENCH_CHANNELS == "polling":
     CHANNEL_LAYERS = {}
