@@ -39,6 +39,8 @@ logger = logging.getLogger("django_jobqueue")
 FINISHED_TYPE = "jobqueue.finished"
 WORK_TYPE = "jobqueue.work"
 DEGRADED_RETRY = 5.0
+#: Seconds between two wake-ups of one queue sent by one process (later ones are merged).
+WAKE_SPACING = 0.002
 
 
 def group_for(job_id: str) -> str:
@@ -346,9 +348,15 @@ class Hub:
         again = True
         try:
             while again:
+                sent = time.monotonic()
                 await self._call(
                     "send", lambda: self._layer.send(work_channel(queue), {"type": WORK_TYPE})
                 )
+                # Another wake-up asked for meanwhile goes out WAKE_SPACING after this one at
+                # the earliest: the jobs committed by then share it (a woken worker claims
+                # every free slot's worth), and a producer enqueueing in a loop costs a send
+                # per few jobs instead of one per job.
+                await asyncio.sleep(max(0.0, sent + WAKE_SPACING - time.monotonic()))
                 with self._wake_lock:
                     again = queue in self._wake_again
                     self._wake_again.discard(queue)
