@@ -191,33 +191,21 @@ class Hub:
 
     # -- waiters ---------------------------------------------------------------------------
 
+    def start_subscribe(self, job_id: str, waiter: Waiter) -> Subscription:
+        """Register ``waiter`` for ``job_id`` and start joining the job's group, without
+        waiting: the caller can write the job meanwhile and confirm the subscription after."""
+        first = self._add_waiter(job_id, waiter)
+        return Subscription(self._submit(self._join(job_id)) if first else None, self)
+
     def subscribe(self, job_id: str, waiter: Waiter) -> bool:
         """Register ``waiter`` for ``job_id`` and join the job's group; block at most
         ``NOTIFY_TIMEOUT``. True when notifications are live, False when the caller must
         rely on polling."""
-        first = self._add_waiter(job_id, waiter)
-        future = self._submit(self._join(job_id)) if first else None
-        if future is None:
-            return self.available
-        try:
-            return bool(future.result(timeout=conf.get("NOTIFY_TIMEOUT") + 0.5))
-        except FutureTimeout:
-            return False
+        return self.start_subscribe(job_id, waiter).confirm()
 
     async def asubscribe(self, job_id: str, waiter: Waiter) -> bool:
         """Async twin of :meth:`subscribe`: awaits without holding a thread."""
-        first = self._add_waiter(job_id, waiter)
-        future = self._submit(self._join(job_id)) if first else None
-        if future is None:
-            return self.available
-        try:
-            return bool(
-                await asyncio.wait_for(
-                    asyncio.wrap_future(future), timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
-                )
-            )
-        except TimeoutError:
-            return False
+        return await self.start_subscribe(job_id, waiter).aconfirm()
 
     def unsubscribe(self, job_id: str, waiter: Waiter) -> None:
         """Forget ``waiter``; the last local waiter of a job leaves the job's group."""
@@ -473,6 +461,40 @@ class Hub:
             asyncio.run_coroutine_threadsafe(shutdown(), loop)
             if self._thread is not None:
                 self._thread.join(timeout=3.0)
+
+
+class Subscription:
+    """A join of a job's group on its way (:meth:`Hub.start_subscribe`)."""
+
+    def __init__(self, future: Future[Any] | None, hub: Hub) -> None:
+        self._future = future
+        self._hub = hub
+
+    def done(self) -> bool:
+        """True once the join has been answered (or there was nothing to join)."""
+        return self._future is None or self._future.done()
+
+    def confirm(self) -> bool:
+        """Wait for the join, at most ``NOTIFY_TIMEOUT``; True when notifications are live."""
+        if self._future is None:
+            return self._hub.available
+        try:
+            return bool(self._future.result(timeout=conf.get("NOTIFY_TIMEOUT") + 0.5))
+        except FutureTimeout:
+            return False
+
+    async def aconfirm(self) -> bool:
+        """Async twin of :meth:`confirm`."""
+        if self._future is None:
+            return self._hub.available
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    asyncio.wrap_future(self._future), timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
+                )
+            )
+        except TimeoutError:
+            return False
 
 
 def run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -3,6 +3,13 @@
 A notification only says "look now"; the result always comes from the database, and the
 database is also polled every ``POLL_INTERVAL`` seconds, so a lost notification (or no
 channel layer at all) makes an answer slower, never wrong or missing.
+
+``enqueue_and_wait`` sends the join of the job's group *before* the INSERT and lets the two
+overlap (the join is one Redis round trip, the INSERT a durable commit). If the join was
+answered by the time the INSERT returned, it took effect before any worker could announce the
+job: a worker is only woken after the commit, by a send the hub makes after the join. If it
+was answered later, the waiter reads the job once more after it, so a job that finished in
+between is never missed.
 """
 
 from __future__ import annotations
@@ -88,9 +95,14 @@ def enqueue_and_wait(
     row = job._row(args, kwargs, timezone.now(), notify=True)
     waiter = ThreadWaiter()
     notifier = hub()
-    notifier.subscribe(row["job_id"], waiter)
+    # The join of the job's group is sent first and overlaps the INSERT (module docstring).
+    subscription = notifier.start_subscribe(row["job_id"], waiter)
     try:
         handle = _enqueue(row, job, deadline, timeout)
+        late = not subscription.done()
+        subscription.confirm()
+        if late and not handle.finished:
+            handle._poll()
         return _wait_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
@@ -197,9 +209,13 @@ async def aenqueue_and_wait(
     row = job._row(args, kwargs, timezone.now(), notify=True)
     waiter = AsyncWaiter()
     notifier = hub()
-    await notifier.asubscribe(row["job_id"], waiter)
+    subscription = notifier.start_subscribe(row["job_id"], waiter)  # overlaps the INSERT
     try:
         handle = await _bounded(_db(_enqueue, row, job, deadline, timeout), row, deadline, timeout)
+        late = not subscription.done()
+        await subscription.aconfirm()
+        if late and not handle.finished:
+            await _bounded(_db(handle._poll), row, deadline, timeout)
         return await _await_loop(handle, waiter, deadline, timeout)
     finally:
         notifier.unsubscribe(row["job_id"], waiter)
