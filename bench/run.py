@@ -37,7 +37,16 @@ RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SCENARIOS = ["enqueue", "enqueue_many", "drain", "roundtrip", "wakeup", "backlog", "memory"]
+SCENARIOS = [
+    "enqueue",
+    "enqueue_many",
+    "drain",
+    "roundtrip",
+    "floor",
+    "wakeup",
+    "backlog",
+    "memory",
+]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
 SLOW = {"backlog", "memory"}
 DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
@@ -932,6 +941,95 @@ def wakeup(b: Bench, mode: str, *, redis: bool) -> None:
     )
 
 
+def scenario_floor(b: Bench) -> None:
+    """The round trip's database and Redis round trips, one after another in one thread,
+    without the library's threads, hub or channel layer: the floor of this design here."""
+    import statistics
+
+    import redis
+    from django.conf import settings
+    from django.db import connections
+    from django.utils import timezone
+
+    from bench.benchapp.jobs import echo
+    from django_jobqueue.models import Job
+
+    if settings.BENCH_CHANNELS != "redis":
+        return
+    b.reset()
+    worker_db = connections["worker"]
+    with worker_db.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")  # as the worker's connection
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    waiter = client.pubsub()
+    worker = client.pubsub()
+    work = "djqbench.floor.work"
+    worker.subscribe(work)
+    worker.get_message(timeout=1.0)  # the subscribe confirmation
+    jobs, mine = Job.objects, Job.objects.using("worker")
+    steps: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "subscribe (SUBSCRIBE, confirmed)",
+            "INSERT, durable commit",
+            "wake-up (PUBLISH, received)",
+            "claim (UPDATE ... SKIP LOCKED, async commit)",
+            "complete + result (async commit)",
+            "finished (PUBLISH, received)",
+            "read the result (SELECT)",
+        )
+    }
+    names = list(steps)
+    totals: list[float] = []
+    n = b.size("roundtrip")
+    for i in range(n + 20):
+        marks = [time.perf_counter()]
+        row = echo._row((i,), {}, timezone.now(), notify=True)
+        done = f"djqbench.floor.done.{row['job_id']}"
+        waiter.subscribe(done)
+        waiter.get_message(timeout=1.0)
+        marks.append(time.perf_counter())
+        jobs.insert_new([row])
+        marks.append(time.perf_counter())
+        client.publish(work, b"w")
+        assert worker.get_message(timeout=1.0) is not None
+        marks.append(time.perf_counter())
+        now = timezone.now()
+        (claimed,) = mine.claim(queue=None, limit=1, worker="floor", now=now, lease_until=now)
+        marks.append(time.perf_counter())
+        mine.complete_with_results(
+            [(claimed.id, claimed.attempts)], {claimed.id: i}, now=now, expires_at=now
+        )
+        marks.append(time.perf_counter())
+        client.publish(done, b"f")
+        assert waiter.get_message(timeout=1.0) is not None
+        marks.append(time.perf_counter())
+        assert jobs.state(row["job_id"])[2] == i
+        marks.append(time.perf_counter())
+        waiter.unsubscribe(done)
+        waiter.get_message(timeout=1.0)
+        if i < 20:
+            continue
+        for name, start, end in zip(names, marks, marks[1:], strict=False):
+            steps[name].append(end - start)
+        totals.append(marks[-1] - marks[0])
+    waiter.close()
+    worker.close()
+    client.close()
+    label = "round-trip floor (one thread)"
+    b.row(label, "p50 ms, all steps", fmt_ms(percentile(totals, 50)))
+    for name, values in steps.items():
+        b.row(label, f"p50 ms, {name}", fmt_ms(statistics.median(values)))
+    b.note(
+        f"round-trip floor: the {len(names)} round trips of one enqueue_and_wait, {n} times, "
+        "one after another in one thread: the library's own SQL (insert_new, claim, "
+        "complete_with_results, state) on two connections (the waiter's, durable; the "
+        "worker's, synchronous_commit off) and plain redis-py PUBLISH/SUBSCRIBE. No threads, "
+        "no hub, no channel layer, no second process to wake: what this design costs on this "
+        "machine before any overhead."
+    )
+
+
 class _Rollback(Exception):
     pass
 
@@ -1192,6 +1290,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue_many": scenario_enqueue_many,
     "drain": scenario_drain,
     "roundtrip": scenario_roundtrip,
+    "floor": scenario_floor,
     "wakeup": scenario_wakeup,
     "backlog": scenario_backlog,
     "memory": scenario_memory,

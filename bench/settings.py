@@ -50,6 +50,8 @@ if BENCH_DB == "postgres":
             "PORT": str(url.port or 5432),
         }
     }
+    # The round-trip floor scenario plays the worker on a second connection.
+    DATABASES["worker"] = dict(DATABASES["default"])
 elif BENCH_DB == "sqlite":
     _dir = Path(os.environ.get("BENCH_SQLITE_DIR") or Path(tempfile.gettempdir()) / "djq_bench")
     _dir.mkdir(parents=True, exist_ok=True)
