@@ -35,6 +35,8 @@ _INSERT_COLUMNS = (
     "enqueued_at",
 )
 
+_JSON_COLUMNS = frozenset({"args", "kwargs", "result"})
+
 _CLAIM_COLUMNS = (
     "id",
     "job_id",
@@ -98,6 +100,8 @@ class _SQL:
         return self.model._meta.get_field(name)
 
     def prep(self, field: str, value: Any) -> Any:
+        if self.vendor == "postgresql" and field not in _JSON_COLUMNS:
+            return value  # psycopg adapts str, int, bool, None and datetimes as Django would
         return self.field(field).get_db_prep_save(value, self.connection)
 
     def load_json(self, field: str, value: Any) -> Any:

@@ -154,6 +154,44 @@ def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
 
 
 @requires_redis
+def test_a_join_answered_after_the_insert_does_not_miss_the_result(worker_processes, settings):
+    """The join of the job's group overlaps the INSERT. Here the hub's loop stalls, so the
+    join is answered long after the INSERT and after the worker (polling every 50 ms) has
+    run the job and announced it to nobody: the waiter reads the job once more after the
+    join instead of sleeping through its 30 s POLL_INTERVAL."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 30}
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 0.05}'})
+    wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
+    assert add.using(timeout=10).enqueue_and_wait(0, 0) == 0  # the hub and its channel exist
+    notifier = hub()
+    assert notifier._loop is not None
+    finished = threading.Event()
+
+    def stall() -> None:  # the loop is busy: the join waits its turn
+        finished.wait(timeout=5)
+
+    notifier._loop.call_soon_threadsafe(stall)
+
+    def watch() -> None:
+        try:
+            wait_until(lambda: Job.objects.filter(status="completed").count() == 2, timeout=10)
+        finally:
+            finished.set()
+            close_old_connections()
+            connection.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        assert add.using(timeout=10).enqueue_and_wait(2, 3) == 5
+    finally:
+        finished.set()
+        watcher.join()
+    assert time.monotonic() - started < 8
+
+
+@requires_redis
 def test_a_busy_worker_drops_broadcast_wake_ups(settings, caplog):
     """On a broadcast layer a worker stays subscribed while busy; what arrives then is
     dropped as it comes, not queued up (memory) and not acted on once idle again."""
