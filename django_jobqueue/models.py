@@ -10,7 +10,10 @@ Which index serves which query (names as in the migration):
   NULL``: "is an earlier job of this group still queued or running?" in the claim query.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed')``: pruning results.
-* the unique index on ``job_id``: deduplication and ``get_job()``.
+* ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
+  ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
+  second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
+  and per status change.
 
 The partial indexes only hold the rows they serve, so they stay small when millions of
 finished jobs wait to be pruned, and a claim is an index range scan however long the
@@ -48,7 +51,7 @@ class Job(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH, unique=True)
+    job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH)  # unique: Meta
     name = models.CharField(max_length=200)
     queue = models.CharField(max_length=100)
     args = models.JSONField(default=list, blank=True)
@@ -75,6 +78,7 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["job_id"], name="djq_job_id")]
         indexes = [
             models.Index(
                 models.F("priority").desc(),
@@ -127,7 +131,14 @@ class JobResult(models.Model):
     """The outcome of a finished job: its return value, or its last error and traceback."""
 
     job = models.OneToOneField(
-        Job, primary_key=True, on_delete=models.CASCADE, related_name="outcome"
+        Job,
+        primary_key=True,
+        on_delete=models.CASCADE,  # done by Django's delete() (pruning, admin, requeue)
+        related_name="outcome",
+        # No database FOREIGN KEY: its check would lock the job row of every completion
+        # (FOR KEY SHARE, at commit) for nothing: results are only written by the completion
+        # statement, joined to the job rows it updates, and deleted with their jobs.
+        db_constraint=False,
     )
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
