@@ -118,12 +118,14 @@ class JobFunction(Generic[P, R]):
         arguments. Every item is validated before anything is written. With a fixed
         ``job_id`` option each job gets ``"<job_id>-<index>"``; otherwise fresh ids.
         """
-        from .producing import enqueue_rows
+        from .producing import enqueue_rows, new_job_ids
 
         now = timezone.now()
         rows = []
         args: Sequence[Any]
         kwargs: Mapping[str, Any]
+        calls = calls if isinstance(calls, Sequence) else list(calls)
+        fresh = None if self.job_id else new_job_ids(len(calls))
         for index, call in enumerate(calls):
             if isinstance(call, Mapping):
                 args, kwargs = (), call
@@ -134,7 +136,7 @@ class JobFunction(Generic[P, R]):
                     f"enqueue_many() item {index} is of type {type(call).__name__}; pass a "
                     "tuple or list of positional arguments or a dict of keyword arguments."
                 )
-            job_id = check_job_id(f"{self.job_id}-{index}") if self.job_id else None
+            job_id = check_job_id(f"{self.job_id}-{index}") if fresh is None else fresh[index]
             rows.append(self._row(args, kwargs, now, notify=False, job_id=job_id))
         return enqueue_rows(rows) if rows else []
 

@@ -7,6 +7,7 @@ finished past its ``result_ttl`` is replaced by a new run.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,16 @@ _REPLACE_ROUNDS = 5
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_job_ids(count: int) -> list[str]:
+    """``count`` fresh ids, each like ``uuid.uuid4().hex``, from one call to the OS's random
+    source (a bulk enqueue would otherwise spend a sixth of its time making ids)."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = bytes(byte & 0x0F | 0x40 for byte in raw[6::16])  # version 4
+    raw[8::16] = bytes(byte & 0x3F | 0x80 for byte in raw[8::16])  # RFC 4122 variant
+    text = raw.hex()
+    return [text[start : start + 32] for start in range(0, 32 * count, 32)]
 
 
 def enqueue_rows(

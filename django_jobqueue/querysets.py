@@ -184,7 +184,7 @@ class JobQuerySet(models.QuerySet[Any]):
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]
             if sql.vendor == "postgresql" and len(batch) > 1 and _uniform(batch):
-                inserted.update(self._insert_unnest(sql, columns, batch))
+                inserted.update(self._insert_json_batch(sql, columns, batch))
                 continue
             params: list[Any] = []
             for row in batch:
@@ -198,14 +198,15 @@ class JobQuerySet(models.QuerySet[Any]):
         return inserted
 
     @staticmethod
-    def _insert_unnest(sql: _SQL, columns: str, batch: Sequence[dict[str, Any]]) -> set[str]:
+    def _insert_json_batch(sql: _SQL, columns: str, batch: Sequence[dict[str, Any]]) -> set[str]:
         """PostgreSQL, a batch from one ``enqueue_many`` call: only the id and the arguments
-        vary, so they travel as three arrays and everything else once (no 12 placeholders
-        per row for the driver to build and the server to parse)."""
+        vary, so they travel as one JSON document (``[[job_id, args, kwargs], ...]``, one
+        ``json.dumps`` for the batch) and everything else once: no 12 placeholders per row
+        for the driver to build and the server to parse."""
         first = batch[0]
         constants = [sql.prep(column, first[column]) for column in _UNIFORM_COLUMNS]
         select = ", ".join(
-            {"job_id": "u.job_id", "args": "u.args::jsonb", "kwargs": "u.kwargs::jsonb"}.get(
+            {"job_id": "u.j->>0", "args": "u.j->1", "kwargs": "u.j->2"}.get(
                 column, f"%s{_CASTS.get(column, '')}"
             )
             for column in _INSERT_COLUMNS
@@ -213,15 +214,16 @@ class JobQuerySet(models.QuerySet[Any]):
         params: list[Any] = [
             constants[_UNIFORM_COLUMNS.index(c)] for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS
         ]
-        params += [
-            [row["job_id"] for row in batch],
-            [json.dumps(row["args"]) for row in batch],
-            [json.dumps(row["kwargs"]) for row in batch],
-        ]
+        params.append(
+            json.dumps(
+                [[row["job_id"], row["args"], row["kwargs"]] for row in batch],
+                separators=(",", ":"),
+            )
+        )
         rows = sql.execute(
             f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
             f"SELECT {select}, 'queued', 0, '', '' "
-            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(job_id, args, kwargs) "
+            "FROM jsonb_array_elements(%s::jsonb) AS u(j) "
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
             params,
         )

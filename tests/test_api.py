@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -216,6 +217,24 @@ def test_enqueue_many_writes_one_statement_per_batch():
         ([3, 4], {}),
         ([], {"x": 5, "y": 6}),
     ]
+
+
+def test_enqueue_many_stores_every_kind_of_json_value_and_fresh_uuid4_ids():
+    import uuid
+
+    calls = [
+        ("é ✓ \\ \" '", {"k": [1.5, None, True, -(10**30)]}),
+        {"x": "\u2028 }{][", "y": {"nested": {"a": []}}},
+        ([], 0),
+    ] * 400  # more than one batch
+    handles = add.enqueue_many(calls)
+    rows = {row.job_id: (row.args, row.kwargs) for row in Job.objects.all()}
+    expected = [([*c], {}) if isinstance(c, tuple) else ([], c) for c in calls]
+    assert [rows[h.id] for h in handles] == [(json.loads(json.dumps(a)), k) for a, k in expected]
+    assert len({h.id for h in handles}) == len(calls)
+    for handle in handles:
+        parsed = uuid.UUID(handle.id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (handle.id, 4, uuid.RFC_4122)
 
 
 def test_enqueue_many_validates_everything_before_writing():
