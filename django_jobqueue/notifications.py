@@ -455,6 +455,9 @@ class Hub:
                     # (and its blocked receives) alive; closing the connections ends them.
                     await asyncio.wait(tasks, timeout=1.0) if tasks else None
                     await self._close_connections()
+                    # A receive blocked in the server ends once its connection is closed.
+                    pending = [task for task in tasks if not task.done()]
+                    await asyncio.wait(pending, timeout=1.0) if pending else None
                 finally:
                     loop.stop()
 
