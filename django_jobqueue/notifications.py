@@ -400,9 +400,9 @@ class Hub:
         broadcast = broadcasts(self._layer)
         while True:
             # A queue-like layer: receive only while idle, so a busy worker leaves the message
-            # to an idle one. A broadcast layer gives every listener a copy and queues what
-            # arrives for a subscribed channel: keep receiving, and drop the copies that come
-            # while busy (a busy worker claims again when it frees a slot anyway).
+            # to an idle one. A broadcast layer gives every listener its own copy, and queues
+            # what arrives for a subscribed channel: keep receiving (nothing piles up) and pass
+            # each on; a busy worker keeps it as a hint for when a slot frees.
             if not broadcast:
                 await idle.wait()
             if time.monotonic() < self._degraded_until:
@@ -417,10 +417,7 @@ class Hub:
                     self._degrade("receive", exc)
                 continue
             self._recovered()
-            if not broadcast or idle.is_set():  # a popped message is acted on: it was ours
-                on_work()
-            else:
-                logger.debug("work-available message on %s dropped: the worker is busy", channel)
+            on_work()
 
     async def _close_connections(self) -> None:
         """Close every connection of the layer, blocked receives included: a receive left
@@ -463,7 +460,7 @@ class Hub:
 
             asyncio.run_coroutine_threadsafe(shutdown(), loop)
             if self._thread is not None:
-                self._thread.join(timeout=3.0)
+                self._thread.join(timeout=6.0)
 
 
 class Subscription:
@@ -553,7 +550,7 @@ def broadcasts(layer: Any) -> bool:
     """True for a layer that gives every receiver of a channel its own copy of a message
     (``channels_redis.pubsub.RedisPubSubChannelLayer``); False for the queue-like layers, where
     one receiver pops each message (``RedisChannelLayer``, ``InMemoryChannelLayer``)."""
-    return type(layer).__module__.startswith("channels_redis.pubsub")
+    return any(cls.__module__.startswith("channels_redis.pubsub") for cls in type(layer).__mro__)
 
 
 def _log_failure(future: Future[Any]) -> None:

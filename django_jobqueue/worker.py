@@ -260,9 +260,14 @@ class Worker:
         return self.concurrency - len(self._running) - len(self._buffer)
 
     def _on_work(self) -> None:
-        logger.debug("worker name=%s woken by a work-available notification", self.name)
+        """A "work available" message (from the hub's thread): claim at the next chance.
+
+        With no free slot the loop is not woken: a finished job wakes it, and it claims then
+        because of the hint (a broadcast layer delivers wake-ups to busy workers too)."""
         self._work_hint = True
-        self._wake()
+        if self._free_slots() > 0:
+            logger.debug("worker name=%s woken by a work-available notification", self.name)
+            self._wake()
 
     def _listen_queues(self) -> list[str]:
         if self.queues is not None:
