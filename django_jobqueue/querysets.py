@@ -9,7 +9,8 @@ whose lease was taken over cannot overwrite the newer run's outcome.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,8 @@ from django.utils import timezone
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
+#: Largest JSON document of one ``enqueue_many`` statement on PostgreSQL (ASCII characters).
+JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = (
     "job_id",
@@ -172,10 +175,20 @@ class JobQuerySet(models.QuerySet[Any]):
 
         One ``INSERT ... ON CONFLICT (job_id) DO NOTHING RETURNING job_id`` statement per
         :data:`INSERT_BATCH` rows, so a concurrent producer of the same id never causes an
-        IntegrityError: one of them inserts, the other sees the existing job.
+        IntegrityError: one of them inserts, the other sees the existing job. Several
+        statements run in one transaction: all the rows are written, or none.
         """
         sql = self._sql()
+        statements = list(self._insert_statements(sql, rows))
         inserted: set[str] = set()
+        with transaction.atomic(using=self.db) if len(statements) > 1 else nullcontext():
+            for statement, params in statements:
+                inserted.update(job_id for (job_id,) in sql.execute(statement, params))
+        return inserted
+
+    def _insert_statements(
+        self, sql: _SQL, rows: Sequence[dict[str, Any]]
+    ) -> Iterator[tuple[str, list[Any]]]:
         columns = ", ".join(
             sql.group if column == "group" else column for column in _INSERT_COLUMNS
         )
@@ -184,50 +197,50 @@ class JobQuerySet(models.QuerySet[Any]):
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]
             if sql.vendor == "postgresql" and len(batch) > 1 and _uniform(batch):
-                inserted.update(self._insert_json_batch(sql, columns, batch))
+                yield from self._json_batch_statements(sql, columns, batch)
                 continue
             params: list[Any] = []
             for row in batch:
                 params.extend(sql.prep(column, row[column]) for column in _INSERT_COLUMNS)
-            statement = (
+            yield (
                 f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
                 f"VALUES {', '.join([row_sql] * len(batch))} "
-                "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+                "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+                params,
             )
-            inserted.update(job_id for (job_id,) in sql.execute(statement, params))
-        return inserted
 
-    @staticmethod
-    def _insert_json_batch(sql: _SQL, columns: str, batch: Sequence[dict[str, Any]]) -> set[str]:
+    @classmethod
+    def _json_batch_statements(
+        cls, sql: _SQL, columns: str, batch: Sequence[dict[str, Any]]
+    ) -> Iterator[tuple[str, list[Any]]]:
         """PostgreSQL, a batch from one ``enqueue_many`` call: only the id and the arguments
         vary, so they travel as one JSON document (``[[job_id, args, kwargs], ...]``, one
         ``json.dumps`` for the batch) and everything else once: no 12 placeholders per row
-        for the driver to build and the server to parse."""
+        for the driver to build and the server to parse. A document over
+        :data:`JSON_BATCH_CHARS` (jsonb stops at 256 MB) is split in halves."""
+        document = json.dumps(
+            [[row["job_id"], row["args"], row["kwargs"]] for row in batch], separators=(",", ":")
+        )
+        if len(document) > JSON_BATCH_CHARS and len(batch) > 1:
+            half = len(batch) // 2
+            yield from cls._json_batch_statements(sql, columns, batch[:half])
+            yield from cls._json_batch_statements(sql, columns, batch[half:])
+            return
         first = batch[0]
-        constants = [sql.prep(column, first[column]) for column in _UNIFORM_COLUMNS]
         select = ", ".join(
             {"job_id": "u.j->>0", "args": "u.j->1", "kwargs": "u.j->2"}.get(
                 column, f"%s{_CASTS.get(column, '')}"
             )
             for column in _INSERT_COLUMNS
         )
-        params: list[Any] = [
-            constants[_UNIFORM_COLUMNS.index(c)] for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS
-        ]
-        params.append(
-            json.dumps(
-                [[row["job_id"], row["args"], row["kwargs"]] for row in batch],
-                separators=(",", ":"),
-            )
-        )
-        rows = sql.execute(
+        params = [sql.prep(c, first[c]) for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS]
+        yield (
             f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
             f"SELECT {select}, 'queued', 0, '', '' "
             "FROM jsonb_array_elements(%s::jsonb) AS u(j) "
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-            params,
+            [*params, document],
         )
-        return {job_id for (job_id,) in rows}
 
     def subscribe(self, job_id: str) -> int:
         """Mark an active job as waited for (its worker will send "finished").

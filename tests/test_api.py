@@ -22,6 +22,7 @@ from django_jobqueue import (
 )
 from django_jobqueue.models import Job
 from django_jobqueue.registry import registry
+from tests.conftest import requires_postgres
 from tests.testapp.jobs import add, async_add, noop, other_queue
 
 pytestmark = pytest.mark.django_db
@@ -235,6 +236,39 @@ def test_enqueue_many_stores_every_kind_of_json_value_and_fresh_uuid4_ids():
     for handle in handles:
         parsed = uuid.UUID(handle.id)
         assert (parsed.hex, parsed.version, parsed.variant) == (handle.id, 4, uuid.RFC_4122)
+
+
+@requires_postgres
+def test_a_large_enqueue_many_batch_is_split_and_still_all_or_nothing(monkeypatch):
+    """jsonb stops at 256 MB: a batch whose arguments would exceed JSON_BATCH_CHARS goes as
+    several statements, in one transaction."""
+    from django.db import connection
+
+    from django_jobqueue import querysets
+
+    monkeypatch.setattr(querysets, "JSON_BATCH_CHARS", 4000)
+    calls = [("x" * 200, i) for i in range(40)]  # about 10,000 characters of JSON
+    with CaptureQueriesContext(connection) as queries:
+        handles = add.enqueue_many(calls)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 4
+    assert sorted(Job.objects.values_list("args", flat=True), key=lambda a: a[1]) == [
+        ["x" * 200, i] for i in range(40)
+    ]
+    assert len(handles) == 40
+
+    statements = []
+
+    def fail_the_third(execute, sql, params, many, context):
+        if sql.startswith("INSERT"):
+            statements.append(sql)
+            if len(statements) == 3:
+                raise RuntimeError("the database refused")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail_the_third), pytest.raises(RuntimeError):
+        add.enqueue_many([("y" * 200, i) for i in range(40)])
+    assert Job.objects.count() == 40  # the two statements that ran were rolled back
 
 
 def test_enqueue_many_validates_everything_before_writing():
