@@ -88,6 +88,7 @@ class Hub:
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Waiter]] = {}
+        self._joins: dict[str, Future[Any]] = {}  # job id -> its group join (local waiters)
         self._degraded_until = 0.0
         self._degraded = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,9 +194,17 @@ class Hub:
 
     def start_subscribe(self, job_id: str, waiter: Waiter) -> Subscription:
         """Register ``waiter`` for ``job_id`` and start joining the job's group, without
-        waiting: the caller can write the job meanwhile and confirm the subscription after."""
-        first = self._add_waiter(job_id, waiter)
-        return Subscription(self._submit(self._join(job_id)) if first else None, self)
+        waiting: the caller can write the job meanwhile and confirm the subscription after.
+        Later local waiters of the same job share the first one's join."""
+        with self._lock:
+            waiters = self._waiters.setdefault(job_id, set())
+            waiters.add(waiter)
+            join = self._joins.get(job_id)
+            if join is None and len(waiters) == 1:
+                join = self._submit(self._join(job_id))
+                if join is not None:
+                    self._joins[job_id] = join
+        return Subscription(join, self)
 
     def subscribe(self, job_id: str, waiter: Waiter) -> bool:
         """Register ``waiter`` for ``job_id`` and join the job's group; block at most
@@ -217,13 +226,8 @@ class Hub:
             if waiters:
                 return
             del self._waiters[job_id]
-        self._fire(self._leave(job_id))
-
-    def _add_waiter(self, job_id: str, waiter: Waiter) -> bool:
-        with self._lock:
-            waiters = self._waiters.setdefault(job_id, set())
-            waiters.add(waiter)
-            return len(waiters) == 1
+            join = self._joins.pop(job_id, None)
+        self._fire(self._leave(job_id, join))
 
     async def _join(self, job_id: str) -> bool:
         channel = await self._process_channel()
@@ -233,7 +237,10 @@ class Hub:
             "group_add", lambda: self._layer.group_add(group_for(job_id), channel)
         )
 
-    async def _leave(self, job_id: str) -> None:
+    async def _leave(self, job_id: str, join: Future[Any] | None) -> None:
+        if join is not None:  # leave after the join, not before it (it may still be running)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(join)
         if self._channel is None:
             return
         with self._lock:
@@ -469,10 +476,16 @@ class Subscription:
     def __init__(self, future: Future[Any] | None, hub: Hub) -> None:
         self._future = future
         self._hub = hub
+        self.late = True  # until mark_written() says otherwise
 
     def done(self) -> bool:
         """True once the join has been answered (or there was nothing to join)."""
         return self._future is None or self._future.done()
+
+    def mark_written(self) -> None:
+        """Call the moment the job is written: a join not answered by then is late, and the
+        waiter must read the job once after it (the job may have finished in between)."""
+        self.late = not self.done()
 
     def confirm(self) -> bool:
         """Wait for the join, at most ``NOTIFY_TIMEOUT``; True when notifications are live."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import router, transaction
@@ -39,7 +39,11 @@ def new_job_ids(count: int) -> list[str]:
 
 
 def enqueue_rows(
-    rows: Sequence[dict[str, Any]], *, notify: bool = False, lock_timeout: float | None = None
+    rows: Sequence[dict[str, Any]],
+    *,
+    notify: bool = False,
+    lock_timeout: float | None = None,
+    written: Callable[[], None] | None = None,
 ) -> list[JobHandle]:
     """Insert ``rows`` (as built by ``JobFunction``) and return one handle per row, in order.
 
@@ -48,14 +52,16 @@ def enqueue_rows(
     outside a transaction). One INSERT, in autocommit, is the common case; more statements
     (several batches, or ids to resolve against existing jobs) run in one transaction, so a
     failure writes nothing. ``lock_timeout`` (seconds, PostgreSQL) bounds the wait for
-    another transaction's uncommitted job with the same id.
+    another transaction's uncommitted job with the same id. ``written`` is called once the
+    rows are written (committed, outside a transaction), before workers are woken and
+    ``job_enqueued`` is sent.
     """
     using = router.db_for_write(Job)
     fast = len(rows) <= INSERT_BATCH and lock_timeout is None
     handles = _insert(rows, using) if fast else {}
     pending = [row for row in rows if row["job_id"] not in handles]
     if fast and not pending:
-        return _done(rows, handles, using)
+        return _done(rows, handles, using, written)
     with transaction.atomic(using=using):
         if lock_timeout is not None and transaction.get_connection(using).vendor == "postgresql":
             with transaction.get_connection(using).cursor() as cursor:
@@ -79,7 +85,7 @@ def enqueue_rows(
                 f"Could not enqueue {len(pending)} job(s) after {_REPLACE_ROUNDS} attempts: "
                 "their ids kept being replaced by concurrent producers. Nothing was written."
             )
-    return _done(rows, handles, using)
+    return _done(rows, handles, using, written)
 
 
 def _insert(rows: Sequence[dict[str, Any]], using: str) -> dict[str, JobHandle]:
@@ -100,8 +106,13 @@ def _insert(rows: Sequence[dict[str, Any]], using: str) -> dict[str, JobHandle]:
 
 
 def _done(
-    rows: Sequence[dict[str, Any]], handles: dict[str, JobHandle], using: str
+    rows: Sequence[dict[str, Any]],
+    handles: dict[str, JobHandle],
+    using: str,
+    written: Callable[[], None] | None,
 ) -> list[JobHandle]:
+    if written is not None:
+        written()
     queues = {row["queue"] for row in rows if handles[row["job_id"]].created}
     if queues:
         transaction.on_commit(lambda: _after_commit(queues), using=using)

@@ -7,9 +7,12 @@ channel layer at all) makes an answer slower, never wrong or missing.
 ``enqueue_and_wait`` sends the join of the job's group *before* the INSERT and lets the two
 overlap (the join is one Redis round trip, the INSERT a durable commit). If the join was
 answered by the time the INSERT returned, it took effect before any worker could announce the
-job: a worker is only woken after the commit, by a send the hub makes after the join. If it
-was answered later, the waiter reads the job once more after it, so a job that finished in
-between is never missed.
+job: a worker is only woken after the commit, by a send the hub makes after the join, and
+even a worker that finds the job by polling needs two more round trips to the database
+before it can announce it. Lateness is judged the moment the INSERT has committed, before
+the commit's callbacks and ``job_enqueued`` receivers run. If the join was answered later,
+the waiter reads the job once more after it, so a job that finished in between is never
+missed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from . import conf
 from .exceptions import JobFailedError, JobQueueError, JobTimeoutError
 from .handles import JobHandle
 from .models import Job
-from .notifications import AsyncWaiter, ThreadWaiter, hub
+from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
 from .options import check_timeout
 from .producing import enqueue_rows
 
@@ -98,10 +101,9 @@ def enqueue_and_wait(
     # The join of the job's group is sent first and overlaps the INSERT (module docstring).
     subscription = notifier.start_subscribe(row["job_id"], waiter)
     try:
-        handle = _enqueue(row, job, deadline, timeout)
-        late = not subscription.done()
+        handle = _enqueue(row, job, deadline, timeout, subscription)
         subscription.confirm()
-        if late and not handle.finished:
+        if subscription.late and not handle.finished:
             handle._poll()
         return _wait_loop(handle, waiter, deadline, timeout)
     finally:
@@ -126,13 +128,19 @@ def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
 
 
 def _enqueue(
-    row: dict[str, Any], job: JobFunction[Any, Any], deadline: float, timeout: float
+    row: dict[str, Any],
+    job: JobFunction[Any, Any],
+    deadline: float,
+    timeout: float,
+    subscription: Subscription,
 ) -> JobHandle:
     """Enqueue (or join) the run; with a caller's job id, another transaction's uncommitted
     job of that id is waited for at most until the deadline (PostgreSQL's lock_timeout)."""
     lock_timeout = max(0.001, deadline - time.monotonic()) if job.job_id else None
     try:
-        return enqueue_rows([row], notify=True, lock_timeout=lock_timeout)[0]
+        return enqueue_rows(
+            [row], notify=True, lock_timeout=lock_timeout, written=subscription.mark_written
+        )[0]
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
             raise JobTimeoutError(row["job_id"], timeout) from exc
@@ -211,10 +219,11 @@ async def aenqueue_and_wait(
     notifier = hub()
     subscription = notifier.start_subscribe(row["job_id"], waiter)  # overlaps the INSERT
     try:
-        handle = await _bounded(_db(_enqueue, row, job, deadline, timeout), row, deadline, timeout)
-        late = not subscription.done()
+        handle = await _bounded(
+            _db(_enqueue, row, job, deadline, timeout, subscription), row, deadline, timeout
+        )
         await subscription.aconfirm()
-        if late and not handle.finished:
+        if subscription.late and not handle.finished:
             await _bounded(_db(handle._poll), row, deadline, timeout)
         return await _await_loop(handle, waiter, deadline, timeout)
     finally:

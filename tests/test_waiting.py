@@ -191,6 +191,36 @@ def test_a_join_answered_after_the_insert_does_not_miss_the_result(worker_proces
 
 
 @requires_redis
+def test_lateness_of_the_join_is_judged_when_the_job_is_written(worker_processes, settings):
+    """A join answered after the INSERT committed, but before a slow job_enqueued receiver
+    returned, is still late: the worker may have announced the job in between."""
+    from django_jobqueue import signals
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 30}
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 0.05}'})
+    wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
+    assert add.using(timeout=10).enqueue_and_wait(0, 0) == 0
+    notifier = hub()
+    assert notifier._loop is not None
+    release = threading.Event()
+    notifier._loop.call_soon_threadsafe(lambda: release.wait(timeout=5))  # the loop stalls
+
+    def slow_receiver(sender, handle, **kwargs):  # an audit write, a metrics call...
+        wait_until(lambda: Job.objects.filter(status="completed").count() == 2, timeout=10)
+        release.set()  # the join goes out now: after the worker's "finished"
+        wait_until(lambda: not notifier._joins or all(j.done() for j in notifier._joins.values()))
+
+    signals.job_enqueued.connect(slow_receiver)
+    started = time.monotonic()
+    try:
+        assert add.using(timeout=10).enqueue_and_wait(2, 3) == 5
+    finally:
+        signals.job_enqueued.disconnect(slow_receiver)
+        release.set()
+    assert time.monotonic() - started < 8
+
+
+@requires_redis
 def test_a_busy_worker_keeps_consuming_broadcast_wake_ups(settings):
     """On a broadcast layer a worker stays subscribed while busy; what arrives then is
     received as it comes (and kept as a hint), never left to pile up in the layer."""
