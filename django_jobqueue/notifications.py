@@ -20,6 +20,7 @@ poll the database) and it tries again after that.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -28,7 +29,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Any
 
@@ -200,7 +200,9 @@ class Hub:
             waiters = self._waiters.setdefault(job_id, set())
             waiters.add(waiter)
             join = self._joins.get(job_id)
-            if join is None and len(waiters) == 1:
+            if join is not None and join.cancelled():  # the hub closed under it: join again
+                join = None
+            if join is None:
                 join = self._submit(self._join(job_id))
                 if join is not None:
                     self._joins[job_id] = join
@@ -239,8 +241,7 @@ class Hub:
 
     async def _leave(self, job_id: str, join: Future[Any] | None) -> None:
         if join is not None:  # leave after the join, not before it (it may still be running)
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(join)
+            await asyncio.wait([asyncio.wrap_future(join)])  # never raises
         if self._channel is None:
             return
         with self._lock:
@@ -471,7 +472,10 @@ class Hub:
 
 
 class Subscription:
-    """A join of a job's group on its way (:meth:`Hub.start_subscribe`)."""
+    """A join of a job's group on its way (:meth:`Hub.start_subscribe`).
+
+    Local waiters of one job share the join's future: nothing here cancels it (a waiter's
+    own cancellation or timeout must not undo the join the others rely on)."""
 
     def __init__(self, future: Future[Any] | None, hub: Hub) -> None:
         self._future = future
@@ -483,31 +487,34 @@ class Subscription:
         return self._future is None or self._future.done()
 
     def mark_written(self) -> None:
-        """Call the moment the job is written: a join not answered by then is late, and the
-        waiter must read the job once after it (the job may have finished in between)."""
-        self.late = not self.done()
+        """Call the moment the job is written: a join not answered by then (or never made)
+        is late, and the waiter must read the job once after it (the job may have finished
+        in between)."""
+        self.late = not self.done() or (self._future is not None and self._future.cancelled())
+
+    def _outcome(self) -> bool:
+        future = self._future
+        assert future is not None
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return False
+        return bool(future.result())
 
     def confirm(self) -> bool:
         """Wait for the join, at most ``NOTIFY_TIMEOUT``; True when notifications are live."""
         if self._future is None:
             return self._hub.available
-        try:
-            return bool(self._future.result(timeout=conf.get("NOTIFY_TIMEOUT") + 0.5))
-        except FutureTimeout:
-            return False
+        concurrent.futures.wait([self._future], timeout=conf.get("NOTIFY_TIMEOUT") + 0.5)
+        return self._outcome()
 
     async def aconfirm(self) -> bool:
         """Async twin of :meth:`confirm`."""
         if self._future is None:
             return self._hub.available
-        try:
-            return bool(
-                await asyncio.wait_for(
-                    asyncio.wrap_future(self._future), timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
-                )
-            )
-        except TimeoutError:
-            return False
+        # asyncio.wait: neither its timeout nor our cancellation cancels the shared join.
+        await asyncio.wait(
+            [asyncio.wrap_future(self._future)], timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
+        )
+        return self._outcome()
 
 
 def run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -179,11 +179,16 @@ class JobQuerySet(models.QuerySet[Any]):
         statements run in one transaction: all the rows are written, or none.
         """
         sql = self._sql()
-        statements = list(self._insert_statements(sql, rows))
+        statements = self._insert_statements(sql, rows)  # built one at a time (memory)
+        first = next(statements, None)
+        second = next(statements, None)
         inserted: set[str] = set()
-        with transaction.atomic(using=self.db) if len(statements) > 1 else nullcontext():
-            for statement, params in statements:
-                inserted.update(job_id for (job_id,) in sql.execute(statement, params))
+        with transaction.atomic(using=self.db) if second is not None else nullcontext():
+            for statement in (first, second):
+                if statement is not None:
+                    inserted.update(job_id for (job_id,) in sql.execute(*statement))
+            for statement in statements:
+                inserted.update(job_id for (job_id,) in sql.execute(*statement))
         return inserted
 
     def _insert_statements(

@@ -118,8 +118,9 @@ def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
     deadline = time.monotonic() + timeout
     waiter = ThreadWaiter()
     notifier = hub()
-    notifier.subscribe(handle.id, waiter)
+    subscription = notifier.start_subscribe(handle.id, waiter)
     try:
+        subscription.confirm()
         Job.objects.subscribe(handle.id)
         handle._poll()
         return _wait_loop(handle, waiter, deadline, timeout)
@@ -242,8 +243,9 @@ async def await_job(handle: JobHandle, timeout: float | None) -> Any:
     deadline = time.monotonic() + timeout
     waiter = AsyncWaiter()
     notifier = hub()
-    await notifier.asubscribe(handle.id, waiter)
+    subscription = notifier.start_subscribe(handle.id, waiter)
     try:
+        await subscription.aconfirm()
         await _bounded(
             _db(_subscribe_and_refresh, handle), {"job_id": handle.id}, deadline, timeout
         )

@@ -216,8 +216,11 @@ class Worker:
                 self._sleep(min(5.0, 0.1 * 2 ** min(self._db_failures, 6)))
                 self._db_failures += 1
                 continue
-            self._idle.set(self._free_slots() > 0 and not self._stopping)
-            if self._done or (self._more_work and self._free_slots() > 0 and not self._stopping):
+            free = self._free_slots() > 0 and not self._stopping
+            self._idle.set(free)
+            # More to do at once: outcomes to write, or a slot free while jobs may wait (the
+            # last claim was full, or a wake-up came while every slot was taken).
+            if self._done or (free and (self._more_work or self._work_hint)):
                 continue
             self._sleep(self._sleep_for(timers))
 

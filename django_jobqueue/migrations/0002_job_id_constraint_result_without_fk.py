@@ -37,7 +37,11 @@ def forwards(apps: Any, schema_editor: Any) -> None:
         name: info for name, info in constraints.items() if info["columns"] == ["job_id"]
     }
     unique = [name for name, info in on_job_id.items() if info["unique"] and not info["index"]]
-    like = [name for name, info in on_job_id.items() if info["index"] and not info["unique"]]
+    like = [  # the varchar_pattern_ops index Django makes beside a unique CharField
+        name
+        for name, info in on_job_id.items()
+        if info["index"] and not info["unique"] and name.endswith("_like")
+    ]
     qn = schema_editor.quote_name
     if len(unique) != 1:  # not the shape 0001 made: let the schema editor do it
         schema_editor.alter_field(job, old, new)
