@@ -208,16 +208,6 @@ class Hub:
                     self._joins[job_id] = join
         return Subscription(join, self)
 
-    def subscribe(self, job_id: str, waiter: Waiter) -> bool:
-        """Register ``waiter`` for ``job_id`` and join the job's group; block at most
-        ``NOTIFY_TIMEOUT``. True when notifications are live, False when the caller must
-        rely on polling."""
-        return self.start_subscribe(job_id, waiter).confirm()
-
-    async def asubscribe(self, job_id: str, waiter: Waiter) -> bool:
-        """Async twin of :meth:`subscribe`: awaits without holding a thread."""
-        return await self.start_subscribe(job_id, waiter).aconfirm()
-
     def unsubscribe(self, job_id: str, waiter: Waiter) -> None:
         """Forget ``waiter``; the last local waiter of a job leaves the job's group."""
         with self._lock:
@@ -482,15 +472,12 @@ class Subscription:
         self._hub = hub
         self.late = True  # until mark_written() says otherwise
 
-    def done(self) -> bool:
-        """True once the join has been answered (or there was nothing to join)."""
-        return self._future is None or self._future.done()
-
     def mark_written(self) -> None:
         """Call the moment the job is written: a join not answered by then (or never made)
         is late, and the waiter must read the job once after it (the job may have finished
         in between)."""
-        self.late = not self.done() or (self._future is not None and self._future.cancelled())
+        future = self._future
+        self.late = future is not None and (not future.done() or future.cancelled())
 
     def _outcome(self) -> bool:
         future = self._future
@@ -556,9 +543,6 @@ class IdleFlag:
                 self._event.set()
             else:
                 self._event.clear()
-
-    def is_set(self) -> bool:
-        return self._set
 
     async def wait(self) -> None:
         while self._event is None:

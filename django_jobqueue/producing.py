@@ -8,7 +8,6 @@ finished past its ``result_ttl`` is replaced by a new run.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ _REPLACE_ROUNDS = 5
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return new_job_ids(1)[0]
 
 
 def new_job_ids(count: int) -> list[str]:

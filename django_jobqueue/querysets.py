@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, islice
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -38,7 +39,7 @@ _INSERT_COLUMNS = (
     "enqueued_at",
 )
 
-_JSON_COLUMNS = frozenset({"args", "kwargs", "result"})
+_JSON_COLUMNS = frozenset({"args", "kwargs"})
 
 _CLAIM_COLUMNS = (
     "id",
@@ -180,15 +181,11 @@ class JobQuerySet(models.QuerySet[Any]):
         """
         sql = self._sql()
         statements = self._insert_statements(sql, rows)  # built one at a time (memory)
-        first = next(statements, None)
-        second = next(statements, None)
+        ahead = list(islice(statements, 2))  # a second statement means a transaction
         inserted: set[str] = set()
-        with transaction.atomic(using=self.db) if second is not None else nullcontext():
-            for statement in (first, second):
-                if statement is not None:
-                    inserted.update(job_id for (job_id,) in sql.execute(*statement))
-            for statement in statements:
-                inserted.update(job_id for (job_id,) in sql.execute(*statement))
+        with transaction.atomic(using=self.db) if len(ahead) > 1 else nullcontext():
+            for statement, params in chain(ahead, statements):
+                inserted.update(job_id for (job_id,) in sql.execute(statement, params))
         return inserted
 
     def _insert_statements(

@@ -174,12 +174,12 @@ def test_a_waiter_whose_loop_closed_does_not_stop_notifications():
     notifier = hub()
 
     async def stale_async_waiter():
-        await notifier.asubscribe("j1", AsyncWaiter())
+        await notifier.start_subscribe("j1", AsyncWaiter()).aconfirm()
 
     asyncio.run(stale_async_waiter())
     notifier.job_finished(["j1"])
     waiter = ThreadWaiter()
-    notifier.subscribe("j2", waiter)
+    notifier.start_subscribe("j2", waiter).confirm()
     notifier.job_finished(["j2"])
     assert waiter.event.wait(5), "no 'finished' was delivered in this process any more"
 
