@@ -488,24 +488,20 @@ class Bench:
         call_command("migrate", "django_jobqueue", "zero", verbosity=0, interactive=False)
         call_command("migrate", verbosity=0, interactive=False)
 
-    def analyze(self) -> None:
+    def analyze(self, *, vacuum: bool = False) -> None:
+        """ANALYZE the job table. ``vacuum`` (PostgreSQL): VACUUM (ANALYZE), the pass
+        autovacuum makes after a big load (visibility map, hint bits, statistics), done now
+        rather than in the middle of the next measurement."""
         from django.db import connection
 
         from django_jobqueue.models import Job
 
+        table = Job._meta.db_table
         with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {Job._meta.db_table}")
-
-    def vacuum_analyze(self) -> None:
-        """PostgreSQL: the pass autovacuum makes after a big load (visibility map, hint
-        bits, statistics), done now rather than in the middle of the next measurement."""
-        from django.db import connection
-
-        from django_jobqueue.models import Job
-
-        if self.db == "postgres":
-            with connection.cursor() as cursor:
-                cursor.execute(f"VACUUM (ANALYZE) {Job._meta.db_table}")
+            if vacuum and self.db == "postgres":
+                cursor.execute(f"VACUUM (ANALYZE) {table}")
+            else:
+                cursor.execute(f"ANALYZE {table}")
 
     def checkpoint(self) -> None:
         """PostgreSQL: write out the dirty pages of what was just loaded now, so that the
@@ -1190,7 +1186,7 @@ def scenario_backlog(b: Bench) -> None:
                 b.row(f"{label}, never ANALYZEd", f"claim plan (queue={queue})", plan_summary(plan))
     finally:
         b.autovacuum(True)
-    b.vacuum_analyze()  # else autovacuum's first pass over 1M rows overlaps the first drain
+    b.analyze(vacuum=True)  # else autovacuum's first pass over 1M rows overlaps the first drain
     plans = {queue: explain(claim_sql(queue)) for queue in ("default", "backlog", None)}
 
     noop.enqueue_many([()] * n)
