@@ -28,19 +28,11 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from .base import ACTIVE, FINISHED, Status
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import DeadLetterQuerySet, JobQuerySet
 
-
-class Status(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    COMPLETED = "completed", "Completed"
-    FAILED = "failed", "Failed"
-
-
-ACTIVE = (Status.QUEUED, Status.RUNNING)
-FINISHED = (Status.COMPLETED, Status.FAILED)
+__all__ = ["ACTIVE", "FINISHED", "DeadLetter", "Job", "JobResult", "Status"]
 
 
 class Job(models.Model):

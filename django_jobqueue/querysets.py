@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, islice
 from typing import Any
 
 from django.db import connections, models, transaction
 from django.utils import timezone
+
+from .base import ClaimedJob
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
@@ -70,23 +71,6 @@ _CASTS = {
 def _uniform(batch: Sequence[dict[str, Any]]) -> bool:
     first = batch[0]
     return all(row[c] == first[c] for row in batch for c in _UNIFORM_COLUMNS)
-
-
-@dataclass(slots=True)
-class ClaimedJob:
-    """A job a worker holds the lease of; ``attempts`` is the fencing token of this run."""
-
-    id: int
-    job_id: str
-    name: str
-    queue: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    result_ttl: int
-    priority: int
-    group: str | None
 
 
 class _SQL:

@@ -1,0 +1,95 @@
+"""The vocabulary every layer shares: job statuses and the plain values that travel between
+layers (a job to write, a job's state, a claimed run). No models, no database access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    """A job's status; the only spelling of these values in the package."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+#: Statuses of a job that has not finished: it holds its id against a new run.
+ACTIVE: tuple[str, ...] = (Status.QUEUED.value, Status.RUNNING.value)
+#: Statuses of a job that ended; its outcome is kept for ``result_ttl`` seconds.
+FINISHED: tuple[str, ...] = (Status.COMPLETED.value, Status.FAILED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be written: exactly the columns ``enqueue`` inserts, in their order."""
+
+    job_id: str
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    group: str | None
+    run_after: datetime | None
+    max_attempts: int
+    result_ttl: int
+    notify: bool
+    enqueued_at: datetime
+
+    def with_id(self, job_id: str) -> NewJob:
+        return dataclasses.replace(self, job_id=job_id)
+
+
+#: The columns of a new job's INSERT, spelled once: the fields of :class:`NewJob`.
+NEW_JOB_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(NewJob))
+
+
+@dataclass(slots=True)
+class JobState:
+    """What a waiter needs of a job: its status, attempts, result and error.
+
+    ``error`` is the last attempt's error, the final one once the job failed.
+    """
+
+    status: str
+    attempts: int
+    result: Any
+    error: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A run a worker holds the lease of; ``attempts`` is the fencing token of this run."""
+
+    id: int
+    job_id: str
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    result_ttl: int
+    priority: int
+    group: str | None
+
+    @property
+    def fence(self) -> tuple[int, int]:
+        """``(id, attempts)``: what every write of this run is conditioned on."""
+        return (self.id, self.attempts)
+
+
+#: The columns a claim returns, in :class:`ClaimedJob`'s order.
+CLAIM_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ClaimedJob))
