@@ -10,25 +10,49 @@
 
     add.enqueue(1, 2)                  # fire and forget
     add.enqueue_and_wait(1, 2)         # 3, or JobTimeoutError
+
+The package's face imports nothing that needs the app registry: ``import django_jobqueue``
+is safe in settings and before ``django.setup()``. Each public name is imported from its
+module the first time it is used (PEP 562).
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .decorators import JobFunction, job
-from .exceptions import (
-    InvalidJobError,
-    JobFailedError,
-    JobNotRegistered,
-    JobQueueError,
-    JobTimeoutError,
-    SerializationError,
-)
-from .handles import JobHandle, aget_job, get_job
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .decorators import JobFunction, job
+    from .exceptions import (
+        InvalidJobError,
+        JobFailedError,
+        JobNotRegistered,
+        JobQueueError,
+        JobTimeoutError,
+        SerializationError,
+    )
+    from .handles import JobHandle, aget_job, get_job
 
 try:
     __version__ = version("django-jobqueue")
 except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "InvalidJobError": "exceptions",
+    "JobFailedError": "exceptions",
+    "JobFunction": "decorators",
+    "JobHandle": "handles",
+    "JobNotRegistered": "exceptions",
+    "JobQueueError": "exceptions",
+    "JobTimeoutError": "exceptions",
+    "SerializationError": "exceptions",
+    "aget_job": "handles",
+    "get_job": "handles",
+    "job": "decorators",
+}
 
 __all__ = [
     "InvalidJobError",
@@ -44,3 +68,16 @@ __all__ = [
     "get_job",
     "job",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_jobqueue' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

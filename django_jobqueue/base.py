@@ -93,3 +93,40 @@ class ClaimedJob:
 
 #: The columns a claim returns, in :class:`ClaimedJob`'s order.
 CLAIM_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ClaimedJob))
+
+
+@dataclass(slots=True)
+class JobSnapshot:
+    """Everything a :class:`~django_jobqueue.JobHandle` shows of one job, read at one moment.
+
+    ``created`` is True when the call that produced it queued a new run.
+    """
+
+    id: str
+    name: str
+    queue: str
+    status: str
+    pk: int | None = None
+    result: Any = None
+    error: str = ""
+    attempts: int = 0
+    created: bool = False
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of_new(cls, job: NewJob) -> JobSnapshot:
+        """The snapshot of a job this call has just inserted."""
+        return cls(
+            job.job_id,
+            job.name,
+            job.queue,
+            Status.QUEUED.value,
+            created=True,
+            enqueued_at=job.enqueued_at,
+        )
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.status, self.attempts, self.result, self.error)

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
 
 from django.db import models, router, transaction
 from django.utils import timezone
 
-from . import signals
-from .handles import JobHandle
-from .models import ACTIVE, DeadLetter, Job
+from .base import ACTIVE, JobSnapshot, NewJob
+from .handles import announce
+from .models import DeadLetter, Job
 
 
 @dataclass
@@ -62,6 +62,7 @@ def requeue_report(
         queryset_db = getattr(dead_letters, "_db", None)
         using = queryset_db or router.db_for_write(DeadLetter)
     report = RequeueReport()
+    announced: list[JobSnapshot] = []
     letters_table = DeadLetter.objects.using(using)
     with transaction.atomic(using=using):
         if transaction.get_connection(using).vendor == "sqlite":
@@ -84,7 +85,7 @@ def requeue_report(
             .order_by("pk")
         }
         now = timezone.now()
-        rows: list[dict[str, Any]] = []
+        rows: list[NewJob] = []
         chosen: list[DeadLetter] = []
         replace: list[int] = []
         taken: set[str] = set()
@@ -107,19 +108,11 @@ def requeue_report(
         if done:
             letters_table.filter(pk__in=[letter.pk for letter in done]).delete()
             report.requeued.extend(letter.job_id for letter in done)
-            queues = {letter.queue for letter in done}
-            transaction.on_commit(lambda: _wake(queues), using=using)
-    if report.requeued and signals.job_enqueued.has_listeners():
-        for letter in done:
-            handle = JobHandle(
-                letter.job_id,
-                name=letter.name,
-                queue=letter.queue,
-                status="queued",
-                created=True,
-                enqueued_at=now,
-            )
-            signals.job_enqueued.send(sender=Job, handle=handle)
+            announced = [JobSnapshot.of_new(row) for row in rows if row.job_id in inserted]
+    if announced:
+        # Written: workers are woken on commit, and a raising job_enqueued receiver is
+        # logged, never turned into an error (the requeue is done).
+        announce(announced, using=using)
     return report
 
 
@@ -131,24 +124,18 @@ def _primary_keys(
     return [item.pk if isinstance(item, DeadLetter) else int(item) for item in dead_letters]
 
 
-def _row(letter: DeadLetter, now: Any) -> dict[str, Any]:
-    return {
-        "job_id": letter.job_id,
-        "name": letter.name,
-        "queue": letter.queue,
-        "args": letter.args,
-        "kwargs": letter.kwargs,
-        "priority": letter.priority,
-        "group": letter.group,
-        "run_after": None,
-        "max_attempts": letter.max_attempts,
-        "result_ttl": letter.result_ttl,
-        "notify": False,
-        "enqueued_at": now,
-    }
-
-
-def _wake(queues: set[str]) -> None:
-    from .notifications import hub
-
-    hub().wake_workers(queues)
+def _row(letter: DeadLetter, now: datetime) -> NewJob:
+    return NewJob(
+        job_id=letter.job_id,
+        name=letter.name,
+        queue=letter.queue,
+        args=letter.args,
+        kwargs=letter.kwargs,
+        priority=letter.priority,
+        group=letter.group,
+        run_after=None,
+        max_attempts=letter.max_attempts,
+        result_ttl=letter.result_ttl,
+        notify=False,
+        enqueued_at=now,
+    )

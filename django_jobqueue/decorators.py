@@ -6,14 +6,16 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from . import conf
+from . import conf, waiting
+from .base import JobSnapshot, NewJob
 from .exceptions import InvalidJobError
-from .handles import JobHandle
+from .handles import JobHandle, announce
 from .options import (
     check_group,
     check_job_id,
@@ -23,6 +25,7 @@ from .options import (
     check_queue,
     resolve_run_after,
 )
+from .producing import insert_jobs, new_job_id, new_job_ids
 from .registry import registry
 from .serialization import check_call
 
@@ -65,34 +68,31 @@ class JobFunction(Generic[P, R]):
 
     # -- producing ----------------------------------------------------------------------
 
-    def _row(
+    def _new_job(
         self,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         now: datetime,
         notify: bool,
         job_id: str | None = None,
-    ) -> dict[str, Any]:
-        from .producing import new_job_id
-
+    ) -> NewJob:
+        """The row to write for one call, validated here, in the caller."""
         call_args, call_kwargs = check_call(args, kwargs)
         settings = conf.get_settings()
-        return {
-            "job_id": job_id or self.job_id or new_job_id(),
-            "name": self.name,
-            "queue": self.queue or settings["DEFAULT_QUEUE"],
-            "args": call_args,
-            "kwargs": call_kwargs,
-            "priority": self.priority,
-            "group": self.group,
-            "run_after": resolve_run_after(self.run_after, now),
-            "max_attempts": self.max_attempts or settings["MAX_ATTEMPTS"],
-            "result_ttl": (
-                self.result_ttl if self.result_ttl is not None else settings["RESULT_TTL"]
-            ),
-            "notify": notify,
-            "enqueued_at": now,
-        }
+        return NewJob(
+            job_id=job_id or self.job_id or new_job_id(),
+            name=self.name,
+            queue=self.queue or settings["DEFAULT_QUEUE"],
+            args=call_args,
+            kwargs=call_kwargs,
+            priority=self.priority,
+            group=self.group,
+            run_after=resolve_run_after(self.run_after, now),
+            max_attempts=self.max_attempts or settings["MAX_ATTEMPTS"],
+            result_ttl=(self.result_ttl if self.result_ttl is not None else settings["RESULT_TTL"]),
+            notify=notify,
+            enqueued_at=now,
+        )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue one run and return its handle at once.
@@ -100,16 +100,12 @@ class JobFunction(Generic[P, R]):
         Inside ``transaction.atomic()`` the job is written in that transaction: it runs if
         the transaction commits and never existed if it rolls back.
         """
-        from .producing import enqueue_rows
-
-        return enqueue_rows([self._row(args, kwargs, timezone.now(), notify=False)])[0]
+        return _enqueue([self._new_job(args, kwargs, timezone.now(), notify=False)])[0]
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Async twin of :meth:`enqueue`."""
-        row = self._row(args, kwargs, timezone.now(), notify=False)  # validate in the caller
-        from .producing import enqueue_rows
-
-        return (await sync_to_async(enqueue_rows)([row]))[0]
+        new = self._new_job(args, kwargs, timezone.now(), notify=False)  # validate here
+        return (await sync_to_async(_enqueue)([new]))[0]
 
     def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
         """Queue one run per item of ``calls`` in one statement per 1,000 jobs.
@@ -118,10 +114,8 @@ class JobFunction(Generic[P, R]):
         arguments. Every item is validated before anything is written. With a fixed
         ``job_id`` option each job gets ``"<job_id>-<index>"``; otherwise fresh ids.
         """
-        from .producing import enqueue_rows, new_job_ids
-
         now = timezone.now()
-        rows = []
+        jobs = []
         args: Sequence[Any]
         kwargs: Mapping[str, Any]
         calls = calls if isinstance(calls, Sequence) else list(calls)
@@ -137,8 +131,8 @@ class JobFunction(Generic[P, R]):
                     "tuple or list of positional arguments or a dict of keyword arguments."
                 )
             job_id = check_job_id(f"{self.job_id}-{index}") if fresh is None else fresh[index]
-            rows.append(self._row(args, kwargs, now, notify=False, job_id=job_id))
-        return enqueue_rows(rows) if rows else []
+            jobs.append(self._new_job(args, kwargs, now, notify=False, job_id=job_id))
+        return _enqueue(jobs) if jobs else []
 
     def enqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Queue one run (or join the existing run of the same ``job_id``) and return its result.
@@ -148,16 +142,44 @@ class JobFunction(Generic[P, R]):
         running), ``JobFailedError`` if it fails for good, and ``JobQueueError`` inside
         ``transaction.atomic()``, where workers could not see the job until commit.
         """
-        from .waiting import enqueue_and_wait
-
-        return enqueue_and_wait(self, args, kwargs)
+        waiting.refuse_in_atomic(f"{self.name}.enqueue_and_wait()")
+        timeout = waiting.resolve_timeout(self.timeout)
+        new = self._new_job(args, kwargs, timezone.now(), notify=True)
+        state = waiting.enqueue_and_wait(
+            new.job_id,
+            new.queue,
+            partial(_enqueue_waited, new),
+            timeout=timeout,
+            fixed_id=self.job_id is not None,
+        )
+        return waiting.outcome(new.job_id, state)
 
     async def aenqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Async twin of :meth:`enqueue_and_wait`: no thread and no database connection is
         held while waiting."""
-        from .waiting import aenqueue_and_wait
+        timeout = waiting.resolve_timeout(self.timeout)
+        new = self._new_job(args, kwargs, timezone.now(), notify=True)
+        state = await waiting.aenqueue_and_wait(
+            new.job_id,
+            new.queue,
+            partial(_enqueue_waited, new),
+            timeout=timeout,
+            fixed_id=self.job_id is not None,
+        )
+        return waiting.outcome(new.job_id, state)
 
-        return await aenqueue_and_wait(self, args, kwargs)
+
+def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
+    return announce(insert_jobs(jobs))
+
+
+def _enqueue_waited(
+    new: NewJob, written: Callable[[], None], lock_timeout: float | None
+) -> JobSnapshot:
+    """Write one waited-for job (``waiting.Enqueue``); its snapshot."""
+    snapshots = insert_jobs([new], notify=True, lock_timeout=lock_timeout, written=written)
+    announce(snapshots, waited_for=True)
+    return snapshots[0]
 
 
 @overload

@@ -38,16 +38,27 @@ class JobTimeoutError(JobQueueError, TimeoutError):
     """Waiting for a job's result took longer than ``timeout`` seconds.
 
     Only the waiting stops: the job itself stays queued or running and its result is
-    stored as usual, so ``get_job(job_id)`` can read it later.
+    stored as usual, so ``get_job(job_id)`` can read it later. ``status`` is the job's status
+    when the wait gave up, if known.
     """
 
-    def __init__(self, job_id: str, timeout: float) -> None:
+    def __init__(
+        self, job_id: str, timeout: float, *, status: str | None = None, queue: str | None = None
+    ) -> None:
+        if status == "queued" and queue is not None:
+            where = (
+                "it is still queued and no worker has started it: is `manage.py "
+                f"runjobworker` running and serving queue {queue!r}? It stays queued"
+            )
+        else:
+            where = "it keeps running"
         super().__init__(
-            f"Job {job_id!r} did not finish within {timeout:g} seconds; it keeps running, "
+            f"Job {job_id!r} did not finish within {timeout:g} seconds; {where}, "
             f"read its result later with get_job({job_id!r})."
         )
         self.job_id = job_id
         self.timeout = timeout
+        self.status = status
 
 
 class JobFailedError(JobQueueError):

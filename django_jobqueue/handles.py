@@ -1,17 +1,21 @@
-"""``JobHandle``: what ``enqueue()`` returns and ``get_job()`` finds."""
+"""``JobHandle``: what ``enqueue()`` returns and ``get_job()`` finds; and :func:`announce`,
+the one path every new job takes after its INSERT (enqueue and requeue alike)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
+from django.db import router, transaction
+
+from . import signals, waiting
+from .base import FINISHED, JobSnapshot, JobState, Status
+from .models import Job
+from .notifications import hub
 
 if TYPE_CHECKING:
     from datetime import datetime
-
-    from .models import Job
-
-FINISHED = ("completed", "failed")
 
 
 class JobHandle:
@@ -67,26 +71,44 @@ class JobHandle:
         self.finished_at = finished_at
 
     @classmethod
-    def from_job(cls, job: Job, *, created: bool = False) -> JobHandle:
-        handle = cls(job.job_id, name=job.name, queue=job.queue, status=job.status, created=created)
-        handle._load(job)
-        return handle
+    def from_snapshot(cls, snapshot: JobSnapshot) -> JobHandle:
+        return cls(
+            snapshot.id,
+            name=snapshot.name,
+            queue=snapshot.queue,
+            status=snapshot.status,
+            pk=snapshot.pk,
+            result=snapshot.result,
+            error=snapshot.error,
+            attempts=snapshot.attempts,
+            created=snapshot.created,
+            enqueued_at=snapshot.enqueued_at,
+            started_at=snapshot.started_at,
+            finished_at=snapshot.finished_at,
+        )
 
-    def _load(self, job: Job) -> None:
-        self._pk = job.pk
-        self.name = job.name
-        self.queue = job.queue
-        self.status = job.status
-        self.attempts = job.attempts
-        self.enqueued_at = job.enqueued_at
-        self.started_at = job.started_at
-        self.finished_at = job.finished_at
-        outcome = getattr(job, "outcome", None) if job.status in FINISHED else None
-        self.result = outcome.result if outcome is not None else None
-        if job.status == "failed":
-            self.error = outcome.error if outcome is not None else job.last_error
-        else:
-            self.error = job.last_error
+    @classmethod
+    def from_job(cls, job: Job, *, created: bool = False) -> JobHandle:
+        return cls.from_snapshot(job.snapshot(created=created))
+
+    def _load(self, snapshot: JobSnapshot) -> None:
+        self._pk = snapshot.pk
+        self.name = snapshot.name
+        self.queue = snapshot.queue
+        self.enqueued_at = snapshot.enqueued_at
+        self.started_at = snapshot.started_at
+        self.finished_at = snapshot.finished_at
+        self._apply(snapshot.state)
+
+    def _apply(self, state: JobState) -> None:
+        self.status = state.status
+        self.attempts = state.attempts
+        self.result = state.result
+        self.error = state.error
+
+    @property
+    def _state(self) -> JobState:
+        return JobState(self.status, self.attempts, self.result, self.error)
 
     @property
     def finished(self) -> bool:
@@ -98,25 +120,16 @@ class JobHandle:
 
         If the job's row is gone (its result expired and was pruned), the snapshot is kept.
         """
-        job = _fetch(self.id)
-        if job is not None:
-            self._load(job)
-        return self
-
-    def _poll(self) -> JobHandle:
-        """Refresh status, attempts, result and error only, with one light query (waiters)."""
-        from .models import Job
-
-        state = Job.objects.state(self.id)
-        if state is not None:
-            self.status, self.attempts, self.result, self.error = state
+        snapshot = Job.objects.snapshot(self.id)
+        if snapshot is not None:
+            self._load(snapshot)
         return self
 
     async def arefresh(self) -> JobHandle:
         """Async twin of :meth:`refresh`."""
-        job = await sync_to_async(_fetch)(self.id)
-        if job is not None:
-            self._load(job)
+        snapshot = await sync_to_async(Job.objects.snapshot)(self.id)
+        if snapshot is not None:
+            self._load(snapshot)
         return self
 
     def wait(self, timeout: float | None = None) -> Any:
@@ -126,32 +139,50 @@ class JobHandle:
         it passes (the job keeps running) and ``JobFailedError`` if the job failed for good.
         Must not be called inside ``transaction.atomic()``.
         """
-        from .waiting import wait_for_job
-
-        return wait_for_job(self, timeout)
+        seconds = waiting.resolve_timeout(timeout)
+        self._apply(waiting.wait_for_job(self.id, self.queue, self._state, seconds))
+        return waiting.outcome(self.id, self._state)
 
     async def await_result(self, timeout: float | None = None) -> Any:
         """Async twin of :meth:`wait`: holds no thread and no database connection while waiting."""
-        from .waiting import await_job
-
-        return await await_job(self, timeout)
+        seconds = waiting.resolve_timeout(timeout)
+        self._apply(await waiting.await_job(self.id, self.queue, self._state, seconds))
+        return waiting.outcome(self.id, self._state)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id!r} {self.name} {self.status}>"
 
 
-def _fetch(job_id: str) -> Job | None:
-    from .models import Job
-
-    return Job.objects.select_related("outcome").filter(job_id=job_id).first()
-
-
 def get_job(job_id: str) -> JobHandle | None:
     """Return a handle to the job ``job_id``, or None if there is no such job (any more)."""
-    job = _fetch(job_id)
-    return JobHandle.from_job(job) if job is not None else None
+    snapshot = Job.objects.snapshot(job_id)
+    return JobHandle.from_snapshot(snapshot) if snapshot is not None else None
 
 
 async def aget_job(job_id: str) -> JobHandle | None:
     """Async twin of :func:`get_job`."""
     return await sync_to_async(get_job)(job_id)
+
+
+def announce(
+    snapshots: Iterable[JobSnapshot], *, using: str | None = None, waited_for: bool = False
+) -> list[JobHandle]:
+    """After an INSERT: wake the new jobs' workers when the transaction commits (at once
+    outside one) and send ``job_enqueued`` for each new job (a raising receiver is logged,
+    never raised: the jobs are written). Returns a handle per snapshot, in order.
+
+    ``waited_for``: the INSERT also marked existing jobs as waited for, which locks their
+    rows for a moment, so a worker claiming then may have passed over them: their queues
+    are woken too."""
+    using = using or router.db_for_write(Job)
+    handles = [JobHandle.from_snapshot(snapshot) for snapshot in snapshots]
+    queues = {handle.queue for handle in handles if handle.created}
+    if waited_for:
+        queues.update(h.queue for h in handles if not h.created and h.status == Status.QUEUED)
+    if queues:
+        transaction.on_commit(lambda: hub().wake_workers(queues), using=using)
+    if signals.job_enqueued.has_listeners():
+        for handle in handles:
+            if handle.created:
+                signals.send_robust(signals.job_enqueued, sender=Job, handle=handle)
+    return handles

@@ -28,7 +28,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .base import ACTIVE, FINISHED, Status
+from .base import ACTIVE, FINISHED, JobSnapshot, Status
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import DeadLetterQuerySet, JobQuerySet
 
@@ -109,6 +109,30 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+    def snapshot(self, *, created: bool = False) -> JobSnapshot:
+        """This job as plain data; reads ``outcome`` only if it was selected with the job
+        (``select_related("outcome")``) or the job finished."""
+        finished = self.status in FINISHED
+        outcome = getattr(self, "outcome", None) if finished else None
+        if self.status == Status.FAILED and outcome is not None:
+            error = outcome.error
+        else:
+            error = self.last_error
+        return JobSnapshot(
+            self.job_id,
+            self.name,
+            self.queue,
+            self.status,
+            pk=self.pk,
+            result=outcome.result if outcome is not None else None,
+            error=error,
+            attempts=self.attempts,
+            created=created,
+            enqueued_at=self.enqueued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
 
     def is_expired(self, now: Any = None) -> bool:
         """True once a finished job's outcome is past its ``result_ttl``."""

@@ -13,32 +13,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from itertools import chain, islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connections, models, transaction
 from django.utils import timezone
 
-from .base import ClaimedJob
+from .base import ACTIVE, NEW_JOB_COLUMNS, ClaimedJob, JobSnapshot, JobState, NewJob, Status
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
 #: Largest JSON document of one ``enqueue_many`` statement on PostgreSQL (ASCII characters).
 JSON_BATCH_CHARS = 64 * 1024 * 1024
 
-_INSERT_COLUMNS = (
-    "job_id",
-    "name",
-    "queue",
-    "args",
-    "kwargs",
-    "priority",
-    "group",
-    "run_after",
-    "max_attempts",
-    "result_ttl",
-    "notify",
-    "enqueued_at",
-)
+_INSERT_COLUMNS = NEW_JOB_COLUMNS
 
 _JSON_COLUMNS = frozenset({"args", "kwargs"})
 
@@ -68,9 +55,15 @@ _CASTS = {
 }
 
 
-def _uniform(batch: Sequence[dict[str, Any]]) -> bool:
+def _uniform(batch: Sequence[NewJob]) -> bool:
     first = batch[0]
-    return all(row[c] == first[c] for row in batch for c in _UNIFORM_COLUMNS)
+    return all(getattr(row, c) == getattr(first, c) for row in batch for c in _UNIFORM_COLUMNS)
+
+
+class Subscribed(NamedTuple):
+    """What :meth:`JobQuerySet.subscribe` found: the queue to wake if the job is ready."""
+
+    ready_queue: str | None
 
 
 class _SQL:
@@ -131,13 +124,11 @@ class JobQuerySet(models.QuerySet[Any]):
         """Finished jobs whose outcome is past ``result_ttl``."""
         return self.filter(status__in=["completed", "failed"], expires_at__lte=now)
 
-    def state(self, job_id: str) -> tuple[str, int, Any, str] | None:
-        """``(status, attempts, result, error)`` of ``job_id`` in one hand-written query: what
-        a waiter polls. ``error`` is the last error (the final one once failed)."""
+    def state(self, job_id: str) -> JobState | None:
+        """The :class:`JobState` of ``job_id`` in one hand-written query: what a waiter polls."""
         sql = self._sql()
-        result_table = sql.connection.ops.quote_name(
-            self.model._meta.get_field("outcome").related_model._meta.db_table
-        )
+        result_model = self.model._meta.get_field("outcome").related_model
+        result_table = sql.connection.ops.quote_name(result_model._meta.db_table)
         rows = sql.execute(
             f"SELECT j.status, j.attempts, j.last_error, r.result, r.error FROM {sql.table} j "
             f"LEFT JOIN {result_table} r ON r.job_id = j.id WHERE j.job_id = %s",
@@ -147,15 +138,20 @@ class JobQuerySet(models.QuerySet[Any]):
             return None
         status, attempts, last_error, result, error = rows[0]
         if result is not None:
-            from .models import JobResult
-
-            field: Any = JobResult._meta.get_field("result")
+            field: Any = result_model._meta.get_field("result")
             result = field.from_db_value(result, None, sql.connection)
-        return status, attempts, result, (error or last_error) if status == "failed" else last_error
+        if status == Status.FAILED:
+            last_error = error or last_error
+        return JobState(status, attempts, result, last_error)
+
+    def snapshot(self, job_id: str) -> JobSnapshot | None:
+        """Everything a handle shows of ``job_id``, or None if there is no such job."""
+        job = self.select_related("outcome").filter(job_id=job_id).first()
+        return job.snapshot() if job is not None else None
 
     # -- producing ----------------------------------------------------------------------
 
-    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+    def insert_new(self, rows: Sequence[NewJob]) -> set[str]:
         """Insert jobs, skipping any whose ``job_id`` exists; return the ``job_id`` inserted.
 
         One ``INSERT ... ON CONFLICT (job_id) DO NOTHING RETURNING job_id`` statement per
@@ -173,7 +169,7 @@ class JobQuerySet(models.QuerySet[Any]):
         return inserted
 
     def _insert_statements(
-        self, sql: _SQL, rows: Sequence[dict[str, Any]]
+        self, sql: _SQL, rows: Sequence[NewJob]
     ) -> Iterator[tuple[str, list[Any]]]:
         columns = ", ".join(
             sql.group if column == "group" else column for column in _INSERT_COLUMNS
@@ -187,7 +183,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 continue
             params: list[Any] = []
             for row in batch:
-                params.extend(sql.prep(column, row[column]) for column in _INSERT_COLUMNS)
+                params.extend(sql.prep(column, getattr(row, column)) for column in _INSERT_COLUMNS)
             yield (
                 f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
                 f"VALUES {', '.join([row_sql] * len(batch))} "
@@ -197,7 +193,7 @@ class JobQuerySet(models.QuerySet[Any]):
 
     @classmethod
     def _json_batch_statements(
-        cls, sql: _SQL, columns: str, batch: Sequence[dict[str, Any]]
+        cls, sql: _SQL, columns: str, batch: Sequence[NewJob]
     ) -> Iterator[tuple[str, list[Any]]]:
         """PostgreSQL, a batch from one ``enqueue_many`` call: only the id and the arguments
         vary, so they travel as one JSON document (``[[job_id, args, kwargs], ...]``, one
@@ -205,7 +201,7 @@ class JobQuerySet(models.QuerySet[Any]):
         for the driver to build and the server to parse. A document over
         :data:`JSON_BATCH_CHARS` (jsonb stops at 256 MB) is split in halves."""
         document = json.dumps(
-            [[row["job_id"], row["args"], row["kwargs"]] for row in batch], separators=(",", ":")
+            [[row.job_id, row.args, row.kwargs] for row in batch], separators=(",", ":")
         )
         if len(document) > JSON_BATCH_CHARS and len(batch) > 1:
             half = len(batch) // 2
@@ -219,7 +215,7 @@ class JobQuerySet(models.QuerySet[Any]):
             )
             for column in _INSERT_COLUMNS
         )
-        params = [sql.prep(c, first[c]) for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS]
+        params = [sql.prep(c, getattr(first, c)) for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS]
         yield (
             f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
             f"SELECT {select}, 'queued', 0, '', '' "
@@ -228,11 +224,23 @@ class JobQuerySet(models.QuerySet[Any]):
             [*params, document],
         )
 
-    def subscribe(self, job_id: str) -> int:
+    def subscribe(self, job_id: str) -> Subscribed | None:
         """Mark an active job as waited for (its worker will send "finished").
 
-        Returns 0 if the job is not queued or running."""
-        return self.filter(job_id=job_id, status__in=["queued", "running"]).update(notify=True)
+        Returns None if the job is not queued or running. The UPDATE locks the row until it
+        commits, and a worker claiming at that moment passes over it (``SKIP LOCKED``), so
+        ``Subscribed.ready_queue`` names the queue to wake again once the lock is gone.
+        """
+        sql = self._sql()
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET notify = %s WHERE job_id = %s AND status IN (%s, %s) "
+            "RETURNING status, queue, (run_after IS NULL OR run_after <= %s)",
+            [True, job_id, *ACTIVE, sql.prep("run_after", timezone.now())],
+        )
+        if not rows:
+            return None
+        status, queue, ready = rows[0]
+        return Subscribed(str(queue) if status == Status.QUEUED and ready else None)
 
     # -- working ------------------------------------------------------------------------
 

@@ -20,26 +20,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections, router, transaction
-from django.utils import timezone
 
 from . import conf
+from .base import JobSnapshot, JobState, Status
 from .exceptions import JobFailedError, JobQueueError, JobTimeoutError
-from .handles import JobHandle
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
 from .options import check_timeout
-from .producing import enqueue_rows
-
-if TYPE_CHECKING:
-    from .decorators import JobFunction
 
 T = TypeVar("T")
+
+#: ``enqueue(written, lock_timeout)``: write the job (calling ``written`` the moment it is
+#: written) and return its snapshot. Given by the caller, so waiting never imports upward.
+Enqueue = Callable[[Callable[[], None], float | None], JobSnapshot]
 
 #: Async waiters run their few short queries here, so hundreds of them share a handful of
 #: database connections instead of holding one each while they wait.
@@ -48,7 +48,9 @@ _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
 
-def _refuse_in_atomic(what: str) -> None:
+def refuse_in_atomic(what: str) -> None:
+    """Raise :class:`JobQueueError` if called inside ``transaction.atomic()``: the job would
+    stay invisible to workers until the commit, so the wait could only time out."""
     using = router.db_for_write(Job)
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
@@ -68,7 +70,8 @@ def _refuse_in_atomic(what: str) -> None:
     )
 
 
-def _timeout(value: float | None) -> float:
+def resolve_timeout(value: float | None) -> float:
+    """``value`` checked, or ``WAIT_TIMEOUT`` when it is None."""
     if value is None:
         return float(conf.get("WAIT_TIMEOUT"))
     checked = check_timeout(value)
@@ -76,97 +79,121 @@ def _timeout(value: float | None) -> float:
     return checked
 
 
-def _outcome(handle: JobHandle) -> Any:
-    if handle.status == "failed":
-        raise JobFailedError(handle.id, handle.error)
-    return handle.result
+def outcome(job_id: str, state: JobState) -> Any:
+    """The result of a finished job, or :class:`JobFailedError`."""
+    if state.status == Status.FAILED:
+        raise JobFailedError(job_id, state.error)
+    return state.result
 
 
-def _poll_interval(remaining: float) -> float:
-    return max(0.0, min(remaining, float(conf.get("POLL_INTERVAL"))))
+class _Wait:
+    """One wait for one job: its deadline, its last known state, and how to give up."""
+
+    __slots__ = ("deadline", "job_id", "queue", "state", "timeout")
+
+    def __init__(self, job_id: str, queue: str, state: JobState | None, timeout: float) -> None:
+        self.job_id = job_id
+        self.queue = queue
+        self.state = state
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not None and self.state.finished
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def poll_interval(self) -> float:
+        return max(0.0, min(self.remaining(), float(conf.get("POLL_INTERVAL"))))
+
+    def poll(self) -> None:
+        """Read the job's state (one light query); a vanished row keeps the last state."""
+        state = Job.objects.state(self.job_id)
+        if state is not None:
+            self.state = state
+
+    def subscribe_and_poll(self) -> None:
+        """Mark the job as waited for, wake its queue again if the UPDATE may have hidden
+        the job from a claiming worker, and read its state."""
+        subscribed = Job.objects.subscribe(self.job_id)
+        if subscribed is not None and subscribed.ready_queue is not None:
+            hub().wake_workers([subscribed.ready_queue])
+        self.poll()
+
+    def timed_out(self) -> JobTimeoutError:
+        status = self.state.status if self.state is not None else None
+        if status == Status.QUEUED and self.state is not None and self.state.attempts:
+            status = None  # queued for a retry: a worker did take it
+        return JobTimeoutError(self.job_id, self.timeout, status=status, queue=self.queue)
 
 
 # -- synchronous --------------------------------------------------------------------------
 
 
 def enqueue_and_wait(
-    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> Any:
-    _refuse_in_atomic(f"{job.name}.enqueue_and_wait()")
-    timeout = _timeout(job.timeout)
-    deadline = time.monotonic() + timeout
-    row = job._row(args, kwargs, timezone.now(), notify=True)
+    job_id: str, queue: str, enqueue: Enqueue, *, timeout: float, fixed_id: bool
+) -> JobState:
+    """Subscribe to ``job_id``, ``enqueue`` it, and wait for it to finish; its final state.
+
+    The join of the job's group is sent first and overlaps the INSERT (module docstring).
+    With a caller's ``fixed_id``, another transaction's uncommitted job of that id is waited
+    for at most until the deadline (PostgreSQL's ``lock_timeout``). The caller checks
+    :func:`refuse_in_atomic` first, naming the job.
+    """
+    wait = _Wait(job_id, queue, None, timeout)
     waiter = ThreadWaiter()
     notifier = hub()
-    # The join of the job's group is sent first and overlaps the INSERT (module docstring).
-    subscription = notifier.start_subscribe(row["job_id"], waiter)
+    subscription = notifier.start_subscribe(job_id, waiter)
     try:
-        handle = _enqueue(row, job, deadline, timeout, subscription)
+        wait.state = _enqueue(wait, enqueue, subscription, fixed_id).state
         subscription.confirm()
-        if subscription.late and not handle.finished:
-            handle._poll()
-        return _wait_loop(handle, waiter, deadline, timeout)
+        if subscription.late and not wait.finished:
+            wait.poll()
+        return _wait_loop(wait, waiter)
     finally:
-        notifier.unsubscribe(row["job_id"], waiter)
+        notifier.unsubscribe(job_id, waiter)
 
 
-def wait_for_job(handle: JobHandle, timeout: float | None) -> Any:
-    timeout = _timeout(timeout)
-    if handle.finished:
-        return _outcome(handle)
-    _refuse_in_atomic("JobHandle.wait()")
-    deadline = time.monotonic() + timeout
+def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> JobState:
+    """Wait for the job ``job_id`` (last seen in ``state``) to finish; its final state."""
+    if state.finished:
+        return state
+    refuse_in_atomic("JobHandle.wait()")
+    wait = _Wait(job_id, queue, state, timeout)
     waiter = ThreadWaiter()
     notifier = hub()
-    subscription = notifier.start_subscribe(handle.id, waiter)
+    subscription = notifier.start_subscribe(job_id, waiter)
     try:
         subscription.confirm()
-        Job.objects.subscribe(handle.id)
-        handle._poll()
-        return _wait_loop(handle, waiter, deadline, timeout)
+        wait.subscribe_and_poll()
+        return _wait_loop(wait, waiter)
     finally:
-        notifier.unsubscribe(handle.id, waiter)
+        notifier.unsubscribe(job_id, waiter)
 
 
 def _enqueue(
-    row: dict[str, Any],
-    job: JobFunction[Any, Any],
-    deadline: float,
-    timeout: float,
-    subscription: Subscription,
-) -> JobHandle:
-    """Enqueue (or join) the run; with a caller's job id, another transaction's uncommitted
-    job of that id is waited for at most until the deadline (PostgreSQL's lock_timeout)."""
-    lock_timeout = max(0.001, deadline - time.monotonic()) if job.job_id else None
+    wait: _Wait, enqueue: Enqueue, subscription: Subscription, fixed_id: bool
+) -> JobSnapshot:
+    lock_timeout = max(0.001, wait.remaining()) if fixed_id else None
     try:
-        return enqueue_rows(
-            [row], notify=True, lock_timeout=lock_timeout, written=subscription.mark_written
-        )[0]
+        return enqueue(subscription.mark_written, lock_timeout)
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
-            raise JobTimeoutError(row["job_id"], timeout) from exc
+            raise JobTimeoutError(wait.job_id, wait.timeout) from exc
         raise
 
 
-async def _bounded(
-    future: asyncio.Future[T], row: dict[str, Any], deadline: float, timeout: float
-) -> T:
-    """Await a database call no longer than the wait's deadline."""
-    try:
-        return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        raise JobTimeoutError(row["job_id"], timeout) from None
-
-
-def _wait_loop(handle: JobHandle, waiter: ThreadWaiter, deadline: float, timeout: float) -> Any:
-    while not handle.finished:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise JobTimeoutError(handle.id, timeout)
-        waiter.event.wait(_poll_interval(remaining))
+def _wait_loop(wait: _Wait, waiter: ThreadWaiter) -> JobState:
+    while not wait.finished:
+        if wait.remaining() <= 0:
+            raise wait.timed_out()
+        waiter.event.wait(wait.poll_interval())
         waiter.event.clear()
-        handle._poll()
-    return _outcome(handle)
+        wait.poll()
+    assert wait.state is not None
+    return wait.state
 
 
 # -- asynchronous -------------------------------------------------------------------------
@@ -186,8 +213,6 @@ def close_db_threads() -> None:
     executor, _executor = _executor, None
     if executor is None:
         return
-    import threading
-
     everyone = threading.Barrier(_DB_THREADS)
 
     def close() -> None:
@@ -210,64 +235,73 @@ def _retrying(function: Callable[..., T], *args: Any) -> T:
         return function(*args)
 
 
+async def _bounded(future: asyncio.Future[T], wait: _Wait) -> T:
+    """Await a database call no longer than the wait's deadline."""
+    try:
+        return await asyncio.wait_for(future, max(0.0, wait.remaining()))
+    except TimeoutError:
+        raise wait.timed_out() from None
+
+
 async def aenqueue_and_wait(
-    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> Any:
-    timeout = _timeout(job.timeout)
-    deadline = time.monotonic() + timeout
-    row = job._row(args, kwargs, timezone.now(), notify=True)
+    job_id: str, queue: str, enqueue: Enqueue, *, timeout: float, fixed_id: bool
+) -> JobState:
+    """Async twin of :func:`enqueue_and_wait`: no thread or connection held while waiting."""
+    wait = _Wait(job_id, queue, None, timeout)
     waiter = AsyncWaiter()
     notifier = hub()
-    subscription = notifier.start_subscribe(row["job_id"], waiter)  # overlaps the INSERT
+    subscription = notifier.start_subscribe(job_id, waiter)  # overlaps the INSERT
     try:
-        handle = await _bounded(
-            _db(_enqueue, row, job, deadline, timeout, subscription), row, deadline, timeout
-        )
+        snapshot = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
+        wait.state = snapshot.state
         await subscription.aconfirm()
-        if subscription.late and not handle.finished:
-            await _bounded(_db(handle._poll), row, deadline, timeout)
-        return await _await_loop(handle, waiter, deadline, timeout)
+        if subscription.late and not wait.finished:
+            await _bounded(_db(wait.poll), wait)
+        return await _await_loop(wait, waiter)
     finally:
-        notifier.unsubscribe(row["job_id"], waiter)
+        notifier.unsubscribe(job_id, waiter)
 
 
-def _subscribe_and_refresh(handle: JobHandle) -> JobHandle:
-    Job.objects.subscribe(handle.id)
-    return handle._poll()
-
-
-async def await_job(handle: JobHandle, timeout: float | None) -> Any:
-    timeout = _timeout(timeout)
-    if handle.finished:
-        return _outcome(handle)
-    deadline = time.monotonic() + timeout
+async def await_job(job_id: str, queue: str, state: JobState, timeout: float) -> JobState:
+    """Async twin of :func:`wait_for_job`."""
+    if state.finished:
+        return state
+    wait = _Wait(job_id, queue, state, timeout)
     waiter = AsyncWaiter()
     notifier = hub()
-    subscription = notifier.start_subscribe(handle.id, waiter)
+    subscription = notifier.start_subscribe(job_id, waiter)
     try:
         await subscription.aconfirm()
-        await _bounded(
-            _db(_subscribe_and_refresh, handle), {"job_id": handle.id}, deadline, timeout
-        )
-        return await _await_loop(handle, waiter, deadline, timeout)
+        await _bounded(_db(wait.subscribe_and_poll), wait)
+        return await _await_loop(wait, waiter)
     finally:
-        notifier.unsubscribe(handle.id, waiter)
+        notifier.unsubscribe(job_id, waiter)
 
 
-async def _await_loop(
-    handle: JobHandle, waiter: AsyncWaiter, deadline: float, timeout: float
-) -> Any:
-    while not handle.finished:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise JobTimeoutError(handle.id, timeout)
+async def _await_loop(wait: _Wait, waiter: AsyncWaiter) -> JobState:
+    while not wait.finished:
+        if wait.remaining() <= 0:
+            raise wait.timed_out()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.event.wait(), _poll_interval(remaining))
+            await asyncio.wait_for(waiter.event.wait(), wait.poll_interval())
         waiter.event.clear()
-        remaining = deadline - time.monotonic()
         try:
             # A little grace, so a job that finished right at the deadline still answers.
-            await asyncio.wait_for(_db(handle._poll), max(0.25, remaining))
+            await asyncio.wait_for(_db(wait.poll), max(0.25, wait.remaining()))
         except TimeoutError:
-            raise JobTimeoutError(handle.id, timeout) from None
-    return _outcome(handle)
+            raise wait.timed_out() from None
+    assert wait.state is not None
+    return wait.state
+
+
+__all__ = [
+    "Enqueue",
+    "aenqueue_and_wait",
+    "await_job",
+    "close_db_threads",
+    "enqueue_and_wait",
+    "outcome",
+    "refuse_in_atomic",
+    "resolve_timeout",
+    "wait_for_job",
+]
