@@ -991,8 +991,8 @@ def scenario_floor(b: Bench) -> None:
     n = b.size("roundtrip")
     for i in range(n + 20):
         marks = [time.perf_counter()]
-        row = echo._row((i,), {}, timezone.now(), notify=True)
-        done = f"djqbench.floor.done.{row['job_id']}"
+        row = echo._new_job((i,), {}, timezone.now(), notify=True)
+        done = f"djqbench.floor.done.{row.job_id}"
         waiter.subscribe(done)
         waiter.get_message(timeout=1.0)
         marks.append(time.perf_counter())
@@ -1011,7 +1011,8 @@ def scenario_floor(b: Bench) -> None:
         client.publish(done, b"f")
         assert waiter.get_message(timeout=1.0) is not None
         marks.append(time.perf_counter())
-        assert jobs.state(row["job_id"])[2] == i
+        state = jobs.state(row.job_id)
+        assert state is not None and state.result == i
         marks.append(time.perf_counter())
         waiter.unsubscribe(done)
         waiter.get_message(timeout=1.0)
