@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
@@ -17,6 +17,7 @@ from .base import JobSnapshot, NewJob
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .options import (
+    USING_OPTIONS,
     check_group,
     check_job_id,
     check_options,
@@ -78,6 +79,7 @@ class JobFunction(Generic[P, R]):
     ) -> NewJob:
         """The row to write for one call, validated here, in the caller."""
         call_args, call_kwargs = check_call(args, kwargs)
+        _check_signature(self, args, kwargs)
         settings = conf.get_settings()
         return NewJob(
             job_id=job_id or self.job_id or new_job_id(),
@@ -148,7 +150,7 @@ class JobFunction(Generic[P, R]):
         state = waiting.enqueue_and_wait(
             new.job_id,
             new.queue,
-            partial(_enqueue_waited, new),
+            functools.partial(_enqueue_waited, new),
             timeout=timeout,
             fixed_id=self.job_id is not None,
         )
@@ -162,11 +164,45 @@ class JobFunction(Generic[P, R]):
         state = await waiting.aenqueue_and_wait(
             new.job_id,
             new.queue,
-            partial(_enqueue_waited, new),
+            functools.partial(_enqueue_waited, new),
             timeout=timeout,
             fixed_id=self.job_id is not None,
         )
         return waiting.outcome(new.job_id, state)
+
+
+@functools.cache
+def _binder(func: Callable[..., Any]) -> tuple[inspect.Signature | None, int | None]:
+    """``func``'s signature, and its number of parameters when a call with exactly that many
+    positional arguments and no keywords is certain to fit (the common fast case)."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: no check
+        return None, None
+    params = list(signature.parameters.values())
+    simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+    return signature, len(params) if simple else None
+
+
+def _check_signature(
+    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
+    """Refuse a call that does not fit the function, before anything is written: a worker
+    would only fail it ``max_attempts`` times with the same TypeError."""
+    signature, positional = _binder(job.func)
+    if signature is None or (positional == len(args) and not kwargs):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        hint = ""
+        options = sorted(set(kwargs) & set(USING_OPTIONS) - set(signature.parameters))
+        if options:
+            given = ", ".join(f"{name}=..." for name in options)
+            hint = f" {', '.join(map(repr, options))} is an option: pass it as .using({given})."
+        raise InvalidJobError(
+            f"{job.name}{signature} cannot take these arguments: {exc}.{hint} Nothing was written."
+        ) from None
 
 
 def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:

@@ -340,3 +340,41 @@ def test_a_signal_receiver_that_raises_does_not_break_enqueue(caplog):
         signals.job_enqueued.disconnect(broken)
     assert handle.created and Job.objects.filter(job_id=handle.id).exists()
     assert "receiver bug" in caplog.text
+
+
+# -- arguments against the function's signature ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: add.enqueue(1, 2, 3), "too many positional arguments"),
+        (lambda: add.enqueue(1), "missing a required argument: 'y'"),
+        (lambda: add.enqueue(1, 2, z=2), "unexpected keyword argument 'z'"),
+        (lambda: add.enqueue(1, 2, timeout=5), "pass it as .using(timeout=...)"),
+        (lambda: add.enqueue_many([(1, 2), (1, 2, 3)]), "too many positional arguments"),
+        (lambda: add.using(queue="q", priority=2).enqueue(1), "missing a required argument"),
+    ],
+)
+def test_arguments_that_do_not_fit_the_function_are_refused(call, message):
+    with pytest.raises(InvalidJobError) as info:
+        call()
+    assert message in str(info.value)
+    assert "tests.testapp.jobs.add(x, y)" in str(info.value)
+    assert not Job.objects.exists()
+
+
+async def test_aenqueue_checks_the_signature_too():
+    with pytest.raises(InvalidJobError, match="unexpected keyword argument 'q'"):
+        await async_add.aenqueue(1, 2, q=3)
+
+
+def test_keywords_defaults_and_var_args_fit():
+    @job(name="tests.flexible")
+    def flexible(a, b=2, *rest, c, **extra):
+        return a
+
+    flexible.enqueue(1, c=3)
+    flexible.enqueue(1, 2, 3, 4, c=3, d=5)
+    flexible.enqueue_many([{"a": 1, "c": 2}])
+    assert Job.objects.count() == 3
