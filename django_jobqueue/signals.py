@@ -12,7 +12,7 @@ from typing import Any
 
 from django.dispatch import Signal
 
-logger = logging.getLogger("django_jobqueue")
+logger = logging.getLogger("django_jobqueue.signals")
 
 job_enqueued = Signal()
 job_started = Signal()
