@@ -19,12 +19,17 @@ class Status(models.TextChoices):
     RUNNING = "running", "Running"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 #: Statuses of a job that has not finished: it holds its id against a new run.
 ACTIVE: tuple[str, ...] = (Status.QUEUED.value, Status.RUNNING.value)
 #: Statuses of a job that ended; its outcome is kept for ``result_ttl`` seconds.
-FINISHED: tuple[str, ...] = (Status.COMPLETED.value, Status.FAILED.value)
+FINISHED: tuple[str, ...] = (
+    Status.COMPLETED.value,
+    Status.FAILED.value,
+    Status.CANCELLED.value,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,8 @@ class NewJob:
     result_ttl: int
     notify: bool
     enqueued_at: datetime
+    time_limit: float | None = None
+    limit_key: str | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)

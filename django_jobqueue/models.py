@@ -65,6 +65,18 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    cancel_requested = models.BooleanField(
+        default=False, db_default=False, help_text="Someone asked the running job to stop (handle.cancel())."
+    )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="The last JobContext.set_progress() of the job."
+    )
+    time_limit = models.FloatField(
+        null=True, blank=True, help_text="Seconds an attempt may run; empty: no limit."
+    )
+    limit_key = models.CharField(  # noqa: DJ001 - NULL: no limit
+        "limit", max_length=200, null=True, blank=True, help_text="A key of JOBQUEUE['LIMITS']."
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -96,7 +108,12 @@ class Job(models.Model):
             models.Index(
                 fields=["expires_at"],
                 name="djq_expiry",
-                condition=Q(status__in=["completed", "failed"]),
+                condition=Q(status__in=FINISHED),
+            ),
+            models.Index(
+                fields=["limit_key"],
+                name="djq_limit_running",
+                condition=Q(status=Status.RUNNING, limit_key__isnull=False),
             ),
         ]
 
@@ -180,6 +197,8 @@ class DeadLetter(models.Model):
     group = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no group
     max_attempts = models.PositiveIntegerField()
     result_ttl = models.PositiveIntegerField()
+    time_limit = models.FloatField(null=True, blank=True)
+    limit_key = models.CharField("limit", max_length=200, null=True, blank=True)  # noqa: DJ001
     attempts = models.PositiveIntegerField()
     error = models.TextField()
     traceback = models.TextField(blank=True, default="")

@@ -52,6 +52,8 @@ _CASTS = {
     "result_ttl": "::integer",
     "notify": "::boolean",
     "enqueued_at": "::timestamptz",
+    "time_limit": "::double precision",
+    "limit_key": "::varchar",
 }
 
 

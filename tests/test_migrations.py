@@ -15,9 +15,12 @@ BEFORE = ("django_jobqueue", "0001_initial")
 AFTER = ("django_jobqueue", "0002_job_id_constraint_result_without_fk")
 
 
-def _migrate(target: tuple[str, str]) -> None:
+def _migrate(target: tuple[str, str] | None = None) -> None:
+    """Migrate the app to ``target``; None: its latest migration."""
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
+    if target is None:
+        (target,) = executor.loader.graph.leaf_nodes("django_jobqueue")
     executor.migrate([target])
 
 
@@ -53,7 +56,7 @@ def test_0002_renames_the_unique_index_on_postgresql_instead_of_building_a_new_o
             )
             assert cursor.fetchall() == [("u",)]
     finally:
-        _migrate(AFTER)
+        _migrate()
 
 
 def test_0002_round_trips_and_keeps_job_ids_unique():
@@ -61,10 +64,29 @@ def test_0002_round_trips_and_keeps_job_ids_unique():
         _migrate(BEFORE)
         _migrate(AFTER)
     finally:
-        _migrate(AFTER)
+        _migrate()
     from tests.testapp.jobs import add
 
     first = add.using(job_id="unique-after-0002").enqueue(1, 2)
     again = add.using(job_id="unique-after-0002").enqueue(1, 2)
     assert (first.created, again.created) == (True, False)
     assert Job.objects.filter(job_id="unique-after-0002").count() == 1
+
+
+def test_0003_adds_the_controls_and_round_trips():
+    try:
+        _migrate(AFTER)
+        _migrate(("django_jobqueue", "0003_controls"))
+        _migrate(AFTER)
+    finally:
+        _migrate()
+    from tests.testapp.jobs import add
+
+    handle = add.enqueue(1, 2)
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.cancel_requested, row.progress, row.time_limit, row.limit_key) == (
+        False,
+        None,
+        None,
+        None,
+    )
