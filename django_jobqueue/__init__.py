@@ -23,13 +23,17 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .context import JobContext
+    from .control import acancel, cancel
     from .decorators import JobFunction, job
     from .exceptions import (
         InvalidJobError,
+        JobCancelledError,
         JobFailedError,
         JobNotRegistered,
         JobQueueError,
         JobTimeoutError,
+        Retry,
         SerializationError,
     )
     from .handles import JobHandle, aget_job, get_job
@@ -42,6 +46,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "InvalidJobError": "exceptions",
+    "JobCancelledError": "exceptions",
+    "JobContext": "context",
+    "Retry": "exceptions",
+    "acancel": "control",
+    "cancel": "control",
     "JobFailedError": "exceptions",
     "JobFunction": "decorators",
     "JobHandle": "handles",
@@ -56,15 +65,20 @@ _EXPORTS = {
 
 __all__ = [
     "InvalidJobError",
+    "JobCancelledError",
+    "JobContext",
     "JobFailedError",
     "JobFunction",
     "JobHandle",
     "JobNotRegistered",
     "JobQueueError",
     "JobTimeoutError",
+    "Retry",
     "SerializationError",
     "__version__",
+    "acancel",
     "aget_job",
+    "cancel",
     "get_job",
     "job",
 ]

@@ -121,6 +121,7 @@ class JobSnapshot:
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    progress: dict[str, Any] | None = None
 
     @classmethod
     def of_new(cls, job: NewJob) -> JobSnapshot:

@@ -23,6 +23,11 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_TIMEOUT": 0.5,  # bound on every channel-layer call, seconds
     "PREFETCH": 32,  # jobs a busy worker claims ahead of its free slots
     "WORKER_SYNCHRONOUS_COMMIT": False,  # PostgreSQL: wait for the disk on worker writes
+    # The worker's controls (docs/guide/controls.md).
+    "TIME_LIMIT": None,  # seconds an attempt may run; None: no limit
+    "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
+    "LIMITS_CACHE": None,  # a django-redis cache alias that holds the limits; None: the database
+    "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
 }
 
 _cache: dict[str, Any] | None = None

@@ -7,23 +7,28 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import conf, waiting
 from .base import JobSnapshot, NewJob
+from .context import JobContext
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .options import (
+    UNSET,
     USING_OPTIONS,
+    _Unset,
     check_group,
     check_job_id,
+    check_limit,
     check_options,
     check_positive_int,
     check_priority,
     check_queue,
+    check_time_limit,
     resolve_run_after,
 )
 from .producing import insert_jobs, new_job_id, new_job_ids
@@ -52,20 +57,40 @@ class JobFunction(Generic[P, R]):
     run_after: timedelta | datetime | None = None
     group: str | None = None
     timeout: float | None = None
+    #: Seconds an attempt may run; None: no limit; UNSET: ``JOBQUEUE["TIME_LIMIT"]``.
+    time_limit: float | _Unset | None = dataclasses.field(default_factory=lambda: UNSET)
+    limit: str | None = None
+    takes_context: bool = False
+    #: Exceptions that are retried; None: every ``Exception``.
+    retry_on: tuple[type[BaseException], ...] | None = None
 
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here and now, without the queue."""
+        """Run the function here and now, without the queue (a ``takes_context`` job gets a
+        context whose ``worker`` is ``"inline"``)."""
+        if self.takes_context:
+            context = JobContext(
+                job_id=f"inline-{new_job_id()}",
+                attempt=1,
+                max_attempts=1,
+                queue=self.queue or conf.get("DEFAULT_QUEUE"),
+                worker="inline",
+            )
+            return self.func(context, *args, **kwargs)  # type: ignore[arg-type]
         return self.func(*args, **kwargs)
 
     def using(self, **options: Any) -> JobFunction[P, R]:
         """Return a copy with other options: job_id, queue, priority, run_after, group,
-        max_attempts, result_ttl, timeout. Unknown options and bad values raise
-        ``InvalidJobError`` here, before anything is written."""
+        max_attempts, result_ttl, timeout, time_limit, limit. Unknown options and bad values
+        raise ``InvalidJobError`` here, before anything is written."""
         return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised ``exc`` may be retried (``retry_on``)."""
+        return isinstance(exc, self.retry_on if self.retry_on is not None else Exception)
 
     # -- producing ----------------------------------------------------------------------
 
@@ -94,6 +119,10 @@ class JobFunction(Generic[P, R]):
             result_ttl=(self.result_ttl if self.result_ttl is not None else settings["RESULT_TTL"]),
             notify=notify,
             enqueued_at=now,
+            time_limit=(
+                settings["TIME_LIMIT"] if isinstance(self.time_limit, _Unset) else self.time_limit
+            ),
+            limit_key=self.limit,
         )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
@@ -172,14 +201,19 @@ class JobFunction(Generic[P, R]):
 
 
 @functools.cache
-def _binder(func: Callable[..., Any]) -> tuple[inspect.Signature | None, int | None]:
-    """``func``'s signature, and its number of parameters when a call with exactly that many
-    positional arguments and no keywords is certain to fit (the common fast case)."""
+def _binder(
+    func: Callable[..., Any], takes_context: bool
+) -> tuple[inspect.Signature | None, int | None]:
+    """``func``'s signature (less the context parameter), and its number of parameters when
+    a call with exactly that many positional arguments and no keywords is certain to fit."""
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):  # a callable whose signature cannot be read: no check
         return None, None
     params = list(signature.parameters.values())
+    if takes_context:
+        params = params[1:]
+        signature = signature.replace(parameters=params)
     simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
     return signature, len(params) if simple else None
 
@@ -189,7 +223,7 @@ def _check_signature(
 ) -> None:
     """Refuse a call that does not fit the function, before anything is written: a worker
     would only fail it ``max_attempts`` times with the same TypeError."""
-    signature, positional = _binder(job.func)
+    signature, positional = _binder(job.func, job.takes_context)
     if signature is None or (positional == len(args) and not kwargs):
         return
     try:
@@ -203,6 +237,40 @@ def _check_signature(
         raise InvalidJobError(
             f"{job.name}{signature} cannot take these arguments: {exc}.{hint} Nothing was written."
         ) from None
+
+
+def _check_takes_context(function: Callable[..., Any], takes_context: Any) -> bool:
+    if not isinstance(takes_context, bool):
+        raise InvalidJobError(f"takes_context must be True or False, not {takes_context!r}.")
+    if takes_context:
+        try:
+            params = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            return True
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise InvalidJobError(
+                f"@job(takes_context=True) passes a JobContext as the first argument, but "
+                f"{function.__qualname__}{inspect.signature(function)} has no positional "
+                "parameter for it: add one, e.g. def build(ctx, ...)."
+            )
+    return takes_context
+
+
+def _check_retry_on(value: Any) -> tuple[type[BaseException], ...] | None:
+    if value is None:
+        return None
+    classes = value if isinstance(value, tuple) else (value,)
+    if not classes or not all(
+        isinstance(cls, type) and issubclass(cls, BaseException) for cls in classes
+    ):
+        raise InvalidJobError(
+            "retry_on takes an exception class or a tuple of them, e.g. "
+            f"retry_on=(ConnectionError, TimeoutError), not {value!r}."
+        )
+    return classes
 
 
 def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
@@ -230,6 +298,25 @@ def job(
     priority: int = ...,
     max_attempts: int | None = ...,
     result_ttl: int | None = ...,
+    takes_context: Literal[True],
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+    time_limit: float | _Unset | None = ...,
+    limit: str | None = ...,
+) -> Callable[[Callable[Concatenate[JobContext, P], R]], JobFunction[P, R]]: ...
+
+
+@overload
+def job(
+    *,
+    name: str | None = ...,
+    queue: str | None = ...,
+    priority: int = ...,
+    max_attempts: int | None = ...,
+    result_ttl: int | None = ...,
+    takes_context: Literal[False] = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+    time_limit: float | _Unset | None = ...,
+    limit: str | None = ...,
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -242,12 +329,24 @@ def job(
     priority: int = 0,
     max_attempts: int | None = None,
     result_ttl: int | None = None,
+    takes_context: bool = False,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    time_limit: float | _Unset | None = UNSET,
+    limit: str | None = None,
 ) -> Any:
     """Register a module-level function (sync or ``async def``) as a job.
 
     ``@job`` names it ``"<module>.<function>"``; ``@job(name=..., queue=..., priority=...,
     max_attempts=..., result_ttl=...)`` sets its defaults. Options left as None follow the
     ``JOBQUEUE`` setting when the job is enqueued.
+
+    * ``takes_context=True``: the first parameter receives a :class:`JobContext`.
+    * ``retry_on``: the exception classes that are retried; any other error fails the job at
+      once (a dead letter). Default: every ``Exception`` is retried until ``max_attempts``.
+    * ``time_limit``: seconds an attempt may run (None: no limit; default
+      ``JOBQUEUE["TIME_LIMIT"]``).
+    * ``limit``: a key of ``JOBQUEUE["LIMITS"]`` whose concurrency and rate the job counts
+      against.
     """
 
     def decorate(function: Callable[..., Any]) -> JobFunction[Any, Any]:
@@ -277,6 +376,10 @@ def job(
                 check_positive_int("result_ttl", result_ttl, 0) if result_ttl is not None else None
             ),
             group=check_group(None),
+            time_limit=time_limit if time_limit is UNSET else check_time_limit(time_limit),
+            limit=check_limit(limit),
+            takes_context=_check_takes_context(function, takes_context),
+            retry_on=_check_retry_on(retry_on),
         )
         registry.register(definition)
         return definition

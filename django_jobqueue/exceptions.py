@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 class JobQueueError(Exception):
     """Base class of every error django-jobqueue raises on purpose."""
@@ -68,3 +70,37 @@ class JobFailedError(JobQueueError):
         super().__init__(f"Job {job_id!r} failed: {error}")
         self.job_id = job_id
         self.error = error
+
+
+class JobCancelledError(JobQueueError):
+    """The job was cancelled (``handle.cancel()``, ``cancel(job_id)`` or the admin) before it
+    completed; it will not run (again)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Job {job_id!r} was cancelled.")
+        self.job_id = job_id
+
+
+class Retry(Exception):
+    """Raise it in a job to end this attempt and run the job again later.
+
+    ``after`` is seconds or a ``timedelta`` (None: the usual exponential backoff). The attempt
+    counts: past ``max_attempts`` the job is dead-lettered with ``reason`` as its error.
+    """
+
+    def __init__(self, after: float | timedelta | None = None, reason: str = "") -> None:
+        if isinstance(after, timedelta):
+            seconds: float | None = after.total_seconds()
+        elif after is None:
+            seconds = None
+        elif isinstance(after, bool) or not isinstance(after, int | float):
+            raise TypeError(f"Retry(after=...) takes seconds or a timedelta, not {after!r}.")
+        else:
+            seconds = float(after)
+        if seconds is not None and not (0 <= seconds <= 366 * 86400):
+            raise ValueError(
+                f"Retry(after=...) must be between 0 seconds and a year, not {after!r}."
+            )
+        super().__init__(reason or "Retry requested by the job")
+        self.after = seconds
+        self.reason = reason

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import router, transaction
 
-from . import signals, waiting
+from . import control, signals, waiting
 from .base import FINISHED, JobSnapshot, JobState, Status
 from .models import Job
 from .notifications import hub
@@ -35,6 +35,7 @@ class JobHandle:
         "finished_at",
         "id",
         "name",
+        "progress",
         "queue",
         "result",
         "started_at",
@@ -56,6 +57,7 @@ class JobHandle:
         enqueued_at: datetime | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> None:
         self.id = id
         self._pk = pk
@@ -69,6 +71,9 @@ class JobHandle:
         self.enqueued_at = enqueued_at
         self.started_at = started_at
         self.finished_at = finished_at
+        #: The job's last reported progress: ``{"current", "total", "message",
+        #: "updated_at"}``, or None (see ``JobContext.set_progress``).
+        self.progress = progress
 
     @classmethod
     def from_snapshot(cls, snapshot: JobSnapshot) -> JobHandle:
@@ -85,6 +90,7 @@ class JobHandle:
             enqueued_at=snapshot.enqueued_at,
             started_at=snapshot.started_at,
             finished_at=snapshot.finished_at,
+            progress=snapshot.progress,
         )
 
     @classmethod
@@ -98,6 +104,7 @@ class JobHandle:
         self.enqueued_at = snapshot.enqueued_at
         self.started_at = snapshot.started_at
         self.finished_at = snapshot.finished_at
+        self.progress = snapshot.progress
         self._apply(snapshot.state)
 
     def _apply(self, state: JobState) -> None:
@@ -112,7 +119,7 @@ class JobHandle:
 
     @property
     def finished(self) -> bool:
-        """True once the job completed or failed for good."""
+        """True once the job completed, failed for good or was cancelled."""
         return self.status in FINISHED
 
     def refresh(self) -> JobHandle:
@@ -148,6 +155,21 @@ class JobHandle:
         seconds = waiting.resolve_timeout(timeout)
         self._apply(await waiting.await_job(self.id, self.queue, self._state, seconds))
         return waiting.outcome(self.id, self._state)
+
+    def cancel(self) -> bool:
+        """Cancel this job (see :func:`django_jobqueue.cancel`) and refresh the handle.
+
+        True when a queued job was cancelled or a running one asked to stop; False when it
+        had already finished (it is left unchanged)."""
+        done = control.cancel(self.id)
+        self.refresh()
+        return done
+
+    async def acancel(self) -> bool:
+        """Async twin of :meth:`cancel`."""
+        done = await control.acancel(self.id)
+        await self.arefresh()
+        return done
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id!r} {self.name} {self.status}>"

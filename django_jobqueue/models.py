@@ -66,7 +66,9 @@ class Job(models.Model):
     worker = models.CharField(max_length=200, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
     cancel_requested = models.BooleanField(
-        default=False, db_default=False, help_text="Someone asked the running job to stop (handle.cancel())."
+        default=False,
+        db_default=False,
+        help_text="Someone asked the running job to stop (handle.cancel()).",
     )
     progress = models.JSONField(
         null=True, blank=True, help_text="The last JobContext.set_progress() of the job."
@@ -149,6 +151,7 @@ class Job(models.Model):
             enqueued_at=self.enqueued_at,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            progress=self.progress,
         )
 
     def is_expired(self, now: Any = None) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from django.utils import timezone
 
 from .exceptions import InvalidJobError
+from .limits import LimitConfigError, rule_for
 
 JOB_ID_MAX_LENGTH = 255
 USING_OPTIONS = (
@@ -25,7 +26,25 @@ USING_OPTIONS = (
     "max_attempts",
     "result_ttl",
     "timeout",
+    "time_limit",
+    "limit",
 )
+
+
+class _Unset:
+    """The type of :data:`UNSET`: an option not given, so the setting decides."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: An option that was not given (distinct from None, which can be a value of its own).
+UNSET = _Unset()
+
+#: The longest time limit accepted, in seconds (a week): a longer one is a mistake.
+TIME_LIMIT_MAX = 7 * 86400
 _QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _INT32 = 2**31 - 1
 
@@ -136,6 +155,42 @@ def check_timeout(value: Any) -> float | None:
     return float(value)
 
 
+def check_time_limit(value: Any) -> float | None:
+    """None (no limit) or a positive, finite number of seconds up to a week."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= TIME_LIMIT_MAX
+    ):
+        raise InvalidJobError(
+            f"time_limit must be a positive number of seconds up to {TIME_LIMIT_MAX} (a week), "
+            f"or None for no limit, not {value!r}."
+        )
+    return float(value)
+
+
+def check_limit(value: Any) -> str | None:
+    """None, or a key that ``JOBQUEUE["LIMITS"]`` has an entry (or a ``prefix:*`` pattern) for."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200 or _has_control(value):
+        raise InvalidJobError(
+            f"limit must be a key of 1 to 200 printable characters, not {value!r}."
+        )
+    try:
+        rule = rule_for(value)
+    except LimitConfigError as exc:
+        raise InvalidJobError(f"JOBQUEUE['LIMITS'] is malformed: {exc}") from None
+    if rule is None:
+        raise InvalidJobError(
+            f"limit {value!r} has no entry in JOBQUEUE['LIMITS']: add {value!r} (or a pattern "
+            f"such as {value.split(':')[0] + ':*'!r}) with its 'concurrency' and/or 'rate'."
+        )
+    return value
+
+
 def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> datetime | None:
     """The absolute time a job may start; None means at once."""
     if value is None:
@@ -164,6 +219,8 @@ CHECKS = {
     "max_attempts": lambda value: check_positive_int("max_attempts", value, 1),
     "result_ttl": lambda value: check_positive_int("result_ttl", value, 0),
     "timeout": check_timeout,
+    "time_limit": check_time_limit,
+    "limit": check_limit,
 }
 
 

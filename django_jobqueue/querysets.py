@@ -11,14 +11,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain, islice
 from typing import Any, NamedTuple
 
 from django.db import connections, models, transaction
 from django.utils import timezone
 
-from .base import ACTIVE, NEW_JOB_COLUMNS, ClaimedJob, JobSnapshot, JobState, NewJob, Status
+from .base import (
+    ACTIVE,
+    FINISHED,
+    NEW_JOB_COLUMNS,
+    ClaimedJob,
+    JobSnapshot,
+    JobState,
+    NewJob,
+    Status,
+)
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
@@ -66,6 +75,20 @@ class Subscribed(NamedTuple):
     """What :meth:`JobQuerySet.subscribe` found: the queue to wake if the job is ready."""
 
     ready_queue: str | None
+
+
+#: The error a cancelled job carries.
+CANCELLED_ERROR = "Cancelled"
+
+
+class Cancelled(NamedTuple):
+    """What :meth:`JobQuerySet.cancel` did: ``running_on`` is the name of the worker asked
+    to stop, or None when the job was queued and is now cancelled."""
+
+    job_id: str
+    queue: str
+    notify: bool
+    running_on: str | None
 
 
 class _SQL:
@@ -124,7 +147,7 @@ class JobQuerySet(models.QuerySet[Any]):
 
     def expired_results(self, now: datetime) -> JobQuerySet:
         """Finished jobs whose outcome is past ``result_ttl``."""
-        return self.filter(status__in=["completed", "failed"], expires_at__lte=now)
+        return self.filter(status__in=FINISHED, expires_at__lte=now)
 
     def state(self, job_id: str) -> JobState | None:
         """The :class:`JobState` of ``job_id`` in one hand-written query: what a waiter polls."""
@@ -243,6 +266,42 @@ class JobQuerySet(models.QuerySet[Any]):
             return None
         status, queue, ready = rows[0]
         return Subscribed(str(queue) if status == Status.QUEUED and ready else None)
+
+    def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
+        """Cancel ``job_id``: a queued job at once (it never runs), a running one by asking
+        its worker to stop (``cancel_requested``). None if there is no such active job.
+
+        Writes before it reads, in one transaction, fenced on the status it changes, so a
+        worker claiming or finishing the job at the same moment either sees the cancel or
+        wins it (a completion recorded first stays completed).
+        """
+        sql = self._sql()
+        with transaction.atomic(using=self.db):
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
+                "last_error = %s WHERE job_id = %s AND status = %s "
+                "RETURNING id, result_ttl, notify, queue",
+                [
+                    Status.CANCELLED,
+                    sql.prep("finished_at", now),
+                    CANCELLED_ERROR,
+                    job_id,
+                    Status.QUEUED,
+                ],
+            )
+            if rows:
+                pk, ttl, notify, queue = rows[0]
+                self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
+                return Cancelled(job_id, str(queue), bool(notify), running_on=None)
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET cancel_requested = %s WHERE job_id = %s AND status = %s "
+                "RETURNING notify, queue, worker",
+                [True, job_id, Status.RUNNING],
+            )
+        if not rows:
+            return None
+        notify, queue, worker = rows[0]
+        return Cancelled(job_id, str(queue), bool(notify), running_on=str(worker))
 
     # -- working ------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from django.db import InterfaceError, OperationalError, connections, router, tra
 
 from . import conf
 from .base import JobSnapshot, JobState, Status
-from .exceptions import JobFailedError, JobQueueError, JobTimeoutError
+from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTimeoutError
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
 from .options import check_timeout
@@ -80,9 +80,12 @@ def resolve_timeout(value: float | None) -> float:
 
 
 def outcome(job_id: str, state: JobState) -> Any:
-    """The result of a finished job, or :class:`JobFailedError`."""
+    """The result of a finished job, or :class:`JobFailedError` /
+    :class:`JobCancelledError`."""
     if state.status == Status.FAILED:
         raise JobFailedError(job_id, state.error)
+    if state.status == Status.CANCELLED:
+        raise JobCancelledError(job_id)
     return state.result
 
 

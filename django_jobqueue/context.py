@@ -1,0 +1,135 @@
+"""``JobContext``: what a running job may know of its own run, and the two things it may do
+(report progress, notice a cancel request).
+
+The worker makes one per attempt and hands it to jobs declared ``@job(takes_context=True)``.
+It reads no database itself: the worker gives it a ``cancelled`` flag it sets when a cancel
+request arrives, and a ``report`` callback that keeps the latest progress for the worker to
+write (throttled; the last value always lands).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.utils import timezone
+
+from .exceptions import InvalidJobError
+
+#: Longest progress message kept, in characters.
+MESSAGE_MAX_LENGTH = 1000
+
+Progress = dict[str, Any]
+
+
+class JobContext:
+    """The facts of the running attempt, read-only, plus :meth:`set_progress` and
+    :attr:`cancel_requested`.
+
+    ``attempt`` counts from 1; ``worker`` is the worker's name (``host:pid:random`` unless
+    ``runjobworker --name`` set it).
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_cancelled",
+        "_job_id",
+        "_max_attempts",
+        "_queue",
+        "_report",
+        "_worker",
+        "progress",
+    )
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        max_attempts: int,
+        queue: str,
+        worker: str,
+        cancelled: threading.Event | None = None,
+        report: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self._job_id = job_id
+        self._attempt = attempt
+        self._max_attempts = max_attempts
+        self._queue = queue
+        self._worker = worker
+        self._cancelled = cancelled if cancelled is not None else threading.Event()
+        self._report = report
+        #: The last value given to :meth:`set_progress` (None before the first call).
+        self.progress: Progress | None = None
+
+    @property
+    def job_id(self) -> str:
+        """The job's id."""
+        return self._job_id
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, from 1."""
+        return self._attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts allowed in all."""
+        return self._max_attempts
+
+    @property
+    def queue(self) -> str:
+        """The queue the job was taken from."""
+        return self._queue
+
+    @property
+    def worker(self) -> str:
+        """The name of the worker running it."""
+        return self._worker
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure of this attempt dead-letters the job."""
+        return self._attempt >= self._max_attempts
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked this job to stop. Check it between steps and return
+        early: the job ends ``cancelled`` whatever it returns or raises afterwards."""
+        return self._cancelled.is_set()
+
+    def set_progress(self, current: float, total: float | None = None, message: str = "") -> None:
+        """Report how far the job has got: ``current`` of ``total`` (any unit), and a short
+        ``message``. Cheap to call often: the worker writes it at most every
+        ``PROGRESS_INTERVAL`` seconds, and always writes the last value before the outcome.
+        """
+        if not _number(current) or (total is not None and not _number(total)):
+            raise InvalidJobError(
+                f"set_progress() takes finite numbers, not current={current!r}, total={total!r}."
+            )
+        if total is not None and total <= 0:
+            raise InvalidJobError(f"set_progress(total=...) must be positive, not {total!r}.")
+        if not isinstance(message, str):
+            raise InvalidJobError(f"set_progress(message=...) takes a str, not {message!r}.")
+        message = "".join(ch if ch.isprintable() else " " for ch in message[:MESSAGE_MAX_LENGTH])
+        progress: Progress = {
+            "current": current,
+            "total": total,
+            "message": message,
+            "updated_at": timezone.now().isoformat(),
+        }
+        self.progress = progress
+        if self._report is not None:
+            self._report(progress)
+
+    def __repr__(self) -> str:
+        return (
+            f"<JobContext {self._job_id!r} attempt {self._attempt}/{self._max_attempts} "
+            f"on {self._worker}>"
+        )
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

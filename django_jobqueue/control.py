@@ -1,0 +1,47 @@
+"""Cancelling jobs: ``cancel(job_id)`` and its async twin.
+
+A queued job is cancelled at once and never runs; its waiters get ``JobCancelledError``. A
+running job is asked to stop: its worker learns of it through the channel layer at once or,
+without one, at its next heartbeat (``HEARTBEAT_INTERVAL``), sets the job's
+``JobContext.cancel_requested`` (and cancels an ``async def`` job's task), and records the
+run as ``cancelled`` whatever it returns or raises afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import sync_to_async
+from django.db import router
+from django.utils import timezone
+
+from .models import Job
+from .notifications import hub
+
+logger = logging.getLogger("django_jobqueue.control")
+
+
+def cancel(job_id: str) -> bool:
+    """Cancel the job ``job_id``.
+
+    Returns True when it cancelled a queued job or asked a running one to stop, False when
+    the job had already finished (it is left unchanged) or does not exist.
+    """
+    if not isinstance(job_id, str):
+        return False
+    found = Job.objects.using(router.db_for_write(Job)).cancel(job_id, now=timezone.now())
+    if found is None:
+        return False
+    notifier = hub()
+    if found.running_on is None:
+        logger.info("job id=%r cancelled while queued", job_id)
+        if found.notify:
+            notifier.job_finished([job_id])
+    else:
+        logger.info("job id=%r: asked worker %r to stop it", job_id, found.running_on)
+    return True
+
+
+async def acancel(job_id: str) -> bool:
+    """Async twin of :func:`cancel`."""
+    return await sync_to_async(cancel)(job_id)
