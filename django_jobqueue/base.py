@@ -91,6 +91,8 @@ class ClaimedJob:
     result_ttl: int
     priority: int
     group: str | None
+    time_limit: float | None = None
+    limit_key: str | None = None
 
     @property
     def fence(self) -> tuple[int, int]:

@@ -20,6 +20,8 @@ from .models import Job
 from .querysets import INSERT_BATCH
 
 _REPLACE_ROUNDS = 5
+#: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
+_LOCK_TIMEOUT_MAX_MS = 2**31 - 1
 
 
 def new_job_id() -> str:
@@ -65,7 +67,7 @@ def insert_jobs(
                 with transaction.get_connection(using).cursor() as cursor:
                     cursor.execute(
                         "SELECT set_config('lock_timeout', %s, true)",
-                        [f"{max(1, int(lock_timeout * 1000))}ms"],
+                        [f"{min(_LOCK_TIMEOUT_MAX_MS, max(1, int(lock_timeout * 1000)))}ms"],
                     )
             if not fast:
                 found = _insert(jobs, using)

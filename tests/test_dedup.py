@@ -95,3 +95,11 @@ def test_concurrent_enqueues_of_one_id_make_one_job():
     assert len(results) == 8
     assert sum(r.created for r in results) == 1
     assert Job.objects.filter(job_id="race").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wait_of_weeks_on_a_fixed_id_is_accepted(run_worker):
+    """PostgreSQL's lock_timeout stops at about 24.8 days: a longer wait is capped there."""
+    add.using(job_id="long-wait").enqueue(1, 2)
+    run_worker()
+    assert add.using(job_id="long-wait", timeout=25 * 86400).enqueue_and_wait(1, 2) == 3
