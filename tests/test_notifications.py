@@ -23,6 +23,7 @@ from django_jobqueue import JobTimeoutError
 from django_jobqueue.notifications import (
     FINISHED_TYPE,
     WORK_TYPE,
+    IdleFlag,
     Link,
     ThreadWaiter,
     Waiters,
@@ -163,6 +164,21 @@ def test_forged_messages_on_the_process_channel_are_ignored_and_logged(in_memory
     assert record.levelno == logging.WARNING
     assert record.name == "django_jobqueue.notifications"
     assert "\n" not in record.getMessage() and "x" * 200 not in record.getMessage()
+
+
+def test_forged_work_available_messages_are_ignored_and_logged(in_memory, caplog):
+    notifier = hub()
+    woken: list[int] = []
+    idle = IdleFlag()
+    idle.set(True)
+    notifier.listen_for_work(lambda: ["forged"], lambda: woken.append(1), idle)
+    layer = notifier._layer
+    for message in [*FORGED_DICTS, {"type": WORK_TYPE, "extra": 1}]:  # two well-formed
+        send = layer.send(work_channel("forged"), message)
+        asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    wait_until(lambda: len(woken) == 2)
+    [record] = _ignored(caplog)
+    assert "work-available" in record.getMessage()
 
 
 def test_a_receive_loop_that_dies_is_logged_and_started_again(in_memory, caplog):
