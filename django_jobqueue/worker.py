@@ -140,7 +140,7 @@ class Worker:
             self.name,
             ",".join(self.queues) if self.queues else "*",
             self.concurrency,
-            "on" if notifier.enabled else "off (polling)",
+            notifier.describe(),
         )
         try:
             self._loop()

@@ -1,0 +1,60 @@
+"""Names on the channel layer and the two messages sent over it.
+
+Whatever arrives on the process's channel may come from anyone who can write to the layer
+(a forged Redis ``PUBLISH``, another application sharing the prefix): a message is only
+acted upon when it has exactly the shape below, anything else is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..options import JOB_ID_MAX_LENGTH
+
+FINISHED_TYPE = "jobqueue.finished"
+WORK_TYPE = "jobqueue.work"
+
+
+def group_for(job_id: str) -> str:
+    """The channel-layer group of a job's waiters: valid whatever the id's characters."""
+    return "djq.done." + hashlib.blake2b(job_id.encode(), digest_size=16).hexdigest()
+
+
+def work_channel(queue: str) -> str:
+    """The plain channel idle workers of ``queue`` receive "work available" on."""
+    if len(queue) <= 80:
+        return f"djq.work.{queue}"
+    return "djq.work." + hashlib.blake2b(queue.encode(), digest_size=16).hexdigest()
+
+
+def finished_message(job_id: str) -> dict[str, Any]:
+    """The "finished" message of a job, as its worker sends it to the job's group."""
+    return {"type": FINISHED_TYPE, "job_id": job_id}
+
+
+def work_message() -> dict[str, Any]:
+    """The "work available" message a producer sends to a queue's work channel."""
+    return {"type": WORK_TYPE}
+
+
+def _type_of(message: object) -> str | None:
+    if not isinstance(message, dict):
+        return None
+    kind = dict.get(message, "type")  # never a subclass's own get()
+    return kind if type(kind) is str else None
+
+
+def finished_job_id(message: object) -> str | None:
+    """The job id of a well-formed "finished" message; None for anything else."""
+    if _type_of(message) != FINISHED_TYPE:
+        return None
+    job_id = dict.get(message, "job_id")  # type: ignore[call-overload]
+    if type(job_id) is not str or not 0 < len(job_id) <= JOB_ID_MAX_LENGTH:
+        return None
+    return job_id
+
+
+def is_work(message: object) -> bool:
+    """True for a well-formed "work available" message."""
+    return _type_of(message) == WORK_TYPE
