@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -350,3 +351,13 @@ def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
         assert asyncio.run(unrelated_waits()) < 2
     finally:
         thread.join()
+
+
+def test_the_start_banner_lists_the_job_names_the_worker_knows(run_worker, caplog):
+    """A job whose module was never imported is missing from the banner, noticed at start."""
+    caplog.set_level(logging.INFO, logger="django_jobqueue.worker")
+    run_worker()
+    (banner,) = [r.getMessage() for r in caplog.records if "worker started" in r.getMessage()]
+    names = banner.split(" jobs=", 1)[1].split(",")
+    assert {add.name, echo.name, sleeper.name, async_count.name} <= set(names)
+    assert names == sorted(names)

@@ -93,11 +93,13 @@ class Worker:
         notifier = hub()
         notifier.listen_for_work(self._listen_queues, self._on_work, self._idle)
         logger.info(
-            "worker started name=%s queues=%s concurrency=%d notifications=%s",
+            "worker started name=%s queues=%s concurrency=%d notifications=%s jobs=%s",
             self.name,
             ",".join(self.queues) if self.queues else "*",
             self.concurrency,
             "on" if notifier.enabled else "off (polling)",
+            # The job names it can run: one whose module was never imported shows up missing.
+            ",".join(sorted(registry.names())) or "(none registered)",
         )
         try:
             self._loop()
