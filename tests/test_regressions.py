@@ -13,6 +13,7 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connection, transaction
 from django.db.models.signals import post_init
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobqueue import JobTimeoutError, SerializationError, job
@@ -64,8 +65,36 @@ def test_a_busy_worker_sleeps_while_its_job_runs(monkeypatch):
 
     monkeypatch.setattr(Worker, "_sleep", counting_sleep)
     sleeper.enqueue(1.0)
-    Worker(burst=True, concurrency=1).run()
+    worker = Worker(burst=True, concurrency=1)
+    started = time.monotonic()
+    worker.run()
     assert sum(1 for s in calls if s == 0) < 50, "the main loop spun while the job ran"
+    # A loop that goes round without calling _sleep at all: about one pass per
+    # POLL_INTERVAL (0.1s here) and per timer, never thousands.
+    assert worker.passes < 50 * (time.monotonic() - started) + 20, worker.passes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_worker_does_not_spin(settings):
+    """An idle worker passes its loop about once per POLL_INTERVAL (plus its upkeep timers),
+    whether or not a spin would go through ``_sleep``. Measured over a window of about a
+    second: stop() ends the run, in this thread so its statements can be counted too."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.05}
+    worker = Worker()
+    stopper = threading.Timer(1.0, worker.stop)
+    started = time.monotonic()
+    stopper.start()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            worker.run()
+    finally:
+        stopper.cancel()
+    elapsed = time.monotonic() - started
+    polls = elapsed / 0.05
+    assert worker.processed == 0
+    assert worker.passes <= 2 * polls + 20, f"{worker.passes} passes in {elapsed:.2f}s"
+    claims = [q for q in queries.captured_queries if "RETURNING" in q["sql"]]
+    assert len(claims) <= polls + 5, f"{len(claims)} claims in {elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("poison", [huge_int, surrogate])

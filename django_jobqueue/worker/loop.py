@@ -44,6 +44,9 @@ class Worker:
     """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
 
     ``burst``: exit once nothing is ready to run and nothing is running.
+
+    ``processed`` counts the outcomes written; ``passes`` counts the passes of the main loop
+    (an idle worker makes about one per ``POLL_INTERVAL``): a measure for tests and debugging.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Worker:
         self._stopping = False
         self._idle = IdleFlag()
         self.processed = 0
+        self.passes = 0
         self._connection = Connection(self.using, self.name, lambda s: self._sleep(s))
         self._claimer = Claimer(
             self.using,
@@ -156,6 +160,7 @@ class Worker:
     def _loop(self) -> None:
         claimer, upkeep, connection = self._claimer, self._upkeep, self._connection
         while True:
+            self.passes += 1
             now = time.monotonic()
             try:
                 connection.prepare()
