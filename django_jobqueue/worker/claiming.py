@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
@@ -48,6 +48,8 @@ class Claimer:
         #: When (``time.monotonic()``) the next claim is due without any hint.
         self.next_poll = 0.0
         self.known_queues: set[str] = set()
+        #: The time of the last claim: jobs due only after it could not be claimed by it.
+        self.claimed_at: datetime | None = None
         self.avg_duration: float | None = None
 
     def _jobs(self) -> JobQuerySet:
@@ -94,6 +96,7 @@ class Claimer:
         """Claim up to ``wanted`` jobs into the buffer (each claim is committed, so each lands
         in the buffer at once and is renewed, run or released from there); return how many."""
         now = timezone.now()
+        self.claimed_at = now
         lease_until = now + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from django.db import InterfaceError, OperationalError, router
+from django.utils import timezone
 
 from .. import conf
 from ..base import ClaimedJob
@@ -43,7 +44,8 @@ logger = logging.getLogger("django_jobqueue.worker")
 class Worker:
     """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
 
-    ``burst``: exit once nothing is ready to run and nothing is running.
+    ``burst``: exit once nothing is ready to run and nothing is running, and (unless
+    ``wait_for_retries`` is false) no job of its queues waits out a retry's backoff.
 
     ``processed`` counts the outcomes written; ``passes`` counts the passes of the main loop
     (an idle worker makes about one per ``POLL_INTERVAL``): a measure for tests and debugging.
@@ -55,11 +57,13 @@ class Worker:
         *,
         concurrency: int = 1,
         burst: bool = False,
+        wait_for_retries: bool = True,
         name: str | None = None,
     ) -> None:
         self.queues = list(dict.fromkeys(queues)) if queues else None
         self.concurrency = max(1, concurrency)
         self.burst = burst
+        self.wait_for_retries = wait_for_retries
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.using = router.db_for_write(Job)
         self._running: dict[int, ClaimedJob] = {}
@@ -197,8 +201,26 @@ class Worker:
             self._sleep(self._sleep_for())
 
     def _burst_is_over(self) -> bool:
-        """In burst mode, after a claim found nothing: True if nothing is left to do."""
-        return self.burst and not (self._running or self._buffer or self._done)
+        """In burst mode, after a claim found nothing: True if nothing is left to do.
+
+        Jobs of the worker's queues waiting out a retry's backoff keep it alive (a burst run
+        finishes the work it started); it claims each as soon as it falls due. Jobs delayed
+        by ``run_after`` at enqueue do not.
+        """
+        if not self.burst or self._running or self._buffer or self._done:
+            return False
+        if not self.wait_for_retries:
+            return True
+        # Retries the claim could not take because they were not yet due (one that fell due
+        # since then is claimed on the very next pass).
+        claimed_at = self._claimer.claimed_at or timezone.now()
+        due = Job.objects.using(self.using).next_retry(self.queues, claimed_at)
+        if due is None:
+            return True
+        wait = max(0.0, (due - timezone.now()).total_seconds())
+        logger.debug("worker name=%s burst: waiting %.2fs for a retry", self.name, wait)
+        self._claimer.next_poll = min(self._claimer.next_poll, time.monotonic() + wait)
+        return False
 
     def _sleep_for(self) -> float:
         now = time.monotonic()
