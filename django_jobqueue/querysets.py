@@ -482,7 +482,7 @@ class JobQuerySet(models.QuerySet[Any]):
         return first
 
     def _result_model(self) -> type[models.Model]:
-        """``JobResult``, found through the job model (querysets never import models)."""
+        """``JobResult``, found through the job model: no import of :mod:`.models` here."""
         related: type[models.Model] = self.model._meta.get_field("outcome").related_model
         return related
 

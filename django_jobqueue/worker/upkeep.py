@@ -109,8 +109,7 @@ class Upkeep:
                 self.dead_letter(job, error, "", lease_expired_before=now)
                 continue
             requeued = self._jobs().retry(
-                job.id,
-                job.attempts,
+                *job.fence,
                 run_after=now + timedelta(seconds=backoff(job.attempts)),
                 error=error,
                 lease_expired_before=now,

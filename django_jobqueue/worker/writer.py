@@ -147,7 +147,7 @@ class Writer:
                 continue
             delay = backoff(job.attempts)
             retried = jobs.retry(
-                job.id, job.attempts, run_after=now + timedelta(seconds=delay), error=outcome.error
+                *job.fence, run_after=now + timedelta(seconds=delay), error=outcome.error
             )
             written.append(outcome)
             self.log(
