@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from .base import (
     ACTIVE,
+    CLAIM_COLUMNS,
     FINISHED,
     NEW_JOB_COLUMNS,
     ClaimedJob,
@@ -29,6 +30,11 @@ from .base import (
     Status,
 )
 
+#: Status literals for the hand-written SQL below (constants, never user input).
+_QUEUED = f"'{Status.QUEUED.value}'"
+_RUNNING = f"'{Status.RUNNING.value}'"
+_COMPLETED = f"'{Status.COMPLETED.value}'"
+
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
 #: Largest JSON document of one ``enqueue_many`` statement on PostgreSQL (ASCII characters).
@@ -37,20 +43,6 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
 _JSON_COLUMNS = frozenset({"args", "kwargs"})
-
-_CLAIM_COLUMNS = (
-    "id",
-    "job_id",
-    "name",
-    "queue",
-    "args",
-    "kwargs",
-    "attempts",
-    "max_attempts",
-    "result_ttl",
-    "priority",
-)
-
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -119,8 +111,15 @@ class _SQL:
             return cursor.fetchall() if cursor.description else []
 
     def claim_returning(self, prefix: str) -> str:
-        columns = [*_CLAIM_COLUMNS, self.group]
+        columns = (self.group if column == "group" else column for column in CLAIM_COLUMNS)
         return "RETURNING " + ", ".join(prefix + column for column in columns)
+
+    def claimed(self, row: Sequence[Any]) -> ClaimedJob:
+        """A claim's RETURNING row (columns :data:`CLAIM_COLUMNS`) as a :class:`ClaimedJob`."""
+        values = dict(zip(CLAIM_COLUMNS, row, strict=True))
+        values["args"] = self.load_json("args", values["args"])
+        values["kwargs"] = self.load_json("kwargs", values["kwargs"])
+        return ClaimedJob(**values)
 
     def pairs(self, items: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
         """``(id, attempts) IN (...)`` for fenced writes."""
@@ -137,13 +136,13 @@ class JobQuerySet(models.QuerySet[Any]):
 
     def ready(self, now: datetime) -> JobQuerySet:
         """Queued jobs whose ``run_after`` has passed (groups are not considered here)."""
-        return self.filter(status="queued").filter(
+        return self.filter(status=Status.QUEUED).filter(
             models.Q(run_after__isnull=True) | models.Q(run_after__lte=now)
         )
 
     def expired_leases(self, now: datetime) -> JobQuerySet:
         """Running jobs whose worker stopped renewing the lease."""
-        return self.filter(status="running", lease_expires_at__lt=now)
+        return self.filter(status=Status.RUNNING, lease_expires_at__lt=now)
 
     def expired_results(self, now: datetime) -> JobQuerySet:
         """Finished jobs whose outcome is past ``result_ttl``."""
@@ -330,7 +329,7 @@ class JobQuerySet(models.QuerySet[Any]):
             worker,
         ]
         set_sql = (
-            "SET status = 'running', attempts = attempts + 1, started_at = %s, "
+            f"SET status = {_RUNNING}, attempts = attempts + 1, started_at = %s, "
             "lease_expires_at = %s, worker = %s"
         )
         if sql.vendor == "postgresql":
@@ -346,22 +345,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 f"UPDATE {sql.table} {set_sql} WHERE id IN ({select}) {sql.claim_returning('')}",
                 [*set_params, *select_params],
             )
-        claimed = [
-            ClaimedJob(
-                id=row[0],
-                job_id=row[1],
-                name=row[2],
-                queue=row[3],
-                args=sql.load_json("args", row[4]),
-                kwargs=sql.load_json("kwargs", row[5]),
-                attempts=row[6],
-                max_attempts=row[7],
-                result_ttl=row[8],
-                priority=row[9],
-                group=row[10],
-            )
-            for row in rows
-        ]
+        claimed = [sql.claimed(row) for row in rows]
         claimed.sort(key=lambda job: (-job.priority, job.id))  # RETURNING has no order
         return claimed
 
@@ -372,12 +356,12 @@ class JobQuerySet(models.QuerySet[Any]):
         queue_filter = "AND c.queue = %s " if queue is not None else ""
         select = (
             f"SELECT c.id FROM {sql.table} c "
-            f"WHERE c.status = 'queued' {queue_filter}"
+            f"WHERE c.status = {_QUEUED} {queue_filter}"
             "AND (c.run_after IS NULL OR c.run_after <= %s) "
             f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
             f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
-            "AND g.status IN ('queued', 'running') "
-            "AND (g.status = 'running' OR g.id < c.id))) "
+            f"AND g.status IN ({_QUEUED}, {_RUNNING}) "
+            f"AND (g.status = {_RUNNING} OR g.id < c.id))) "
             "ORDER BY c.priority DESC, c.id LIMIT %s"
         )
         params: list[Any] = [queue] if queue is not None else []
@@ -420,8 +404,8 @@ class JobQuerySet(models.QuerySet[Any]):
         sql = self._sql()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
-            f"UPDATE {sql.table} SET status = 'completed', finished_at = %s, expires_at = %s, "
-            f"lease_expires_at = NULL WHERE status = 'running' AND {where} RETURNING id, notify",
+            f"UPDATE {sql.table} SET status = {_COMPLETED}, finished_at = %s, expires_at = %s, "
+            f"lease_expires_at = NULL WHERE status = {_RUNNING} AND {where} RETURNING id, notify",
             [sql.prep("finished_at", now), sql.prep("expires_at", expires_at), *params],
         )
         return {row[0]: bool(row[1]) for row in rows}
@@ -439,30 +423,27 @@ class JobQuerySet(models.QuerySet[Any]):
         PostgreSQL: one statement (the UPDATE and the INSERT of the results in one CTE), so
         one round trip. SQLite: both statements in one transaction.
         """
-        from .models import JobResult
-
+        result_model = self._result_model()
         sql = self._sql()
         if sql.vendor != "postgresql":
             with transaction.atomic(using=self.db):
                 mine = self.complete(fenced, now=now, expires_at=expires_at)
-                JobResult.objects.using(self.db).bulk_create(
-                    JobResult(job_id=pk, result=value)
+                result_model._default_manager.using(self.db).bulk_create(
+                    result_model(job_id=pk, result=value)
                     for pk, value in results.items()
                     if pk in mine
                 )
             return mine
         where, params = sql.pairs(fenced)
-        result_table = self.model._meta.get_field("outcome").related_model._meta.db_table
+        result_table = result_model._meta.db_table
+        result_field: Any = result_model._meta.get_field("result")
         values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(results))
         value_params: list[Any] = []
         for pk, value in results.items():
-            value_params += [
-                pk,
-                JobResult._meta.get_field("result").get_db_prep_save(value, sql.connection),
-            ]
+            value_params += [pk, result_field.get_db_prep_save(value, sql.connection)]
         rows = sql.execute(
-            f"WITH done AS (UPDATE {sql.table} SET status = 'completed', finished_at = %s, "
-            f"expires_at = %s, lease_expires_at = NULL WHERE status = 'running' AND {where} "
+            f"WITH done AS (UPDATE {sql.table} SET status = {_COMPLETED}, finished_at = %s, "
+            f"expires_at = %s, lease_expires_at = NULL WHERE status = {_RUNNING} AND {where} "
             f"RETURNING id, notify), stored AS (INSERT INTO {result_table} "
             "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
             f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id) "
@@ -476,17 +457,104 @@ class JobQuerySet(models.QuerySet[Any]):
         )
         return {row[0]: bool(row[1]) for row in rows}
 
-    def retry(self, job_id: int, attempts: int, *, run_after: datetime, error: str) -> bool:
-        """Put a failed run back in the queue for a later attempt; False if the run is not ours."""
+    def retry(
+        self,
+        job_id: int,
+        attempts: int,
+        *,
+        run_after: datetime,
+        error: str,
+        lease_expired_before: datetime | None = None,
+    ) -> bool:
+        """Put a failed run back in the queue for a later attempt; False if the run is not ours.
+
+        ``lease_expired_before``: only if the run's lease expired before then (reaping a run
+        whose worker stopped renewing it, never one that renewed it meanwhile).
+        """
+        rows = self.filter(id=job_id, attempts=attempts, status=Status.RUNNING)
+        if lease_expired_before is not None:
+            rows = rows.filter(lease_expires_at__lt=lease_expired_before)
         return bool(
-            self.filter(id=job_id, attempts=attempts, status="running").update(
-                status="queued",
+            rows.update(
+                status=Status.QUEUED,
                 run_after=run_after,
                 lease_expires_at=None,
                 last_error=error,
                 worker="",
             )
         )
+
+    def dead_letter(
+        self,
+        job: ClaimedJob,
+        error: str,
+        trace: str,
+        *,
+        now: datetime,
+        lease_expired_before: datetime | None = None,
+    ) -> tuple[Any, bool] | None:
+        """Fail the run ``job.fence`` for good, in one transaction: status failed, its result
+        row (error and traceback), a ``DeadLetter`` row.
+
+        Returns None if the run is no longer ours (fenced; with ``lease_expired_before``, also
+        if its lease did not expire before then), else ``(dead letter, notify)``: whether
+        someone waits for the job.
+        """
+        result_model = self._result_model()
+        meta = self.model._meta
+        letters = meta.apps.get_model(meta.app_label, "DeadLetter")._default_manager
+        job_id, attempts = job.fence
+        with transaction.atomic(using=self.db):
+            # Write first: on SQLite a transaction that reads before it writes can fail at once
+            # with "database is locked" when another connection wrote in between.
+            rows = self.filter(id=job_id, attempts=attempts, status=Status.RUNNING)
+            if lease_expired_before is not None:
+                rows = rows.filter(lease_expires_at__lt=lease_expired_before)
+            if not rows.update(
+                status=Status.FAILED,
+                finished_at=now,
+                expires_at=now + timedelta(seconds=job.result_ttl),
+                lease_expires_at=None,
+                last_error=error,
+            ):
+                return None
+            row = self.model._default_manager.using(self.db).get(pk=job_id)
+            result_model._default_manager.using(self.db).update_or_create(
+                job=row, defaults={"error": error, "traceback": trace, "result": None}
+            )
+            letter = letters.using(self.db).create(
+                job_id=row.job_id,
+                name=row.name,
+                queue=row.queue,
+                args=row.args,
+                kwargs=row.kwargs,
+                priority=row.priority,
+                group=row.group,
+                max_attempts=row.max_attempts,
+                result_ttl=row.result_ttl,
+                attempts=row.attempts,
+                error=error,
+                traceback=trace,
+                enqueued_at=row.enqueued_at,
+                failed_at=now,
+            )
+        return letter, bool(row.notify)
+
+    def next_retry(self, queues: Sequence[str] | None, now: datetime) -> datetime | None:
+        """When the earliest retry of ``queues`` (``None``: every queue) falls due: the
+        ``run_after`` of a queued job that already ran (``attempts > 0``) and waits out its
+        backoff. None if no such job waits. Jobs first delayed by ``run_after`` at enqueue
+        (``attempts == 0``) are not retries."""
+        rows = self.filter(status=Status.QUEUED, attempts__gt=0, run_after__gt=now)
+        if queues is not None:
+            rows = rows.filter(queue__in=queues)
+        first: datetime | None = rows.aggregate(first=models.Min("run_after"))["first"]
+        return first
+
+    def _result_model(self) -> type[models.Model]:
+        """``JobResult``, found through the job model: no import of :mod:`.models` here."""
+        related: type[models.Model] = self.model._meta.get_field("outcome").related_model
+        return related
 
     def overtaking(self, fenced: Sequence[tuple[int, int]]) -> set[int]:
         """Of the claimed grouped runs ``(id, attempts)``, those with an earlier job of their
@@ -499,10 +567,10 @@ class JobQuerySet(models.QuerySet[Any]):
             return set()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
-            f"SELECT c.id FROM {sql.table} c WHERE c.status = 'running' "
+            f"SELECT c.id FROM {sql.table} c WHERE c.status = {_RUNNING} "
             f"AND {where.replace('(id, attempts)', '(c.id, c.attempts)')} AND EXISTS ("
             f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
-            "AND g.status IN ('queued', 'running') AND g.id < c.id)",
+            f"AND g.status IN ({_QUEUED}, {_RUNNING}) AND g.id < c.id)",
             params,
         )
         return {row[0] for row in rows}
@@ -515,9 +583,9 @@ class JobQuerySet(models.QuerySet[Any]):
         where, params = sql.pairs(fenced)
         return len(
             sql.execute(
-                f"UPDATE {sql.table} SET status = 'queued', attempts = attempts - 1, "
+                f"UPDATE {sql.table} SET status = {_QUEUED}, attempts = attempts - 1, "
                 "lease_expires_at = NULL, started_at = NULL, worker = '' "
-                f"WHERE status = 'running' AND {where} RETURNING id",
+                f"WHERE status = {_RUNNING} AND {where} RETURNING id",
                 params,
             )
         )
@@ -529,7 +597,7 @@ class JobQuerySet(models.QuerySet[Any]):
         sql = self._sql()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
-            f"UPDATE {sql.table} SET lease_expires_at = %s WHERE status = 'running' AND {where} "
+            f"UPDATE {sql.table} SET lease_expires_at = %s WHERE status = {_RUNNING} AND {where} "
             "RETURNING id",
             [sql.prep("lease_expires_at", lease_until), *params],
         )

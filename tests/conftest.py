@@ -45,10 +45,14 @@ def _fresh_hub() -> Iterator[None]:
 
 @pytest.fixture
 def run_worker() -> Callable[..., Worker]:
-    """Run an in-process worker in burst mode (until nothing is ready) and return it."""
+    """Run an in-process worker in burst mode (until nothing is ready) and return it.
+
+    Unlike ``runjobworker --burst`` it does not wait for retries still backing off (pass
+    ``wait_for_retries=True`` for that): tests look at one pass over what is ready."""
 
     def run(**options: Any) -> Worker:
         options.setdefault("burst", True)
+        options.setdefault("wait_for_retries", False)
         worker = Worker(**options)
         worker.run()
         return worker

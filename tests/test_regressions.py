@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from asgiref.sync import SyncToAsync
+from asgiref.sync import SyncToAsync, async_to_sync
+from channels.layers import channel_layers
 from django.db import connection, transaction
 from django.db.models.signals import post_init
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobqueue import JobTimeoutError, SerializationError, job
@@ -63,8 +66,39 @@ def test_a_busy_worker_sleeps_while_its_job_runs(monkeypatch):
 
     monkeypatch.setattr(Worker, "_sleep", counting_sleep)
     sleeper.enqueue(1.0)
-    Worker(burst=True, concurrency=1).run()
+    worker = Worker(burst=True, concurrency=1)
+    started = time.monotonic()
+    worker.run()
     assert sum(1 for s in calls if s == 0) < 50, "the main loop spun while the job ran"
+    # A loop that goes round without calling _sleep at all: about one pass per
+    # POLL_INTERVAL (0.1s here) and per timer, never thousands.
+    assert worker.passes < 50 * (time.monotonic() - started) + 20, worker.passes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_worker_does_not_spin(settings):
+    """An idle worker passes its loop about once per POLL_INTERVAL (plus its upkeep timers),
+    whether or not a spin would go through ``_sleep``. Measured over a window of about a
+    second: stop() ends the run, in this thread so its statements can be counted too."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.05}
+    # Each "work available" message earlier tests left on the channel layer (Redis keeps
+    # up to 100 per queue for a minute) would wake the worker once: not what is measured.
+    async_to_sync(channel_layers.make_backend("default").flush)()
+    worker = Worker()
+    stopper = threading.Timer(1.0, worker.stop)
+    started = time.monotonic()
+    stopper.start()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            worker.run()
+    finally:
+        stopper.cancel()
+    elapsed = time.monotonic() - started
+    polls = elapsed / 0.05
+    assert worker.processed == 0
+    assert worker.passes <= 2 * polls + 20, f"{worker.passes} passes in {elapsed:.2f}s"
+    claims = [q for q in queries.captured_queries if "RETURNING" in q["sql"]]
+    assert len(claims) <= polls + 5, f"{len(claims)} claims in {elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("poison", [huge_int, surrogate])
@@ -350,3 +384,13 @@ def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
         assert asyncio.run(unrelated_waits()) < 2
     finally:
         thread.join()
+
+
+def test_the_start_banner_lists_the_job_names_the_worker_knows(run_worker, caplog):
+    """A job whose module was never imported is missing from the banner, noticed at start."""
+    caplog.set_level(logging.INFO, logger="django_jobqueue.worker")
+    run_worker()
+    (banner,) = [r.getMessage() for r in caplog.records if "worker started" in r.getMessage()]
+    names = banner.split(" jobs=", 1)[1].split(",")
+    assert {add.name, echo.name, sleeper.name, async_count.name} <= set(names)
+    assert names == sorted(names)

@@ -256,6 +256,48 @@ def test_queries_per_job_stay_bounded(settings):
     assert len(statements) - len(per_job) <= 4, statements
 
 
+#: Statements of the hot path per vendor, for one job that returns None (a completion
+#: without a result row) and one that returns a value, and once per burst run (the final,
+#: empty claim; the first prune; the look for retries backing off). SQLite claims in
+#: ``BEGIN IMMEDIATE`` ... ``COMMIT`` and stores a result in a second statement of one
+#: transaction; PostgreSQL claims, and completes with a result, in one statement each.
+STATEMENTS = {
+    "sqlite": {"no result": 3 + 1, "result": 3 + 4, "per run": 3 + 1 + 1},
+    "postgresql": {"no result": 1 + 1, "result": 1 + 1, "per run": 1 + 1 + 1},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_per_job_are_pinned_per_vendor(settings):
+    """A new statement on the hot path changes these numbers: one claim and one completion
+    per job (PREFETCH 0 and one slot keep claims and completions unbatched, so the count
+    does not depend on timing)."""
+    if connection.vendor not in STATEMENTS:
+        pytest.skip(f"no statement counts for {connection.vendor}")
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "PREFETCH": 0, "LEASE_SECONDS": 60}
+    count = 20
+    noop.enqueue_many([()] * count)
+    add.enqueue_many([(1, 2)] * count)
+    worker = Worker(burst=True, concurrency=1)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == 2 * count
+    setup = ("SET synchronous_commit", "SELECT reltuples", "ANALYZE")  # once per connection
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(setup)]
+    table = connection.ops.quote_name(Job._meta.db_table)
+    # Upkeep on timers: the reap on the first pass (again after 5s of a slow run), a lease
+    # renewal only after HEARTBEAT_INTERVAL (20s here).
+    reap = f"ORDER BY {table}.{connection.ops.quote_name('lease_expires_at')}"
+    reaps = [s for s in statements if reap in s]
+    renewals = [s for s in statements if s.startswith(f"UPDATE {table} SET lease_expires_at")]
+    assert reaps, statements
+    hot = [s for s in statements if s not in reaps and s not in renewals]
+    expected = STATEMENTS[connection.vendor]
+    assert len(hot) == count * (expected["no result"] + expected["result"]) + expected["per run"], (
+        "\n".join(hot)
+    )
+
+
 def test_stop_finishes_the_running_job(transactional_db):
     import threading
 

@@ -59,7 +59,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--burst",
             action="store_true",
-            help="Exit once nothing is ready to run and nothing is running.",
+            help="Exit once nothing is ready to run, nothing is running and no job of the "
+            "served queues waits out a retry's backoff (a burst run finishes the retries of "
+            "the work it started; jobs enqueued with a future run_after do not keep it alive).",
         )
         parser.add_argument(
             "--name",

@@ -1,0 +1,23 @@
+"""The worker: claim, run, renew leases, retry with backoff, dead-letter, stop cleanly.
+
+:class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.connection`, :mod:`.claiming`,
+:mod:`.runner`, :mod:`.writer`, :mod:`.upkeep` and :mod:`.shutdown`, over :mod:`.outcomes`.
+"""
+
+from __future__ import annotations
+
+from .claiming import PREFETCH_SECONDS
+from .loop import Worker
+from .outcomes import Outcome, backoff, describe
+from .upkeep import PRUNE_BATCH, PRUNE_EVERY, REAP_BATCH
+
+__all__ = [
+    "PREFETCH_SECONDS",
+    "PRUNE_BATCH",
+    "PRUNE_EVERY",
+    "REAP_BATCH",
+    "Outcome",
+    "Worker",
+    "backoff",
+    "describe",
+]

@@ -1,0 +1,279 @@
+"""The worker's main loop: the composition root of the pieces of :mod:`django_jobqueue.worker`.
+
+One main thread owns the worker's database connection and does every queue write: claims,
+completions (batched: whatever finished while it was busy goes in one statement), lease
+renewals, retries, dead letters and reaping of expired leases. Sync jobs run on a pool of
+``concurrency`` threads, async jobs on one event loop thread. When the database goes away the
+main thread keeps the outcomes it has not written, reconnects with backoff and writes them
+later; fencing on ``(id, attempts)`` makes a late write of a run that lost its lease a no-op.
+
+The pieces never import this module: each gets the callbacks it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+
+from django.db import InterfaceError, OperationalError, router
+from django.utils import timezone
+
+from .. import conf
+from ..base import ClaimedJob
+from ..exceptions import JobNotRegistered
+from ..models import Job
+from ..notifications import IdleFlag, hub
+from ..registry import registry
+from .claiming import Claimer
+from .connection import Connection
+from .outcomes import Outcome, describe
+from .runner import Runner
+from .shutdown import StopSignals
+from .upkeep import Upkeep
+from .writer import Writer
+
+logger = logging.getLogger("django_jobqueue.worker")
+
+
+class Worker:
+    """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
+
+    ``burst``: exit once nothing is ready to run and nothing is running, and (unless
+    ``wait_for_retries`` is false) no job of its queues waits out a retry's backoff.
+
+    ``processed`` counts the outcomes written; ``passes`` counts the passes of the main loop
+    (an idle worker makes about one per ``POLL_INTERVAL``): a measure for tests and debugging.
+    """
+
+    def __init__(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        concurrency: int = 1,
+        burst: bool = False,
+        wait_for_retries: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.queues = list(dict.fromkeys(queues)) if queues else None
+        self.concurrency = max(1, concurrency)
+        self.burst = burst
+        self.wait_for_retries = wait_for_retries
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.using = router.db_for_write(Job)
+        self._running: dict[int, ClaimedJob] = {}
+        # SimpleQueue.put is reentrant, so the signal handler (which runs on the main thread,
+        # between any two bytecodes) can wake the loop; an Event's lock could deadlock there.
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._stopping = False
+        self._idle = IdleFlag()
+        self.processed = 0
+        self.passes = 0
+        self._connection = Connection(self.using, self.name, lambda s: self._sleep(s))
+        self._claimer = Claimer(
+            self.using,
+            queues=self.queues,
+            worker=self.name,
+            concurrency=self.concurrency,
+            running=lambda: len(self._running),
+        )
+        self._runner = Runner(self.concurrency, self._report)
+        self._writer = Writer(self.using, self.name, finished=self._finished, forget=self._forget)
+        self._upkeep = Upkeep(
+            self.using,
+            held=lambda: [*self._running.values(), *self._claimer.buffer],
+            lost=self._claimer.drop,
+            dead_letter=self._writer.dead_letter,
+        )
+        self._signals = StopSignals(self.name, self.stop, lambda: len(self._running))
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (or, with ``burst``, until idle); return the exit code."""
+        self._signals.install()
+        self._runner.open()
+        notifier = hub()
+        notifier.listen_for_work(self._listen_queues, self._on_work, self._idle)
+        logger.info(
+            "worker started name=%s queues=%s concurrency=%d notifications=%s jobs=%s",
+            self.name,
+            ",".join(self.queues) if self.queues else "*",
+            self.concurrency,
+            notifier.describe(),
+            # The job names it can run: one whose module was never imported shows up missing.
+            ",".join(sorted(registry.names())) or "(none registered)",
+        )
+        try:
+            self._loop()
+        finally:
+            self._runner.close()
+            self._writer.flush_until_written(self._connection.lost)
+            self._runner.stop_async()
+            self._signals.restore()
+            self._connection.close()
+            logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
+        return 0
+
+    def stop(self) -> None:
+        """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""
+        self._stopping = True
+        self._wake()
+
+    # -- the pieces' state, by the names the loop has always used ---------------------------
+
+    @property
+    def _buffer(self) -> deque[ClaimedJob]:
+        return self._claimer.buffer
+
+    @property
+    def _done(self) -> deque[Outcome]:
+        return self._writer.done
+
+    def _claim(self, wanted: int) -> int:
+        return self._claimer.claim(wanted)
+
+    def _flush(self) -> None:
+        self._writer.flush()
+
+    def _prune(self) -> None:
+        self._upkeep.prune()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._wakeups.put(None)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait until woken or ``seconds`` pass; forget the wake-ups that came meanwhile."""
+        try:
+            self._wakeups.get(timeout=seconds)
+        except queue.Empty:
+            return
+        while True:
+            try:
+                self._wakeups.get_nowait()
+            except queue.Empty:
+                return
+
+    def _loop(self) -> None:
+        claimer, upkeep, connection = self._claimer, self._upkeep, self._connection
+        while True:
+            self.passes += 1
+            now = time.monotonic()
+            try:
+                connection.prepare()
+                if not self._stopping:
+                    self._start_buffered()  # refill finished slots before the writes
+                self._writer.flush()
+                if self._stopping:
+                    claimer.release_all()
+                    if not self._running and not self._done:
+                        return
+                    upkeep.heartbeat_if_due(now)
+                else:
+                    upkeep.periodic(now)
+                    claimed_nothing = claimer.maybe_claim(now)
+                    self._start_buffered()
+                    if claimed_nothing and self._burst_is_over():
+                        return
+                connection.healthy()
+            except (OperationalError, InterfaceError) as exc:
+                connection.lost(exc)
+                continue
+            except Exception:
+                # A bug or a database error that is not a lost connection (a migration not
+                # applied, a constraint): never die with jobs in hand; log, back off, go on.
+                logger.exception("worker name=%s: unexpected error, retrying", self.name)
+                connection.failed()
+                continue
+            free = self._free_slots() > 0 and not self._stopping
+            self._idle.set(free)
+            # More to do at once: outcomes to write, or a slot free while jobs may wait (the
+            # last claim was full, or a wake-up came while every slot was taken).
+            if self._done or (free and (claimer.more_work or claimer.work_hint)):
+                continue
+            self._sleep(self._sleep_for())
+
+    def _burst_is_over(self) -> bool:
+        """In burst mode, after a claim found nothing: True if nothing is left to do.
+
+        Jobs of the worker's queues waiting out a retry's backoff keep it alive (a burst run
+        finishes the work it started); it claims each as soon as it falls due. Jobs delayed
+        by ``run_after`` at enqueue do not.
+        """
+        if not self.burst or self._running or self._buffer or self._done:
+            return False
+        if not self.wait_for_retries:
+            return True
+        # Retries the claim could not take because they were not yet due (one that fell due
+        # since then is claimed on the very next pass).
+        claimed_at = self._claimer.claimed_at or timezone.now()
+        due = Job.objects.using(self.using).next_retry(self.queues, claimed_at)
+        if due is None:
+            return True
+        wait = max(0.0, (due - timezone.now()).total_seconds())
+        logger.debug("worker name=%s burst: waiting %.2fs for a retry", self.name, wait)
+        self._claimer.next_poll = min(self._claimer.next_poll, time.monotonic() + wait)
+        return False
+
+    def _sleep_for(self) -> float:
+        now = time.monotonic()
+        due = self._upkeep.due(stopping=self._stopping)
+        if not self._stopping:
+            due = min(due, self._claimer.next_poll)
+        return max(0.0, min(due - now, float(conf.get("POLL_INTERVAL"))))
+
+    def _free_slots(self) -> int:
+        return self._claimer.free_slots()
+
+    def _on_work(self) -> None:
+        """A "work available" message (from the hub's thread): claim at the next chance.
+
+        With no free slot the loop is not woken: a finished job wakes it, and it claims then
+        because of the hint (a broadcast layer delivers wake-ups to busy workers too)."""
+        self._claimer.work_hint = True
+        if self._free_slots() > 0:
+            logger.debug("worker name=%s woken by a work-available notification", self.name)
+            self._wake()
+
+    def _listen_queues(self) -> list[str]:
+        registered = (job.queue for job in map(registry.get, registry.names()) if job.queue)
+        return self._claimer.listen_queues(conf.get("DEFAULT_QUEUE"), registered)
+
+    # -- running and accounting --------------------------------------------------------------
+
+    def _start_buffered(self) -> None:
+        # Jobs whose outcome waits in _done are finished: their slot is free, although they
+        # stay in _running (and keep their lease renewed) until the outcome is written.
+        buffer = self._claimer.buffer
+        while buffer and len(self._running) - len(self._done) < self.concurrency:
+            job = buffer[0]
+            if job.name not in registry:  # deployed out of order: quarantine, go on
+                self._writer.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+                buffer.popleft()
+                continue
+            buffer.popleft()
+            self._running[job.id] = job
+            self._runner.start(job)
+
+    def _report(self, outcome: Outcome) -> None:
+        """From a job's thread: ``outcome`` is ready to be written."""
+        self._done.append(outcome)
+        self._wake()
+
+    def _finished(self, written: list[Outcome]) -> None:
+        for outcome in written:
+            self._running.pop(outcome.job.id, None)
+            if outcome.job.group is not None:
+                self._claimer.work_hint = True  # the group's next job may be ready now
+            self._claimer.record_duration(outcome.duration)
+        self.processed += len(written)
+
+    def _forget(self, job_id: int) -> None:
+        self._running.pop(job_id, None)

@@ -1,0 +1,132 @@
+"""Upkeep on timers: renewing the leases of held jobs (the heartbeat), requeueing or
+dead-lettering jobs whose worker stopped renewing theirs, pruning expired results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from django.utils import timezone
+
+from .. import conf
+from ..base import CLAIM_COLUMNS, ClaimedJob
+from ..models import Job
+from ..querysets import JobQuerySet
+from .outcomes import backoff
+
+logger = logging.getLogger("django_jobqueue.worker")
+
+REAP_BATCH = 100
+PRUNE_BATCH = 1000
+PRUNE_EVERY = 60.0
+
+
+class DeadLetterer(Protocol):
+    """The signature of :meth:`.writer.Writer.dead_letter` as upkeep calls it."""
+
+    def __call__(
+        self, job: ClaimedJob, error: str, trace: str, *, lease_expired_before: datetime
+    ) -> bool: ...
+
+
+class Upkeep:
+    """The worker's periodic writes, each on its own timer (``time.monotonic()`` values).
+
+    ``held()`` lists the jobs whose leases to renew; ``lost(ids)`` is told of those whose
+    lease another worker took; ``dead_letter`` ends a reaped job on its last attempt.
+    """
+
+    def __init__(
+        self,
+        using: str,
+        *,
+        held: Callable[[], Iterable[ClaimedJob]],
+        lost: Callable[[set[int]], None],
+        dead_letter: DeadLetterer,
+    ) -> None:
+        self.using = using
+        self.held = held
+        self.lost = lost
+        self.dead_letter = dead_letter
+        self.next_heartbeat = 0.0
+        self.next_reap = 0.0
+        self.next_prune = 0.0
+
+    def _jobs(self) -> JobQuerySet:
+        return Job.objects.using(self.using)
+
+    def due(self, *, stopping: bool) -> float:
+        """When the next timer that should wake the loop falls due."""
+        if stopping:
+            return self.next_heartbeat
+        return min(self.next_heartbeat, self.next_reap)
+
+    def periodic(self, now: float) -> None:
+        self.heartbeat_if_due(now)
+        if now >= self.next_reap:
+            self.next_reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
+            self.reap()
+        if now >= self.next_prune:
+            self.next_prune = now + PRUNE_EVERY
+            self.prune()
+
+    def heartbeat_if_due(self, now: float) -> None:
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + conf.heartbeat_interval()
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        held = list(self.held())
+        if not held:
+            return
+        lease_until = timezone.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        ours = self._jobs().renew_leases([job.fence for job in held], lease_until)
+        lost = [job for job in held if job.id not in ours]
+        for job in lost:
+            logger.warning(
+                "lease lost id=%s name=%s attempt=%d: another worker may run it; this run's "
+                "outcome will be discarded",
+                job.job_id,
+                job.name,
+                job.attempts,
+            )
+        if lost:
+            self.lost({job.id for job in lost})
+
+    def reap(self) -> None:
+        """Requeue (or dead-letter) running jobs whose worker stopped renewing their lease."""
+        now = timezone.now()
+        expired = list(self._jobs().expired_leases(now).order_by("lease_expires_at")[:REAP_BATCH])
+        for row in expired:
+            job = ClaimedJob(**{column: getattr(row, column) for column in CLAIM_COLUMNS})
+            error = (
+                f"Lease expired: the worker running attempt {job.attempts} ({row.worker or '?'}) "
+                "stopped or lost its database connection."
+            )
+            if job.attempts >= job.max_attempts:
+                self.dead_letter(job, error, "", lease_expired_before=now)
+                continue
+            requeued = self._jobs().retry(
+                *job.fence,
+                run_after=now + timedelta(seconds=backoff(job.attempts)),
+                error=error,
+                lease_expired_before=now,
+            )
+            if requeued:
+                logger.warning(
+                    "lease expired id=%s name=%s attempt=%d/%d: requeued",
+                    job.job_id,
+                    job.name,
+                    job.attempts,
+                    job.max_attempts,
+                )
+
+    def prune(self) -> None:
+        now = timezone.now()
+        jobs = self._jobs()
+        ids = list(jobs.expired_results(now).values_list("id", flat=True)[:PRUNE_BATCH])
+        if ids:
+            deleted, _ = jobs.filter(id__in=ids).expired_results(now).delete()
+            logger.debug("pruned %d expired results", deleted)
