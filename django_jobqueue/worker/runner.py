@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
@@ -22,6 +24,25 @@ from ..notifications import run_loop
 from ..registry import registry
 from .outcomes import Outcome, describe, failed, succeeded
 
+if TYPE_CHECKING:
+    from ..decorators import JobFunction
+
+
+@dataclass(slots=True, eq=False)
+class RunningJob:
+    """One attempt while it runs: what the worker may need to reach it from outside its
+    thread (to cancel it, to time it out). Filled in by the thread or task that runs it."""
+
+    job: ClaimedJob
+    definition: JobFunction[Any, Any]
+    started: float = field(default_factory=time.monotonic)
+    #: Set when someone asked the job to stop (``JobContext.cancel_requested`` reads it).
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    #: The running thread's id (sync jobs), once it started.
+    thread_id: int | None = None
+    #: The running task (``async def`` jobs), once it started.
+    task: asyncio.Future[Any] | None = None
+
 
 class Runner:
     """Runs claimed jobs, ``concurrency`` sync ones at a time; reports each outcome."""
@@ -29,6 +50,8 @@ class Runner:
     def __init__(self, concurrency: int, report: Callable[[Outcome], None]) -> None:
         self.concurrency = concurrency
         self.report = report
+        #: The attempts running now, by job pk (added by start(), removed before report()).
+        self.running: dict[int, RunningJob] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_thread = threading.Thread()
@@ -53,11 +76,17 @@ class Runner:
             signals.send_robust(
                 signals.job_started, sender=Job, job_id=job.job_id, attempt=job.attempts
             )
+        running = RunningJob(job, definition)
+        self.running[job.id] = running
         if definition.is_async:
-            asyncio.run_coroutine_threadsafe(self._run_async(job), self._get_async_loop())
+            asyncio.run_coroutine_threadsafe(self._run_async(running), self._get_async_loop())
         else:
             assert self._pool is not None
-            self._pool.submit(self._run_sync, job)
+            self._pool.submit(self._run_sync, running)
+
+    def _finish(self, running: RunningJob, outcome: Outcome) -> None:
+        self.running.pop(running.job.id, None)
+        self.report(outcome)
 
     def _get_async_loop(self) -> asyncio.AbstractEventLoop:
         if self._async_loop is None:
@@ -69,28 +98,32 @@ class Runner:
             self._async_loop = loop
         return self._async_loop
 
-    def _run_sync(self, job: ClaimedJob) -> None:
+    def _run_sync(self, running: RunningJob) -> None:
+        job = running.job
+        running.thread_id = threading.get_ident()
         close_old_connections()
         started = time.monotonic()
         try:
-            result = registry.get(job.name).func(*job.args, **job.kwargs)
+            result = running.definition.func(*job.args, **job.kwargs)
             outcome = succeeded(job, result, started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
             outcome = failed(job, started, describe(exc))
         finally:
             close_old_connections()
-        self.report(outcome)
+        self._finish(running, outcome)
 
-    async def _run_async(self, job: ClaimedJob) -> None:
+    async def _run_async(self, running: RunningJob) -> None:
+        job = running.job
+        running.task = asyncio.current_task()
         # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if it
         # broke or aged, as a sync job's thread does (channels' database_sync_to_async).
         await sync_to_async(close_old_connections)()
         started = time.monotonic()
         try:
-            result = await registry.get(job.name).func(*job.args, **job.kwargs)
+            result = await running.definition.func(*job.args, **job.kwargs)
             outcome = succeeded(job, result, started)
         except BaseException as exc:
             outcome = failed(job, started, describe(exc))
         finally:
             await sync_to_async(close_old_connections)()
-        self.report(outcome)
+        self._finish(running, outcome)
