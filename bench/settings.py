@@ -32,7 +32,6 @@ ROOT_URLCONF = None
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
-    "channels",
     "django_jobqueue",
     "bench.benchapp",
 ]

@@ -22,7 +22,6 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "channels",
     "django_jobqueue",
     "tests.testapp",
 ]
