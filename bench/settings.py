@@ -19,7 +19,8 @@ Environment:
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
+
+import dj_database_url
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
@@ -31,7 +32,6 @@ ROOT_URLCONF = None
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
-    "channels",
     "django_jobqueue",
     "bench.benchapp",
 ]
@@ -39,15 +39,16 @@ INSTALLED_APPS = [
 BENCH_DB = os.environ.get("BENCH_DB", "postgres")
 
 if BENCH_DB == "postgres":
-    url = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/djq_bench"))
+    _parsed = dj_database_url.parse(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/djq_bench")
+    )
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": url.path.lstrip("/") or "djq_bench",
-            "USER": url.username or "postgres",
-            "PASSWORD": url.password or "",
-            "HOST": url.hostname or "127.0.0.1",
-            "PORT": str(url.port or 5432),
+            **_parsed,
+            "NAME": _parsed["NAME"] or "djq_bench",
+            "USER": _parsed["USER"] or "postgres",
+            "HOST": _parsed["HOST"] or "127.0.0.1",
+            "PORT": str(_parsed["PORT"] or 5432),
         }
     }
     # The round-trip floor scenario plays the worker on a second connection.

@@ -7,7 +7,8 @@ SQLite and polling by default, so ``./scripts/example`` needs no server. Set ``D
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+
+import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -22,7 +23,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "channels",
     "django_jobqueue",
     "example_project.shop",
 ]
@@ -58,29 +58,31 @@ TIME_ZONE = "UTC"
 
 # -- database: DATABASE_URL, SQLite by default ---------------------------------------------------
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-_url = urlparse(DATABASE_URL)
-if _url.scheme in ("postgres", "postgresql"):
+DATABASE_URL = os.environ.get("DATABASE_URL", "") or "sqlite:///db.sqlite3"
+_db = dj_database_url.parse(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.postgresql":
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": _url.path.lstrip("/") or "postgres",
-            "USER": _url.username or "postgres",
-            "PASSWORD": _url.password or "",
-            "HOST": _url.hostname or "127.0.0.1",
-            "PORT": str(_url.port or 5432),
+            **_db,
+            "NAME": _db["NAME"] or "postgres",
+            "USER": _db["USER"] or "postgres",
+            "HOST": _db["HOST"] or "127.0.0.1",
+            "PORT": str(_db["PORT"] or 5432),
         }
     }
-elif _url.scheme in ("", "sqlite"):
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # sqlite:///relative/to/this/directory.sqlite3 or sqlite:////an/absolute/path.sqlite3
-    _name = _url.path[1:] if _url.path else "db.sqlite3"
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / _name,  # an absolute _name replaces BASE_DIR
+            **_db,
+            "NAME": BASE_DIR / (_db["NAME"] or "db.sqlite3"),  # an absolute name replaces BASE_DIR
             # WAL: the web server reads while the worker writes. timeout: wait for the
             # write lock instead of failing with "database is locked".
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "timeout": 20,
+                **_db.get("OPTIONS", {}),
+            },
         }
     }
 else:

@@ -9,14 +9,15 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # API gateway: wait for the job, answer with its result.
     path("api/process", shop.process, name="process"),
+    path("api/process-async", shop.process_async, name="process-async"),
     # Background work: answer 202 at once, let the client poll.
     path("api/reports", shop.create_report, name="create-report"),
-    path("api/reports/<str:report_id>", shop.report_status, name="report-status"),
+    path("api/reports/<str:token>", shop.report_status, name="report-status"),
     # A user and their welcome email, in one transaction.
     path("api/signup", shop.signup, name="signup"),
     # Retries and dead letters.
     path("api/flaky", shop.flaky, name="flaky"),
     path("api/poison", shop.poison, name="poison"),
-    # Any job, by id.
-    path("api/jobs/<str:job_id>", shop.job_status, name="job-status"),
+    # A job, by the signed token of the status URL its view answered with.
+    path("api/jobs/<str:token>", shop.job_status, name="job-status"),
 ]

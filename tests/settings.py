@@ -4,7 +4,8 @@ REDIS_URL picks channels_redis over the in-memory channel layer."""
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
+
+import dj_database_url
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -21,7 +22,6 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "channels",
     "django_jobqueue",
     "tests.testapp",
 ]
@@ -47,16 +47,23 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+
+
+def _postgres_defaults(parsed: dict) -> dict:
+    """A parsed postgres:// URL, with what it leaves out filled in (user, host, port, name)."""
+    return {
+        **parsed,
+        "NAME": parsed["NAME"] or "postgres",
+        "USER": parsed["USER"] or "postgres",
+        "HOST": parsed["HOST"] or "127.0.0.1",
+        "PORT": str(parsed["PORT"] or 5432),
+    }
+
+
 if DATABASE_URL.startswith(("postgres://", "postgresql://")):
-    url = urlparse(DATABASE_URL)
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": url.path.lstrip("/") or "postgres",
-            "USER": url.username or "postgres",
-            "PASSWORD": url.password or "",
-            "HOST": url.hostname or "127.0.0.1",
-            "PORT": str(url.port or 5432),
+            **_postgres_defaults(dj_database_url.parse(DATABASE_URL)),
             "TEST": {"NAME": os.environ.get("DJQ_TEST_DB_NAME", "test_django_jobqueue")},
         }
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,10 +13,11 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from django_jobqueue.models import Job
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 from tests.testapp.jobs import add, fails_then_succeeds, other_queue
 
 
@@ -91,3 +94,90 @@ def test_burst_does_not_wait_for_retries_of_queues_it_does_not_serve():
 def test_help_says_burst_waits_for_retries():
     text = " ".join(_help().split())
     assert "waits out a retry's backoff" in text
+
+
+def test_version_names_django_jobqueue_and_django():
+    import django
+
+    import django_jobqueue
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "runjobworker", "--version"],
+        cwd=ROOT,
+        env={"DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    expected = f"django-jobqueue {django_jobqueue.__version__} (Django {django.get_version()})"
+    assert proc.stdout.strip() == expected
+
+
+def test_help_explains_reload_and_version():
+    text = " ".join(_help().split())
+    assert "--reload" in text and "For development: restart the worker when a Python file" in text
+    assert "stops the worker gracefully first" in text
+    assert "Show django-jobqueue's version and Django's" in text
+
+
+def test_reload_refuses_burst():
+    with pytest.raises(CommandError, match="--reload and --burst do not go together"):
+        call_command("runjobworker", "--reload", "--burst")
+
+
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True)
+def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
+    """A real ``runjobworker --reload``: touch a module it imported, see the worker stop
+    gracefully and start again; SIGTERM then stops it for good, with exit code 0."""
+    if connection.vendor == "sqlite" and connection.settings_dict["NAME"].startswith(
+        ("file:memorydb", ":memory:")
+    ):
+        pytest.skip("a worker subprocess needs a file or server database")
+    settings_file = tmp_path / "reload_settings.py"
+    settings_file.write_text("from tests.worker_settings import *  # noqa: F403\n")
+    log_path = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "reload_settings",
+        "DJQ_TEST_DB": connection.settings_dict["NAME"],
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "django", "runjobworker", "--reload", "--name", "reloader"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the reloader's child too can be killed if all else fails
+        )
+    try:
+        wait_until(lambda: "worker started name=reloader" in log_path.read_text(), timeout=60)
+        # Django's StatReloader compares modification times about once a second, from its
+        # first look onwards: move the file's time on until the reload shows in the log.
+        stamp = time.time()
+
+        def reloaded() -> bool:
+            nonlocal stamp
+            stamp += 2
+            os.utime(settings_file, (stamp, stamp))
+            return "reloading: finishing its running jobs first" in log_path.read_text()
+
+        wait_until(reloaded, timeout=60, interval=0.5)
+        wait_until(lambda: log_path.read_text().count("worker started name=reloader") == 2, 60)
+        text = log_path.read_text()
+        first_stop = text.index("worker stopped name=reloader")
+        assert text.index("reloading: finishing") < first_stop < text.rindex("worker started")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
+        text = log_path.read_text()
+        assert "worker name=reloader stopping: finishing its running jobs first" in text
+        assert text.count("worker stopped name=reloader") == 2
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

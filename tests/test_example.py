@@ -3,8 +3,10 @@ temporary SQLite database (and Redis when REDIS_URL is set), driven over HTTP.""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -14,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,28 @@ class Example:
     base: str
     database: Path
     worker_log: Path
+    cookies: http.cookiejar.CookieJar = field(default_factory=http.cookiejar.CookieJar)
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None):
-        """``(status, parsed JSON or text)`` of one request."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        *,
+        csrf: bool = True,
+    ):
+        """``(status, parsed JSON or text)`` of one request, with the session's cookies and,
+        unless ``csrf=False``, the CSRF token in ``X-CSRFToken``, as the home page sends it."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.base + path, data=data, method=method)
+        url = path if path.startswith("http") else self.base + path
+        request = urllib.request.Request(url, data=data, method=method)
+        token = next((c.value for c in self.cookies if c.name == "csrftoken"), None)
+        if csrf and token:
+            request.add_header("X-CSRFToken", token)
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
         try:
-            with urllib.request.urlopen(request, timeout=40) as response:
+            with opener.open(request, timeout=40) as response:
                 status, text = response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read().decode()
@@ -49,13 +66,13 @@ class Example:
         except ValueError:
             return status, text
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        status, answer = self.call("GET", f"/api/jobs/{job_id}")
+    def job(self, url: str) -> dict[str, Any]:
+        status, answer = self.call("GET", url)
         assert status == 200, answer
         return answer
 
-    def wait_for_job(self, job_id: str, *statuses: str) -> dict[str, Any]:
-        return poll(lambda: (job := self.job(job_id))["status"] in statuses and job)
+    def wait_for_job(self, url: str, *statuses: str) -> dict[str, Any]:
+        return poll(lambda: (job := self.job(url))["status"] in statuses and job)
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
@@ -135,7 +152,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
             if "worker started" not in worker_log.read_text():
                 return False
             try:
-                return running.call("GET", "/")[0] == 200
+                return running.call("GET", "/")[0] == 200  # and the CSRF cookie
             except OSError:
                 return False
 
@@ -146,19 +163,33 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
         stop(worker)
 
 
-def test_home_page_says_what_to_try(example):
+def test_home_page_has_a_button_per_pattern(example):
     mode = "notifications=on" if os.environ.get("REDIS_URL") else "notifications=off (polling)"
     assert mode in example.worker_log.read_text()
     status, html = example.call("GET", "/")
     assert status == 200
-    for line in [
-        f"curl -s -X POST {example.base}/api/process",
-        f"curl -s -X POST {example.base}/api/reports",
-        f"curl -s -X POST {example.base}/api/signup",
-        f"curl -s -X POST {example.base}/api/flaky",
-        f"curl -s -X POST {example.base}/api/poison",
-    ]:
-        assert line in html
+    assert any(cookie.name == "csrftoken" for cookie in example.cookies)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', html)
+    assert token and token.group(1)
+    forms = dict(re.findall(r'<form data-url="([^"]+)" id="([^"]+)">', html))
+    assert forms == {
+        "/api/process": "process",
+        "/api/signup": "signup",
+        "/api/reports": "report",
+        "/api/flaky": "flaky",
+        "/api/poison": "poison",
+    }
+    for form in forms.values():
+        assert f'<pre class="result" id="{form}-result"' in html
+    assert 'data-url="/api/process-async"' in html
+    assert "white-space: pre-wrap" in html and "overflow-wrap: anywhere" in html
+
+
+def test_posts_without_the_csrf_token_are_refused(example):
+    before = example.sql("SELECT count(*) FROM django_jobqueue_job")
+    status, _ = example.call("POST", "/api/process", {"text": "hello"}, csrf=False)
+    assert status == 403
+    assert example.sql("SELECT count(*) FROM django_jobqueue_job") == before
 
 
 # -- API gateway -----------------------------------------------------------------------------
@@ -176,8 +207,19 @@ def test_gateway_times_out_with_504_and_the_job_goes_on(example):
     )
     assert status == 504, answer
     assert "keeps running" in answer["error"]
-    job = example.wait_for_job(answer["job_id"], "completed")
-    assert job["result"]["words"] == 1
+    job = example.wait_for_job(answer["status_url"], "completed")
+    assert job["id"] == answer["job_id"] and job["result"]["words"] == 1
+
+
+def test_async_gateway_answers_with_the_result(example):
+    status, answer = example.call("POST", "/api/process-async", {"text": "async queue"})
+    assert status == 200, answer
+    assert answer == {"result": answer["result"], "view": "async"}
+    assert answer["result"]["words"] == 2 and answer["result"]["longest_word"] == "async"
+    status, answer = example.call("POST", "/api/process-async", {"text": "x", "fail": True})
+    assert status == 500 and "the analysis failed" in answer["error"]
+    status, answer = example.call("POST", "/api/process-async", {"text": 42})
+    assert status == 400 and "'text' must be a non-empty string" in answer["error"]
 
 
 def test_gateway_failure_is_a_500_with_the_error(example):
@@ -218,19 +260,22 @@ def test_report_is_accepted_then_polled_until_completed(example):
         "POST", "/api/reports", {"kind": "signups", "days": 3, "delay": 1}
     )
     assert status == 202, answer
-    report_id = answer["id"]
-    assert answer["url"] == f"{example.base}/api/reports/{report_id}"
+    report_id, url = answer["id"], answer["url"]
+    assert url.startswith(f"{example.base}/api/reports/") and report_id not in url
     seen = set()
 
     def done() -> dict[str, Any] | None:
-        status, state = example.call("GET", f"/api/reports/{report_id}")
+        status, state = example.call("GET", url)
         assert status == 200
         seen.add(state["status"])
         return state if state["status"] == "completed" else None
 
     state = poll(done)
     assert seen & {"queued", "running"}, "the client saw the report before it was ready"
+    assert state["id"] == report_id
     assert state["report"]["kind"] == "signups" and state["report"]["days"] == 3
+    # The bare id is no status URL.
+    assert example.call("GET", f"/api/reports/{report_id}")[0] == 404
 
 
 def test_report_errors(example):
@@ -239,9 +284,11 @@ def test_report_errors(example):
     assert status == 400 and "'kind' must be one of" in answer["error"]
     status, answer = example.call("POST", "/api/reports", {"days": 0})
     assert status == 400 and "'days'" in answer["error"]
-    # A job that is not a report is not found through the report URL.
+    # A job that is not a report is not found through the report URL, by id or by token.
     status, answer = example.call("POST", "/api/flaky")
     assert example.call("GET", f"/api/reports/{answer['job_id']}")[0] == 404
+    token = answer["status_url"].rsplit("/", 1)[1]
+    assert example.call("GET", f"/api/reports/{token}")[0] == 404
 
 
 # -- sign-up ---------------------------------------------------------------------------------
@@ -252,7 +299,7 @@ def test_signup_creates_the_user_and_the_email_is_sent(example):
     status, answer = example.call("POST", "/api/signup", body)
     assert status == 201, answer
     assert answer["welcome_email_job"] == f"welcome-email-{answer['user_id']}"
-    job = example.wait_for_job(answer["welcome_email_job"], "completed")
+    job = example.wait_for_job(answer["status_url"], "completed")
     assert job["result"] == {"to": "ada@example.com"} and job["queue"] == "emails"
     assert "Subject: Welcome to the example shop" in example.worker_log.read_text()
     status, answer = example.call("POST", "/api/signup", body)
@@ -263,8 +310,7 @@ def test_signup_failure_rolls_back_the_user_and_the_job(example):
     body = {"username": "bob", "email": "bob@example.com", "password": "s3cret-pass"}
     status, answer = example.call("POST", "/api/signup", {**body, "simulate_failure": True})
     assert status == 500, answer
-    job_id = answer["rolled_back"]["welcome_email_job"]
-    assert example.call("GET", f"/api/jobs/{job_id}")[0] == 404
+    assert example.call("GET", answer["rolled_back"]["status_url"])[0] == 404
     assert example.sql("SELECT count(*) FROM auth_user WHERE username = 'bob'") == [(0,)]
     assert example.call("POST", "/api/signup", body)[0] == 201, "nothing was left behind"
 
@@ -284,7 +330,7 @@ def test_signup_rejects_bad_input(example):
 def test_flaky_job_fails_twice_then_succeeds(example):
     status, answer = example.call("POST", "/api/flaky")
     assert status == 202, answer
-    job = example.wait_for_job(answer["job_id"], "completed", "failed")
+    job = example.wait_for_job(answer["status_url"], "completed", "failed")
     assert job["status"] == "completed" and job["attempts"] == 3
     assert job["result"] == {"order": answer["order"], "charged": True, "calls": 3}
     log = example.worker_log.read_text()
@@ -294,7 +340,7 @@ def test_flaky_job_fails_twice_then_succeeds(example):
 def test_poison_job_ends_as_a_dead_letter(example):
     status, answer = example.call("POST", "/api/poison", {"url": "https://example.com/bad.xml"})
     assert status == 202, answer
-    job = example.wait_for_job(answer["job_id"], "failed")
+    job = example.wait_for_job(answer["status_url"], "failed")
     assert job["attempts"] == 3
     assert job["error"] == (
         "ValueError: cannot parse the feed at https://example.com/bad.xml: it is not XML"
@@ -308,3 +354,105 @@ def test_poison_job_ends_as_a_dead_letter(example):
     assert (name, attempts) == ("example_project.shop.jobs.import_feed", 3)
     assert "raise ValueError" in trace
     assert answer["dead_letters"] == f"{example.base}/admin/django_jobqueue/deadletter/"
+
+
+# -- status URLs are signed ----------------------------------------------------------------
+
+
+def test_a_guessed_job_id_gets_404(example):
+    body = {"username": "grace", "email": "grace@example.com", "password": "s3cret-pass"}
+    status, answer = example.call("POST", "/api/signup", body)
+    assert status == 201, answer
+    job_id = answer["welcome_email_job"]
+    assert job_id == f"welcome-email-{answer['user_id']}"  # guessable
+    example.wait_for_job(answer["status_url"], "completed")  # the job exists
+    for guess in (job_id, f"welcome-email-{answer['user_id'] - 1}", "welcome-email-1"):
+        status, refused = example.call("GET", f"/api/jobs/{guess}")
+        assert status == 404 and refused == {"error": "no such job (or its result expired)"}
+    token = answer["status_url"].rsplit("/", 1)[1]
+    value, _, signature = token.rpartition(":")
+    forged = f"{value}:{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    assert example.call("GET", f"/api/jobs/{forged}")[0] == 404
+    assert example.call("GET", f"/api/jobs/{token}")[0] == 200
+
+
+# -- the home page in a real browser ---------------------------------------------------------
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def page(example):
+    """A Chromium page (Debian's, driven by Playwright) on the example's home page."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(example.base + "/")
+            yield page
+        finally:
+            browser.close()
+
+
+def result_of(page, form: str, text: str, timeout: float = JOB_TIMEOUT) -> str:
+    """The text of a form's result box, once it contains ``text`` (at most ``timeout`` s)."""
+    box = page.locator(f"#{form}-result")
+    box.filter(has_text=text).wait_for(timeout=timeout * 1000)
+    return box.inner_text()
+
+
+@pytest.mark.browser
+def test_buttons_show_their_results_in_the_browser(example, page):
+    # Enqueue and wait, sync and async: the result appears under the buttons.
+    page.fill("#process input[name=text]", "clicked in a browser")
+    page.click("#process button[name=analyse]")
+    shown = result_of(page, "process", '"words": 4')
+    assert "POST /api/process: HTTP 200" in shown and '"longest_word": "clicked"' in shown
+    page.click("#process button[name=async]")
+    shown = result_of(page, "process", '"view": "async"')
+    assert "POST /api/process-async: HTTP 200" in shown and '"words": 4' in shown
+
+    # The report: 202, then the page polls its status URL until it is completed.
+    page.click("#report button[name=signups]")
+    shown = result_of(page, "report", "status: queued")
+    assert "POST /api/reports: HTTP 202" in shown
+    shown = result_of(page, "report", '"generated_at"')
+    assert re.search(r"status: queued .*→ completed", shown), shown
+    assert '"kind": "signups"' in shown
+
+    # Sign-up: the welcome email job is followed until it has been sent; the next name is free.
+    page.fill("#signup input[name=username]", "browser")
+    page.fill("#signup input[name=email]", "browser@example.com")
+    page.click("#signup button[name=signup]")
+    shown = result_of(page, "signup", '"to": "browser@example.com"')
+    assert "POST /api/signup: HTTP 201" in shown
+    assert page.input_value("#signup input[name=username]") == "browser2"
+    assert page.input_value("#signup input[name=email]") == "browser2@example.com"
+    page.click("#signup button[name=rollback]")
+    shown = result_of(page, "signup", "HTTP 404")
+    assert "POST /api/signup: HTTP 500" in shown and "rolled_back" in shown
+    assert example.sql("SELECT count(*) FROM auth_user WHERE username = 'browser2'") == [(0,)]
+
+    # The poison job: three attempts, then failed, and a dead letter in the admin.
+    page.click("#poison button[name=poison]")
+    shown = result_of(page, "poison", "failed (attempt 3)")
+    assert "cannot parse the feed at https://example.com/feed.xml" in shown
+    assert page.locator("#poison-result.error").count() == 1
+    job_id = re.search(r'"id": "([0-9a-f]+)"', shown).group(1)
+    letters = "SELECT count(*) FROM django_jobqueue_deadletter WHERE job_id = ?"
+    assert example.sql(letters, job_id) == [(1,)]
+    if os.environ.get("DJQ_SCREENSHOTS") == "1":
+        page.screenshot(path=str(ROOT / "docs" / "img" / "example-home.png"), full_page=True)

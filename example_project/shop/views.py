@@ -1,22 +1,31 @@
 """The example's JSON API: one small view per pattern.
 
 Every view validates its input and answers bad input with ``400 {"error": "..."}``, before
-anything is written.
+anything is written. The POST views are protected against CSRF like any Django view: the
+home page's script sends the token in the ``X-CSRFToken`` header.
+
+A job's status is never looked up by its bare id, which may be guessable
+(``welcome-email-<user pk>``): a view that enqueues a job answers with a status URL that
+carries the id signed with ``django.core.signing``, and the status views refuse anything
+else with 404. A project with users would rather check that the job belongs to
+``request.user``; the signature is for anonymous clients like this demo's.
 """
 
 import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import wraps
+from inspect import iscoroutinefunction
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.urls import reverse
 
 from django_jobqueue import JobFailedError, JobHandle, JobTimeoutError, get_job
 
@@ -27,19 +36,38 @@ class BadRequest(Exception):
     """Bad input: answered with 400 and the message."""
 
 
-def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
-    """A JSON endpoint: only ``methods``, no CSRF (no cookies are used), BadRequest -> 400."""
+def _wrong_method(request: HttpRequest, methods: tuple[str, ...]) -> JsonResponse | None:
+    if request.method in methods:
+        return None
+    response = JsonResponse(
+        {"error": f"use {' or '.join(methods)}, not {request.method}"}, status=405
+    )
+    response["Allow"] = ", ".join(methods)
+    return response
 
-    def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
-        @csrf_exempt
+
+def api(*methods: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A JSON endpoint, sync or async: only ``methods``; BadRequest -> 400."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        if iscoroutinefunction(view):
+            async_view: Callable[..., Awaitable[JsonResponse]] = view
+
+            @wraps(view)
+            async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if refused := _wrong_method(request, methods):
+                    return refused
+                try:
+                    return await async_view(request, *args, **kwargs)
+                except BadRequest as exc:
+                    return JsonResponse({"error": str(exc)}, status=400)
+
+            return async_wrapper
+
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-            if request.method not in methods:
-                response = JsonResponse(
-                    {"error": f"use {' or '.join(methods)}, not {request.method}"}, status=405
-                )
-                response["Allow"] = ", ".join(methods)
-                return response
+            if refused := _wrong_method(request, methods):
+                return refused
             try:
                 return view(request, *args, **kwargs)
             except BadRequest as exc:
@@ -48,6 +76,31 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
         return wrapper
 
     return decorate
+
+
+# -- status URLs: the job id, signed ------------------------------------------------------------
+
+STATUS_MAX_AGE = 24 * 3600  # seconds a status URL works; the report's result lives as long
+
+
+def status_url(request: HttpRequest, job_id: str, *, kind: str = "job") -> str:
+    """The URL where a client follows this job: ``/api/jobs/<token>`` (or ``/api/reports/``).
+
+    The token is the job id signed with SECRET_KEY and a salt per kind, so a job's URL
+    cannot be guessed from its id, and a job URL is no report URL.
+    """
+    token = signing.dumps(job_id, salt=f"example.status.{kind}", compress=True)
+    view = "report-status" if kind == "report" else "job-status"
+    return request.build_absolute_uri(reverse(view, args=[token]))
+
+
+def job_for_token(token: str, *, kind: str = "job") -> JobHandle | None:
+    """The job a status token names, or None when it is forged, expired or pruned."""
+    try:
+        job_id = signing.loads(token, salt=f"example.status.{kind}", max_age=STATUS_MAX_AGE)
+    except signing.BadSignature:  # also SignatureExpired
+        return None
+    return get_job(job_id) if isinstance(job_id, str) else None
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
@@ -112,31 +165,54 @@ def describe(handle: JobHandle) -> dict[str, Any]:
 # -- API gateway -------------------------------------------------------------------------------
 
 
+def _analysis_input(request: HttpRequest) -> tuple[str, float, float, bool]:
+    data = json_body(request)
+    text = text_field(data, "text", max_length=10_000)
+    delay = number_field(data, "delay", low=0, high=30, default=0)
+    timeout = number_field(data, "timeout", low=0.1, high=30, default=5)
+    return text, delay, timeout, bool_field(data, "fail")
+
+
+def _timed_out(request: HttpRequest, exc: JobTimeoutError) -> JsonResponse:
+    return JsonResponse(
+        {
+            "error": f"no answer within {exc.timeout:g}s; the job keeps running",
+            "job_id": exc.job_id,
+            "status_url": status_url(request, exc.job_id),
+        },
+        status=504,
+    )
+
+
 @api("POST")
 def process(request: HttpRequest) -> JsonResponse:
     """Run ``analyse_text`` on a worker and wait for it: 200, 504 on timeout, 500 on failure.
 
     Body: ``{"text": "...", "delay": 0, "timeout": 5, "fail": false}``.
     """
-    data = json_body(request)
-    text = text_field(data, "text", max_length=10_000)
-    delay = number_field(data, "delay", low=0, high=30, default=0)
-    timeout = number_field(data, "timeout", low=0.1, high=30, default=5)
-    fail = bool_field(data, "fail")
+    text, delay, timeout, fail = _analysis_input(request)
     job = analyse_text.using(timeout=timeout)
     try:
         result = job.enqueue_and_wait(text, delay=delay, fail=fail)
     except JobTimeoutError as exc:
-        return JsonResponse(
-            {
-                "error": f"no answer within {exc.timeout:g}s; the job keeps running",
-                "job_id": exc.job_id,
-            },
-            status=504,
-        )
+        return _timed_out(request, exc)
     except JobFailedError as exc:
         return JsonResponse({"error": exc.error, "job_id": exc.job_id}, status=500)
     return JsonResponse({"result": result})
+
+
+@api("POST")
+async def process_async(request: HttpRequest) -> JsonResponse:
+    """``process`` as an async view: ``aenqueue_and_wait`` holds no thread while it waits."""
+    text, delay, timeout, fail = _analysis_input(request)
+    job = analyse_text.using(timeout=timeout)
+    try:
+        result = await job.aenqueue_and_wait(text, delay=delay, fail=fail)
+    except JobTimeoutError as exc:
+        return _timed_out(request, exc)
+    except JobFailedError as exc:
+        return JsonResponse({"error": exc.error, "job_id": exc.job_id}, status=500)
+    return JsonResponse({"result": result, "view": "async"})
 
 
 # -- background report -------------------------------------------------------------------------
@@ -160,18 +236,21 @@ def create_report(request: HttpRequest) -> JsonResponse:
         raise BadRequest("'days' must be a whole number from 1 to 365")
     delay = number_field(data, "delay", low=0, high=60, default=2)
     handle = build_report.enqueue(kind, days, delay=delay)
-    url = request.build_absolute_uri(f"/api/reports/{handle.id}")
+    url = status_url(request, handle.id, kind="report")
     response = JsonResponse({"id": handle.id, "status": handle.status, "url": url}, status=202)
     response["Location"] = url
     return response
 
 
 @api("GET")
-def report_status(request: HttpRequest, report_id: str) -> JsonResponse:
-    """Queued, running, completed (with the report) or failed (with the error)."""
-    handle = get_job(report_id)
+def report_status(request: HttpRequest, token: str) -> JsonResponse:
+    """Queued, running, completed (with the report) or failed (with the error).
+
+    ``token`` is the signed report id from ``create_report``'s answer.
+    """
+    handle = job_for_token(token, kind="report")
     if handle is None or handle.name != build_report.name:
-        return JsonResponse({"error": f"no report {report_id!r} (or it expired)"}, status=404)
+        return JsonResponse({"error": "no such report (or it expired)"}, status=404)
     answer: dict[str, Any] = {"id": handle.id, "status": handle.status}
     if handle.status == "completed":
         answer["report"] = handle.result
@@ -213,12 +292,21 @@ def signup(request: HttpRequest) -> JsonResponse:
         return JsonResponse(
             {
                 "error": str(exc),
-                "rolled_back": {"user_id": user.pk, "welcome_email_job": welcome.id},
+                "rolled_back": {
+                    "user_id": user.pk,
+                    "welcome_email_job": welcome.id,
+                    "status_url": status_url(request, welcome.id),
+                },
             },
             status=500,
         )
     return JsonResponse(
-        {"user_id": user.pk, "username": user.username, "welcome_email_job": welcome.id},
+        {
+            "user_id": user.pk,
+            "username": user.username,
+            "welcome_email_job": welcome.id,
+            "status_url": status_url(request, welcome.id),
+        },
         status=201,
     )
 
@@ -232,7 +320,7 @@ def flaky(request: HttpRequest) -> JsonResponse:
     order = f"order-{uuid.uuid4().hex[:8]}"
     handle = charge_card.enqueue(order)
     return JsonResponse(
-        {"job_id": handle.id, "order": order, "url": request.build_absolute_uri(_job_url(handle))},
+        {"job_id": handle.id, "order": order, "status_url": status_url(request, handle.id)},
         status=202,
     )
 
@@ -246,23 +334,20 @@ def poison(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {
             "job_id": handle.id,
-            "url": request.build_absolute_uri(_job_url(handle)),
+            "status_url": status_url(request, handle.id),
             "dead_letters": request.build_absolute_uri("/admin/django_jobqueue/deadletter/"),
         },
         status=202,
     )
 
 
-# -- any job -----------------------------------------------------------------------------------
-
-
-def _job_url(handle: JobHandle) -> str:
-    return f"/api/jobs/{handle.id}"
+# -- a job, by its signed status URL -------------------------------------------------------------
 
 
 @api("GET")
-def job_status(request: HttpRequest, job_id: str) -> JsonResponse:
-    handle = get_job(job_id)
+def job_status(request: HttpRequest, token: str) -> JsonResponse:
+    """The job named by a status URL's token; 404 for a bare job id or a forged token."""
+    handle = job_for_token(token)
     if handle is None:
-        return JsonResponse({"error": f"no job {job_id!r} (or its result expired)"}, status=404)
+        return JsonResponse({"error": "no such job (or its result expired)"}, status=404)
     return JsonResponse(describe(handle))

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
 from typing import Any
 
+import django
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import autoreload
 
+from django_jobqueue import __version__
 from django_jobqueue.options import check_queue
 from django_jobqueue.worker import Worker
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+logger = logging.getLogger("django_jobqueue")
 
 
 def _queue(value: str) -> str:
@@ -69,21 +78,86 @@ class Command(BaseCommand):
             help="Worker name in logs and in each job's 'worker' column "
             "(default: host:pid:random).",
         )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="For development: restart the worker when a Python file changes, with "
+            "Django's autoreloader (as runserver does). Each restart stops the worker "
+            "gracefully first: its running jobs finish. Not with --burst.",
+        )
+
+    def get_version(self) -> str:
+        """``--version``: this app's version, and Django's."""
+        return f"django-jobqueue {__version__} (Django {django.get_version()})"
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        for action in parser._actions:
+            if "--version" in action.option_strings:
+                action.help = "Show django-jobqueue's version and Django's, and exit."
+        return parser
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
-        worker = Worker(
+        if options["reload"]:
+            if options["burst"]:
+                raise CommandError("--reload and --burst do not go together")
+            code = self._run_with_reloader(options)
+        else:
+            try:
+                code = self._make_worker(options).run()
+            except KeyboardInterrupt:  # pragma: no cover - handled by the worker's signal handler
+                code = 1
+        if code:
+            raise CommandError(f"worker exited with code {code}", returncode=code)
+
+    @staticmethod
+    def _make_worker(options: dict[str, Any]) -> Worker:
+        return Worker(
             options["queues"],
             concurrency=options["concurrency"],
             burst=options["burst"],
             name=options["name"],
         )
+
+    def _run_with_reloader(self, options: dict[str, Any]) -> int:
+        """Django's autoreloader around the worker, with graceful restarts.
+
+        The first process only restarts the second one (a reload exits with 3, as in
+        runserver); SIGTERM is passed on to it, Ctrl-C reaches it from the terminal. The
+        second one runs Django's file watcher on its main thread and the worker on another;
+        when the watcher exits (a changed file, SIGTERM, Ctrl-C), the worker finishes its
+        running jobs before the process ends.
+        """
+        if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true":
+            return _restart_with_reloader()
+        started = threading.Event()
+        finished = threading.Event()
+        outcome: dict[str, Any] = {"code": 1}
+
+        def run_worker() -> None:
+            try:
+                outcome["worker"] = self._make_worker(options)
+                started.set()
+                outcome["code"] = outcome["worker"].run()
+            finally:
+                finished.set()
+
+        reason = "stopping"
         try:
-            code = worker.run()
-        except KeyboardInterrupt:  # pragma: no cover - handled by the worker's signal handler
-            code = 1
-        if code:
-            raise CommandError(f"worker exited with code {code}", returncode=code)
+            autoreload.run_with_reloader(run_worker)
+        except SystemExit as exc:
+            reason = "reloading" if exc.code == 3 else "stopping"
+            raise
+        finally:
+            worker = outcome.get("worker") if started.is_set() else None
+            if worker is not None and not finished.is_set():
+                logger.info(
+                    "worker name=%s %s: finishing its running jobs first", worker.name, reason
+                )
+                worker.stop()
+                finished.wait()
+        return int(outcome["code"])
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
@@ -93,3 +167,28 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
+
+
+def _restart_with_reloader() -> int:
+    """``django.utils.autoreload.restart_with_reloader``, passing SIGTERM on to the child so
+    that it stops gracefully (Ctrl-C reaches the child from the terminal; here it is
+    ignored, so that the child gets it once)."""
+    env = {**os.environ, autoreload.DJANGO_AUTORELOAD_ENV: "true"}
+    args = autoreload.get_child_arguments()
+    while True:
+        child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603 - our own argv
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, functools.partial(_pass_on, child)),
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        }
+        try:
+            code = child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if code != 3:
+            return code
+
+
+def _pass_on(child: subprocess.Popen[bytes], signum: int, frame: object) -> None:
+    child.send_signal(signum)
