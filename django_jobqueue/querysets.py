@@ -383,7 +383,7 @@ class JobQuerySet(models.QuerySet[Any]):
             cursor.execute("BEGIN IMMEDIATE")
             try:
                 cursor.execute(statement, params)
-                rows = cursor.fetchall()
+                rows: list[tuple[Any, ...]] = cursor.fetchall()
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise

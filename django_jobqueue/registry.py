@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 
 class Registry:
     def __init__(self) -> None:
-        self._jobs: dict[str, JobFunction] = {}
+        self._jobs: dict[str, JobFunction[Any, Any]] = {}
 
-    def register(self, job: JobFunction) -> None:
+    def register(self, job: JobFunction[Any, Any]) -> None:
         """Add ``job``; a different function under a name already taken is a configuration error."""
         existing = self._jobs.get(job.name)
         if existing is not None and _origin(existing) != _origin(job):
@@ -27,7 +27,7 @@ class Registry:
             )
         self._jobs[job.name] = job
 
-    def get(self, name: str) -> JobFunction:
+    def get(self, name: str) -> JobFunction[Any, Any]:
         try:
             return self._jobs[name]
         except KeyError:
@@ -40,7 +40,7 @@ class Registry:
         return sorted(self._jobs)
 
 
-def _origin(job: JobFunction) -> str:
+def _origin(job: JobFunction[Any, Any]) -> str:
     return f"{job.func.__module__}.{job.func.__qualname__}"
 
 

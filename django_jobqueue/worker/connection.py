@@ -56,7 +56,7 @@ class Connection:
 
     def backoff(self) -> float:
         """Seconds to wait after the current run of failures: 0.2s doubling, at most 5s."""
-        return min(5.0, 0.1 * 2 ** min(self.failures, 6))
+        return min(5.0, 0.1 * 2.0 ** min(self.failures, 6))
 
     def healthy(self) -> None:
         """A pass of the loop went through: the next failure starts the backoff again."""

@@ -29,7 +29,7 @@ def backoff(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, with jitter."""
     base = float(conf.get("RETRY_BACKOFF"))
     ceiling = float(conf.get("RETRY_BACKOFF_MAX"))
-    delay = min(ceiling, base * 2 ** (attempt - 1))
+    delay = min(ceiling, base * 2.0 ** (attempt - 1))
     return delay / 2 + random.uniform(0, delay / 2)
 
 
