@@ -33,13 +33,15 @@ class IdleFlag:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        loop.call_soon_threadsafe(self._made)
 
-        def make() -> None:
+    def _made(self) -> asyncio.Event:
+        """The event, made on the loop (first use there): set or clear as the flag is."""
+        if self._event is None:
             self._event = asyncio.Event()
             if self._set:
                 self._event.set()
-
-        loop.call_soon_threadsafe(make)
+        return self._event
 
     def set(self, value: bool) -> None:
         if value == self._set:
@@ -56,9 +58,7 @@ class IdleFlag:
                 self._event.clear()
 
     async def wait(self) -> None:
-        while self._event is None:
-            await asyncio.sleep(0.01)
-        await self._event.wait()
+        await self._made().wait()
 
 
 class Wakeups:
