@@ -70,11 +70,11 @@ def fault(name: str, value: Any) -> str | None:
     own id, and :func:`get_settings` falls back to the default for any of them.
     """
     integral, minimum, maximum = BOUNDS[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "finite"
     kinds = (int,) if integral else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         return "type"
-    if not math.isfinite(value):
-        return "finite"
     if value < minimum:
         return "minimum"
     if value > maximum:
