@@ -91,7 +91,7 @@ def _size(value: Any, depth: int, limit: int) -> int:
                 f"is an int of more than {_INT_DIGITS} digits, which JSON cannot carry; "
                 "pass str(value)."
             )
-        return (bits * 1233 >> 12) + 1  # about its number of digits
+        return ((bits - 1) * 1233 >> 12) + 1  # about its number of digits
     if kind is bool or value is None:
         return 5
     if kind is float:
@@ -111,7 +111,7 @@ def _size(value: Any, depth: int, limit: int) -> int:
         if not depth:
             raise _Refused(_TOO_DEEP)
         depth -= 1
-        size = 2
+        size = 0  # each item adds itself and a separator: ", " or the closing bracket
         try:
             for item in value:
                 size += _size(item, depth, limit) + 2
@@ -123,12 +123,12 @@ def _size(value: Any, depth: int, limit: int) -> int:
             elif exc.reason is not _TOO_BIG:
                 exc.segments.append(f"[{_index(value, item)}]")
             raise
-        return size
+        return size or 2
     if kind is dict:
         if not depth:
             raise _Refused(_TOO_DEEP)
         depth -= 1
-        size = 2
+        size = 0
         try:
             for key, item in value.items():
                 if type(key) is str and key.isascii() and "\x00" not in key:
@@ -144,7 +144,7 @@ def _size(value: Any, depth: int, limit: int) -> int:
             elif exc.reason is not _TOO_BIG:
                 exc.segments.append(f"[{_key_repr(key)}]")
             raise
-        return size
+        return size or 2
     # Subclasses of the plain types (str subclasses such as SafeString, IntEnum) round-trip
     # to an equal value: json.dumps writes their plain value. Anything else does not.
     if isinstance(value, str):
