@@ -283,7 +283,7 @@ def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any
     Together they must fit in ``JOBQUEUE["MAX_ARGS_BYTES"]`` as JSON; each argument may nest
     ``MAX_DEPTH`` lists or dicts.
     """
-    for key in kwargs:
+    for key in kwargs:  # before the walk, to say "keyword argument names"
         if type(key) is not str:
             raise SerializationError(
                 f"kwargs has the key {_short.repr(key)} of type {type(key).__name__}; keyword "
@@ -299,8 +299,9 @@ def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any
     try:
         path = "args"
         size = _size(positional, max_depth + 1, limit)  # the list itself is not a level
-        path = "kwargs"
-        size += _size(keywords, max_depth + 1, limit - size)
+        if keywords:
+            path = "kwargs"
+            size += _size(keywords, max_depth + 1, limit - size)
     except _Refused as exc:
         if exc.reason is _TOO_BIG:
             raise _too_big("The arguments", limit, "MAX_ARGS_BYTES") from None
