@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import DEFAULTS
-
-_NUMBERS: dict[str, tuple[Any, float]] = {
-    "MAX_ATTEMPTS": (int, 1),
-    "RESULT_TTL": (int, 0),
-    "WAIT_TIMEOUT": ((int, float), 0),
-    "LEASE_SECONDS": ((int, float), 1),
-    "POLL_INTERVAL": ((int, float), 0.001),
-    "RETRY_BACKOFF": ((int, float), 0),
-    "RETRY_BACKOFF_MAX": ((int, float), 0),
-    "NOTIFY_TIMEOUT": ((int, float), 0.001),
-    "PREFETCH": (int, 0),
-}
+from .conf import BOUNDS, DEFAULTS, HEARTBEAT_BOUNDS, fault, heartbeat_fault
 
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """E001: JOBQUEUE is malformed (not a dict, an unknown key, a value of the wrong kind)."""
+    """E001: JOBQUEUE is malformed (not a dict, an unknown key, a value of the wrong kind or
+    below its minimum). E010: a number is NaN or infinite. E011: a number is above its
+    maximum. E012: HEARTBEAT_INTERVAL is not well under LEASE_SECONDS."""
     user = getattr(settings, "JOBQUEUE", None)
     if user is None:
         return []
@@ -37,41 +28,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     errors = []
-    for key in sorted(set(user) - set(DEFAULTS)):
+    for key in sorted(set(user) - set(DEFAULTS), key=str):
+        close = difflib.get_close_matches(str(key), DEFAULTS, n=1) if isinstance(key, str) else []
+        guess = f"Did you mean {close[0]!r}? " if close else ""
         errors.append(
             Error(
                 f"Unknown key {key!r} in the JOBQUEUE setting.",
-                hint="Valid keys: " + ", ".join(sorted(DEFAULTS)) + ".",
+                hint=guess + "Valid keys: " + ", ".join(sorted(DEFAULTS)) + ".",
                 id="django_jobqueue.E001",
             )
         )
-    for key, (kind, minimum) in _NUMBERS.items():
-        if key not in user:
-            continue
-        value = user[key]
-        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-            errors.append(
-                Error(
-                    f"JOBQUEUE[{key!r}] is {value!r}; it must be a number of at least {minimum}.",
-                    hint=f"The default is {DEFAULTS[key]!r}.",
-                    id="django_jobqueue.E001",
-                )
-            )
-    heartbeat = user.get("HEARTBEAT_INTERVAL")
-    if heartbeat is not None and (
-        isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0
-    ):
-        errors.append(
-            Error(
-                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a positive number "
-                "of seconds, or None for a third of LEASE_SECONDS.",
-                id="django_jobqueue.E001",
-            )
-        )
+    for key, (integral, minimum, maximum) in BOUNDS.items():
+        if key in user:
+            error = _number_error(key, user[key], fault(key, user[key]), integral, minimum, maximum)
+            if error is not None:
+                errors.append(error)
+    errors.extend(_heartbeat_errors(user))
     if not isinstance(user.get("WORKER_SYNCHRONOUS_COMMIT", False), bool):
         errors.append(
             Error(
                 "JOBQUEUE['WORKER_SYNCHRONOUS_COMMIT'] must be True or False.",
+                hint="The default is False.",
                 id="django_jobqueue.E001",
             )
         )
@@ -81,8 +58,97 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     try:
         check_queue(queue)
     except ValueError as exc:
-        errors.append(Error(f"JOBQUEUE['DEFAULT_QUEUE']: {exc}", id="django_jobqueue.E001"))
+        errors.append(
+            Error(
+                f"JOBQUEUE['DEFAULT_QUEUE']: {exc}",
+                hint="The default is 'default'.",
+                id="django_jobqueue.E001",
+            )
+        )
     return errors
+
+
+def _number_error(
+    key: str, value: Any, problem: str | None, integral: bool, minimum: float, maximum: float
+) -> Error | None:
+    kind = "an int" if integral else "a number"
+    default = f"The default is {DEFAULTS[key]!r}."
+    if problem in ("type", "minimum"):
+        return Error(
+            f"JOBQUEUE[{key!r}] is {value!r}; it must be {kind} of at least {minimum:g}.",
+            hint=default,
+            id="django_jobqueue.E001",
+        )
+    if problem == "finite":
+        return Error(
+            f"JOBQUEUE[{key!r}] is {value!r}; it must be a finite number.",
+            hint=f"NaN and infinity make the queue misbehave at run time. {default}",
+            id="django_jobqueue.E010",
+        )
+    if problem == "maximum":
+        return Error(
+            f"JOBQUEUE[{key!r}] is {value!r}; it must be at most {maximum:g}.",
+            hint=f"{_WHY_MAXIMUM.get(key, 'Larger values cannot work.')} {default}",
+            id="django_jobqueue.E011",
+        )
+    return None
+
+
+_WHY_MAXIMUM = {
+    "MAX_ATTEMPTS": "It is stored in a 32-bit integer column: every enqueue would fail.",
+    "RESULT_TTL": "A year at most: results are meant to be collected, not archived.",
+    "LEASE_SECONDS": "A day at most: a killed worker's jobs wait this long to run again.",
+    "MAX_DEPTH": "Deeper values come close to Python's recursion limit when read back.",
+    "MAX_ARGS_BYTES": "PostgreSQL's jsonb holds at most 255 MB; keep large data elsewhere.",
+    "MAX_RESULT_BYTES": "PostgreSQL's jsonb holds at most 255 MB; keep large data elsewhere.",
+}
+
+
+def _heartbeat_errors(user: dict[str, Any]) -> list[Error]:
+    heartbeat = user.get("HEARTBEAT_INTERVAL")
+    problem = heartbeat_fault(heartbeat)
+    if problem in ("type", "minimum"):
+        return [
+            Error(
+                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a positive number "
+                "of seconds, or None for a third of LEASE_SECONDS.",
+                hint="The default is None.",
+                id="django_jobqueue.E001",
+            )
+        ]
+    if problem == "finite":
+        return [
+            Error(
+                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a finite number.",
+                hint="The default is None: a third of LEASE_SECONDS.",
+                id="django_jobqueue.E010",
+            )
+        ]
+    if problem == "maximum":
+        return [
+            Error(
+                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be at most "
+                f"{HEARTBEAT_BOUNDS[1]:g}.",
+                hint="The default is None: a third of LEASE_SECONDS.",
+                id="django_jobqueue.E011",
+            )
+        ]
+    lease = user.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
+    if heartbeat is None or fault("LEASE_SECONDS", lease) is not None:
+        return []
+    if heartbeat > lease / 2:
+        return [
+            Error(
+                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r} seconds, more than half of "
+                f"LEASE_SECONDS ({lease!r}): a lease can expire under a running job before it "
+                "is renewed, and another worker then runs the job at the same time.",
+                hint=f"Set HEARTBEAT_INTERVAL to at most {lease / 2:g} (a third of the lease, "
+                "the default when it is None, leaves room for a slow renewal), or raise "
+                "LEASE_SECONDS.",
+                id="django_jobqueue.E012",
+            )
+        ]
+    return []
 
 
 @register(Tags.compatibility)

@@ -11,8 +11,10 @@ from django.db import router, transaction
 
 from . import control, signals, waiting
 from .base import FINISHED, JobSnapshot, JobState, Status
+from .exceptions import InvalidJobError
 from .models import Job
 from .notifications import hub
+from .options import JOB_ID_MAX_LENGTH
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -176,14 +178,41 @@ class JobHandle:
 
 
 def get_job(job_id: str) -> JobHandle | None:
-    """Return a handle to the job ``job_id``, or None if there is no such job (any more)."""
+    """Return a handle to the job ``job_id``, or None if there is no such job (any more).
+
+    An id no job can have (empty, longer than the column, with a NUL or a lone surrogate)
+    gives None without a query, the same on every database, so a view can pass on what
+    it was given; an id that is not a str raises ``InvalidJobError``.
+    """
+    if not _storable_id(job_id):
+        return None
     snapshot = Job.objects.snapshot(job_id)
     return JobHandle.from_snapshot(snapshot) if snapshot is not None else None
 
 
 async def aget_job(job_id: str) -> JobHandle | None:
     """Async twin of :func:`get_job`."""
+    if not _storable_id(job_id):
+        return None
     return await sync_to_async(get_job)(job_id)
+
+
+def _storable_id(job_id: Any) -> bool:
+    """False for a str that no job id column can hold (PostgreSQL raises on a NUL or a lone
+    surrogate, SQLite does not): looking it up could only find nothing."""
+    if not isinstance(job_id, str):
+        raise InvalidJobError(
+            f"job_id must be a str, not {type(job_id).__name__}: {job_id!r:.100}."
+        )
+    if not 0 < len(job_id) <= JOB_ID_MAX_LENGTH or "\x00" in job_id:
+        return False
+    if job_id.isascii():
+        return True
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def announce(

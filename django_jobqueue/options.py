@@ -49,8 +49,28 @@ _QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _INT32 = 2**31 - 1
 
 
-def _has_control(value: str) -> bool:
-    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+#: Characters refused in job ids and groups, which are written raw into log lines: control
+#: characters (Cc), lone surrogates (Cs), invisible format characters such as the bidi
+#: overrides U+202E and U+2066-U+2069 (Cf), and the line and paragraph separators U+2028
+#: and U+2029 (Zl, Zp), which break a log line or make it read differently.
+_REFUSED_CATEGORIES = frozenset(("Cc", "Cs", "Cf", "Zl", "Zp"))
+
+
+def _unprintable(value: str) -> str | None:
+    """The first character of ``value`` that must not appear in an id or a group, or None."""
+    if value.isascii():
+        if value.isprintable():
+            return None
+        return next(char for char in value if not char.isprintable())
+    for char in value:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            return char
+    return None
+
+
+def _describe(char: str) -> str:
+    name = unicodedata.name(char, "") if unicodedata.category(char) != "Cs" else "SURROGATE"
+    return f"U+{ord(char):04X}" + (f" {name}" if name else "")
 
 
 def unknown_options(given: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
@@ -78,10 +98,16 @@ def check_job_id(value: Any) -> str:
             f"job_id must be 1 to {JOB_ID_MAX_LENGTH} characters long, not {len(value)}; "
             "for long natural keys use a hash, e.g. hashlib.sha256(key.encode()).hexdigest()."
         )
-    if value != value.strip() or _has_control(value):
+    if value != value.strip():
         raise InvalidJobError(
-            f"job_id {value!r} has surrounding whitespace or a control character; "
-            "use printable characters only."
+            f"job_id {value!r} has surrounding whitespace; use printable characters only."
+        )
+    bad = _unprintable(value)
+    if bad is not None:
+        raise InvalidJobError(
+            f"job_id {value!r} contains {_describe(bad)}: control characters, invisible format "
+            "characters and line separators are refused; use printable characters (letters of "
+            "any script are fine)."
         )
     return value
 
@@ -118,8 +144,15 @@ def check_group(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidJobError(f"group must be a str or None, not {type(value).__name__}.")
-    if not value or len(value) > 200 or _has_control(value):
+    if not value or len(value) > 200:
         raise InvalidJobError(f"group must be 1 to 200 printable characters, not {value!r}.")
+    bad = _unprintable(value)
+    if bad is not None:
+        raise InvalidJobError(
+            f"group {value!r} contains {_describe(bad)}: control characters, invisible format "
+            "characters and line separators are refused; use printable characters (letters of "
+            "any script are fine)."
+        )
     return value
 
 
@@ -175,7 +208,7 @@ def check_limit(value: Any) -> str | None:
     """None, or a key that ``JOBQUEUE["LIMITS"]`` has an entry (or a ``prefix:*`` pattern) for."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 200 or _has_control(value):
+    if not isinstance(value, str) or not value or len(value) > 200 or _unprintable(value):
         raise InvalidJobError(
             f"limit must be a key of 1 to 200 printable characters, not {value!r}."
         )

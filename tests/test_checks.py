@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+from django_jobqueue import conf
 from django_jobqueue.checks import check_channel_layer, check_settings
 
 
@@ -133,3 +135,171 @@ def test_jobqueue_none_means_defaults(settings):
 def test_bad_heartbeat_interval_is_an_error(settings, value):
     settings.JOBQUEUE = {"HEARTBEAT_INTERVAL": value}
     assert _ids(check_settings()) == ["django_jobqueue.E001"]
+
+
+NUMBER_KEYS = [
+    "MAX_ATTEMPTS",
+    "RESULT_TTL",
+    "WAIT_TIMEOUT",
+    "LEASE_SECONDS",
+    "POLL_INTERVAL",
+    "RETRY_BACKOFF",
+    "RETRY_BACKOFF_MAX",
+    "NOTIFY_TIMEOUT",
+    "PREFETCH",
+    "MAX_DEPTH",
+    "MAX_ARGS_BYTES",
+    "MAX_RESULT_BYTES",
+    "MAX_ERROR_BYTES",
+    "HEARTBEAT_INTERVAL",
+]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+def test_nan_and_infinity_are_errors_for_every_number_setting(settings, key, value):
+    """NaN passed every check (NaN < minimum is False): POLL_INTERVAL NaN stopped polling,
+    LEASE_SECONDS inf made every claim raise."""
+    settings.JOBQUEUE = {key: value}
+    messages = check_settings()
+    assert _ids(messages) == ["django_jobqueue.E010"], key
+    assert all(m.hint for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MAX_ATTEMPTS", 2**31),
+        ("RESULT_TTL", 2**31),
+        ("RESULT_TTL", 400 * 86400),
+        ("WAIT_TIMEOUT", 10**9),
+        ("LEASE_SECONDS", 86401),
+        ("POLL_INTERVAL", 3601),
+        ("RETRY_BACKOFF", 10**300),
+        ("RETRY_BACKOFF_MAX", 1e308),
+        ("NOTIFY_TIMEOUT", 61),
+        ("PREFETCH", 10**6),
+        ("MAX_DEPTH", 900),
+        ("MAX_ARGS_BYTES", 2**31),
+        ("MAX_RESULT_BYTES", 2**31),
+        ("MAX_ERROR_BYTES", 2**30),
+        ("HEARTBEAT_INTERVAL", 10**6),
+    ],
+)
+def test_values_above_their_maximum_are_errors(settings, key, value):
+    """MAX_ATTEMPTS or RESULT_TTL above int32 made every enqueue a DataError."""
+    settings.JOBQUEUE = {key: value}
+    (error,) = check_settings()
+    assert error.id == "django_jobqueue.E011" and error.hint and "at most" in error.msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MAX_ATTEMPTS", 2**31 - 1),
+        ("RESULT_TTL", 366 * 86400),
+        ("LEASE_SECONDS", 86400),
+        ("MAX_DEPTH", 200),
+        ("MAX_DEPTH", 1),
+        ("MAX_ARGS_BYTES", 1024),
+        ("PREFETCH", 0),
+    ],
+)
+def test_values_at_their_bounds_pass(settings, key, value):
+    settings.JOBQUEUE = {key: value}
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("MAX_DEPTH", 0), ("MAX_DEPTH", 1.5), ("MAX_ARGS_BYTES", 100), ("MAX_ERROR_BYTES", "64k")],
+)
+def test_limits_below_their_minimum_or_of_the_wrong_type_are_e001(settings, key, value):
+    settings.JOBQUEUE = {key: value}
+    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+
+
+@pytest.mark.parametrize(
+    ("lease", "heartbeat", "expected"),
+    [
+        (30, 30, ["django_jobqueue.E012"]),
+        (30, 45, ["django_jobqueue.E012"]),
+        (30, 15.5, ["django_jobqueue.E012"]),
+        (30, 15, []),
+        (30, 10, []),
+        (None, 20, ["django_jobqueue.E012"]),  # against the default lease of 30
+        (None, None, []),
+    ],
+)
+def test_heartbeat_must_be_at_most_half_the_lease(settings, lease, heartbeat, expected):
+    """A heartbeat at or above the lease let leases expire under running jobs, which then
+    ran several times at once."""
+    settings.JOBQUEUE = {
+        **({"LEASE_SECONDS": lease} if lease is not None else {}),
+        **({"HEARTBEAT_INTERVAL": heartbeat} if heartbeat is not None else {}),
+    }
+    messages = check_settings()
+    assert _ids(messages) == expected
+    assert all("at most" in m.hint for m in messages)
+
+
+def test_an_unknown_key_gets_a_did_you_mean_hint(settings):
+    settings.JOBQUEUE = {"LEASE_SECS": 30, "ZZZ": 1}
+    by_key = {m.msg: m.hint for m in check_settings()}
+    assert by_key["Unknown key 'LEASE_SECS' in the JOBQUEUE setting."].startswith(
+        "Did you mean 'LEASE_SECONDS'?"
+    )
+    assert not by_key["Unknown key 'ZZZ' in the JOBQUEUE setting."].startswith("Did you mean")
+
+
+def test_a_non_str_key_is_reported_not_a_crash(settings):
+    settings.JOBQUEUE = {1: 2, "POLL_INTERVAL": 1}
+    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+
+
+def test_every_error_has_a_hint(settings):
+    settings.JOBQUEUE = {
+        "MAX_ATTEMPTS": "3",
+        "POLL_INTERVAL": math.nan,
+        "RESULT_TTL": 2**40,
+        "HEARTBEAT_INTERVAL": 0,
+        "WORKER_SYNCHRONOUS_COMMIT": "no",
+        "DEFAULT_QUEUE": "a b",
+        "OOPS": 1,
+    }
+    messages = check_settings()
+    assert len(messages) == 7 and all(m.hint for m in messages)
+
+
+@pytest.mark.django_db
+def test_manage_py_check_reports_the_new_ids(settings):
+    settings.JOBQUEUE = {"POLL_INTERVAL": math.nan, "LEASE_SECONDS": 10, "HEARTBEAT_INTERVAL": 10}
+    with pytest.raises(SystemCheckError) as info:
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+    assert "django_jobqueue.E010" in str(info.value) and "django_jobqueue.E012" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("POLL_INTERVAL", math.nan),
+        ("LEASE_SECONDS", math.inf),
+        ("MAX_ATTEMPTS", 2**40),
+        ("RETRY_BACKOFF_MAX", 1e308),
+        ("MAX_DEPTH", "deep"),
+        ("NOTIFY_TIMEOUT", -1),
+    ],
+)
+def test_at_run_time_a_value_that_cannot_work_falls_back_to_its_default(
+    settings, caplog, key, value
+):
+    settings.JOBQUEUE = {key: value}
+    assert conf.get(key) == conf.DEFAULTS[key]
+    assert f"JOBQUEUE[{key!r}]" in caplog.text
+
+
+def test_at_run_time_the_heartbeat_is_at_most_half_the_lease(settings):
+    settings.JOBQUEUE = {"LEASE_SECONDS": 10, "HEARTBEAT_INTERVAL": 30}
+    assert conf.heartbeat_interval() == 5
+    settings.JOBQUEUE = {"LEASE_SECONDS": 10, "HEARTBEAT_INTERVAL": math.nan}
+    assert conf.heartbeat_interval() == pytest.approx(10 / 3)

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import conf
 from ..base import ClaimedJob
-from ..serialization import check_json
+from ..serialization import check_result, clean_text
 
 
 @dataclass(slots=True, eq=False)
@@ -29,7 +29,7 @@ def backoff(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, with jitter."""
     base = float(conf.get("RETRY_BACKOFF"))
     ceiling = float(conf.get("RETRY_BACKOFF_MAX"))
-    delay = min(ceiling, base * 2.0 ** (attempt - 1))
+    delay = min(ceiling, base * 2.0 ** min(attempt - 1, 60))  # 2**1024 would overflow
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -46,15 +46,16 @@ def failed(job: ClaimedJob, started: float, error: str) -> Outcome:
         job,
         False,
         time.monotonic() - started,
-        error=error.replace("\x00", "\\x00"),  # text columns cannot hold NUL
-        traceback=trace.replace("\x00", "\\x00"),
+        # Storable whatever the exception said: no NUL, no lone surrogate, MAX_ERROR_BYTES.
+        error=clean_text(error),
+        traceback=clean_text(trace),
     )
 
 
 def succeeded(job: ClaimedJob, result: Any, started: float) -> Outcome:
     """The outcome of an attempt that returned ``result``; a failure if it cannot be stored."""
     try:
-        check_json(result, "result")
+        check_result(result)
     except Exception as exc:
         return failed(job, started, f"The job returned a value that cannot be stored: {exc}")
     return Outcome(job, True, time.monotonic() - started, result=result)

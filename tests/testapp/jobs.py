@@ -71,3 +71,18 @@ def sleep_then_record(tag, seconds, marker_path=""):
     time.sleep(seconds)
     Execution.objects.create(tag=tag, pid=os.getpid())
     return tag
+
+
+@job(max_attempts=1)
+def open_missing_file(name):
+    """Fails with a message holding a file name that is not valid UTF-8, as ``os.fsdecode``
+    gives it (a lone surrogate)."""
+    import os
+
+    path = os.fsdecode(b"/nonexistent/" + name.encode() + b"\xff")
+    raise FileNotFoundError(f"No such file: {path}")
+
+
+@job(max_attempts=1)
+def returns_bytes(size):
+    return "x" * size
