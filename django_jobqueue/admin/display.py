@@ -150,8 +150,10 @@ def short_time(value: datetime | None, same_day_as: datetime | None = None) -> S
     if value is None:
         return "-"
     local = timezone.localtime(value)
-    day = timezone.localtime(same_day_as or timezone.now()).date()
-    text = local.strftime("%H:%M:%S") if local.date() == day else local.strftime("%m-%d %H:%M")
+    days = {timezone.localdate()}
+    if same_day_as is not None:
+        days.add(timezone.localtime(same_day_as).date())
+    text = local.strftime("%H:%M:%S") if local.date() in days else local.strftime("%m-%d %H:%M")
     return format_html('<span title="{}">{}</span>', precise_time(value), text)
 
 
@@ -187,16 +189,20 @@ def short_column(
         value = str(getattr(obj, field_name) or "")
         if len(value) <= chars:
             return value
-        short = f"…{value[-(chars - 1) :]}" if keep_end else f"{value[: chars - 1]}…"
+        if keep_end:  # at a dot where there is one: "…send_welcome_email"
+            end = value[-(chars - 1) :]
+            short = f"…{end.split('.', 1)[1] if '.' in end[:-1] else end}"
+        else:
+            short = f"{value[: chars - 1]}…"
         return format_html('<span title="{}">{}</span>', value, short)
 
     column.__name__ = column.__qualname__ = field_name
     return admin.display(description=description, ordering=field_name)(column)
 
 
-job_id_column = short_column("job_id", "job id", 14)
-name_column = short_column("name", "name", 30, keep_end=True)
-queue_column = short_column("queue", "queue", 14)
+job_id_column = short_column("job_id", "job id", 8)
+name_column = short_column("name", "name", 18, keep_end=True)
+queue_column = short_column("queue", "queue", 9)
 
 
 # -- errors and large values -----------------------------------------------------------------
