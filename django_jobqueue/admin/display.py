@@ -61,7 +61,7 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset: Any = self.object_list
-        counted = queryset.order_by()[: self.cap + 1].count()
+        counted = queryset.order_by().values("pk")[: self.cap + 1].count()  # no annotations
         self.capped = counted > self.cap
         return min(counted, self.cap)
 
@@ -190,8 +190,11 @@ def short_column(
         if len(value) <= chars:
             return value
         if keep_end:  # at a dot where there is one: "…send_welcome_email"
-            end = value[-(chars - 1) :]
-            short = f"…{end.split('.', 1)[1] if '.' in end[:-1] else end}"
+            start = len(value) - (chars - 1)
+            end = value[start:]
+            if value[start - 1] != "." and "." in end[:-1]:  # a cut word: drop it
+                end = end.split(".", 1)[1]
+            short = f"…{end}"
         else:
             short = f"{value[: chars - 1]}…"
         return format_html('<span title="{}">{}</span>', value, short)
