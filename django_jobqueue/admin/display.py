@@ -179,7 +179,8 @@ def short_column(
     field_name: str, description: str, chars: int, *, keep_end: bool = False
 ) -> Callable[[Any], SafeString | str]:
     """A list column showing ``field_name`` in at most ``chars`` characters, the whole value
-    on hover. ``keep_end`` cuts the start instead (``…jobs.send_welcome_email``).
+    on hover. The value is cut by CSS (the whole value stays in the page, so it can be
+    copied or found), or, with ``keep_end``, here at its start (``…send_welcome_email``).
 
     A function named after the field, so the column keeps the field's CSS class
     (``column-job_id``, ``field-job_id``).
@@ -189,23 +190,26 @@ def short_column(
         value = str(getattr(obj, field_name) or "")
         if len(value) <= chars:
             return value
-        if keep_end:  # at a dot where there is one: "…send_welcome_email"
-            start = len(value) - (chars - 1)
-            end = value[start:]
-            if value[start - 1] != "." and "." in end[:-1]:  # a cut word: drop it
-                end = end.split(".", 1)[1]
-            short = f"…{end}"
-        else:
-            short = f"{value[: chars - 1]}…"
-        return format_html('<span title="{}">{}</span>', value, short)
+        if not keep_end:
+            return format_html(
+                '<span class="djq-clip" style="max-width: {}ch" title="{}">{}</span>',
+                chars,
+                value,
+                value,
+            )
+        start = len(value) - (chars - 1)
+        end = value[start:]
+        if value[start - 1] != "." and "." in end[:-1]:  # a cut word: drop it
+            end = end.split(".", 1)[1]
+        return format_html('<span title="{}">…{}</span>', value, end)
 
     column.__name__ = column.__qualname__ = field_name
     return admin.display(description=description, ordering=field_name)(column)
 
 
-job_id_column = short_column("job_id", "job id", 8)
+job_id_column = short_column("job_id", "job id", 7)
 name_column = short_column("name", "name", 18, keep_end=True)
-queue_column = short_column("queue", "queue", 9)
+queue_column = short_column("queue", "queue", 8)
 
 
 # -- errors and large values -----------------------------------------------------------------
@@ -371,8 +375,13 @@ class QueueAdminMixin(admin.ModelAdmin):  # type: ignore[type-arg]
         return f"{obj.attempts} / {obj.max_attempts}"
 
     @admin.display(description="result ttl")
-    def result_ttl_display(self, obj: Any) -> str:
-        return seconds_in_words(obj.result_ttl)
+    def result_ttl_display(self, obj: Any) -> SafeString:
+        return format_html(
+            '{}<div class="help">{}</div>',
+            seconds_in_words(obj.result_ttl),
+            "How long the job's outcome (its result or its error) is kept once it finished: "
+            "a repeat of its job id within that time gets this outcome instead of a new run.",
+        )
 
     @admin.display(description="args")
     def args_display(self, obj: Any) -> SafeString:
