@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from django.db.models import Count, Min, Subquery
+from django.db import connections, router
+from django.db.models import Count, Min, QuerySet
 from django.db.models.functions import Coalesce, TruncMinute
 
 from .base import ACTIVE, FINISHED, Status
@@ -84,15 +85,31 @@ def job_counts(*, cap: int = FINISHED_COUNT_CAP, using: str | None = None) -> li
     Queued and running jobs are counted exactly; completed and failed ones, over every queue
     together, up to ``cap`` (then :attr:`QueueCounts.capped` is True).
     """
-    jobs = Job.objects.db_manager(using).order_by()
-    active = jobs.filter(status__in=ACTIVE).values("queue", "status").annotate(n=Count("id"))
-    some_finished = jobs.filter(status__in=FINISHED).values("id")[: cap + 1]
-    finished = (
-        jobs.filter(id__in=Subquery(some_finished))
-        .values("queue", "status")
-        .annotate(n=Count("id"))
+    db = using or router.db_for_read(Job)
+    jobs = Job.objects.using(db).order_by()
+    parts: list[str] = []
+    params: list[Any] = []
+
+    def add(queryset: QuerySet[Any], wrap: str = "{}") -> None:
+        sql, part_params = queryset.query.get_compiler(using=db).as_sql()
+        parts.append(wrap.format(sql))
+        params.extend(part_params)
+
+    # One part per active status, so each matches its partial index's predicate
+    # (djq_claim_queue for queued, djq_lease for running).
+    for status in ACTIVE:
+        add(jobs.filter(status=status).values("queue", "status").annotate(n=Count("id")))
+    # Finished jobs: group at most cap + 1 of them, read in any order (a derived table: an
+    # "id IN (... LIMIT)" filter would join the whole table back).
+    columns = ", ".join(map(connections[db].ops.quote_name, ("queue", "status")))
+    add(
+        jobs.filter(status__in=FINISHED).values("queue", "status")[: cap + 1],
+        # Compiled SQL and quoted names only; every value is a parameter.
+        f"SELECT {columns}, COUNT(*) FROM ({{}}) finished GROUP BY {columns}",  # noqa: S608
     )
-    rows = list(active.union(finished, all=True))
+    with connections[db].cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        rows = [{"queue": q, "status": st, "n": n} for q, st, n in cursor.fetchall()]
     capped = sum(row["n"] for row in rows if row["status"] in FINISHED) > cap
     by_queue: dict[str, dict[str, int]] = {}
     for row in rows:
