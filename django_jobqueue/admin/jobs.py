@@ -1,0 +1,200 @@
+"""The job admin: a compact list (it fits a 1280 px screen), read-only job pages whose large
+values are cut to size in SQL, and the queue overview under ``overview/``."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from ..base import Status
+from ..models import DeadLetter, Job
+from .display import (
+    NameFilter,
+    QueueAdminMixin,
+    QueueFilter,
+    all_fields,
+    capped_values,
+    human_seconds,
+    is_changelist,
+    job_id_column,
+    name_column,
+    pre,
+    precise,
+    queue_column,
+    short_time,
+    show_capped,
+    status_badge,
+)
+from .overview import overview_page
+
+#: The columns the job list reads (never the arguments, results or errors).
+JOB_LIST_FIELDS = (
+    "id",
+    "job_id",
+    "name",
+    "queue",
+    "status",
+    "attempts",
+    "max_attempts",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+)
+
+#: The large values of a job page, read at most ``VALUE_CAP`` characters each.
+JOB_LARGE_VALUES = {
+    "args": ("args", True),
+    "kwargs": ("kwargs", True),
+    "last_error": ("last_error", False),
+    "result": ("outcome__result", True),
+    "error": ("outcome__error", False),
+    "traceback": ("outcome__traceback", False),
+}
+
+
+@admin.register(Job)
+class JobAdmin(QueueAdminMixin):
+    list_display = (
+        job_id_column,
+        "status_display",
+        name_column,
+        queue_column,
+        "attempts_display",
+        "enqueued",
+        "started",
+        "finished",
+        "duration_display",
+    )
+    list_display_links = (job_id_column,)
+    list_filter = ("status", QueueFilter, NameFilter)
+    list_select_related = False
+    ordering = ("-id",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "job_id",
+                    "name",
+                    "queue",
+                    "status_display",
+                    "attempts_display",
+                    "priority",
+                    "group",
+                )
+            },
+        ),
+        ("Arguments", {"fields": ("args_display", "kwargs_display")}),
+        ("Outcome", {"fields": ("result_display", "error_display", "traceback_display")}),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "enqueued_at_display",
+                    "run_after_display",
+                    "started_at_display",
+                    "finished_at_display",
+                    "duration_display",
+                    "expires_at_display",
+                )
+            },
+        ),
+        (
+            "Worker",
+            {
+                "fields": (
+                    "worker",
+                    "lease_expires_at_display",
+                    "notify",
+                    "result_ttl_display",
+                ),
+                "classes": ("collapse",),
+            },
+        ),
+    )
+    readonly_fields = all_fields(fieldsets)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        queryset = super().get_queryset(request)
+        if is_changelist(request):
+            return queryset.only(*JOB_LIST_FIELDS)
+        large = [path for path, _ in JOB_LARGE_VALUES.values() if "__" not in path]
+        return queryset.defer(*large).annotate(**capped_values(**JOB_LARGE_VALUES))
+
+    # -- columns and fields ------------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, job: Job) -> SafeString:
+        return status_badge(job.status)
+
+    run_after_display = precise("run_after", "run after", "- (at once)")
+    started_at_display = precise("started_at", "started at")
+    finished_at_display = precise("finished_at", "finished at")
+    expires_at_display = precise("expires_at", "outcome kept until")
+    lease_expires_at_display = precise("lease_expires_at", "lease expires at")
+
+    @admin.display(description="enqueued", ordering="enqueued_at")
+    def enqueued(self, job: Job) -> SafeString | str:
+        return short_time(job.enqueued_at)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, job: Job) -> SafeString | str:
+        return short_time(job.started_at, job.enqueued_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, job: Job) -> SafeString | str:
+        return short_time(job.finished_at, job.enqueued_at)
+
+    @admin.display(description="duration")
+    def duration_display(self, job: Job) -> str:
+        return human_seconds(job.duration)
+
+    @admin.display(description="result")
+    def result_display(self, job: Job) -> SafeString | str:
+        if job.status != Status.COMPLETED:
+            return "-"
+        return show_capped(job, "result", is_json=True)
+
+    @admin.display(description="error")
+    def error_display(self, job: Job) -> SafeString:
+        failed = job.status == Status.FAILED
+        final = failed and bool(getattr(job, "djq_error_head", None))
+        shown = show_capped(job, "error" if final else "last_error", is_json=False)
+        if not (final or getattr(job, "djq_last_error_head", None)):
+            return shown
+        note = "" if failed else " (the last failed attempt; it will retry)"
+        letter = None
+        if failed:
+            letter = DeadLetter.objects.filter(job_id=job.job_id).only("pk").first()
+        link = (
+            format_html(
+                '<p><a href="{}">The dead letter of this job</a></p>',
+                reverse("admin:django_jobqueue_deadletter_change", args=[letter.pk]),
+            )
+            if letter is not None
+            else ""
+        )
+        return format_html("{}{}{}", shown, note, link)
+
+    @admin.display(description="traceback")
+    def traceback_display(self, job: Job) -> SafeString:
+        if job.status != Status.FAILED:
+            return pre("")
+        return show_capped(job, "traceback", is_json=False)
+
+    # -- the overview page -------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        overview = path(
+            "overview/",
+            self.admin_site.admin_view(self.overview_view),
+            name="django_jobqueue_job_overview",
+        )
+        return [overview, *super().get_urls()]
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        return overview_page(self, request)
