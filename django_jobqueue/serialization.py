@@ -91,7 +91,7 @@ def _size(value: Any, depth: int, limit: int) -> int:
                 f"is an int of more than {_INT_DIGITS} digits, which JSON cannot carry; "
                 "pass str(value)."
             )
-        return ((bits - 1) * 1233 >> 12) + 1  # about its number of digits
+        return int(((bits - 1) * 1233 >> 12) + 1)  # about its number of digits
     if kind is bool or value is None:
         return 5
     if kind is float:

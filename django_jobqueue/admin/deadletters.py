@@ -85,7 +85,7 @@ class DeadLetterAdmin(QueueAdminMixin):
     readonly_fields = all_fields(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
-        queryset = super().get_queryset(request)
+        queryset: QuerySet[DeadLetter] = super().get_queryset(request)
         if is_changelist(request):
             return queryset.only(*DEAD_LETTER_LIST_FIELDS).annotate(
                 djq_error_head=Substr("error", 1, ERROR_HEAD)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -47,7 +47,13 @@ STATUS_COLOURS = {
 }
 
 
-class CappedCountPaginator(Paginator):
+if TYPE_CHECKING:
+    _Paginator = Paginator[Any]
+else:  # Django's Paginator is not subscriptable at run time
+    _Paginator = Paginator
+
+
+class CappedCountPaginator(_Paginator):
     """A paginator whose ``count`` reads at most ``COUNT_CAP + 1`` rows.
 
     ``capped`` is True when more rows match than were counted; the pagination template then
@@ -63,7 +69,7 @@ class CappedCountPaginator(Paginator):
         queryset: Any = self.object_list
         counted = queryset.order_by().values("pk")[: self.cap + 1].count()  # no annotations
         self.capped = counted > self.cap
-        return min(counted, self.cap)
+        return int(min(counted, self.cap))
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -344,7 +350,7 @@ class QueueAdminMixin(admin.ModelAdmin):  # type: ignore[type-arg]
             by_id = queryset.filter(job_id=term)
             if by_id.exists():  # an index lookup, not "job_id = x OR name LIKE ..." (a scan)
                 return by_id, False
-        return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+        return super().get_search_results(request, queryset, search_term)
 
     def get_object(
         self, request: HttpRequest, object_id: str, from_field: str | None = None
@@ -354,12 +360,12 @@ class QueueAdminMixin(admin.ModelAdmin):  # type: ignore[type-arg]
         (``/admin/django_jobqueue/job/<job id>/change/``). The newest row of that job id
         when there are several (dead letters)."""
         if from_field is not None:
-            return super().get_object(request, object_id, from_field)  # type: ignore[misc]
+            return super().get_object(request, object_id, from_field)
         if object_id.isdigit() and len(object_id) <= 18:
-            found = super().get_object(request, object_id)  # type: ignore[misc]
+            found = super().get_object(request, object_id)
             if found is not None:
                 return found
-        queryset = self.get_queryset(request)  # type: ignore[attr-defined]
+        queryset = self.get_queryset(request)
         return queryset.filter(job_id=object_id).order_by("-pk").first()
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -119,7 +119,7 @@ class JobAdmin(QueueAdminMixin):
     readonly_fields = all_fields(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
-        queryset = super().get_queryset(request)
+        queryset: QuerySet[Job] = super().get_queryset(request)
         if is_changelist(request):
             return queryset.only(*JOB_LIST_FIELDS)
         large = [path for path, _ in JOB_LARGE_VALUES.values() if "__" not in path]
