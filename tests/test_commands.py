@@ -181,3 +181,22 @@ def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "", "tab\tname"])
+def test_a_worker_name_that_cannot_be_stored_is_refused(name):
+    with pytest.raises(CommandError, match="1 to 200 printable characters"):
+        call_command("runjobworker", "--burst", "--name", name)
+
+
+@pytest.mark.django_db
+def test_concurrency_beyond_max_connections_is_warned_about(caplog):
+    if connection.vendor != "postgresql":
+        pytest.skip("reads PostgreSQL's max_connections")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_connections")
+        allowed = int(cursor.fetchone()[0])
+    call_command("runjobworker", "--burst", "--concurrency", str(min(512, allowed + 1)))
+    if allowed + 1 > 512:
+        pytest.skip("max_connections is above --concurrency's maximum")
+    assert "too many clients" in caplog.text and f"allows {allowed}" in caplog.text

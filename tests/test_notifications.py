@@ -451,3 +451,32 @@ def test_closing_the_hub_leaves_the_groups_of_its_waiters(settings):
     for job_id, waiter in zip(job_ids, waiters, strict=True):
         notifier.unsubscribe(job_id, waiter)  # on a closed hub: nothing happens
     client.close()
+
+
+def test_a_worker_of_many_queues_holds_a_bounded_number_of_receives(in_memory, caplog):
+    """Each receive holds a connection to the layer (hundreds of queues exhausted Redis's):
+    past MAX_LISTENED_QUEUES the other queues are polled, and the worker says so once."""
+    from django_jobqueue.notifications.wakeups import MAX_LISTENED_QUEUES
+
+    notifier = hub()
+    queues = [f"q{n:03d}" for n in range(MAX_LISTENED_QUEUES + 40)]
+    woken: list[int] = []
+    idle = IdleFlag()
+    idle.set(True)
+    notifier.listen_for_work(lambda: queues, lambda: woken.append(1), idle)
+    wait_until(lambda: "finds work in the others by polling" in caplog.text)
+
+    async def receiving() -> int:
+        tasks = asyncio.all_tasks()
+        return sum(1 for task in tasks if task.get_name().startswith("djq-loop-listen-"))
+
+    wait_until(
+        lambda: (
+            asyncio.run_coroutine_threadsafe(receiving(), notifier._loop).result(5)
+            == MAX_LISTENED_QUEUES
+        )
+    )
+    send = notifier._layer.send(work_channel(queues[0]), {"type": WORK_TYPE})
+    asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    wait_until(lambda: woken == [1])
+    assert caplog.text.count("finds work in the others by polling") == 1

@@ -21,6 +21,8 @@ from .names import is_work, work_channel, work_message
 
 #: Seconds between two wake-ups of one queue sent by one process (later ones are merged).
 WAKE_SPACING = 0.002
+#: Queues one worker receives wake-ups for (each receive holds a connection to the layer).
+MAX_LISTENED_QUEUES = 32
 
 
 class IdleFlag:
@@ -70,6 +72,7 @@ class Wakeups:
         self._waking: set[str] = set()  # queues with a wake-up in flight
         self._wake_again: set[str] = set()  # ... and another one asked for meanwhile
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._said_too_many = False
 
     def wake_workers(self, queues: Iterable[str]) -> None:
         """Wake one idle worker of each of ``queues``.
@@ -155,8 +158,23 @@ class Wakeups:
         on_work: Callable[[], None],
         idle: IdleFlag,
     ) -> None:
-        """Start a receiver for each queue not listened to yet (queues can be learned)."""
-        for queue in queues():
+        """Start a receiver for each queue not listened to yet (queues can be learned), for
+        at most :data:`MAX_LISTENED_QUEUES` queues: each receive holds a connection to the
+        layer, so a worker serving hundreds of queues would exhaust Redis's connections.
+        The queues past the bound are found by polling (``POLL_INTERVAL``)."""
+        wanted = list(queues())
+        if len(wanted) > MAX_LISTENED_QUEUES and not self._said_too_many:
+            self._said_too_many = True
+            logger.warning(
+                "this worker serves %d queues: it receives wake-ups for %d of them and finds "
+                "work in the others by polling every POLL_INTERVAL (each receive holds a "
+                "connection to the channel layer)",
+                len(wanted),
+                MAX_LISTENED_QUEUES,
+            )
+        for queue in wanted:
+            if queue not in listening and len(listening) >= MAX_LISTENED_QUEUES:
+                continue
             task = listening.get(queue)
             if task is None or task.done():
                 body = partial(self._listen_one, work_channel(queue), on_work, idle)

@@ -14,9 +14,11 @@ from typing import Any
 
 import django
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections, router
 from django.utils import autoreload
 
 from django_jobqueue import __version__
+from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
 from django_jobqueue.worker import Worker
 
@@ -39,6 +41,41 @@ def _concurrency(value: str) -> int:
     if not 1 <= number <= 512:
         raise argparse.ArgumentTypeError("must be between 1 and 512")
     return number
+
+
+def _name(value: str) -> str:
+    """A worker name: it is stored in each job's 200-character ``worker`` column."""
+    if not 1 <= len(value) <= 200 or not value.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to 200 printable characters (it is stored on each job it runs), "
+            f"not {len(value)} characters"
+        )
+    return value
+
+
+def _warn_about_connections(concurrency: int) -> None:
+    """Each job thread may hold a database connection: warn when the worker alone could
+    take more than the server allows (PostgreSQL's ``max_connections``)."""
+    connection = connections[router.db_for_write(Job)]
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW max_connections")
+            row = cursor.fetchone()
+    except DatabaseError:
+        return  # the worker reports an unreachable database itself
+    allowed = int(row[0]) if row else 0
+    needed = concurrency + 2  # the job threads, the worker's own, the async jobs' thread
+    if allowed and needed > allowed:
+        logging.getLogger("django_jobqueue.worker").warning(
+            "--concurrency %d may need %d database connections but the server allows %d "
+            "(max_connections): jobs would fail with 'too many clients'. Lower --concurrency "
+            "or raise max_connections (or use a pooler such as PgBouncer).",
+            concurrency,
+            needed,
+            allowed,
+        )
 
 
 class Command(BaseCommand):
@@ -75,6 +112,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--name",
             default=None,
+            type=_name,
             help="Worker name in logs and in each job's 'worker' column "
             "(default: host:pid:random).",
         )
@@ -113,6 +151,7 @@ class Command(BaseCommand):
 
     @staticmethod
     def _make_worker(options: dict[str, Any]) -> Worker:
+        _warn_about_connections(options["concurrency"])
         return Worker(
             options["queues"],
             concurrency=options["concurrency"],
