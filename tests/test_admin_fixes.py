@@ -232,3 +232,24 @@ def test_long_values_in_the_lists_are_cut_with_the_whole_value_on_hover(admin_cl
     assert column(Job(name="shop.jobs.send_mail")) == (
         '<span title="shop.jobs.send_mail">…send_mail</span>'  # cut at a dot
     )
+
+
+def test_the_overview_of_thousands_of_queues_stays_a_page(admin_client):
+    """20,000 queues made a 16.7 MB page: the busiest 100 are listed, the rest counted."""
+    from django.urls import reverse
+
+    from django_jobqueue.admin.overview import OVERVIEW_QUEUES
+    from tests.testapp.jobs import add
+
+    queues = [f"tenant-{n:04d}" for n in range(OVERVIEW_QUEUES + 150)]
+    add.using(queue="busiest").enqueue_many([(1, 2)] * 5)
+    for queue in queues:
+        add.using(queue=queue).enqueue(1, 2)
+    response = admin_client.get(reverse("admin:django_jobqueue_job_overview"))
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert page.count('class="djq-queue"') == OVERVIEW_QUEUES
+    assert 'data-queue="busiest"' in page
+    more = re.search(r"(\d+) more queues not shown", page)
+    assert more is not None and int(more.group(1)) >= 151  # and the known empty queues
+    assert len(page) < 2_000_000

@@ -137,21 +137,37 @@ class QueueRow:
         return bar_chart(self.throughput)
 
 
+#: Queue rows the overview shows at most: the busiest (waiting, running, dead letters).
+OVERVIEW_QUEUES = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Overview:
     now: datetime
     queues: list[QueueRow]
     total: QueueRow
+    #: Queues left out of ``queues`` (their jobs are in the total).
+    more: int = 0
 
 
 def build_overview(now: datetime) -> Overview:
     """The overview's rows: the queues with jobs or dead letters, the known ones (default
     queue, queues of registered jobs) even when empty, and the total."""
     summary = stats.summary(now, queues=known_queues(), minutes=CHART_MINUTES)
+    shown = summary.queues
+    if len(shown) > OVERVIEW_QUEUES:  # thousands of queues: a page, not megabytes
+
+        def busy(row: stats.QueueSummary) -> int:
+            counts = row.counts
+            return counts.get("queued", 0) + counts.get("running", 0) + row.dead_letters
+
+        busiest = sorted(shown, key=lambda row: (-busy(row), row.queue))[:OVERVIEW_QUEUES]
+        shown = sorted(busiest, key=lambda row: row.queue)
     return Overview(
         now,
-        [QueueRow(queue, now) for queue in summary.queues],
+        [QueueRow(queue, now) for queue in shown],
         QueueRow(summary.total, now),
+        more=len(summary.queues) - len(shown),
     )
 
 
