@@ -19,6 +19,7 @@ _NUMBERS: dict[str, tuple[Any, float]] = {
     "RETRY_BACKOFF_MAX": ((int, float), 0),
     "NOTIFY_TIMEOUT": ((int, float), 0.001),
     "PREFETCH": (int, 0),
+    "PROGRESS_INTERVAL": ((int, float), 0),
 }
 
 
