@@ -17,6 +17,8 @@ from django.utils import timezone
 
 from django_jobqueue import JobCancelledError, JobFailedError, cancel, get_job, signals
 from django_jobqueue.models import DeadLetter, Job, JobResult
+from django_jobqueue.notifications import hub
+from django_jobqueue.notifications.names import cancel_channel, cancel_message
 from tests.conftest import requires_redis, wait_until
 from tests.testapp.jobs import (
     add,
@@ -302,3 +304,64 @@ def test_job_finished_and_the_log_line_say_cancelled(run_worker, caplog, tmp_pat
     assert handle.refresh().status == "cancelled"
     assert [(f["job_id"], f["ok"], f["cancelled"]) for f in finished] == [(handle.id, False, True)]
     assert any("outcome=cancelled" in r.getMessage() for r in caplog.records)
+
+
+# -- the cancel channel --------------------------------------------------------------------------
+
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def test_cancel_messages_reach_the_listener_and_malformed_ones_are_ignored(settings, caplog):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "CHANNEL_LAYER": "default"}
+    notifier = hub()
+    heard: list[str] = []
+    notifier.listen_for_cancels("host:1:abc", heard.append)
+    channel = cancel_channel("host:1:abc")
+    forged = [
+        {"type": "jobqueue.cancel"},
+        {"type": "jobqueue.cancel", "job_id": 5},
+        {"type": "jobqueue.cancel", "job_id": ""},
+        {"type": "jobqueue.work", "job_id": "j"},
+        {"job_id": "j"},
+    ]
+    for message in forged:
+        send = notifier._layer.send(channel, message)
+        asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    notifier.request_cancel("host:1:abc", "job-1")
+    notifier.request_cancel("host:2:def", "job-2")  # another worker's channel
+    wait_until(lambda: heard)
+    assert heard == ["job-1"]
+    ignored = [r for r in caplog.records if "not a well-formed cancel message" in r.getMessage()]
+    assert ignored and ignored[0].name == "django_jobqueue.notifications"
+
+
+def test_a_forged_cancel_message_only_makes_the_worker_read_the_flags(
+    settings, run_worker, tmp_path
+):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    settings.JOBQUEUE = {
+        **settings.JOBQUEUE,
+        "CHANNEL_LAYER": "default",
+        "LEASE_SECONDS": 300,
+        "HEARTBEAT_INTERVAL": 300,
+    }
+    marker = tmp_path / "m"
+    handle = until_cancelled.enqueue(str(marker), 30)
+    thread = threading.Thread(target=run_worker, kwargs={"name": "w-forged"}, daemon=True)
+    thread.start()
+    wait_until(marker.exists)
+    lease = _row(handle.id).lease_expires_at
+    notifier = hub()
+    send = notifier._layer.send(cancel_channel("w-forged"), cancel_message(handle.id))
+    asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    # The message made the worker renew its leases at once (its heartbeat is 300s away)...
+    wait_until(lambda: _row(handle.id).lease_expires_at > lease)
+    # ...which read no cancel_requested flag: the job goes on.
+    assert marker.read_text() == "started"
+    assert _row(handle.id).status == "running"
+    assert cancel(handle.id) is True
+    thread.join(30)
+    assert not thread.is_alive()
+    assert marker.read_text() == "saw cancel_requested"
+    assert handle.refresh().status == "cancelled"

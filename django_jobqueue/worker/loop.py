@@ -279,8 +279,11 @@ class Worker:
         """Held jobs ``ids`` were asked to stop: tell the running ones; a buffered one never
         starts and ends ``cancelled``."""
         for pk in self._runner.cancel(ids):
-            job = self._running[pk]
-            logger.info("job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name)
+            job = self._running.get(pk)
+            if job is not None:
+                logger.info(
+                    "job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name
+                )
         buffered = [job for job in self._claimer.buffer if job.id in ids]
         if buffered:
             self._claimer.drop(job.id for job in buffered)
