@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from asgiref.sync import sync_to_async
-from django.db import router
+from django.db import router, transaction
 from django.utils import timezone
 
 from .models import Job
@@ -29,7 +29,8 @@ def cancel(job_id: str) -> bool:
     """
     if not isinstance(job_id, str):
         return False
-    found = Job.objects.using(router.db_for_write(Job)).cancel(job_id, now=timezone.now())
+    using = router.db_for_write(Job)
+    found = Job.objects.using(using).cancel(job_id, now=timezone.now())
     if found is None:
         return False
     notifier = hub()
@@ -39,6 +40,9 @@ def cancel(job_id: str) -> bool:
             notifier.job_finished([job_id])
     else:
         logger.info("job id=%r: asked worker %r to stop it", job_id, found.running_on)
+        worker = found.running_on
+        # After the commit: the worker reads the flag from the database when told.
+        transaction.on_commit(lambda: notifier.request_cancel(worker, job_id), using=using)
     return True
 
 

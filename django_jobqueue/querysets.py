@@ -34,6 +34,9 @@ from .base import (
 _QUEUED = f"'{Status.QUEUED.value}'"
 _RUNNING = f"'{Status.RUNNING.value}'"
 _COMPLETED = f"'{Status.COMPLETED.value}'"
+_CANCELLED = f"'{Status.CANCELLED.value}'"
+#: A completion's status: ``cancelled`` when a cancel request reached the row before it.
+_DONE_STATUS = f"CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_COMPLETED} END"
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
@@ -42,7 +45,7 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
-_JSON_COLUMNS = frozenset({"args", "kwargs"})
+_JSON_COLUMNS = frozenset({"args", "kwargs", "progress"})
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -71,6 +74,25 @@ class Subscribed(NamedTuple):
 
 #: The error a cancelled job carries.
 CANCELLED_ERROR = "Cancelled"
+
+
+class Completed(dict[int, bool]):
+    """What :meth:`JobQuerySet.complete` wrote: ``{id: notify}`` of the runs still ours, and
+    in ``cancelled`` the ids that ended ``cancelled`` instead (a cancel request was recorded
+    on the row before the completion)."""
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]] = ()) -> None:
+        super().__init__((row[0], bool(row[1])) for row in rows)
+        self.cancelled: set[int] = {row[0] for row in rows if row[2] == Status.CANCELLED}
+
+
+class Renewed(set[int]):
+    """What :meth:`JobQuerySet.renew_leases` renewed: the ids still ours, and in
+    ``cancel_requested`` those someone asked to stop."""
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]] = ()) -> None:
+        super().__init__(row[0] for row in rows)
+        self.cancel_requested: set[int] = {row[0] for row in rows if row[1]}
 
 
 class Cancelled(NamedTuple):
@@ -392,23 +414,33 @@ class JobQuerySet(models.QuerySet[Any]):
 
     def complete(
         self, fenced: Sequence[tuple[int, int]], *, now: datetime, expires_at: datetime
-    ) -> dict[int, bool]:
+    ) -> Completed:
         """Mark the runs ``(id, attempts)`` completed; return ``{id: notify}`` of those still ours.
 
         A run whose lease was taken over (its ``attempts`` moved on, or the job is no longer
         running) is left alone and missing from the answer. ``last_error`` is kept, so a job
-        that completed on a retry still shows why the earlier attempt failed.
+        that completed on a retry still shows why the earlier attempt failed. A run someone
+        asked to stop (``cancel_requested``) ends ``cancelled`` instead, in the same
+        statement, so a cancel request that lands between the job's return and this write
+        wins; its ids are in the answer's ``cancelled``.
         """
         if not fenced:
-            return {}
+            return Completed()
         sql = self._sql()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
-            f"UPDATE {sql.table} SET status = {_COMPLETED}, finished_at = %s, expires_at = %s, "
-            f"lease_expires_at = NULL WHERE status = {_RUNNING} AND {where} RETURNING id, notify",
-            [sql.prep("finished_at", now), sql.prep("expires_at", expires_at), *params],
+            f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
+            f"lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
+            f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
+            "RETURNING id, notify, status",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", expires_at),
+                CANCELLED_ERROR,
+                *params,
+            ],
         )
-        return {row[0]: bool(row[1]) for row in rows}
+        return Completed(rows)
 
     def complete_with_results(
         self,
@@ -417,8 +449,9 @@ class JobQuerySet(models.QuerySet[Any]):
         *,
         now: datetime,
         expires_at: datetime,
-    ) -> dict[int, bool]:
-        """:meth:`complete`, storing ``results`` (``{id: value}``) of the runs still ours.
+    ) -> Completed:
+        """:meth:`complete`, storing ``results`` (``{id: value}``) of the runs still ours
+        (not of those that ended ``cancelled``).
 
         PostgreSQL: one statement (the UPDATE and the INSERT of the results in one CTE), so
         one round trip. SQLite: both statements in one transaction.
@@ -431,7 +464,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 result_model._default_manager.using(self.db).bulk_create(
                     result_model(job_id=pk, result=value)
                     for pk, value in results.items()
-                    if pk in mine
+                    if pk in mine and pk not in mine.cancelled
                 )
             return mine
         where, params = sql.pairs(fenced)
@@ -442,20 +475,22 @@ class JobQuerySet(models.QuerySet[Any]):
         for pk, value in results.items():
             value_params += [pk, result_field.get_db_prep_save(value, sql.connection)]
         rows = sql.execute(
-            f"WITH done AS (UPDATE {sql.table} SET status = {_COMPLETED}, finished_at = %s, "
-            f"expires_at = %s, lease_expires_at = NULL WHERE status = {_RUNNING} AND {where} "
-            f"RETURNING id, notify), stored AS (INSERT INTO {result_table} "
+            f"WITH done AS (UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, "
+            "expires_at = %s, lease_expires_at = NULL, last_error = CASE WHEN cancel_requested "
+            f"THEN %s ELSE last_error END WHERE status = {_RUNNING} AND {where} "
+            f"RETURNING id, notify, status), stored AS (INSERT INTO {result_table} "
             "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
-            f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id) "
-            "SELECT id, notify FROM done",
+            f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
+            f"AND done.status = {_COMPLETED}) SELECT id, notify, status FROM done",
             [
                 sql.prep("finished_at", now),
                 sql.prep("expires_at", expires_at),
+                CANCELLED_ERROR,
                 *params,
                 *value_params,
             ],
         )
-        return {row[0]: bool(row[1]) for row in rows}
+        return Completed(rows)
 
     def retry(
         self,
@@ -465,24 +500,98 @@ class JobQuerySet(models.QuerySet[Any]):
         run_after: datetime,
         error: str,
         lease_expired_before: datetime | None = None,
-    ) -> bool:
-        """Put a failed run back in the queue for a later attempt; False if the run is not ours.
+        now: datetime | None = None,
+        result_ttl: int = 0,
+    ) -> tuple[str, bool] | None:
+        """Put a failed run back in the queue for a later attempt; return its new status
+        (``"queued"``) and whether someone waits for it, or None if the run is not ours.
 
+        A run someone asked to stop (``cancel_requested``) ends ``cancelled`` instead (its
+        outcome kept ``result_ttl`` seconds from ``now``), in the same statement.
         ``lease_expired_before``: only if the run's lease expired before then (reaping a run
         whose worker stopped renewing it, never one that renewed it meanwhile).
         """
-        rows = self.filter(id=job_id, attempts=attempts, status=Status.RUNNING)
+        sql = self._sql()
+        now = now or timezone.now()
+        lease = ""
+        params: list[Any] = [
+            sql.prep("run_after", run_after),
+            sql.prep("finished_at", now),
+            sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+            CANCELLED_ERROR,
+            error,
+            job_id,
+            attempts,
+        ]
         if lease_expired_before is not None:
-            rows = rows.filter(lease_expires_at__lt=lease_expired_before)
-        return bool(
-            rows.update(
-                status=Status.QUEUED,
-                run_after=run_after,
-                lease_expires_at=None,
-                last_error=error,
-                worker="",
-            )
+            lease = "AND lease_expires_at < %s "
+            params.append(sql.prep("lease_expires_at", lease_expired_before))
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET "
+            f"status = CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_QUEUED} END, "
+            "run_after = CASE WHEN cancel_requested THEN run_after ELSE %s END, "
+            "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
+            "expires_at = CASE WHEN cancel_requested THEN %s ELSE expires_at END, "
+            "last_error = CASE WHEN cancel_requested THEN %s ELSE %s END, "
+            "lease_expires_at = NULL, worker = '' "
+            f"WHERE id = %s AND attempts = %s AND status = {_RUNNING} {lease}"
+            "RETURNING status, notify",
+            params,
         )
+        return (str(rows[0][0]), bool(rows[0][1])) if rows else None
+
+    def finish_cancelled(
+        self,
+        job_id: int,
+        attempts: int,
+        *,
+        now: datetime,
+        result_ttl: int,
+        lease_expired_before: datetime | None = None,
+    ) -> bool | None:
+        """End the run ``(id, attempts)`` of a job someone asked to stop as ``cancelled``;
+        return whether someone waits for it, or None if the run is not ours (or, with
+        ``lease_expired_before``, its lease did not expire before then)."""
+        sql = self._sql()
+        found = sql.execute(
+            f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, expires_at = %s, "
+            "lease_expires_at = NULL, last_error = %s WHERE id = %s AND attempts = %s "
+            f"AND status = {_RUNNING} AND cancel_requested"
+            + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
+            + " RETURNING notify",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+                CANCELLED_ERROR,
+                job_id,
+                attempts,
+                *(
+                    [sql.prep("lease_expires_at", lease_expired_before)]
+                    if lease_expired_before is not None
+                    else []
+                ),
+            ],
+        )
+        return bool(found[0][0]) if found else None
+
+    def set_progress(self, items: Sequence[tuple[tuple[int, int], Any]]) -> int:
+        """Store the progress of running runs: ``[((id, attempts), value), ...]`` in one
+        statement, fenced; return how many rows took it."""
+        if not items:
+            return 0
+        sql = self._sql()
+        cast = "::jsonb" if sql.vendor == "postgresql" else ""
+        cases = " ".join([f"WHEN %s THEN %s{cast}"] * len(items))
+        case_params: list[Any] = []
+        for (pk, _attempts), value in items:
+            case_params += [pk, sql.prep("progress", value)]
+        where, params = sql.pairs([fence for fence, _ in items])
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET progress = CASE id {cases} ELSE progress END "
+            f"WHERE status = {_RUNNING} AND {where} RETURNING id",
+            [*case_params, *params],
+        )
+        return len(rows)
 
     def dead_letter(
         self,
@@ -497,7 +606,8 @@ class JobQuerySet(models.QuerySet[Any]):
         row (error and traceback), a ``DeadLetter`` row.
 
         Returns None if the run is no longer ours (fenced; with ``lease_expired_before``, also
-        if its lease did not expire before then), else ``(dead letter, notify)``: whether
+        if its lease did not expire before then) or someone asked it to stop (it ends
+        through :meth:`finish_cancelled` then), else ``(dead letter, notify)``: whether
         someone waits for the job.
         """
         result_model = self._result_model()
@@ -507,7 +617,10 @@ class JobQuerySet(models.QuerySet[Any]):
         with transaction.atomic(using=self.db):
             # Write first: on SQLite a transaction that reads before it writes can fail at once
             # with "database is locked" when another connection wrote in between.
-            rows = self.filter(id=job_id, attempts=attempts, status=Status.RUNNING)
+            # A run someone asked to stop is not dead-lettered: see finish_cancelled().
+            rows = self.filter(
+                id=job_id, attempts=attempts, status=Status.RUNNING, cancel_requested=False
+            )
             if lease_expired_before is not None:
                 rows = rows.filter(lease_expires_at__lt=lease_expired_before)
             if not rows.update(
@@ -590,18 +703,20 @@ class JobQuerySet(models.QuerySet[Any]):
             )
         )
 
-    def renew_leases(self, fenced: Sequence[tuple[int, int]], lease_until: datetime) -> set[int]:
-        """Extend the leases of the runs ``(id, attempts)``; return the ids still ours."""
+    def renew_leases(self, fenced: Sequence[tuple[int, int]], lease_until: datetime) -> Renewed:
+        """Extend the leases of the runs ``(id, attempts)``; return the ids still ours (and,
+        in ``cancel_requested``, those someone asked to stop: the heartbeat is how a worker
+        without a channel layer learns of a cancel)."""
         if not fenced:
-            return set()
+            return Renewed()
         sql = self._sql()
         where, params = sql.pairs(fenced)
         rows = sql.execute(
             f"UPDATE {sql.table} SET lease_expires_at = %s WHERE status = {_RUNNING} AND {where} "
-            "RETURNING id",
+            "RETURNING id, cancel_requested",
             [sql.prep("lease_expires_at", lease_until), *params],
         )
-        return {row[0] for row in rows}
+        return Renewed(rows)
 
 
 class DeadLetterQuerySet(models.QuerySet[Any]):

@@ -3,7 +3,8 @@
 * ``job_enqueued(sender=Job, handle)``: a new run was written (inside the caller's
   transaction, if any; not sent for deduplicated calls).
 * ``job_started(sender=Job, job_id, attempt)``: a worker is about to run an attempt.
-* ``job_finished(sender=Job, job_id, ok, error)``: an attempt ended (completed or failed).
+* ``job_finished(sender=Job, job_id, ok, error, cancelled)``: an attempt ended (completed,
+  failed, or ``cancelled``: then ``ok`` is False and ``error`` is "Cancelled").
 * ``job_dead_lettered(sender=DeadLetter, dead_letter)``: a job failed for good.
 """
 

@@ -19,7 +19,8 @@ two above is ignored and logged, never acted upon.
 
 Modules, each importing only those before it: ``log``, ``names`` (group and channel names,
 the messages), ``link`` (loop thread, bounded calls, degrade/recover), ``waiters``,
-``wakeups``, then ``hub`` composing them.
+``wakeups``, ``cancels`` (a worker's channel for cancel requests), then ``hub`` composing
+them.
 """
 
 from .hub import Hub, hub, reset_hub

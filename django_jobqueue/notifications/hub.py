@@ -14,6 +14,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .. import conf
+from .cancels import Cancels
 from .link import Link, kind_of
 from .names import finished_message, group_for
 from .waiters import Subscription, Waiter, Waiters
@@ -31,6 +32,7 @@ class Hub:
         self._link = Link(alias, explicit=explicit)
         self._waiters_of = Waiters(self._link)
         self._wakeups = Wakeups(self._link)
+        self._cancels = Cancels(self._link)
         self._link.on_recover = self._waiters_of.retry_leaves
 
     @property
@@ -96,6 +98,16 @@ class Hub:
         of ``queues()`` arrives; only receive while ``idle`` is set, so busy workers leave
         wake-ups to idle ones."""
         self._wakeups.listen_for_work(queues, on_work, idle)
+
+    def request_cancel(self, worker: str, job_id: str) -> None:
+        """Ask ``worker`` to look at once at the cancel flag of its running job ``job_id``
+        (best effort: without a layer it sees the flag at its next heartbeat)."""
+        self._cancels.request(worker, job_id)
+
+    def listen_for_cancels(self, worker: str, on_cancel: Callable[[str], None]) -> None:
+        """Call ``on_cancel(job_id)`` (from the hub's thread) when a "cancel" message for
+        ``worker`` arrives; malformed messages are ignored and logged."""
+        self._cancels.listen(worker, on_cancel)
 
     def close(self) -> None:
         """Stop the hub's loop, leave the groups it is still in and close its connections

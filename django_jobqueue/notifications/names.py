@@ -1,4 +1,4 @@
-"""Names on the channel layer and the two messages sent over it.
+"""Names on the channel layer and the three messages sent over it.
 
 Whatever arrives on the process's channel may come from anyone who can write to the layer
 (a forged Redis ``PUBLISH``, another application sharing the prefix): a message is only
@@ -14,6 +14,7 @@ from ..options import JOB_ID_MAX_LENGTH
 
 FINISHED_TYPE = "jobqueue.finished"
 WORK_TYPE = "jobqueue.work"
+CANCEL_TYPE = "jobqueue.cancel"
 
 
 def group_for(job_id: str) -> str:
@@ -26,6 +27,16 @@ def work_channel(queue: str) -> str:
     if len(queue) <= 80:
         return f"djq.work.{queue}"
     return "djq.work." + hashlib.blake2b(queue.encode(), digest_size=16).hexdigest()
+
+
+def cancel_channel(worker: str) -> str:
+    """The plain channel a worker receives cancel requests for its running jobs on."""
+    return "djq.cancel." + hashlib.blake2b(worker.encode(), digest_size=16).hexdigest()
+
+
+def cancel_message(job_id: str) -> dict[str, Any]:
+    """The "cancel" message: the worker running ``job_id`` should look at its cancel flag."""
+    return {"type": CANCEL_TYPE, "job_id": job_id}
 
 
 def finished_message(job_id: str) -> dict[str, Any]:
@@ -48,6 +59,16 @@ def _type_of(message: object) -> str | None:
 def finished_job_id(message: object) -> str | None:
     """The job id of a well-formed "finished" message; None for anything else."""
     if _type_of(message) != FINISHED_TYPE:
+        return None
+    job_id = dict.get(message, "job_id")  # type: ignore[call-overload]
+    if type(job_id) is not str or not 0 < len(job_id) <= JOB_ID_MAX_LENGTH:
+        return None
+    return job_id
+
+
+def cancel_job_id(message: object) -> str | None:
+    """The job id of a well-formed "cancel" message; None for anything else."""
+    if _type_of(message) != CANCEL_TYPE:
         return None
     job_id = dict.get(message, "job_id")  # type: ignore[call-overload]
     if type(job_id) is not str or not 0 < len(job_id) <= JOB_ID_MAX_LENGTH:

@@ -82,13 +82,14 @@ class Worker:
             concurrency=self.concurrency,
             running=lambda: len(self._running),
         )
-        self._runner = Runner(self.concurrency, self._report)
+        self._runner = Runner(self.concurrency, self._report, name=self.name, wake=self._wake)
         self._writer = Writer(self.using, self.name, finished=self._finished, forget=self._forget)
         self._upkeep = Upkeep(
             self.using,
             held=lambda: [*self._running.values(), *self._claimer.buffer],
             lost=self._claimer.drop,
             dead_letter=self._writer.dead_letter,
+            cancel=self._cancel,
         )
         self._signals = StopSignals(self.name, self.stop, lambda: len(self._running))
 
@@ -100,6 +101,7 @@ class Worker:
         self._runner.open()
         notifier = hub()
         notifier.listen_for_work(self._listen_queues, self._on_work, self._idle)
+        notifier.listen_for_cancels(self.name, self._on_cancel_message)
         logger.info(
             "worker started name=%s queues=%s concurrency=%d notifications=%s jobs=%s",
             self.name,
@@ -170,6 +172,7 @@ class Worker:
                 connection.prepare()
                 if not self._stopping:
                     self._start_buffered()  # refill finished slots before the writes
+                self._write_progress(now)
                 self._writer.flush()
                 if self._stopping:
                     claimer.release_all()
@@ -227,6 +230,9 @@ class Worker:
         due = self._upkeep.due(stopping=self._stopping)
         if not self._stopping:
             due = min(due, self._claimer.next_poll)
+        progress = self._runner.progress_due(float(conf.get("PROGRESS_INTERVAL")))
+        if progress is not None:
+            due = min(due, progress)
         return max(0.0, min(due - now, float(conf.get("POLL_INTERVAL"))))
 
     def _free_slots(self) -> int:
@@ -241,6 +247,13 @@ class Worker:
         if self._free_slots() > 0:
             logger.debug("worker name=%s woken by a work-available notification", self.name)
             self._wake()
+
+    def _on_cancel_message(self, job_id: str) -> None:
+        """A "cancel" message (from the hub's thread): renew the leases now, which reads the
+        cancel flags from the database (a forged message costs one renewal, no cancel)."""
+        logger.debug("worker name=%s: cancel request for job %s by notification", self.name, job_id)
+        self._upkeep.heartbeat_now()
+        self._wake()
 
     def _listen_queues(self) -> list[str]:
         registered = (job.queue for job in map(registry.get, registry.names()) if job.queue)
@@ -261,6 +274,34 @@ class Worker:
             buffer.popleft()
             self._running[job.id] = job
             self._runner.start(job)
+
+    def _cancel(self, ids: set[int]) -> None:
+        """Held jobs ``ids`` were asked to stop: tell the running ones; a buffered one never
+        starts and ends ``cancelled``."""
+        for pk in self._runner.cancel(ids):
+            job = self._running.get(pk)
+            if job is not None:
+                logger.info(
+                    "job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name
+                )
+        buffered = [job for job in self._claimer.buffer if job.id in ids]
+        if buffered:
+            self._claimer.drop(job.id for job in buffered)
+            for job in buffered:
+                self._running[job.id] = job
+                self._done.append(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
+
+    def _write_progress(self, now: float) -> None:
+        """Write the progress the running jobs reported, each at most every
+        ``PROGRESS_INTERVAL`` seconds (nothing at all for jobs that report none)."""
+        taken = self._runner.take_progress(now, float(conf.get("PROGRESS_INTERVAL")))
+        if not taken:
+            return
+        try:
+            Job.objects.using(self.using).set_progress([(job.fence, value) for job, value in taken])
+        except BaseException:
+            self._runner.put_back_progress([job.id for job, _ in taken])
+            raise
 
     def _report(self, outcome: Outcome) -> None:
         """From a job's thread: ``outcome`` is ready to be written."""

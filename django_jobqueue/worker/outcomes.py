@@ -15,7 +15,13 @@ from ..serialization import check_result, clean_text
 
 @dataclass(slots=True, eq=False)
 class Outcome:
-    """How the attempt ``job`` (its lease's run) ended: a result, or an error and traceback."""
+    """How the attempt ``job`` (its lease's run) ended: a result, or an error and traceback.
+
+    ``retry``: a failure that may run again (False: dead-letter at once, ``retry_on``);
+    ``retry_after``: seconds before that (``Retry(after=...)``; None: :func:`backoff`);
+    ``cancelled``: someone asked the run to stop before it ended; ``progress``: its last
+    progress not written yet.
+    """
 
     job: ClaimedJob
     ok: bool
@@ -23,6 +29,10 @@ class Outcome:
     result: Any = None
     error: str = ""
     traceback: str = ""
+    retry: bool = True
+    retry_after: float | None = None
+    cancelled: bool = False
+    progress: dict[str, Any] | None = None
 
 
 def backoff(attempt: int) -> float:

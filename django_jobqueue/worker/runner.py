@@ -7,11 +7,13 @@ the runner never touches the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -19,6 +21,8 @@ from django.db import close_old_connections
 
 from .. import signals
 from ..base import ClaimedJob
+from ..context import JobContext, Progress
+from ..exceptions import Retry
 from ..models import Job
 from ..notifications import run_loop
 from ..registry import registry
@@ -42,14 +46,30 @@ class RunningJob:
     thread_id: int | None = None
     #: The running task (``async def`` jobs), once it started.
     task: asyncio.Future[Any] | None = None
+    #: The last progress the job reported, and whether the worker has yet to write it.
+    progress: Progress | None = None
+    progress_pending: bool = False
+    #: When (``time.monotonic()``) its progress was last taken for writing.
+    progress_written: float = 0.0
 
 
 class Runner:
     """Runs claimed jobs, ``concurrency`` sync ones at a time; reports each outcome."""
 
-    def __init__(self, concurrency: int, report: Callable[[Outcome], None]) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        report: Callable[[Outcome], None],
+        *,
+        name: str = "",
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.concurrency = concurrency
         self.report = report
+        #: The worker's name, for ``JobContext.worker``.
+        self.name = name
+        #: Called (from a job's thread) when a job reports progress the worker should write.
+        self.wake = wake
         #: The attempts running now, by job pk (added by start(), removed before report()).
         self.running: dict[int, RunningJob] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -86,7 +106,94 @@ class Runner:
 
     def _finish(self, running: RunningJob, outcome: Outcome) -> None:
         self.running.pop(running.job.id, None)
+        outcome.cancelled = running.cancelled.is_set()
+        if running.progress_pending:
+            outcome.progress = running.progress  # the last value lands before the outcome
         self.report(outcome)
+
+    # -- cancelling and progress (called from the worker's main thread) -------------------
+
+    def cancel(self, ids: set[int]) -> set[int]:
+        """Ask the running jobs ``ids`` (pks) to stop: set their ``cancel_requested``, and
+        cancel an ``async def`` job's task; return the ids that were running here."""
+        found = set()
+        for pk in ids:
+            running = self.running.get(pk)
+            if running is None or running.cancelled.is_set():
+                continue
+            found.add(pk)
+            running.cancelled.set()
+            task = running.task  # read after the flag: a task starting now checks the flag
+            if task is not None and self._async_loop is not None:
+                self._async_loop.call_soon_threadsafe(task.cancel)
+        return found
+
+    def take_progress(self, now: float, interval: float) -> list[tuple[ClaimedJob, Progress]]:
+        """The progress reported since the last write of each running job, if its last write
+        is at least ``interval`` seconds old (``now`` is ``time.monotonic()``)."""
+        taken: list[tuple[ClaimedJob, Progress]] = []
+        for running in list(self.running.values()):
+            if running.progress_pending and now - running.progress_written >= interval:
+                running.progress_pending = False
+                running.progress_written = now
+                if running.progress is not None:
+                    taken.append((running.job, running.progress))
+        return taken
+
+    def put_back_progress(self, ids: list[int]) -> None:
+        """The progress taken for ``ids`` could not be written: write it next time."""
+        for pk in ids:
+            running = self.running.get(pk)
+            if running is not None:
+                running.progress_pending = True
+                running.progress_written = 0.0
+
+    def progress_due(self, interval: float) -> float | None:
+        """When (``time.monotonic()``) the next progress write falls due; None: none waits."""
+        due = [
+            running.progress_written + interval
+            for running in list(self.running.values())
+            if running.progress_pending
+        ]
+        return min(due) if due else None
+
+    def _arguments(self, running: RunningJob) -> list[Any]:
+        """The job's positional arguments, a :class:`JobContext` first if it takes one."""
+        job = running.job
+        if not running.definition.takes_context:
+            return job.args
+        context = JobContext(
+            job_id=job.job_id,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            queue=job.queue,
+            worker=self.name,
+            cancelled=running.cancelled,
+            report=partial(self._report_progress, running),
+        )
+        return [context, *job.args]
+
+    def _report_progress(self, running: RunningJob, progress: Progress) -> None:
+        """From the job's thread: keep ``progress``; wake the worker once per write."""
+        running.progress = progress
+        if not running.progress_pending:
+            running.progress_pending = True
+            if self.wake is not None:
+                self.wake()
+
+    @staticmethod
+    def _failed(running: RunningJob, started: float, exc: BaseException) -> Outcome:
+        """The outcome of an attempt that raised ``exc`` (call it from the ``except`` block):
+        ``Retry`` sets when to run again; an error outside ``retry_on`` is not retried."""
+        outcome = failed(running.job, started, describe(exc))
+        retry_on = running.definition.retry_on
+        if isinstance(exc, Retry):
+            outcome.retry_after = exc.after
+        elif retry_on is not None and not running.definition.retries(exc):
+            outcome.retry = False
+            names = ", ".join(kind.__name__ for kind in retry_on)
+            outcome.error += f" (not retried: {type(exc).__name__} is not in retry_on ({names}))"
+        return outcome
 
     def _get_async_loop(self) -> asyncio.AbstractEventLoop:
         if self._async_loop is None:
@@ -104,10 +211,12 @@ class Runner:
         close_old_connections()
         started = time.monotonic()
         try:
-            result = running.definition.func(*job.args, **job.kwargs)
+            if running.cancelled.is_set():  # asked to stop before it started
+                raise asyncio.CancelledError
+            result = running.definition.func(*self._arguments(running), **job.kwargs)
             outcome = succeeded(job, result, started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
-            outcome = failed(job, started, describe(exc))
+            outcome = self._failed(running, started, exc)
         finally:
             close_old_connections()
         self._finish(running, outcome)
@@ -115,15 +224,18 @@ class Runner:
     async def _run_async(self, running: RunningJob) -> None:
         job = running.job
         running.task = asyncio.current_task()
-        # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if it
-        # broke or aged, as a sync job's thread does (channels' database_sync_to_async).
-        await sync_to_async(close_old_connections)()
         started = time.monotonic()
         try:
-            result = await running.definition.func(*job.args, **job.kwargs)
+            # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if
+            # it broke or aged, as a sync job's thread does (channels' database_sync_to_async).
+            await sync_to_async(close_old_connections)()
+            started = time.monotonic()
+            if running.cancelled.is_set():  # asked to stop before it started
+                raise asyncio.CancelledError
+            result = await running.definition.func(*self._arguments(running), **job.kwargs)
             outcome = succeeded(job, result, started)
         except BaseException as exc:
-            outcome = failed(job, started, describe(exc))
-        finally:
+            outcome = self._failed(running, started, exc)
+        with contextlib.suppress(asyncio.CancelledError):  # a cancel as it ended: recorded
             await sync_to_async(close_old_connections)()
         self._finish(running, outcome)

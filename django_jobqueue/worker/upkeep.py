@@ -11,8 +11,9 @@ from typing import Protocol
 from django.utils import timezone
 
 from .. import conf
-from ..base import CLAIM_COLUMNS, ClaimedJob
+from ..base import CLAIM_COLUMNS, ClaimedJob, Status
 from ..models import Job
+from ..notifications import hub
 from ..querysets import JobQuerySet
 from .outcomes import backoff
 
@@ -35,7 +36,8 @@ class Upkeep:
     """The worker's periodic writes, each on its own timer (``time.monotonic()`` values).
 
     ``held()`` lists the jobs whose leases to renew; ``lost(ids)`` is told of those whose
-    lease another worker took; ``dead_letter`` ends a reaped job on its last attempt.
+    lease another worker took; ``dead_letter`` ends a reaped job on its last attempt;
+    ``cancel(ids)`` is told of held jobs someone asked to stop (each heartbeat reads it).
     """
 
     def __init__(
@@ -45,11 +47,13 @@ class Upkeep:
         held: Callable[[], Iterable[ClaimedJob]],
         lost: Callable[[set[int]], None],
         dead_letter: DeadLetterer,
+        cancel: Callable[[set[int]], None] | None = None,
     ) -> None:
         self.using = using
         self.held = held
         self.lost = lost
         self.dead_letter = dead_letter
+        self.cancel = cancel
         self.next_heartbeat = 0.0
         self.next_reap = 0.0
         self.next_prune = 0.0
@@ -77,6 +81,11 @@ class Upkeep:
             self.next_heartbeat = now + conf.heartbeat_interval()
             self.heartbeat()
 
+    def heartbeat_now(self) -> None:
+        """Make the next heartbeat due at once (a cancel request came by notification: the
+        renewal reads the flags from the database, which stays the truth)."""
+        self.next_heartbeat = 0.0
+
     def heartbeat(self) -> None:
         held = list(self.held())
         if not held:
@@ -94,6 +103,8 @@ class Upkeep:
             )
         if lost:
             self.lost({job.id for job in lost})
+        if ours.cancel_requested and self.cancel is not None:
+            self.cancel(set(ours.cancel_requested))
 
     def reap(self) -> None:
         """Requeue (or dead-letter) running jobs whose worker stopped renewing their lease."""
@@ -113,8 +124,20 @@ class Upkeep:
                 run_after=now + timedelta(seconds=backoff(job.attempts)),
                 error=error,
                 lease_expired_before=now,
+                now=now,
+                result_ttl=job.result_ttl,
             )
-            if requeued:
+            if requeued is not None and requeued[0] == Status.CANCELLED:
+                logger.warning(
+                    "lease expired id=%s name=%s attempt=%d/%d: cancelled (a cancel was requested)",
+                    job.job_id,
+                    job.name,
+                    job.attempts,
+                    job.max_attempts,
+                )
+                if requeued[1]:
+                    hub().job_finished([job.job_id])
+            elif requeued:
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
                     job.job_id,

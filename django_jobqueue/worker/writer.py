@@ -17,10 +17,10 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from .. import signals
-from ..base import ClaimedJob
+from ..base import ClaimedJob, Status
 from ..models import DeadLetter, Job
 from ..notifications import hub
-from ..querysets import JobQuerySet
+from ..querysets import CANCELLED_ERROR, JobQuerySet
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -116,13 +116,24 @@ class Writer:
                 written[index] = outcome  # the run is accounted for under its own outcome
 
     def _write(self, outcomes: list[Outcome], written: list[Outcome]) -> None:
-        """Write ``outcomes``, appending each to ``written`` once its statement committed."""
+        """Write ``outcomes``, appending each to ``written`` once its statement committed.
+
+        The last progress of a run goes first (one statement for them all, only if some run
+        left one unwritten). A run someone asked to stop ends ``cancelled`` whatever it
+        returned or raised; the completion and retry statements also honour a cancel
+        request recorded on the row after the run ended.
+        """
         now = timezone.now()
+        jobs = self._jobs()
+        progress = [(o.job.fence, o.progress) for o in outcomes if o.progress is not None]
+        if progress:
+            jobs.set_progress(progress)
+            for outcome in outcomes:
+                outcome.progress = None
         by_ttl: dict[int, list[Outcome]] = {}
         for outcome in outcomes:
-            if outcome.ok:
+            if outcome.ok and not outcome.cancelled:
                 by_ttl.setdefault(outcome.job.result_ttl, []).append(outcome)
-        jobs = self._jobs()
         for ttl, done in by_ttl.items():
             fenced = [o.job.fence for o in done]
             with_result = [o for o in done if o.result is not None]
@@ -134,22 +145,42 @@ class Writer:
                 mine = jobs.complete(fenced, now=now, expires_at=expires)
             written.extend(done)
             for o in done:
-                self.log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
+                if o.job.id in mine.cancelled:
+                    o.cancelled = True
+                    self.log(o, "cancelled")
+                else:
+                    self.log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
             self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
         for outcome in outcomes:
-            if outcome.ok:
+            if outcome.ok and not outcome.cancelled:
                 continue
             job = outcome.job
-            if job.attempts >= job.max_attempts:
+            if outcome.cancelled:
+                notify = self.cancelled(job, outcome=outcome)
+                written.append(outcome)
+                self._after_write([outcome], [job.job_id] if notify else [])
+                continue
+            if not outcome.retry or job.attempts >= job.max_attempts:
                 notify = self.dead_letter(job, outcome.error, outcome.traceback, outcome=outcome)
                 written.append(outcome)
                 self._after_write([outcome], [job.job_id] if notify else [])
                 continue
-            delay = backoff(job.attempts)
+            delay = outcome.retry_after
+            if delay is None:
+                delay = backoff(job.attempts)
             retried = jobs.retry(
-                *job.fence, run_after=now + timedelta(seconds=delay), error=outcome.error
+                *job.fence,
+                run_after=now + timedelta(seconds=delay),
+                error=outcome.error,
+                now=now,
+                result_ttl=job.result_ttl,
             )
             written.append(outcome)
+            if retried is not None and retried[0] == Status.CANCELLED:
+                outcome.cancelled = True
+                self.log(outcome, "cancelled")
+                self._after_write([outcome], [job.job_id] if retried[1] else [])
+                continue
             self.log(
                 outcome, f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)"
             )
@@ -164,9 +195,39 @@ class Writer:
                     signals.job_finished,
                     sender=Job,
                     job_id=outcome.job.job_id,
-                    ok=outcome.ok,
-                    error=outcome.error,
+                    ok=outcome.ok and not outcome.cancelled,
+                    error=CANCELLED_ERROR if outcome.cancelled else outcome.error,
+                    cancelled=outcome.cancelled,
                 )
+
+    def cancelled(
+        self,
+        job: ClaimedJob,
+        *,
+        outcome: Outcome | None = None,
+        error: str = "",
+        lease_expired_before: datetime | None = None,
+    ) -> bool:
+        """End the run ``job``, which someone asked to stop, as ``cancelled``; log it; return
+        whether someone waits for it (notified here when there is no ``outcome``, as in
+        :meth:`dead_letter`). A run no longer ours is logged as discarded."""
+        notify = self._jobs().finish_cancelled(
+            *job.fence,
+            now=timezone.now(),
+            result_ttl=job.result_ttl,
+            lease_expired_before=lease_expired_before,
+        )
+        if notify is None:
+            if outcome is not None:
+                self.log(outcome, "discarded (lease lost)")
+            return False
+        if outcome is not None:
+            outcome.cancelled = True
+        self.log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), "cancelled")
+        if notify and outcome is None:
+            hub().job_finished([job.job_id])
+        self.forget(job.id)
+        return notify
 
     @staticmethod
     def log(outcome: Outcome, result: str) -> None:
@@ -203,10 +264,10 @@ class Writer:
         done = self._jobs().dead_letter(
             job, error, trace, now=now, lease_expired_before=lease_expired_before
         )
-        if done is None:
-            if outcome is not None:
-                self.log(outcome, "discarded (lease lost)")
-            return False
+        if done is None:  # not ours any more, or someone asked it to stop
+            return self.cancelled(
+                job, outcome=outcome, error=error, lease_expired_before=lease_expired_before
+            )
         letter, notify = done
         if signals.job_dead_lettered.has_listeners():
             signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
