@@ -253,3 +253,37 @@ def test_the_overview_of_thousands_of_queues_stays_a_page(admin_client):
     more = re.search(r"(\d+) more queues not shown", page)
     assert more is not None and int(more.group(1)) >= 151  # and the known empty queues
     assert len(page) < 2_000_000
+
+
+# -- the cancel action ---------------------------------------------------------------------------
+
+
+def _cancel_action(client, jobs):
+    data = {"action": "cancel_selected", "_selected_action": [str(job.pk) for job in jobs]}
+    return client.post(reverse("admin:django_jobqueue_job_changelist"), data, follow=True)
+
+
+def test_the_cancel_action_cancels_queued_jobs_and_flags_running_ones(admin_client):
+    queued = Job.objects.get(job_id=add.enqueue(1, 2).id)
+    running = Job.objects.get(job_id=add.enqueue(3, 4).id)
+    Job.objects.filter(pk=running.pk).update(status="running", attempts=1, worker="w")
+    finished = Job.objects.get(job_id=add.enqueue(5, 6).id)
+    Job.objects.filter(pk=finished.pk).update(status="completed")
+    page = _cancel_action(admin_client, [queued, running, finished]).content.decode()
+    assert "Cancelled 2 jobs" in page and "1 job had already finished" in page
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {queued.pk: "cancelled", running.pk: "running", finished.pk: "completed"}
+    assert Job.objects.get(pk=running.pk).cancel_requested
+
+
+def test_the_cancel_action_needs_the_change_permission(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_job"))
+    client.force_login(user)
+    queued = Job.objects.get(job_id=add.enqueue(1, 2).id)
+    page = client.get(reverse("admin:django_jobqueue_job_changelist")).content.decode()
+    assert "cancel_selected" not in page
+    _cancel_action(client, [queued])
+    assert Job.objects.get(pk=queued.pk).status == "queued"
