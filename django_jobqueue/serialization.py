@@ -269,12 +269,17 @@ def check_result(value: Any) -> None:
     """Raise :class:`SerializationError` unless a job's return value can be stored: JSON that
     comes back equal, within ``MAX_DEPTH`` and ``JOBQUEUE["MAX_RESULT_BYTES"]``.
 
-    The worker calls it on every return value, so a job that returns something it cannot
-    store fails that attempt with this error (retried or dead-lettered like any failure)
-    instead of failing the write.
+    The worker calls it (through :func:`result_size`) on every return value, so a job that
+    returns something it cannot store fails that attempt with this error (retried or
+    dead-lettered like any failure) instead of failing the write.
     """
+    result_size(value)
+
+
+def result_size(value: Any) -> int:
+    """:func:`check_result`, returning the value's size as JSON (UTF-8 bytes, about)."""
     limit = conf.get_settings()["MAX_RESULT_BYTES"]
-    _check(value, "result", limit, "MAX_RESULT_BYTES")
+    return _check(value, "result", limit, "MAX_RESULT_BYTES")
 
 
 def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:

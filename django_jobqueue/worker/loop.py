@@ -83,7 +83,13 @@ class Worker:
             running=lambda: len(self._running),
         )
         self._runner = Runner(self.concurrency, self._report, name=self.name, wake=self._wake)
-        self._writer = Writer(self.using, self.name, finished=self._finished, forget=self._forget)
+        self._writer = Writer(
+            self.using,
+            self.name,
+            finished=self._finished,
+            forget=self._forget,
+            between=lambda: self._upkeep.heartbeat_if_due(time.monotonic()),
+        )
         self._upkeep = Upkeep(
             self.using,
             held=lambda: [*self._running.values(), *self._claimer.buffer],

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import conf
 from ..base import ClaimedJob
-from ..serialization import check_result, clean_text
+from ..serialization import clean_text, result_size
 
 
 @dataclass(slots=True, eq=False)
@@ -33,6 +33,8 @@ class Outcome:
     retry_after: float | None = None
     cancelled: bool = False
     progress: dict[str, Any] | None = None
+    #: The result's size as JSON, bytes (about): writes are split to stay far from limits.
+    size: int = 0
 
 
 def backoff(attempt: int) -> float:
@@ -65,7 +67,7 @@ def failed(job: ClaimedJob, started: float, error: str) -> Outcome:
 def succeeded(job: ClaimedJob, result: Any, started: float) -> Outcome:
     """The outcome of an attempt that returned ``result``; a failure if it cannot be stored."""
     try:
-        check_result(result)
+        size = result_size(result)
     except Exception as exc:
         return failed(job, started, f"The job returned a value that cannot be stored: {exc}")
-    return Outcome(job, True, time.monotonic() - started, result=result)
+    return Outcome(job, True, time.monotonic() - started, result=result, size=size)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
 from .. import signals
@@ -26,6 +26,26 @@ from .outcomes import Outcome, backoff, describe, failed
 logger = logging.getLogger("django_jobqueue.worker")
 
 _LOST = (OperationalError, InterfaceError)
+#: Result bytes one completion statement carries at most (more are split across statements),
+#: far below the protocol's and PostgreSQL's 1 GB limits on a statement.
+WRITE_BATCH_BYTES = 32 * 2**20
+
+
+def _by_size(by_ttl: dict[int, list[Outcome]]) -> list[list[Outcome]]:
+    """The completions of each result_ttl, in batches of at most WRITE_BATCH_BYTES of
+    results (an outcome larger than that alone)."""
+    batches: list[list[Outcome]] = []
+    for done in by_ttl.values():
+        batch: list[Outcome] = []
+        size = 0
+        for outcome in done:
+            if batch and size + outcome.size > WRITE_BATCH_BYTES:
+                batches.append(batch)
+                batch, size = [], 0
+            batch.append(outcome)
+            size += outcome.size
+        batches.append(batch)
+    return batches
 
 
 class Writer:
@@ -42,12 +62,17 @@ class Writer:
         *,
         finished: Callable[[list[Outcome]], None],
         forget: Callable[[int], None],
+        between: Callable[[], None] = lambda: None,
     ) -> None:
         self.using = using
         self.name = name
         self.finished = finished
         self.forget = forget
+        #: Called between two statements of a large write (the worker renews its leases).
+        self.between = between
         self.done: deque[Outcome] = deque()
+        #: The last write that failed as a lost connection: its outcomes and its error.
+        self._failed_write: tuple[frozenset[int], str] | None = None
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -67,14 +92,20 @@ class Writer:
         try:
             try:
                 self._write(outcomes, written)
-            except _LOST:
-                raise
+                self._failed_write = None
+            except _LOST as exc:
+                if not self._refused_again(outcomes, written, exc):
+                    raise
+                logger.error(
+                    "worker name=%s: the database refused the same write twice (%s) though it "
+                    "answers: writing each outcome on its own",
+                    self.name,
+                    describe(exc)[:300],
+                )
+                self._write_each(outcomes, written, refused=True)
             except Exception:
                 logger.exception("worker name=%s: writing outcomes failed", self.name)
-                done = {id(o) for o in written}
-                for outcome in outcomes:
-                    if id(outcome) not in done:
-                        self._write_alone(outcome, written)
+                self._write_each(outcomes, written)
         finally:
             done = {id(o) for o in written}
             self.done.extendleft(reversed([o for o in outcomes if id(o) not in done]))
@@ -90,27 +121,67 @@ class Writer:
                 lost(exc)
         logger.error("worker name=%s could not write %d outcomes", self.name, len(self.done))
 
-    def _write_alone(self, outcome: Outcome, written: list[Outcome]) -> None:
+    def _refused_again(
+        self, outcomes: list[Outcome], written: list[Outcome], exc: BaseException
+    ) -> bool:
+        """True when the write of ``outcomes`` failed as a lost connection for the second
+        time in a row, the same way, while the database answers: the statement itself is
+        refused (too large for the server, say) and retrying it would wedge the worker."""
+        done = {id(o) for o in written}
+        key = (frozenset(id(o) for o in outcomes if id(o) not in done), describe(exc)[:300])
+        again = self._failed_write == key
+        self._failed_write = key
+        return again and self._database_answers()
+
+    def _database_answers(self) -> bool:
+        connection = connections[self.using]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except _LOST:
+            return False
+        return True
+
+    def _write_each(
+        self, outcomes: list[Outcome], written: list[Outcome], *, refused: bool = False
+    ) -> None:
+        done = {id(o) for o in written}
+        for outcome in outcomes:
+            if id(outcome) not in done:
+                self._write_alone(outcome, written, refused=refused)
+        self._failed_write = None
+
+    def _write_alone(
+        self, outcome: Outcome, written: list[Outcome], *, refused: bool = False
+    ) -> None:
+        """Write one outcome; one the database refuses fails its attempt instead (a result
+        it cannot store), or is left to its lease (a failure it cannot record). With
+        ``refused``, a "lost connection" while the database answers counts as refused."""
         try:
             self._write([outcome], written)
             return
-        except _LOST:
-            raise
-        except Exception as exc:
-            if not outcome.ok:
-                logger.exception(
-                    "worker name=%s: cannot record job %s; it runs again after its lease",
-                    self.name,
-                    outcome.job.job_id,
-                )
-                written.append(outcome)  # nothing more to try: the lease decides
-                return
-            failure = failed(
-                outcome.job,
-                time.monotonic() - outcome.duration,
-                f"The job's result could not be stored: {describe(exc)}",
+        except _LOST as lost:
+            if not (refused and self._database_answers()):
+                raise
+            exc: BaseException = lost
+        except Exception as error:
+            exc = error
+        if not outcome.ok:
+            logger.error(
+                "worker name=%s: cannot record job %s (%s); it runs again after its lease",
+                self.name,
+                outcome.job.job_id,
+                describe(exc)[:300],
+                exc_info=exc,
             )
-        self._write_alone(failure, written)
+            written.append(outcome)  # nothing more to try: the lease decides
+            return
+        failure = failed(
+            outcome.job,
+            time.monotonic() - outcome.duration,
+            f"The job's result could not be stored: {describe(exc)}",
+        )
+        self._write_alone(failure, written, refused=refused)
         for index, item in enumerate(written):
             if item is failure:
                 written[index] = outcome  # the run is accounted for under its own outcome
@@ -134,8 +205,9 @@ class Writer:
         for outcome in outcomes:
             if outcome.ok and not outcome.cancelled:
                 by_ttl.setdefault(outcome.job.result_ttl, []).append(outcome)
-        for ttl, done in by_ttl.items():
+        for done in _by_size(by_ttl):
             fenced = [o.job.fence for o in done]
+            ttl = done[0].job.result_ttl
             with_result = [o for o in done if o.result is not None]
             expires = now + timedelta(seconds=ttl)
             if with_result:
@@ -151,6 +223,7 @@ class Writer:
                 else:
                     self.log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
             self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
+            self.between()  # a long write must not outlast the leases it holds
         for outcome in outcomes:
             if outcome.ok and not outcome.cancelled:
                 continue
