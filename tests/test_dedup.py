@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from django_jobqueue import JobTimeoutError
 from django_jobqueue.models import Job, JobResult
-from tests.testapp.jobs import add, always_fails
+from tests.conftest import requires_postgres
+from tests.testapp.jobs import add, always_fails, echo
 
 
 @pytest.mark.django_db
@@ -103,3 +107,45 @@ def test_a_wait_of_weeks_on_a_fixed_id_is_accepted(run_worker):
     add.using(job_id="long-wait").enqueue(1, 2)
     run_worker()
     assert add.using(job_id="long-wait", timeout=25 * 86400).enqueue_and_wait(1, 2) == 3
+
+
+# -- a fixed id held by an uncommitted transaction (PostgreSQL) -------------------------------
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
+    inserted = threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            echo.using(job_id="locked").enqueue(1)
+            inserted.set()
+            time.sleep(4)
+        connection.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    inserted.wait(10)
+    try:
+        started = time.monotonic()
+        with pytest.raises(JobTimeoutError):
+            echo.using(job_id="locked", timeout=0.5).enqueue_and_wait(1)
+        assert time.monotonic() - started < 2
+
+        async def unrelated_waits():
+            blocked = [
+                asyncio.ensure_future(echo.using(job_id="locked", timeout=1).aenqueue_and_wait(1))
+                for _ in range(4)
+            ]
+            await asyncio.sleep(0.2)
+            began = time.monotonic()
+            with pytest.raises(JobTimeoutError):
+                await echo.using(timeout=1).aenqueue_and_wait(2)  # no worker runs it
+            took = time.monotonic() - began
+            await asyncio.gather(*blocked, return_exceptions=True)
+            return took
+
+        assert asyncio.run(unrelated_waits()) < 2
+    finally:
+        thread.join()

@@ -71,3 +71,34 @@ def sleep_then_record(tag, seconds, marker_path=""):
     time.sleep(seconds)
     Execution.objects.create(tag=tag, pid=os.getpid())
     return tag
+
+
+# -- moved from the old test_regressions.py ---------------------------------------------------
+
+
+@job
+def sleeper(seconds):
+    time.sleep(seconds)  # the job's own work
+    return seconds
+
+
+@job
+def huge_int():
+    """A result json.dumps accepts and the database (or the round trip) refuses."""
+    return 10**5000
+
+
+@job
+def surrogate():
+    """A lone surrogate: valid Python str, refused as a stored result."""
+    return "\ud800"
+
+
+@job
+def echo(value):
+    return value
+
+
+@job
+async def async_count():
+    return await Execution.objects.acount()
