@@ -8,12 +8,12 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from django_jobqueue import JobTimeoutError
 from django_jobqueue.models import Job, JobResult
-from tests.conftest import requires_postgres
+from tests.conftest import requires_postgres, run_concurrently
 from tests.testapp.jobs import add, always_fails, echo
 
 
@@ -78,23 +78,11 @@ def test_expired_failure_is_replaced_too():
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_enqueues_of_one_id_make_one_job():
     """Eight threads (eight connections) race on one id: one job, nobody sees an error."""
-    start = threading.Barrier(8)
-    results: list[object] = []
 
-    def produce() -> None:
-        try:
-            start.wait()
-            results.append(add.using(job_id="race").enqueue(1, 2))
-        except Exception as exc:  # pragma: no cover - the assertion below reports it
-            results.append(exc)
-        finally:
-            close_old_connections()
+    def produce() -> object:
+        return add.using(job_id="race").enqueue(1, 2)
 
-    threads = [threading.Thread(target=produce) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = run_concurrently(*[produce] * 8)
     assert all(not isinstance(r, Exception) for r in results), results
     assert len(results) == 8
     assert sum(r.created for r in results) == 1

@@ -16,7 +16,7 @@ from django.db import close_old_connections, connection
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
 from django_jobqueue.models import Job
 from django_jobqueue.notifications import IdleFlag, group_for, hub, reset_hub, work_channel
-from tests.conftest import POSTGRES, requires_redis, wait_until
+from tests.conftest import POSTGRES, free_port, requires_redis, run_concurrently, wait_until
 from tests.testapp.jobs import add, always_fails, async_add, record, sleep_then_record
 from tests.testapp.models import Execution
 
@@ -57,26 +57,11 @@ def test_handle_wait_blocks_for_an_enqueued_job(worker_processes):
 
 
 def test_concurrent_waiters_share_one_run(worker_processes):
-    results: list[object] = []
-    barrier = threading.Barrier(4)
+    def wait() -> object:
+        return record.using(job_id="shared", timeout=30).enqueue_and_wait("shared", sleep=0.5)
 
-    def wait() -> None:
-        try:
-            barrier.wait()
-            results.append(
-                record.using(job_id="shared", timeout=30).enqueue_and_wait("shared", sleep=0.5)
-            )
-        except Exception as exc:  # pragma: no cover - reported by the assertion
-            results.append(exc)
-        finally:
-            close_old_connections()
-
-    threads = [threading.Thread(target=wait) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    worker_processes.start("--concurrency", "4")
-    for thread in threads:
-        thread.join(40)
+    worker_processes.start("--concurrency", "4")  # it takes a second to start: they all wait
+    results = run_concurrently(*[wait] * 4, timeout=40)
     assert results == ["shared"] * 4
     assert Execution.objects.filter(tag="shared").count() == 1
 
@@ -98,7 +83,7 @@ def test_no_redis_still_answers_by_polling(worker_processes, settings, caplog, w
     """The web side's Redis is unreachable (a closed port) or accepts connections and never
     answers: enqueue_and_wait still answers, every layer call is bounded, one warning."""
     silent = _SilentServer() if where == "silent server" else None
-    port = silent.port if silent else _closed_port()
+    port = silent.port if silent else free_port()
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -324,12 +309,6 @@ async def test_hundreds_of_async_waiters_share_a_few_connections(worker_processe
     assert peak <= 12, f"{peak} connections for 300 waiters"
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _SilentServer:
     """Accepts TCP connections and never answers: a hung Redis."""
 
@@ -363,7 +342,7 @@ def test_redis_dying_mid_run_degrades_to_polling(
     worker_processes, settings, caplog, tmp_path, alias
 ):
     """A private Redis serves both sides, then is killed: answers keep coming, by polling."""
-    port = _closed_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             "redis-server",
