@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from django_jobqueue import JobTimeoutError
 from django_jobqueue.models import Job, JobResult
-from tests.conftest import requires_postgres, run_concurrently
+from tests.conftest import requires_postgres, run_concurrently, wait_until
 from tests.testapp.jobs import add, always_fails, echo
 
 
@@ -103,13 +103,13 @@ def test_a_wait_of_weeks_on_a_fixed_id_is_accepted(run_worker):
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
-    inserted = threading.Event()
+    inserted, release = threading.Event(), threading.Event()
 
     def holder():
         with transaction.atomic():
             echo.using(job_id="locked").enqueue(1)
             inserted.set()
-            time.sleep(4)
+            release.wait(10)  # holds the row lock until the waits below are over
         connection.close()
 
     thread = threading.Thread(target=holder)
@@ -126,7 +126,9 @@ def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
                 asyncio.ensure_future(echo.using(job_id="locked", timeout=1).aenqueue_and_wait(1))
                 for _ in range(4)
             ]
-            await asyncio.sleep(0.2)
+            # All four are stuck on the row lock, each holding a thread, before the
+            # unrelated wait begins.
+            await asyncio.to_thread(_wait_for_lock_waiters, 4)
             began = time.monotonic()
             with pytest.raises(JobTimeoutError):
                 await echo.using(timeout=1).aenqueue_and_wait(2)  # no worker runs it
@@ -136,4 +138,22 @@ def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
 
         assert asyncio.run(unrelated_waits()) < 2
     finally:
+        release.set()
         thread.join()
+
+
+def _wait_for_lock_waiters(count: int) -> None:
+    """Wait until ``count`` sessions of the test database wait on a lock (PostgreSQL)."""
+
+    def waiting() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0]
+
+    try:
+        wait_until(lambda: waiting() >= count, timeout=5)
+    finally:
+        connection.close()  # this runs in a throwaway executor thread

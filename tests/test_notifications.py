@@ -150,13 +150,13 @@ def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(setting
     reset_hub()
     notifier = hub()
     layer = notifier._layer
-    answer = threading.Event()
+    joining, shared, answer = threading.Event(), threading.Event(), threading.Event()
     original = layer.group_add
 
     async def slow_group_add(group, channel):
         await original(group, channel)  # done on the server; the answer takes a while
-        while not answer.is_set():
-            await asyncio.sleep(0.005)
+        joining.set()
+        await asyncio.to_thread(answer.wait, 10)
 
     layer.group_add = slow_group_add
     job_id = "shared-join"
@@ -165,7 +165,7 @@ def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(setting
     def sync_waiter() -> None:
         waiter = ThreadWaiter()
         subscription = notifier.start_subscribe(job_id, waiter)
-        outcome["shared"] = True
+        shared.set()
         try:
             outcome["confirm"] = subscription.confirm()
         except BaseException as exc:  # what the bug raised: CancelledError
@@ -183,12 +183,10 @@ def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(setting
 
     async def main() -> None:
         task = asyncio.ensure_future(async_waiter())
-        while job_id not in notifier._joins:
-            await asyncio.sleep(0.005)
+        assert await asyncio.to_thread(joining.wait, 10), "the join never reached the layer"
         thread = threading.Thread(target=sync_waiter)
         thread.start()
-        while "shared" not in outcome:
-            await asyncio.sleep(0.005)
+        assert await asyncio.to_thread(shared.wait, 10), "the sync waiter never subscribed"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

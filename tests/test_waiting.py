@@ -12,6 +12,7 @@ import time
 
 import pytest
 from django.db import close_old_connections, connection
+from model_bakery import baker
 
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
 from django_jobqueue.models import Job
@@ -114,24 +115,57 @@ def test_notifications_make_waiting_fast_with_slow_polling(worker_processes, set
     queue-like RedisChannelLayer and on the broadcast RedisPubSubChannelLayer alike."""
     overrides = {"POLL_INTERVAL": 30, "CHANNEL_LAYER": alias}
     settings.JOBQUEUE = {**settings.JOBQUEUE, **overrides}
+    first = _first_poll_job()
     proc = worker_processes.start(env={"DJQ_JOBQUEUE": json.dumps(overrides)})
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
-    time.sleep(0.5)  # let the worker's first poll pass; from here on only a wake-up helps
+    _wait_past_the_first_poll([first], settings, alias)  # from here on only a wake-up helps
     started = time.monotonic()
     for value in range(5):
         assert add.using(timeout=10).enqueue_and_wait(value, 1) == value + 1
     assert time.monotonic() - started < 5
 
 
+def _first_poll_job(queue: str = "default") -> Job:
+    """A job written straight to the table, before its worker starts: no wake-up announces
+    it, so the worker's first poll is what runs it."""
+    return baker.make_recipe("tests.queued_job", queue=queue)
+
+
+def _wait_past_the_first_poll(firsts: list[Job], settings, alias: str) -> None:
+    """Wait until the workers' first polls ran ``firsts`` and, on the broadcast layer (which
+    keeps nothing for a channel nobody listens on), a worker is subscribed to the default
+    queue's work channel: from then on a new job starts quickly only if a wake-up helps."""
+    ids = [first.pk for first in firsts]
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status="completed").count() == len(ids), timeout=20
+    )
+    if alias != "pubsub":
+        return  # the queue-like layer keeps a message until a worker receives it
+    import redis
+
+    client = redis.Redis.from_url(settings.CHANNEL_LAYERS[alias]["CONFIG"]["hosts"][0]["address"])
+    try:
+        channel = work_channel("default")
+        wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, timeout=10)
+    finally:
+        client.close()
+
+
 @requires_redis
 def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
     env = {"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 30}'}
-    procs = [worker_processes.start(env=env) for _ in range(3)]
+    # Each worker serves a queue of its own too, for the job its first poll runs.
+    firsts = [_first_poll_job(f"first-poll-{index}") for index in range(3)]
+    procs = [
+        worker_processes.start("--queue", "default", "--queue", first.queue, env=env)
+        for first in firsts
+    ]
     for proc in procs:
         wait_until(lambda p=proc: "worker started" in worker_processes.log(p), timeout=20)
-    time.sleep(0.5)
+    _wait_past_the_first_poll(firsts, settings, "default")
     handle = add.enqueue(1, 2)
     wait_until(lambda: handle.refresh().status == "completed", timeout=10)
+    # A measuring window, not a synchronisation: time for a second worker to be woken too.
     time.sleep(0.3)
     woken = sum("woken by a work-available" in worker_processes.log(p) for p in procs)
     assert woken == 1
@@ -304,7 +338,7 @@ async def test_hundreds_of_async_waiters_share_a_few_connections(worker_processe
     peak = 0
     while not gathered.done():
         peak = max(peak, await asyncio.to_thread(connections_now))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a sampling interval, not a synchronisation
     assert await gathered == [2 * i for i in range(300)]
     assert peak <= 12, f"{peak} connections for 300 waiters"
 
