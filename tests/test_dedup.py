@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
+from model_bakery import baker
 
 from django_jobqueue import JobTimeoutError
 from django_jobqueue.models import Job, JobResult
@@ -63,14 +64,8 @@ def test_finished_past_ttl_runs_again_as_a_new_job(run_worker):
 
 @pytest.mark.django_db
 def test_expired_failure_is_replaced_too():
-    Job.objects.create(
-        job_id="gone",
-        name=add.name,
-        queue="default",
-        status="failed",
-        max_attempts=1,
-        result_ttl=1,
-        expires_at=timezone.now() - timedelta(seconds=1),
+    baker.make_recipe(
+        "tests.failed_job", job_id="gone", expires_at=timezone.now() - timedelta(seconds=1)
     )
     assert add.using(job_id="gone").enqueue(1, 1).created
 

@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from model_bakery import baker
 
 from django_jobqueue import get_job
 from django_jobqueue.models import DeadLetter, Job, JobResult
@@ -154,9 +155,7 @@ def test_backoff_grows_exponentially_with_jitter(settings):
 
 
 def test_unknown_job_name_is_dead_lettered_and_the_worker_goes_on(run_worker):
-    Job.objects.create(
-        job_id="ghost", name="deployed.later.job", queue="default", max_attempts=3, result_ttl=60
-    )
+    baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later.job")
     ok = add.enqueue(1, 1)
     run_worker()
     ghost = get_job("ghost")
@@ -347,9 +346,7 @@ def test_claimed_jobs_survive_a_locked_database_while_dead_lettering():
     'database is locked' and orphan the other jobs of the claim."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's busy-snapshot behaviour")
-    Job.objects.create(
-        job_id="ghost", name="deployed.later", queue="default", max_attempts=3, result_ttl=60
-    )
+    baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later")
     handle = add.using(max_attempts=1).enqueue(1, 2)
     path = connection.settings_dict["NAME"]
     fired = []
