@@ -73,7 +73,7 @@ def sleep_then_record(tag, seconds, marker_path=""):
     return tag
 
 
-# -- moved from the old test_regressions.py ---------------------------------------------------
+# -- a sleeper, results the database refuses, an echo, an async query ------------------------
 
 
 @job
