@@ -141,9 +141,18 @@ class WorkerProcesses:
         return Path(proc.log_path).read_text()  # type: ignore[attr-defined]
 
     def stop_all(self) -> None:
+        """SIGTERM (a graceful stop: a worker measured by coverage saves its data), then
+        SIGKILL what is still running after 10 s."""
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
 
 
