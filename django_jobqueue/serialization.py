@@ -70,7 +70,7 @@ class _Refused(Exception):
         self.here = here
 
 
-def _size(value: Any, depth: int, limit: int) -> int:
+def _size(value: Any, depth: int, limit: int) -> int:  # noqa: C901 - one inline branch per JSON type: the hot path of every enqueue
     """The size of ``value`` as JSON text in UTF-8 (escapes not counted); raise _Refused.
 
     ``depth``: how many more lists and dicts may nest here. ``limit``: stop counting (raise

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from django_jobqueue.notifications import reset_hub
 from django_jobqueue.worker import Worker
@@ -25,7 +27,8 @@ requires_postgres = pytest.mark.skipif(not POSTGRES, reason="needs DATABASE_URL 
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy and return that; fail after
+    ``timeout`` seconds. The one bounded wait of the suite: on a row, a log line, a page."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -34,6 +37,48 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server to start, or to find
+    closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_concurrently(*callables: Callable[[], Any], timeout: float = 30.0) -> list[Any]:
+    """Run each callable in its own thread, all released at once by a ``threading.Barrier``;
+    join them within ``timeout`` seconds and return their results in order. The first
+    error a callable raised is raised here; each thread closes its database connections."""
+    barrier = threading.Barrier(len(callables))
+    results: list[Any] = [None] * len(callables)
+    errors: list[BaseException] = []
+
+    def run(index: int, function: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=timeout)
+            results[index] = function()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()  # this thread's, before the test database is dropped
+
+    threads = [
+        threading.Thread(target=run, args=(index, function), daemon=True)
+        for index, function in enumerate(callables)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(thread.is_alive() for thread in threads)
+    if errors:
+        raise errors[0]
+    if stuck:
+        raise AssertionError(f"{stuck} of {len(threads)} threads still running after {timeout}s")
+    return results
 
 
 @pytest.fixture(autouse=True)
@@ -96,9 +141,18 @@ class WorkerProcesses:
         return Path(proc.log_path).read_text()  # type: ignore[attr-defined]
 
     def stop_all(self) -> None:
+        """SIGTERM (a graceful stop: a worker measured by coverage saves its data), then
+        SIGKILL what is still running after 10 s."""
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
 
 

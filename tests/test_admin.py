@@ -3,12 +3,11 @@ query counts on large lists, the overview page, and the requeue logic behind the
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.db import connection, connections
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -19,6 +18,7 @@ from django_jobqueue import get_job
 from django_jobqueue.admin import CappedCountPaginator, human_seconds
 from django_jobqueue.deadletters import requeue, requeue_report
 from django_jobqueue.models import DeadLetter, Job, JobResult
+from tests.conftest import run_concurrently
 from tests.testapp.jobs import add, always_fails, fails_then_succeeds, other_queue
 
 pytestmark = pytest.mark.django_db
@@ -507,25 +507,11 @@ def test_requeue_wakes_workers_on_commit(run_worker, django_capture_on_commit_ca
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requeues_of_one_dead_letter_make_one_job(run_worker):
     letters = [make_dead_letter(run_worker, str(i)) for i in range(3)]
-    start = threading.Barrier(4)
-    results: list[int] = []
-    errors: list[BaseException] = []
 
-    def click() -> None:
-        try:
-            start.wait(timeout=10)
-            results.append(requeue(DeadLetter.objects.filter(pk__in=[x.pk for x in letters])))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+    def click() -> int:
+        return requeue(DeadLetter.objects.filter(pk__in=[x.pk for x in letters]))
 
-    threads = [threading.Thread(target=click) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not errors
+    results = run_concurrently(*[click] * 4)  # raises what a click raised
     assert sorted(results, reverse=True)[0] == 3 and sum(results) == 3
     assert not DeadLetter.objects.exists()
     assert Job.objects.filter(status="queued").count() == 3

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -23,7 +24,7 @@ from django_jobqueue import (
 from django_jobqueue.models import Job
 from django_jobqueue.registry import registry
 from tests.conftest import requires_postgres
-from tests.testapp.jobs import add, async_add, noop, other_queue
+from tests.testapp.jobs import add, async_add, echo, noop, other_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -340,6 +341,71 @@ def test_a_signal_receiver_that_raises_does_not_break_enqueue(caplog):
         signals.job_enqueued.disconnect(broken)
     assert handle.created and Job.objects.filter(job_id=handle.id).exists()
     assert "receiver bug" in caplog.text
+
+
+# -- values that would not come back as given, options out of range ---------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [10**5000, 1e300, 1e16, "\ud800"], ids=["huge-int", "1e300", "1e16", "surrogate"]
+)
+def test_arguments_that_would_not_come_back_equal_are_refused(value):
+    with pytest.raises(SerializationError):
+        echo.enqueue(value)
+    assert not Job.objects.exists()
+
+
+def test_floats_that_round_trip_are_accepted():
+    handle = echo.enqueue([1.5, 1e15, 2.5e-10, -0.0])
+    assert Job.objects.get(job_id=handle.id).args == [[1.5, 1e15, 2.5e-10, -0.0]]
+
+
+def test_non_str_keyword_names_are_refused():
+    with pytest.raises(SerializationError, match="keyword argument names must be str"):
+        echo.enqueue_many([{1: "x"}])
+    assert not Job.objects.exists()
+
+
+def test_aware_run_after_with_use_tz_false_is_refused(settings):
+    settings.USE_TZ = False
+    with pytest.raises(InvalidJobError, match="USE_TZ is False"):
+        echo.using(run_after=datetime(2030, 1, 1, tzinfo=UTC)).enqueue(1)
+
+
+def test_run_after_overflow_is_refused():
+    with pytest.raises(InvalidJobError, match="too far"):
+        echo.using(run_after=timedelta.max).enqueue(1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_over_several_batches_writes_all_or_nothing():
+    calls = [(i,) for i in range(1000)] + [({"x": 1},), (object(),)]
+    with pytest.raises(SerializationError):
+        echo.enqueue_many(calls)
+    assert Job.objects.count() == 0
+    handles = echo.enqueue_many([(i,) for i in range(2500)])
+    assert len(handles) == 2500 and all(h.created for h in handles)
+    assert Job.objects.count() == 2500
+
+
+# -- a handle's wait: its timeout argument, a finished handle ---------------------------------
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), 0, -1, "5"])
+def test_wait_refuses_a_bad_timeout(timeout):
+    handle = echo.enqueue(1)
+    with pytest.raises(InvalidJobError, match="timeout"):
+        handle.wait(timeout=timeout)
+    with pytest.raises(InvalidJobError, match="timeout"):
+        asyncio.run(handle.await_result(timeout=timeout))
+
+
+def test_wait_on_a_finished_handle_still_validates(run_worker):
+    handle = echo.enqueue(1)
+    run_worker()
+    handle.refresh()
+    assert handle.wait(timeout=1) == 1
+    assert isinstance(handle, JobHandle)
 
 
 # -- arguments against the function's signature ----------------------------------------------

@@ -11,7 +11,6 @@ import mimetypes
 import os
 import random
 import re
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -90,11 +89,14 @@ def server_url(request, transactional_db):
 
 def poll_page(page: Page, predicate, timeout: float = 30.0) -> None:
     """Reload ``page`` until ``predicate(page)``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate(page):
-        assert time.monotonic() < deadline, f"page never showed what was expected: {page.url}"
-        time.sleep(0.3)
+
+    def shown() -> bool:
+        if predicate(page):
+            return True
         page.reload()
+        return False
+
+    wait_until(shown, timeout=timeout, interval=0.3)
 
 
 def seed_history() -> None:

@@ -15,8 +15,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
+from model_bakery import baker
 
-from django_jobqueue.models import Job
 from tests.conftest import ROOT, wait_until
 from tests.testapp.jobs import add, fails_then_succeeds, other_queue
 
@@ -75,13 +75,12 @@ def test_burst_waits_out_the_retries_of_the_work_it_started(tmp_path):
 
 @pytest.mark.django_db
 def test_burst_does_not_wait_for_retries_of_queues_it_does_not_serve():
-    retry_elsewhere = Job.objects.create(
+    retry_elsewhere = baker.make_recipe(
+        "tests.queued_job",
         job_id="elsewhere",
         name=other_queue.name,
         queue="other",
         attempts=1,
-        max_attempts=3,
-        result_ttl=60,
         run_after=timezone.now() + timedelta(seconds=30),
     )
     started = time.monotonic()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections
+from django.db import connection, transaction
 from django.utils import timezone
+from model_bakery import baker
 
+from django_jobqueue import JobTimeoutError
 from django_jobqueue.models import Job, JobResult
-from tests.testapp.jobs import add, always_fails
+from tests.conftest import requires_postgres, run_concurrently, wait_until
+from tests.testapp.jobs import add, always_fails, echo
 
 
 @pytest.mark.django_db
@@ -59,14 +64,8 @@ def test_finished_past_ttl_runs_again_as_a_new_job(run_worker):
 
 @pytest.mark.django_db
 def test_expired_failure_is_replaced_too():
-    Job.objects.create(
-        job_id="gone",
-        name=add.name,
-        queue="default",
-        status="failed",
-        max_attempts=1,
-        result_ttl=1,
-        expires_at=timezone.now() - timedelta(seconds=1),
+    baker.make_recipe(
+        "tests.failed_job", job_id="gone", expires_at=timezone.now() - timedelta(seconds=1)
     )
     assert add.using(job_id="gone").enqueue(1, 1).created
 
@@ -74,23 +73,11 @@ def test_expired_failure_is_replaced_too():
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_enqueues_of_one_id_make_one_job():
     """Eight threads (eight connections) race on one id: one job, nobody sees an error."""
-    start = threading.Barrier(8)
-    results: list[object] = []
 
-    def produce() -> None:
-        try:
-            start.wait()
-            results.append(add.using(job_id="race").enqueue(1, 2))
-        except Exception as exc:  # pragma: no cover - the assertion below reports it
-            results.append(exc)
-        finally:
-            close_old_connections()
+    def produce() -> object:
+        return add.using(job_id="race").enqueue(1, 2)
 
-    threads = [threading.Thread(target=produce) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = run_concurrently(*[produce] * 8)
     assert all(not isinstance(r, Exception) for r in results), results
     assert len(results) == 8
     assert sum(r.created for r in results) == 1
@@ -103,3 +90,65 @@ def test_a_wait_of_weeks_on_a_fixed_id_is_accepted(run_worker):
     add.using(job_id="long-wait").enqueue(1, 2)
     run_worker()
     assert add.using(job_id="long-wait", timeout=25 * 86400).enqueue_and_wait(1, 2) == 3
+
+
+# -- a fixed id held by an uncommitted transaction (PostgreSQL) -------------------------------
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_behind_an_uncommitted_job_of_its_id_still_times_out():
+    inserted, release = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            echo.using(job_id="locked").enqueue(1)
+            inserted.set()
+            release.wait(10)  # holds the row lock until the waits below are over
+        connection.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    inserted.wait(10)
+    try:
+        started = time.monotonic()
+        with pytest.raises(JobTimeoutError):
+            echo.using(job_id="locked", timeout=0.5).enqueue_and_wait(1)
+        assert time.monotonic() - started < 2
+
+        async def unrelated_waits():
+            blocked = [
+                asyncio.ensure_future(echo.using(job_id="locked", timeout=1).aenqueue_and_wait(1))
+                for _ in range(4)
+            ]
+            # All four are stuck on the row lock, each holding a thread, before the
+            # unrelated wait begins.
+            await asyncio.to_thread(_wait_for_lock_waiters, 4)
+            began = time.monotonic()
+            with pytest.raises(JobTimeoutError):
+                await echo.using(timeout=1).aenqueue_and_wait(2)  # no worker runs it
+            took = time.monotonic() - began
+            await asyncio.gather(*blocked, return_exceptions=True)
+            return took
+
+        assert asyncio.run(unrelated_waits()) < 2
+    finally:
+        release.set()
+        thread.join()
+
+
+def _wait_for_lock_waiters(count: int) -> None:
+    """Wait until ``count`` sessions of the test database wait on a lock (PostgreSQL)."""
+
+    def waiting() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0]
+
+    try:
+        wait_until(lambda: waiting() >= count, timeout=5)
+    finally:
+        connection.close()  # this runs in a throwaway executor thread

@@ -8,21 +8,19 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.subprocess
 
@@ -72,27 +70,15 @@ class Example:
         return answer
 
     def wait_for_job(self, url: str, *statuses: str) -> dict[str, Any]:
-        return poll(lambda: (job := self.job(url))["status"] in statuses and job)
+        return wait_until(
+            lambda: (job := self.job(url))["status"] in statuses and job,
+            timeout=JOB_TIMEOUT,
+            interval=0.1,
+        )
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
             return db.execute(query, params).fetchall()
-
-
-def poll(predicate: Callable[[], Any], timeout: float = JOB_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -156,7 +142,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
             except OSError:
                 return False
 
-        poll(answers, timeout=STARTUP_TIMEOUT)
+        wait_until(answers, timeout=STARTUP_TIMEOUT, interval=0.1)
         yield running
     finally:
         stop(server)
@@ -270,7 +256,7 @@ def test_report_is_accepted_then_polled_until_completed(example):
         seen.add(state["status"])
         return state if state["status"] == "completed" else None
 
-    state = poll(done)
+    state = wait_until(done, timeout=JOB_TIMEOUT, interval=0.1)
     assert seen & {"queued", "running"}, "the client saw the report before it was ready"
     assert state["id"] == report_id
     assert state["report"]["kind"] == "signups" and state["report"]["days"] == 3

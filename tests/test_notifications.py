@@ -23,6 +23,7 @@ from django_jobqueue import JobTimeoutError
 from django_jobqueue.notifications import (
     FINISHED_TYPE,
     WORK_TYPE,
+    AsyncWaiter,
     IdleFlag,
     Link,
     ThreadWaiter,
@@ -121,6 +122,82 @@ def test_a_redis_hub_describes_itself(settings, alias, name):
     notifier = hub()
     assert notifier.mode == "redis"
     assert notifier.describe() == f"on ({name})"
+
+
+# -- local waiters: a loop that closed, a cancelled waiter sharing a join ---------------------
+
+
+def test_a_waiter_whose_loop_closed_does_not_stop_notifications():
+    notifier = hub()
+
+    async def stale_async_waiter():
+        await notifier.start_subscribe("j1", AsyncWaiter()).aconfirm()
+
+    asyncio.run(stale_async_waiter())
+    notifier.job_finished(["j1"])
+    waiter = ThreadWaiter()
+    notifier.start_subscribe("j2", waiter).confirm()
+    notifier.job_finished(["j2"])
+    assert waiter.event.wait(5), "no 'finished' was delivered in this process any more"
+
+
+def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(settings):
+    """Local waiters of one job share its group join. An async waiter cancelled while the
+    join is in flight (an ASGI client went away) must neither cancel it for a sync waiter
+    of the same job nor leave the process's channel in the group once both are gone."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "CHANNEL_LAYER": "default"}
+    reset_hub()
+    notifier = hub()
+    layer = notifier._layer
+    joining, shared, answer = threading.Event(), threading.Event(), threading.Event()
+    original = layer.group_add
+
+    async def slow_group_add(group, channel):
+        await original(group, channel)  # done on the server; the answer takes a while
+        joining.set()
+        await asyncio.to_thread(answer.wait, 10)
+
+    layer.group_add = slow_group_add
+    job_id = "shared-join"
+    outcome: dict[str, object] = {}
+
+    def sync_waiter() -> None:
+        waiter = ThreadWaiter()
+        subscription = notifier.start_subscribe(job_id, waiter)
+        shared.set()
+        try:
+            outcome["confirm"] = subscription.confirm()
+        except BaseException as exc:  # what the bug raised: CancelledError
+            outcome["confirm"] = exc
+        finally:
+            notifier.unsubscribe(job_id, waiter)
+
+    async def async_waiter() -> None:
+        waiter = AsyncWaiter()
+        subscription = notifier.start_subscribe(job_id, waiter)
+        try:
+            await subscription.aconfirm()
+        finally:
+            notifier.unsubscribe(job_id, waiter)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(async_waiter())
+        assert await asyncio.to_thread(joining.wait, 10), "the join never reached the layer"
+        thread = threading.Thread(target=sync_waiter)
+        thread.start()
+        assert await asyncio.to_thread(shared.wait, 10), "the sync waiter never subscribed"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        answer.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    asyncio.run(main())
+    assert outcome["confirm"] is True
+    group = group_for(job_id)
+    wait_until(lambda: not layer.groups.get(group), timeout=5)
+    assert notifier._joins == {} and notifier._waiters == {}
 
 
 # -- hostile input -------------------------------------------------------------------------

@@ -12,11 +12,12 @@ import time
 
 import pytest
 from django.db import close_old_connections, connection
+from model_bakery import baker
 
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
 from django_jobqueue.models import Job
 from django_jobqueue.notifications import IdleFlag, group_for, hub, reset_hub, work_channel
-from tests.conftest import POSTGRES, requires_redis, wait_until
+from tests.conftest import POSTGRES, free_port, requires_redis, run_concurrently, wait_until
 from tests.testapp.jobs import add, always_fails, async_add, record, sleep_then_record
 from tests.testapp.models import Execution
 
@@ -57,26 +58,11 @@ def test_handle_wait_blocks_for_an_enqueued_job(worker_processes):
 
 
 def test_concurrent_waiters_share_one_run(worker_processes):
-    results: list[object] = []
-    barrier = threading.Barrier(4)
+    def wait() -> object:
+        return record.using(job_id="shared", timeout=30).enqueue_and_wait("shared", sleep=0.5)
 
-    def wait() -> None:
-        try:
-            barrier.wait()
-            results.append(
-                record.using(job_id="shared", timeout=30).enqueue_and_wait("shared", sleep=0.5)
-            )
-        except Exception as exc:  # pragma: no cover - reported by the assertion
-            results.append(exc)
-        finally:
-            close_old_connections()
-
-    threads = [threading.Thread(target=wait) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    worker_processes.start("--concurrency", "4")
-    for thread in threads:
-        thread.join(40)
+    worker_processes.start("--concurrency", "4")  # it takes a second to start: they all wait
+    results = run_concurrently(*[wait] * 4, timeout=40)
     assert results == ["shared"] * 4
     assert Execution.objects.filter(tag="shared").count() == 1
 
@@ -98,7 +84,7 @@ def test_no_redis_still_answers_by_polling(worker_processes, settings, caplog, w
     """The web side's Redis is unreachable (a closed port) or accepts connections and never
     answers: enqueue_and_wait still answers, every layer call is bounded, one warning."""
     silent = _SilentServer() if where == "silent server" else None
-    port = silent.port if silent else _closed_port()
+    port = silent.port if silent else free_port()
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -129,24 +115,57 @@ def test_notifications_make_waiting_fast_with_slow_polling(worker_processes, set
     queue-like RedisChannelLayer and on the broadcast RedisPubSubChannelLayer alike."""
     overrides = {"POLL_INTERVAL": 30, "CHANNEL_LAYER": alias}
     settings.JOBQUEUE = {**settings.JOBQUEUE, **overrides}
+    first = _first_poll_job()
     proc = worker_processes.start(env={"DJQ_JOBQUEUE": json.dumps(overrides)})
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
-    time.sleep(0.5)  # let the worker's first poll pass; from here on only a wake-up helps
+    _wait_past_the_first_poll([first], settings, alias)  # from here on only a wake-up helps
     started = time.monotonic()
     for value in range(5):
         assert add.using(timeout=10).enqueue_and_wait(value, 1) == value + 1
     assert time.monotonic() - started < 5
 
 
+def _first_poll_job(queue: str = "default") -> Job:
+    """A job written straight to the table, before its worker starts: no wake-up announces
+    it, so the worker's first poll is what runs it."""
+    return baker.make_recipe("tests.queued_job", queue=queue)
+
+
+def _wait_past_the_first_poll(firsts: list[Job], settings, alias: str) -> None:
+    """Wait until the workers' first polls ran ``firsts`` and, on the broadcast layer (which
+    keeps nothing for a channel nobody listens on), a worker is subscribed to the default
+    queue's work channel: from then on a new job starts quickly only if a wake-up helps."""
+    ids = [first.pk for first in firsts]
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status="completed").count() == len(ids), timeout=20
+    )
+    if alias != "pubsub":
+        return  # the queue-like layer keeps a message until a worker receives it
+    import redis
+
+    client = redis.Redis.from_url(settings.CHANNEL_LAYERS[alias]["CONFIG"]["hosts"][0]["address"])
+    try:
+        channel = work_channel("default")
+        wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, timeout=10)
+    finally:
+        client.close()
+
+
 @requires_redis
 def test_one_new_job_wakes_one_idle_worker(worker_processes, settings):
     env = {"DJQ_JOBQUEUE": '{"POLL_INTERVAL": 30}'}
-    procs = [worker_processes.start(env=env) for _ in range(3)]
+    # Each worker serves a queue of its own too, for the job its first poll runs.
+    firsts = [_first_poll_job(f"first-poll-{index}") for index in range(3)]
+    procs = [
+        worker_processes.start("--queue", "default", "--queue", first.queue, env=env)
+        for first in firsts
+    ]
     for proc in procs:
         wait_until(lambda p=proc: "worker started" in worker_processes.log(p), timeout=20)
-    time.sleep(0.5)
+    _wait_past_the_first_poll(firsts, settings, "default")
     handle = add.enqueue(1, 2)
     wait_until(lambda: handle.refresh().status == "completed", timeout=10)
+    # A measuring window, not a synchronisation: time for a second worker to be woken too.
     time.sleep(0.3)
     woken = sum("woken by a work-available" in worker_processes.log(p) for p in procs)
     assert woken == 1
@@ -319,15 +338,9 @@ async def test_hundreds_of_async_waiters_share_a_few_connections(worker_processe
     peak = 0
     while not gathered.done():
         peak = max(peak, await asyncio.to_thread(connections_now))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a sampling interval, not a synchronisation
     assert await gathered == [2 * i for i in range(300)]
     assert peak <= 12, f"{peak} connections for 300 waiters"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _SilentServer:
@@ -363,7 +376,7 @@ def test_redis_dying_mid_run_degrades_to_polling(
     worker_processes, settings, caplog, tmp_path, alias
 ):
     """A private Redis serves both sides, then is killed: answers keep coming, by polling."""
-    port = _closed_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             "redis-server",

@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import sqlite3
+import threading
 import time
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import SyncToAsync, async_to_sync
+from channels.layers import channel_layers
 from django.db import connection
+from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from model_bakery import baker
 
 from django_jobqueue import get_job
 from django_jobqueue.models import DeadLetter, Job, JobResult
-from django_jobqueue.worker import Worker, backoff
-from tests.conftest import wait_until
+from django_jobqueue.worker import Outcome, Worker, backoff
+from tests.conftest import requires_postgres, wait_until
 from tests.testapp.jobs import (
     add,
     always_fails,
     async_add,
+    async_count,
+    echo,
+    huge_int,
     noop,
     other_queue,
     record,
     returns_unserializable,
+    sleeper,
+    surrogate,
 )
 from tests.testapp.models import Execution
 
@@ -143,9 +155,7 @@ def test_backoff_grows_exponentially_with_jitter(settings):
 
 
 def test_unknown_job_name_is_dead_lettered_and_the_worker_goes_on(run_worker):
-    Job.objects.create(
-        job_id="ghost", name="deployed.later.job", queue="default", max_attempts=3, result_ttl=60
-    )
+    baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later.job")
     ok = add.enqueue(1, 1)
     run_worker()
     ghost = get_job("ghost")
@@ -206,14 +216,14 @@ def test_a_job_that_keeps_killing_its_worker_ends_as_a_dead_letter(run_worker):
     assert "Lease expired" in DeadLetter.objects.get(job_id=handle.id).error
 
 
-def test_expired_results_are_pruned():
+def test_expired_results_are_pruned(run_worker):
     kept = add.using(job_id="kept").enqueue(1, 1)
     gone = add.using(job_id="gone").enqueue(1, 1)
     Job.objects.filter(job_id=gone.id).update(
         status="completed", expires_at=timezone.now() - timedelta(seconds=1)
     )
     JobResult.objects.create(job=Job.objects.get(job_id="gone"), result=2)
-    Worker()._prune()
+    run_worker(queues=["nothing-here"])  # a burst run prunes on its first pass
     assert list(Job.objects.values_list("job_id", flat=True)) == [kept.id]
     assert not JobResult.objects.exists()
 
@@ -296,6 +306,144 @@ def test_statements_per_job_are_pinned_per_vendor(settings):
     assert len(hot) == count * (expected["no result"] + expected["result"]) + expected["per run"], (
         "\n".join(hot)
     )
+
+
+# -- results the database refuses, a locked database, a lost connection -----------------------
+
+
+@pytest.mark.parametrize("poison", [huge_int, surrogate])
+def test_a_result_the_database_refuses_fails_its_attempt_and_the_worker_lives(run_worker, poison):
+    handle = poison.using(max_attempts=1).enqueue()
+    run_worker()
+    assert handle.refresh().status == "failed"
+    assert "cannot be stored" in handle.error or "could not be stored" in handle.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_outcome_does_not_undo_a_sibling_completion(monkeypatch):
+    good = add.enqueue(1, 2)
+    bad = echo.enqueue(1)
+    worker = Worker(concurrency=2)
+    now = timezone.now()
+    claimed = Job.objects.claim(
+        queue=None, limit=2, worker=worker.name, now=now, lease_until=now + timedelta(minutes=1)
+    )
+    by_name = {job.name: job for job in claimed}
+    # An outcome that passed the JSON checks but that the database write still refuses.
+    worker._done.extend(
+        [
+            Outcome(by_name[add.name], True, 0.01, result=3),
+            Outcome(by_name[echo.name], True, 0.01, result=10**5000),
+        ]
+    )
+    worker._flush()
+    assert good.refresh().status == "completed" and good.result == 3
+    row = Job.objects.get(job_id=bad.id)
+    assert row.status == "queued" and "could not be stored" in row.last_error
+    assert not worker._done
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claimed_jobs_survive_a_locked_database_while_dead_lettering():
+    """A concurrent write between dead_letter()'s statements used to make SQLite fail with
+    'database is locked' and orphan the other jobs of the claim."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's busy-snapshot behaviour")
+    baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later")
+    handle = add.using(max_attempts=1).enqueue(1, 2)
+    path = connection.settings_dict["NAME"]
+    fired = []
+
+    def concurrent_producer_commits(sender, instance, **kwargs):
+        if sender is Job and instance.job_id == "ghost" and not fired:
+            fired.append(1)
+            other = sqlite3.connect(path, timeout=20)
+            other.execute(
+                "INSERT INTO testapp_execution (tag, pid, at) VALUES ('x', 0, '2020-01-01')"
+            )
+            other.commit()
+            other.close()
+
+    post_init.connect(concurrent_producer_commits, weak=False)
+    try:
+        Worker(burst=True, concurrency=2).run()
+    finally:
+        post_init.disconnect(concurrent_producer_commits)
+    assert handle.refresh().status == "completed"
+    assert Job.objects.get(job_id="ghost").status == "failed"
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_async_jobs_recover_from_a_lost_connection():
+    async_count.enqueue()
+    Worker(burst=True).run()
+    pid = SyncToAsync.single_thread_executor.submit(
+        lambda: (connection.ensure_connection(), connection.connection.info.backend_pid)[1]
+    ).result()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    handles = [async_count.using(max_attempts=1).enqueue() for _ in range(2)]
+    Worker(burst=True).run()
+    assert [h.refresh().status for h in handles] == ["completed", "completed"]
+
+
+# -- the main loop: idle and busy, the start banner, stop, signal receivers -------------------
+
+
+def test_a_busy_worker_sleeps_while_its_job_runs(monkeypatch):
+    calls = []
+    real_sleep = Worker._sleep
+
+    def counting_sleep(self, seconds):
+        calls.append(seconds)
+        return real_sleep(self, seconds)
+
+    monkeypatch.setattr(Worker, "_sleep", counting_sleep)
+    sleeper.enqueue(1.0)
+    worker = Worker(burst=True, concurrency=1)
+    started = time.monotonic()
+    worker.run()
+    assert sum(1 for s in calls if s == 0) < 50, "the main loop spun while the job ran"
+    # A loop that goes round without calling _sleep at all: about one pass per
+    # POLL_INTERVAL (0.1s here) and per timer, never thousands.
+    assert worker.passes < 50 * (time.monotonic() - started) + 20, worker.passes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_worker_does_not_spin(settings):
+    """An idle worker passes its loop about once per POLL_INTERVAL (plus its upkeep timers),
+    whether or not a spin would go through ``_sleep``. Measured over a window of about a
+    second: stop() ends the run, in this thread so its statements can be counted too."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.05}
+    # Each "work available" message earlier tests left on the channel layer (Redis keeps
+    # up to 100 per queue for a minute) would wake the worker once: not what is measured.
+    async_to_sync(channel_layers.make_backend("default").flush)()
+    worker = Worker()
+    stopper = threading.Timer(1.0, worker.stop)
+    started = time.monotonic()
+    stopper.start()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            worker.run()
+    finally:
+        stopper.cancel()
+    elapsed = time.monotonic() - started
+    polls = elapsed / 0.05
+    assert worker.processed == 0
+    assert worker.passes <= 2 * polls + 20, f"{worker.passes} passes in {elapsed:.2f}s"
+    claims = [q for q in queries.captured_queries if "RETURNING" in q["sql"]]
+    assert len(claims) <= polls + 5, f"{len(claims)} claims in {elapsed:.2f}s"
+
+
+def test_the_start_banner_lists_the_job_names_the_worker_knows(run_worker, caplog):
+    """A job whose module was never imported is missing from the banner, noticed at start."""
+    caplog.set_level(logging.INFO, logger="django_jobqueue.worker")
+    run_worker()
+    (banner,) = [r.getMessage() for r in caplog.records if "worker started" in r.getMessage()]
+    names = banner.split(" jobs=", 1)[1].split(",")
+    assert {add.name, echo.name, sleeper.name, async_count.name} <= set(names)
+    assert names == sorted(names)
 
 
 def test_stop_finishes_the_running_job(transactional_db):

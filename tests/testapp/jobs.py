@@ -168,3 +168,34 @@ async def async_until_cancelled(marker_path, seconds=60.0):
         Path(marker_path).write_text("got CancelledError")
         raise
     return "slept"
+
+
+# -- a sleeper, results the database refuses, an echo, an async query ------------------------
+
+
+@job
+def sleeper(seconds):
+    time.sleep(seconds)  # the job's own work
+    return seconds
+
+
+@job
+def huge_int():
+    """A result json.dumps accepts and the database (or the round trip) refuses."""
+    return 10**5000
+
+
+@job
+def surrogate():
+    """A lone surrogate: valid Python str, refused as a stored result."""
+    return "\ud800"
+
+
+@job
+def echo(value):
+    return value
+
+
+@job
+async def async_count():
+    return await Execution.objects.acount()
