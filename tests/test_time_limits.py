@@ -28,6 +28,7 @@ from tests.testapp.jobs import (
     blocks_on_gate,
     naps,
     naps_limited,
+    noop,
     sleep_then_record,
     slow_first_attempt,
     waits_for_file,
@@ -91,10 +92,13 @@ def test_a_sync_job_past_its_limit_frees_its_slot_while_its_thread_lives_on(
     }
     stuck = blocks_on_gate.using(time_limit=0.3, priority=1).enqueue(gate)
     other = add.enqueue(1, 2)
+    timed = add.using(time_limit=5, priority=-1).enqueue(2, 3)  # on a timed thread too
     started = time.monotonic()
     worker = background_worker(concurrency=1)
     wait_until(lambda: other.refresh().status == "completed", timeout=3)
     elapsed = time.monotonic() - started
+    wait_until(lambda: timed.refresh().status == "completed", timeout=3)
+    assert (other.result, timed.result) == (3, 5)
     row = Job.objects.get(job_id=stuck.id)
     assert (row.status, row.attempts, row.last_error) == ("queued", 1, _error("0.3"))
     # The only slot ran the other job while the stuck one's thread was still blocked.
@@ -231,3 +235,34 @@ def test_a_worker_whose_abandoned_threads_pile_up_drains_and_exits_75(worker_pro
 def test_help_names_the_abandoned_threads_exit_code():
     text = " ".join(_help().split())
     assert "exits with code 75" in text
+
+
+def test_a_time_limit_adds_no_statement_per_job(settings):
+    """Timed jobs cost what untimed ones do: the pinned claim and completion, nothing more."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.test_worker import STATEMENTS
+
+    if connection.vendor not in STATEMENTS:
+        pytest.skip(f"no statement counts for {connection.vendor}")
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "PREFETCH": 0, "LEASE_SECONDS": 60}
+    count = 10
+    noop.using(time_limit=30).enqueue_many([()] * count)
+    add.using(time_limit=30).enqueue_many([(1, 2)] * count)
+    worker = Worker(burst=True, concurrency=1)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == 2 * count
+    setup = ("SET synchronous_commit", "SELECT reltuples", "ANALYZE")
+    table = connection.ops.quote_name(Job._meta.db_table)
+    reap = f"ORDER BY {table}.{connection.ops.quote_name('lease_expires_at')}"
+    hot = [
+        q["sql"]
+        for q in queries.captured_queries
+        if not q["sql"].startswith(setup)
+        and reap not in q["sql"]
+        and not q["sql"].startswith(f"UPDATE {table} SET lease_expires_at")
+    ]
+    expected = STATEMENTS[connection.vendor]
+    assert len(hot) == count * (expected["no result"] + expected["result"]) + expected["per run"]
