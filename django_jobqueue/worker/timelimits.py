@@ -55,14 +55,19 @@ EXIT_ABANDONED_THREADS = 75
 STUCK_AFTER = 1.0
 
 
+#: CPython's C API call that raises an exception in another thread (None elsewhere: sync jobs
+#: past their limit then still fail and free their slot, but run on until they return).
+_set_async_exc = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+
+
 def interrupt_thread(thread_id: int) -> bool:
     """Raise :class:`TimeLimitExceeded` in the thread ``thread_id`` at its next bytecode."""
-    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded)
-    )
+    if _set_async_exc is None:  # pragma: no cover - not CPython
+        return False
+    changed = _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded))
     if changed > 1:  # pragma: no cover - thread ids are unique; undo, as the C API asks
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
-    return changed == 1
+        _set_async_exc(ctypes.c_ulong(thread_id), None)
+    return bool(changed == 1)
 
 
 class TimeLimits:
@@ -205,11 +210,13 @@ class TimeLimits:
                     continue
                 cancel = self._live.pop(running)
                 thread = self._threads.pop(running, None)
-                trace = ""
+                trace = "The attempt had not started when its time limit passed."
                 if thread is not None and thread.ident is not None:
                     trace = _stack(thread.ident)
                     if interrupt_thread(thread.ident):
                         self._interrupted.append((thread, now + STUCK_AFTER))
+                    else:  # pragma: no cover - not CPython, or the thread just ended
+                        self._interrupted.append((thread, now))
                 expired.append((running, cancel, trace))
         for running, cancel, trace in expired:
             self._fail(running, cancel, trace, now)
@@ -230,14 +237,13 @@ class TimeLimits:
             trace = _task_stack(running)
             cancel()
         logger.warning(
-            "time limit passed id=%s name=%s attempt=%d time_limit=%gs: %s",
+            "time limit passed id=%s name=%s attempt=%d time_limit=%gs: %s; its slot is free, "
+            "its outcome will be discarded",
             job.job_id,
             job.name,
             job.attempts,
             job.time_limit,
-            "task cancelled"
-            if cancel is not None
-            else "thread interrupted; its slot is free, its outcome will be discarded",
+            "task cancelled" if cancel is not None else "thread interrupted",
         )
         error = describe(TimeLimitExceeded(job.time_limit))
         self.report(Outcome(job, False, now - running.started, error=error, traceback=trace))
