@@ -201,7 +201,7 @@ class TimeLimits:
     def expire(self, now: float) -> int:
         """Fail the attempts whose deadline passed; return how many abandoned threads are
         alive (interrupted more than :data:`STUCK_AFTER` seconds ago)."""
-        expired: list[tuple[RunningJob, Callable[[], object] | None, str]] = []
+        expired: list[tuple[RunningJob, Callable[[], object] | None, str, str]] = []
         with self._lock:
             while self._heap and self._heap[0][0] <= now:
                 running = heapq.heappop(self._heap)[2]
@@ -211,15 +211,16 @@ class TimeLimits:
                 cancel = self._live.pop(running)
                 thread = self._threads.pop(running, None)
                 trace = "The attempt had not started when its time limit passed."
+                how = "task cancelled" if cancel is not None else "not started yet"
                 if thread is not None and thread.ident is not None:
-                    trace = _stack(thread.ident)
+                    trace, how = _stack(thread.ident), "thread interrupted"
                     if interrupt_thread(thread.ident):
                         self._interrupted.append((thread, now + STUCK_AFTER))
                     else:  # pragma: no cover - not CPython, or the thread just ended
                         self._interrupted.append((thread, now))
-                expired.append((running, cancel, trace))
-        for running, cancel, trace in expired:
-            self._fail(running, cancel, trace, now)
+                expired.append((running, cancel, trace, how))
+        for running, cancel, trace, how in expired:
+            self._fail(running, cancel, trace, how, now)
         self._interrupted = [(t, at) for t, at in self._interrupted if t.is_alive()]
         stuck = sum(1 for _, at in self._interrupted if at <= now)
         pending = [at for _, at in self._interrupted if at > now]
@@ -228,7 +229,12 @@ class TimeLimits:
         return stuck
 
     def _fail(
-        self, running: RunningJob, cancel: Callable[[], object] | None, trace: str, now: float
+        self,
+        running: RunningJob,
+        cancel: Callable[[], object] | None,
+        trace: str,
+        how: str,
+        now: float,
     ) -> None:
         job = running.job
         if self.running.get(job.id) is running:
@@ -243,7 +249,7 @@ class TimeLimits:
             job.name,
             job.attempts,
             job.time_limit,
-            "task cancelled" if cancel is not None else "thread interrupted",
+            how,
         )
         error = describe(TimeLimitExceeded(job.time_limit))
         self.report(Outcome(job, False, now - running.started, error=error, traceback=trace))
