@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         JobTimeoutError,
         Retry,
         SerializationError,
+        TimeLimitExceeded,
     )
     from .handles import JobHandle, aget_job, get_job
 
@@ -58,6 +59,7 @@ _EXPORTS = {
     "JobQueueError": "exceptions",
     "JobTimeoutError": "exceptions",
     "SerializationError": "exceptions",
+    "TimeLimitExceeded": "exceptions",
     "aget_job": "handles",
     "get_job": "handles",
     "job": "decorators",
@@ -75,6 +77,7 @@ __all__ = [
     "JobTimeoutError",
     "Retry",
     "SerializationError",
+    "TimeLimitExceeded",
     "__version__",
     "acancel",
     "aget_job",

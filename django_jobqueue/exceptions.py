@@ -1,4 +1,5 @@
-"""Exceptions raised by django-jobqueue. All of them subclass :class:`JobQueueError`."""
+"""Exceptions raised by django-jobqueue. All of them subclass :class:`JobQueueError`, except
+:class:`TimeLimitExceeded`, which a job's own ``except Exception:`` must not swallow."""
 
 from __future__ import annotations
 
@@ -104,3 +105,23 @@ class Retry(Exception):
         super().__init__(reason or "Retry requested by the job")
         self.after = seconds
         self.reason = reason
+
+
+class TimeLimitExceeded(BaseException):
+    """An attempt ran longer than its ``time_limit`` (seconds); ``None`` when unknown.
+
+    The worker raises it inside a sync job's thread at the next Python bytecode once the limit
+    has passed (never inside a blocking C call), and records the attempt as failed with this
+    error, to be retried or dead-lettered like any failure. Like ``KeyboardInterrupt`` it is a
+    ``BaseException``, so a job's ``except Exception:`` does not swallow it; ``finally`` blocks
+    and context managers run as usual. ``async def`` jobs get ``asyncio.CancelledError``.
+    """
+
+    def __init__(self, time_limit: float | None = None) -> None:
+        super().__init__(time_limit)
+        self.time_limit = time_limit
+
+    def __str__(self) -> str:
+        if self.time_limit is None:
+            return "the attempt ran longer than its time_limit"
+        return f"the attempt ran longer than its time_limit of {self.time_limit:g}s"

@@ -1,7 +1,8 @@
 """The worker: claim, run, renew leases, retry with backoff, dead-letter, stop cleanly.
 
 :class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.connection`, :mod:`.claiming`,
-:mod:`.runner`, :mod:`.writer`, :mod:`.upkeep` and :mod:`.shutdown`, over :mod:`.outcomes`.
+:mod:`.runner` (with :mod:`.timelimits`), :mod:`.writer`, :mod:`.upkeep` and
+:mod:`.shutdown`, over :mod:`.outcomes`.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from .claiming import PREFETCH_SECONDS
 from .loop import Worker
 from .outcomes import Outcome, backoff, describe
+from .timelimits import EXIT_ABANDONED_THREADS
 from .upkeep import PRUNE_BATCH, PRUNE_EVERY, REAP_BATCH
 
 __all__ = [
+    "EXIT_ABANDONED_THREADS",
     "PREFETCH_SECONDS",
     "PRUNE_BATCH",
     "PRUNE_EVERY",

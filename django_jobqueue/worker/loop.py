@@ -35,6 +35,7 @@ from .connection import Connection
 from .outcomes import Outcome, describe
 from .runner import Runner
 from .shutdown import StopSignals
+from .timelimits import EXIT_ABANDONED_THREADS
 from .upkeep import Upkeep
 from .writer import Writer
 
@@ -46,6 +47,10 @@ class Worker:
 
     ``burst``: exit once nothing is ready to run and nothing is running, and (unless
     ``wait_for_retries`` is false) no job of its queues waits out a retry's backoff.
+
+    :meth:`run` returns 0, or :data:`~.timelimits.EXIT_ABANDONED_THREADS` when more than
+    ``concurrency`` threads of jobs past their time limit would not end (see
+    :mod:`.timelimits`).
 
     ``processed`` counts the outcomes written; ``passes`` counts the passes of the main loop
     (an idle worker makes about one per ``POLL_INTERVAL``): a measure for tests and debugging.
@@ -74,6 +79,7 @@ class Worker:
         self._idle = IdleFlag()
         self.processed = 0
         self.passes = 0
+        self.exit_code = 0
         self._connection = Connection(self.using, self.name, lambda s: self._sleep(s))
         self._claimer = Claimer(
             self.using,
@@ -126,7 +132,7 @@ class Worker:
             self._signals.restore()
             self._connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
         """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""
@@ -175,6 +181,8 @@ class Worker:
             self.passes += 1
             now = time.monotonic()
             try:
+                if now >= self._runner.limits.due:
+                    self._enforce_time_limits(now)
                 connection.prepare()
                 if not self._stopping:
                     self._start_buffered()  # refill finished slots before the writes
@@ -209,6 +217,24 @@ class Worker:
                 continue
             self._sleep(self._sleep_for())
 
+    def _enforce_time_limits(self, now: float) -> None:
+        """Fail the attempts past their time limit; with more than ``concurrency`` abandoned
+        threads (interrupted, still alive), stop claiming, drain, and exit with a code that
+        asks the supervisor for a fresh process."""
+        abandoned = self._runner.limits.expire(now)
+        if abandoned > self.concurrency and not self.exit_code:
+            logger.error(
+                "worker name=%s: %d threads of jobs past their time limit are still running "
+                "(more than concurrency=%d): claiming no more jobs, finishing the running "
+                "ones, then exiting with code %d for the process supervisor to restart it",
+                self.name,
+                abandoned,
+                self.concurrency,
+                EXIT_ABANDONED_THREADS,
+            )
+            self.exit_code = EXIT_ABANDONED_THREADS
+            self.stop()
+
     def _burst_is_over(self) -> bool:
         """In burst mode, after a claim found nothing: True if nothing is left to do.
 
@@ -239,6 +265,7 @@ class Worker:
         progress = self._runner.progress_due(float(conf.get("PROGRESS_INTERVAL")))
         if progress is not None:
             due = min(due, progress)
+        due = min(due, self._runner.limits.due)  # a deadline, or a thread to count as stuck
         return max(0.0, min(due - now, float(conf.get("POLL_INTERVAL"))))
 
     def _free_slots(self) -> int:

@@ -27,6 +27,7 @@ from ..models import Job
 from ..notifications import run_loop
 from ..registry import registry
 from .outcomes import Outcome, describe, failed, succeeded
+from .timelimits import TimeLimits
 
 if TYPE_CHECKING:
     from ..decorators import JobFunction
@@ -72,6 +73,8 @@ class Runner:
         self.wake = wake
         #: The attempts running now, by job pk (added by start(), removed before report()).
         self.running: dict[int, RunningJob] = {}
+        #: The deadlines of attempts with a time limit, and the threads of sync ones.
+        self.limits = TimeLimits(self.running, report)
         self._pool: ThreadPoolExecutor | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_thread = threading.Thread()
@@ -83,6 +86,7 @@ class Runner:
         """Wait for the running sync jobs; stop the async loop (its jobs have reported)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self.limits.close()
 
     def stop_async(self) -> None:
         if self._async_loop is not None:
@@ -98,13 +102,28 @@ class Runner:
             )
         running = RunningJob(job, definition)
         self.running[job.id] = running
-        if definition.is_async:
+        if job.time_limit is not None:  # worker/timelimits.py
+            self._start_timed(running)
+        elif definition.is_async:
             asyncio.run_coroutine_threadsafe(self._run_async(running), self._get_async_loop())
         else:
             assert self._pool is not None
             self._pool.submit(self._run_sync, running)
 
+    def _start_timed(self, running: RunningJob) -> None:
+        """Start an attempt that has a time limit, its clock first (it may end at once)."""
+        self.limits.watch(running)
+        if running.definition.is_async:
+            future = asyncio.run_coroutine_threadsafe(
+                self._run_async(running), self._get_async_loop()
+            )
+            self.limits.cancel_with(running, future.cancel)
+        else:
+            self.limits.submit(running, self._run_sync)
+
     def _finish(self, running: RunningJob, outcome: Outcome) -> None:
+        if running.job.time_limit is not None and not self.limits.settle(running):
+            return  # its time limit passed first: that failure was reported, this is late
         self.running.pop(running.job.id, None)
         outcome.cancelled = running.cancelled.is_set()
         if running.progress_pending:

@@ -20,7 +20,7 @@ from django.utils import autoreload
 from django_jobqueue import __version__
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
-from django_jobqueue.worker import Worker
+from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 logger = logging.getLogger("django_jobqueue")
@@ -82,7 +82,10 @@ class Command(BaseCommand):
     help = (
         "Run queued jobs. Claims jobs from the database (SELECT ... FOR UPDATE SKIP LOCKED on "
         "PostgreSQL), holds a lease on each and renews it; SIGTERM or Ctrl-C finishes the "
-        "running jobs and exits 0. Run as many workers, on as many hosts, as you like."
+        "running jobs and exits 0. Run as many workers, on as many hosts, as you like. "
+        "When more than --concurrency threads of jobs past their time_limit are stuck (in C "
+        "code that cannot be interrupted), the worker stops claiming, finishes its other jobs "
+        f"and exits with code {EXIT_ABANDONED_THREADS}, for its supervisor to restart it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
