@@ -3,27 +3,37 @@ from which queues, and handing back what a worker will not run."""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
+from .limiter import Limiter, make_limiter
+
+logger = logging.getLogger("django_jobqueue.worker")
 
 #: A busy worker prefetches at most this many seconds of work (by recent job durations).
 PREFETCH_SECONDS = 0.05
+#: Limit keys with queued jobs looked at per claim (the next claim goes on from there).
+KEY_BATCH = 50
+#: With no ``LIMITS`` configured, how often to look for jobs whose key lost its entry.
+STRANDED_EVERY = 30.0
 
 
 class Claimer:
     """The claimed jobs a worker holds but has not started (``buffer``) and when to claim.
 
     ``running()`` tells how many jobs the worker runs (or has finished but not written), so
-    the claim knows how much room there is.
+    the claim knows how much room there is; ``running_ids()`` which ones (their limit slots
+    are held until then).
     """
 
     def __init__(
@@ -34,12 +44,14 @@ class Claimer:
         worker: str,
         concurrency: int,
         running: Callable[[], int],
+        running_ids: Callable[[], Iterable[int]] = lambda: (),
     ) -> None:
         self.using = using
         self.queues = queues
         self.worker = worker
         self.concurrency = concurrency
         self.running = running
+        self.running_ids = running_ids
         self.buffer: deque[ClaimedJob] = deque()
         #: A "work available" message came, or a group's job finished: claim at once.
         self.work_hint = True
@@ -51,6 +63,15 @@ class Claimer:
         #: The time of the last claim: jobs due only after it could not be claimed by it.
         self.claimed_at: datetime | None = None
         self.avg_duration: float | None = None
+        #: Holds the limits per key; built at the first claim that needs it.
+        self.limiter: Limiter | None = None
+        #: Where the next look at the limit keys starts (they are visited in turns).
+        self.key_cursor = ""
+        #: Keys found at their limit (or with nothing ready): not asked again before then.
+        self.key_blocked: dict[str, float] = {}
+        #: The jobs with a limit this worker holds (claimed, running, not yet written): pk -> key.
+        self.limited: dict[int, str] = {}
+        self.next_stranded = time.monotonic() + STRANDED_EVERY
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -69,6 +90,7 @@ class Claimer:
         prefetch. Claims refill the buffer in batches (one statement for many short jobs),
         but only once it has drained to half the prefetch, so batches stay large.
         """
+        self.sync_limits(now)
         prefetch = self.prefetch()
         held = self.running() + len(self.buffer)
         wanted = self.concurrency + prefetch - held
@@ -101,6 +123,8 @@ class Claimer:
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
+        if limits.rules() or time.monotonic() >= self.next_stranded:
+            claimed = self.claim_limited(min(wanted, self.free_slots()), now, lease_until)
         for name in order:
             if claimed >= wanted:
                 break
@@ -118,6 +142,86 @@ class Claimer:
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
+
+    def claim_limited(self, room: int, now: datetime, lease_until: datetime) -> int:
+        """Claim up to ``room`` jobs that have a limit key, each key within its limits.
+
+        Only free slots are offered (a limited job is never prefetched: it would hold its
+        key's slot while it waits). Keys are visited in turns from ``key_cursor``; a key at its
+        limit is skipped until the next poll, or until a job of it ends here.
+        """
+        mono = time.monotonic()
+        if not limits.rules():
+            self.next_stranded = mono + STRANDED_EVERY
+        if room <= 0:
+            return 0
+        if self.limiter is None:
+            self.limiter = make_limiter(self.using, self.worker)
+        keys = self._jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
+        self.key_cursor = keys[-1] if len(keys) == KEY_BATCH else ""
+        poll = float(conf.get("POLL_INTERVAL"))
+        claimed = 0
+        for index, key in enumerate(keys):
+            if claimed >= room:
+                self.key_cursor = keys[index - 1]  # the next claim goes on from this key
+                break
+            if self.key_blocked.get(key, 0.0) > mono:
+                continue
+            batch: list[ClaimedJob] = []
+            for name in [None] if self.queues is None else self.queues:
+                batch += self._claim_key(key, name, room - claimed, now, lease_until)
+                if len(batch) >= room - claimed:
+                    break
+            if len(batch) < room - claimed:
+                self.key_blocked[key] = mono + poll
+            self.buffer.extend(batch)
+            self.limited.update((job.id, key) for job in batch)
+            claimed += len(batch)
+            self.known_queues = self.known_queues | {job.queue for job in batch}
+            if any(job.group is not None for job in batch):
+                self._drop_overtaking(batch)
+        return claimed
+
+    def _claim_key(
+        self, key: str, queue: str | None, room: int, now: datetime, lease_until: datetime
+    ) -> list[ClaimedJob]:
+        rule = limits.rule_for(key)
+        if rule is None:
+            logger.warning(
+                "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
+                "(removed since they were queued?): running them without a limit",
+                self.worker,
+                key,
+            )
+            return self._jobs().claim(
+                queue=queue,
+                limit=room,
+                worker=self.worker,
+                now=now,
+                lease_until=lease_until,
+                limit_key=key,
+            )
+        assert self.limiter is not None
+        return self.limiter.claim(
+            key, rule, queue=queue, limit=room, now=now, lease_until=lease_until
+        )
+
+    def sync_limits(self, now: float) -> None:
+        """Tell the limiter which jobs this worker still holds; a key that got a slot back
+        here may be claimed again at once."""
+        if self.limiter is None or not self.limited:
+            return
+        held = {job.id for job in self.buffer}
+        held.update(self.running_ids())
+        self.limiter.sync(held, now)
+        for pk in [pk for pk in self.limited if pk not in held]:
+            self.key_blocked.pop(self.limited.pop(pk), None)
+            self.work_hint = True
+
+    def close(self) -> None:
+        """The worker stops: free the limit slots it holds."""
+        if self.limiter is not None:
+            self.limiter.close()
 
     def _drop_overtaking(self, batch: list[ClaimedJob]) -> None:
         """Hand back grouped jobs that overtook an earlier job of their group.
@@ -139,10 +243,10 @@ class Claimer:
 
     def release_all(self) -> None:
         """Give prefetched, never-started jobs back to the queue (their attempt is undone)."""
-        if not self.buffer:
-            return
-        self._jobs().release([job.fence for job in self.buffer])
-        self.buffer.clear()
+        if self.buffer:
+            self._jobs().release([job.fence for job in self.buffer])
+            self.buffer.clear()
+        self.sync_limits(time.monotonic())
 
     def listen_queues(self, default: str, registered: Iterable[str]) -> list[str]:
         """The queues whose "work available" messages concern this worker."""

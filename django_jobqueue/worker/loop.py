@@ -81,6 +81,7 @@ class Worker:
             worker=self.name,
             concurrency=self.concurrency,
             running=lambda: len(self._running),
+            running_ids=lambda: self._running.keys(),
         )
         self._runner = Runner(self.concurrency, self._report)
         self._writer = Writer(self.using, self.name, finished=self._finished, forget=self._forget)
@@ -115,6 +116,7 @@ class Worker:
             self._runner.close()
             self._writer.flush_until_written(self._connection.lost)
             self._runner.stop_async()
+            self._claimer.close()
             self._signals.restore()
             self._connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
