@@ -8,7 +8,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from django_jobqueue import job
-from tests.testapp.models import Execution
+from tests.testapp.models import Execution, Interval
 
 
 @job
@@ -70,4 +70,14 @@ def sleep_then_record(tag, seconds, marker_path=""):
         Path(marker_path).write_text(str(os.getpid()))
     time.sleep(seconds)
     Execution.objects.create(tag=tag, pid=os.getpid())
+    return tag
+
+
+@job
+def timed(tag, seconds=0.0):
+    """Record when this run started and ended (one ``Interval`` row), sleeping in between."""
+    started = timezone.now()
+    if seconds:
+        time.sleep(seconds)
+    Interval.objects.create(tag=tag, pid=os.getpid(), started=started, ended=timezone.now())
     return tag
