@@ -256,9 +256,14 @@ def test_a_crashed_workers_slot_comes_back(settings, worker_processes, tmp_path,
     wait_until(marker.exists, timeout=20)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
+    killed_at = timezone.now()
     Job.objects.filter(job_id=killed.id).update(args=["killed", 0, ""])
     after = timed.using(limit="api").enqueue("after")
     worker_processes.start("--concurrency", "2", env=env)
     wait_until(lambda: Job.objects.get(job_id=after.id).status == "completed", timeout=30)
     wait_until(lambda: Job.objects.get(job_id=killed.id).status == "completed", timeout=30)
     assert Job.objects.get(job_id=killed.id).attempts == 2
+    # The slot stayed taken until the dead worker's lease ran out (renewed every 2/3 s, so
+    # at least 4/3 s after the kill): the limit held meanwhile, then the slot came back.
+    started = Interval.objects.get(tag="after").started
+    assert started - killed_at >= timedelta(seconds=1.2), (killed_at, started)
