@@ -129,6 +129,33 @@ def test_a_prefix_pattern_limits_each_key_separately(settings, run_worker, cache
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_malformed_limits_setting_holds_limited_jobs_and_runs_the_others(
+    settings, run_worker, caplog
+):
+    _limits(settings, {"api": {"concurrency": 1}})
+    limited = timed.using(limit="api").enqueue("limited")
+    free = add.enqueue(1, 2)
+    _limits(settings, {"api": {"rate": "fast"}})
+    worker = run_worker(concurrency=2)
+    assert worker.processed == 1
+    assert Job.objects.get(job_id=free.id).status == "completed"
+    assert Job.objects.get(job_id=limited.id).status == "queued"
+    assert "JOBQUEUE['LIMITS'] is malformed" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_whose_entry_was_removed_runs_without_a_limit_and_says_so(
+    settings, run_worker, caplog
+):
+    _limits(settings, {"gone": {"concurrency": 1}, "kept": {"concurrency": 1}})
+    handles = timed.using(limit="gone").enqueue_many([("gone",)] * 3)
+    _limits(settings, {"kept": {"concurrency": 1}})
+    run_worker(concurrency=3)
+    assert {Job.objects.get(job_id=h.id).status for h in handles} == {"completed"}
+    assert "jobs with limit 'gone' have no entry in JOBQUEUE['LIMITS']" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
 def test_database_rate_window_counts_starts_of_the_last_period(settings):
     """Two claims in a row of a "3/h" key: the second finds the window full."""
     _limits(settings, {"api": {"rate": "3/h"}})

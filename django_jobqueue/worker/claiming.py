@@ -72,6 +72,7 @@ class Claimer:
         #: The jobs with a limit this worker holds (claimed, running, not yet written): pk -> key.
         self.limited: dict[int, str] = {}
         self.next_stranded = time.monotonic() + STRANDED_EVERY
+        self.bad_limits = ""
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -123,7 +124,7 @@ class Claimer:
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
-        if limits.rules() or time.monotonic() >= self.next_stranded:
+        if self._limits_configured() or time.monotonic() >= self.next_stranded:
             claimed = self.claim_limited(min(wanted, self.free_slots()), now, lease_until)
         for name in order:
             if claimed >= wanted:
@@ -151,7 +152,7 @@ class Claimer:
         limit is skipped until the next poll, or until a job of it ends here.
         """
         mono = time.monotonic()
-        if not limits.rules():
+        if not self._limits_configured():
             self.next_stranded = mono + STRANDED_EVERY
         if room <= 0:
             return 0
@@ -181,6 +182,26 @@ class Claimer:
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
+
+    def _limits_configured(self) -> bool:
+        """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it
+        as E010) is logged and treated as empty, once per change: jobs without a limit must
+        keep running, and jobs with one wait."""
+        try:
+            configured = bool(limits.rules())
+        except limits.LimitConfigError as exc:
+            if self.bad_limits != str(exc):
+                logger.error(
+                    "worker name=%s: JOBQUEUE['LIMITS'] is malformed (%s): jobs with a limit "
+                    "stay queued until it is fixed",
+                    self.worker,
+                    exc,
+                )
+            self.bad_limits = str(exc)
+            self.next_stranded = time.monotonic() + STRANDED_EVERY
+            return False
+        self.bad_limits = ""
+        return configured
 
     def _claim_key(
         self, key: str, queue: str | None, room: int, now: datetime, lease_until: datetime
