@@ -73,6 +73,10 @@ class Claimer:
         self.limited: dict[int, str] = {}
         self.next_stranded = time.monotonic() + STRANDED_EVERY
         self.bad_limits = ""
+        #: Keys with no entry in LIMITS that were warned about (once per key).
+        self.unmatched: set[str] = set()
+        #: Whether the last claim offered the free slots to jobs with a limit first.
+        self.limited_first = False
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -124,8 +128,12 @@ class Claimer:
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
-        if self._limits_configured() or time.monotonic() >= self.next_stranded:
-            claimed = self.claim_limited(min(wanted, self.free_slots()), now, lease_until)
+        # Jobs with a limit and jobs without share the free slots in turns: neither kind
+        # goes first twice in a row, so neither can starve the other.
+        limited = self._limits_configured() or time.monotonic() >= self.next_stranded
+        self.limited_first = limited_first = limited and not self.limited_first
+        if limited_first:
+            claimed = self.claim_limited(wanted, now, lease_until)
         for name in order:
             if claimed >= wanted:
                 break
@@ -142,18 +150,23 @@ class Claimer:
             self.known_queues = self.known_queues | {job.queue for job in batch}
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
+        if limited and not limited_first and claimed < wanted:
+            claimed += self.claim_limited(wanted - claimed, now, lease_until)
         return claimed
 
     def claim_limited(self, room: int, now: datetime, lease_until: datetime) -> int:
         """Claim up to ``room`` jobs that have a limit key, each key within its limits.
 
-        Only free slots are offered (a limited job is never prefetched: it would hold its
-        key's slot while it waits). Keys are visited in turns from ``key_cursor``; a key at its
-        limit is skipped until the next poll, or until a job of it ends here.
+        A limited job holds its key's slot from its claim, so none is prefetched: the worker
+        holds at most ``concurrency`` of them, and they go to the front of the buffer, to
+        start at the next free thread, before any prefetched job. Keys are visited in turns
+        from ``key_cursor``; a key at its limit is skipped until the next poll, or until a job
+        of it ends here.
         """
         mono = time.monotonic()
         if not self._limits_configured():
             self.next_stranded = mono + STRANDED_EVERY
+        room = min(room, self.concurrency - len(self.limited))
         if room <= 0:
             return 0
         if self.limiter is None:
@@ -161,6 +174,8 @@ class Claimer:
         keys = self._jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
         self.key_cursor = keys[-1] if len(keys) == KEY_BATCH else ""
         poll = float(conf.get("POLL_INTERVAL"))
+        if len(self.key_blocked) > 4 * KEY_BATCH:  # many keys (tenants): forget the past
+            self.key_blocked = {k: t for k, t in self.key_blocked.items() if t > mono}
         claimed = 0
         for index, key in enumerate(keys):
             if claimed >= room:
@@ -175,7 +190,7 @@ class Claimer:
                     break
             if len(batch) < room - claimed:
                 self.key_blocked[key] = mono + poll
-            self.buffer.extend(batch)
+            self.buffer.extendleft(reversed(batch))
             self.limited.update((job.id, key) for job in batch)
             claimed += len(batch)
             self.known_queues = self.known_queues | {job.queue for job in batch}
@@ -208,12 +223,14 @@ class Claimer:
     ) -> list[ClaimedJob]:
         rule = limits.rule_for(key)
         if rule is None:
-            logger.warning(
-                "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
-                "(removed since they were queued?): running them without a limit",
-                self.worker,
-                key,
-            )
+            if key not in self.unmatched:
+                self.unmatched.add(key)
+                logger.warning(
+                    "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
+                    "(removed since they were queued?): running them without a limit",
+                    self.worker,
+                    key,
+                )
             return self._jobs().claim(
                 queue=queue,
                 limit=room,
