@@ -144,6 +144,29 @@ def test_limited_and_unlimited_jobs_share_a_busy_worker(settings, run_worker):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_with_redis_unreachable_limited_jobs_wait_and_the_others_run(settings, run_worker, caplog):
+    """LIMITS_CACHE names a django-redis cache whose server is not there (a closed port)."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "gone": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        },
+    }
+    _limits(settings, {"api": {"concurrency": 1}}, "gone")
+    limited = timed.using(limit="api").enqueue_many([("limited",)] * 2)
+    free = add.enqueue(1, 2)
+    worker = run_worker(concurrency=2)
+    assert worker.processed == 1
+    assert Job.objects.get(job_id=free.id).status == "completed"
+    rows = Job.objects.filter(job_id__in=[h.id for h in limited])
+    assert {(r.status, r.attempts) for r in rows} == {("queued", 0)}
+    assert "limits: Redis (cache 'gone') unreachable while reserving room" in caplog.text
+    assert "jobs with a limit stay queued until it is back, the others run" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_malformed_limits_setting_holds_limited_jobs_and_runs_the_others(
     settings, run_worker, caplog
 ):
