@@ -300,9 +300,11 @@ def test_a_rate_is_held_across_two_workers(settings, worker_processes, cache):
     for _ in range(2):
         worker_processes.start("--concurrency", "4", env=env)
     wait_until(lambda: Interval.objects.count() == count, timeout=60)
+    # The limit governs claims (a job's started_at, stamped when it is claimed); the job's
+    # own start follows by a thread hand-off, which a loaded machine can stretch.
+    claims = list(Job.objects.values_list("started_at", flat=True))
+    assert most_starts_within(claims, 0.95) <= 4, sorted(claims)
     starts = [row.started for row in Interval.objects.all()]
-    # A start is recorded a little after its claim; 0.2 s of tolerance for that.
-    assert most_starts_within(starts, 0.8) <= 4, sorted(starts)
     span = (max(starts) - min(starts)).total_seconds()
     assert span >= 2 * 0.8, sorted(starts)  # 12 starts at 4/s need two full windows more
 
