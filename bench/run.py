@@ -46,6 +46,7 @@ SCENARIOS = [
     "wakeup",
     "backlog",
     "memory",
+    "limits",
 ]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
 SLOW = {"backlog", "memory"}
@@ -82,6 +83,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog": 1_000_000,
         "backlog_drain": 5000,
         "memory": 100_000,
+        "limits": 4000,
     },
     "quick": {
         "enqueue": 1000,
@@ -95,6 +97,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog": 100_000,
         "backlog_drain": 2000,
         "memory": 20_000,
+        "limits": 2000,
     },
 }
 
@@ -1238,6 +1241,64 @@ def scenario_backlog(b: Bench) -> None:
     )
 
 
+@contextlib.contextmanager
+def limits(limits: dict[str, Any], cache: str | None) -> Iterator[None]:
+    """``JOBQUEUE["LIMITS"]`` here (enqueue checks the keys) and in workers spawned meanwhile."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    os.environ["BENCH_LIMITS"] = json.dumps(limits)
+    os.environ["BENCH_LIMITS_CACHE"] = cache or ""
+    try:
+        with override_settings(
+            JOBQUEUE={**settings.JOBQUEUE, "LIMITS": limits, "LIMITS_CACHE": cache}
+        ):
+            yield
+    finally:
+        os.environ.pop("BENCH_LIMITS", None)
+        os.environ.pop("BENCH_LIMITS_CACHE", None)
+
+
+def scenario_limits(b: Bench) -> None:
+    """No-op jobs of one key with ``concurrency`` 4, drained by 2 workers x 8 threads; the
+    limits held in the database, then (with Redis) in Redis; then the same jobs with no
+    limit, for comparison."""
+    from django.conf import settings
+
+    from bench.benchapp.jobs import noop
+
+    n = b.size("limits")
+    holders: list[tuple[str, str | None]] = [("database", None)]
+    if settings.BENCH_CHANNELS == "redis":
+        holders.append(("redis", "limits"))
+    for holder, cache in [*holders, ("no limit", None)]:
+        label = f"limits, concurrency 4, {holder}"
+        b.reset()
+        with limits({} if holder == "no limit" else {"bench-api": {"concurrency": 4}}, cache):
+            job = noop if holder == "no limit" else noop.using(limit="bench-api")
+            for start in range(0, n, 10_000):
+                job.enqueue_many([()] * min(10_000, n - start))
+            b.analyze()
+            started = time.perf_counter()
+            with b.workers(2, burst=False, concurrency=8):
+                done = wait_until(lambda: b.count() >= n, b.bound(120), interval=0.05)
+                finished = time.perf_counter()
+        first, last, completed = drain_window()
+        suffix = "" if done else f" ({completed:,} of {n:,} before the bound)"
+        b.row(label, "jobs/s (from spawn)", fmt_rate(completed, finished - started) + suffix)
+        if first and last and completed:
+            b.row(label, "jobs/s (DB window)", fmt_rate(completed, (last - first).total_seconds()))
+        if not done:
+            b.failed = True
+            b.note(f"{label}: " + b.worker_log_tail())
+    b.note(
+        f"limits: {n:,} no-op jobs with limit 'bench-api' ({{'concurrency': 4}}), then the "
+        "same without a limit, drained by 2 `runjobworker --concurrency 8` processes (not "
+        "burst: a burst worker may exit while a key waits on a slot another worker holds); "
+        "limits held in the database (LIMITS_CACHE None) and in Redis (a django-redis cache)."
+    )
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -1304,6 +1365,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "wakeup": scenario_wakeup,
     "backlog": scenario_backlog,
     "memory": scenario_memory,
+    "limits": scenario_limits,
 }
 
 

@@ -16,6 +16,7 @@ Environment:
   library's default), 0.05 with polling.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -95,9 +96,23 @@ elif BENCH_CHANNELS == "polling":
 else:
     raise RuntimeError(f"BENCH_CHANNELS must be 'redis' or 'polling', not {BENCH_CHANNELS!r}")
 
+if BENCH_CHANNELS == "redis":
+    # The limits scenario holds its limits in Redis through this cache (BENCH_LIMITS_CACHE).
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "limits": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": _REDIS_CONFIG["prefix"],
+        },
+    }
+
 JOBQUEUE = {
     "CHANNEL_LAYER": _channel_layer,
     "POLL_INTERVAL": float(os.environ.get("BENCH_POLL_INTERVAL") or _poll),
+    # The limits scenario (bench/run.py sets these for its workers).
+    "LIMITS": json.loads(os.environ.get("BENCH_LIMITS") or "{}"),
+    "LIMITS_CACHE": os.environ.get("BENCH_LIMITS_CACHE") or None,
 }
 
 # Per-job INFO lines would cost more than a no-op job: warnings only.

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from .conf import BOUNDS, DEFAULTS, HEARTBEAT_BOUNDS, fault, heartbeat_fault
+from .limits import LimitConfigError, parse_rule, rule_for
+from .registry import registry
 
 
 @register(Tags.compatibility)
@@ -213,3 +215,82 @@ def _blocking_reads_fit(host: Any) -> bool:
         return False
     timeout = host["socket_timeout"]
     return timeout is None or (isinstance(timeout, int | float) and timeout > 5)
+
+
+# -- limits per key (docs/guide/limits-per-key.md) -------------------------------------------
+
+
+@register(Tags.compatibility)
+def check_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """E013: ``LIMITS`` is malformed. E014: ``LIMITS_CACHE`` is not a django-redis cache.
+    E015: a job's ``limit`` key has no entry in ``LIMITS``."""
+    user = getattr(settings, "JOBQUEUE", None)
+    if not isinstance(user, dict):
+        return []
+    errors: list[Any] = []
+    configured = user.get("LIMITS") or {}
+    valid = isinstance(configured, dict)
+    if not valid:
+        errors.append(
+            Error(
+                "JOBQUEUE['LIMITS'] must be a dict of key -> limits.",
+                hint="LIMITS = {'partner-api': {'concurrency': 4, 'rate': '100/m'}, "
+                "'tenant:*': {'concurrency': 2}}",
+                id="django_jobqueue.E013",
+            )
+        )
+    else:
+        for pattern, entry in configured.items():
+            try:
+                parse_rule(pattern, entry)
+            except LimitConfigError as exc:
+                valid = False
+                errors.append(
+                    Error(
+                        f"JOBQUEUE['LIMITS']: {exc}",
+                        hint="An entry is {'concurrency': N, 'rate': 'N/s' | 'N/m' | 'N/h'} "
+                        "(either or both); a key is exact, or a prefix ending in '*'.",
+                        id="django_jobqueue.E013",
+                    )
+                )
+    errors += _check_limits_cache(user.get("LIMITS_CACHE"))
+    if valid:
+        errors += _check_job_limits()
+    return errors
+
+
+def _check_limits_cache(alias: Any) -> list[Any]:
+    if alias is None:
+        return []
+    caches = getattr(settings, "CACHES", {}) or {}
+    backend = str(caches[alias].get("BACKEND", "")) if alias in caches else None
+    if backend is not None and backend.startswith("django_redis."):
+        return []
+    problem = "is not in CACHES" if backend is None else f"uses {backend!r}"
+    return [
+        Error(
+            f"JOBQUEUE['LIMITS_CACHE'] names the cache {alias!r}, which {problem}: limits "
+            "are held in Redis through a django-redis cache only.",
+            hint="Point it at a cache with BACKEND 'django_redis.cache.RedisCache' (pip "
+            "install 'django-jobqueue[limits]'), or set it to None to hold the limits in "
+            "the database.",
+            id="django_jobqueue.E014",
+        )
+    ]
+
+
+def _check_job_limits() -> list[Any]:
+    errors = []
+    for name in registry.names():
+        key = registry.get(name).limit
+        if key is not None and rule_for(key) is None:
+            errors.append(
+                Error(
+                    f"Job {name!r} has limit={key!r}, which has no entry in "
+                    "JOBQUEUE['LIMITS']: its jobs would be claimed without a limit.",
+                    hint=f"Add {key!r} (or a pattern such as '{key.split(':')[0]}:*') to "
+                    "JOBQUEUE['LIMITS'].",
+                    id="django_jobqueue.E015",
+                )
+            )
+    return errors

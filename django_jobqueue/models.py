@@ -2,10 +2,17 @@
 
 Which index serves which query (names as in the migration):
 
-* ``djq_claim_any``  ``(priority DESC, id) WHERE status='queued'``: the claim query of a
-  worker that serves every queue (``runjobworker`` with no ``--queue``).
-* ``djq_claim_queue`` ``(queue, priority DESC, id) WHERE status='queued'``: the claim query
-  of a worker started with ``--queue``; one index range scan per queue.
+* ``djq_claim_any``  ``(priority DESC, id) WHERE status='queued' AND limit_key IS NULL``: the
+  claim query of a worker that serves every queue (``runjobworker`` with no ``--queue``).
+* ``djq_claim_queue`` ``(queue, priority DESC, id) WHERE status='queued' AND limit_key IS
+  NULL``: the claim query of a worker started with ``--queue``; one index range scan per queue.
+  Jobs with a limit are not in these two indexes, so a million of them waiting on their limit
+  never stand in front of the others.
+* ``djq_limit_queued`` ``(limit_key, priority DESC, id) WHERE status='queued' AND limit_key IS
+  NOT NULL``: the keys that have queued jobs (a skip scan, one probe per key) and the claim of
+  one key's jobs.
+* ``djq_limit_running`` ``(limit_key) WHERE status='running' AND limit_key IS NOT NULL``: how
+  many jobs of a key run (its concurrency, held through the database).
 * ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
   NULL``: "is an earlier job of this group still queued or running?" in the claim query.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
@@ -32,7 +39,7 @@ from .base import ACTIVE, FINISHED, JobSnapshot, Status
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import DeadLetterQuerySet, JobQuerySet
 
-__all__ = ["ACTIVE", "FINISHED", "DeadLetter", "Job", "JobResult", "Status"]
+__all__ = ["ACTIVE", "FINISHED", "DeadLetter", "Job", "JobResult", "LimitStart", "Status"]
 
 
 class Job(models.Model):
@@ -90,14 +97,21 @@ class Job(models.Model):
                 models.F("priority").desc(),
                 "id",
                 name="djq_claim_any",
-                condition=Q(status="queued"),
+                condition=Q(status="queued", limit_key__isnull=True),
             ),
             models.Index(
                 "queue",
                 models.F("priority").desc(),
                 "id",
                 name="djq_claim_queue",
-                condition=Q(status="queued"),
+                condition=Q(status="queued", limit_key__isnull=True),
+            ),
+            models.Index(
+                "limit_key",
+                models.F("priority").desc(),
+                "id",
+                name="djq_limit_queued",
+                condition=Q(status="queued", limit_key__isnull=False),
             ),
             models.Index(
                 fields=["group", "id"],
@@ -182,6 +196,21 @@ class JobResult(models.Model):
 
     def __str__(self) -> str:
         return f"result of {self.job_id}"
+
+
+class LimitStart(models.Model):
+    """One start of a job under a ``rate`` limit, when the limits are held in the database:
+    the sliding window of a key is its rows of the last period (older ones are deleted by the
+    next claim of the key). ``started_at`` is the database's clock on PostgreSQL."""
+
+    key = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "started_at"], name="djq_limit_start")]
+
+    def __str__(self) -> str:
+        return f"{self.key} at {self.started_at}"
 
 
 class DeadLetter(models.Model):

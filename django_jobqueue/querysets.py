@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from itertools import chain, islice
 from typing import Any, NamedTuple
@@ -103,6 +103,27 @@ class Cancelled(NamedTuple):
     queue: str
     notify: bool
     running_on: str | None
+
+
+#: The first key of the advisory locks that serialise the claims of one limit key.
+LOCK_SPACE = 0x646A71  # "djq"
+
+
+@contextmanager
+def _immediate(sql: _SQL) -> Iterator[None]:
+    """SQLite: one ``BEGIN IMMEDIATE`` transaction (claimers take turns from its start)."""
+    if sql.connection.in_atomic_block:
+        yield
+        return
+    sql.connection.ensure_connection()
+    with sql.connection.cursor() as cursor:
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
 
 
 class _SQL:
@@ -334,6 +355,7 @@ class JobQuerySet(models.QuerySet[Any]):
         worker: str,
         now: datetime,
         lease_until: datetime,
+        limit_key: str | None = None,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` ready jobs of ``queue`` (``None``: every queue) and lease them.
 
@@ -342,9 +364,38 @@ class JobQuerySet(models.QuerySet[Any]):
         time, in order. PostgreSQL: one statement with ``FOR UPDATE SKIP LOCKED``, so workers
         never wait on each other. SQLite: the same selection inside ``BEGIN IMMEDIATE``, which
         serialises claimers.
+
+        ``limit_key`` None takes only jobs without a limit; a key takes only that key's jobs
+        and holds no limit itself (see :meth:`claim_limited`, or the Redis limiter that
+        reserved the room before this claim).
         """
         sql = self._sql()
-        select, select_params = self._claim_select(sql, queue, limit, now)
+        statement, params = self._claim_statement(
+            sql, queue, limit, worker, now, lease_until, limit_key
+        )
+        if sql.vendor == "postgresql":
+            rows = sql.execute(statement, params)
+        else:
+            rows = self._claim_exclusive(sql, statement, params)
+        return self._claimed(sql, rows)
+
+    @staticmethod
+    def _claimed(sql: _SQL, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+        claimed = [sql.claimed(row) for row in rows]
+        claimed.sort(key=lambda job: (-job.priority, job.id))  # RETURNING has no order
+        return claimed
+
+    def _claim_statement(
+        self,
+        sql: _SQL,
+        queue: str | None,
+        limit: int,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+        limit_key: str | None,
+    ) -> tuple[str, list[Any]]:
+        select, select_params = self._claim_select(sql, queue, limit, now, limit_key)
         set_params = [
             sql.prep("started_at", now),
             sql.prep("lease_expires_at", lease_until),
@@ -355,30 +406,32 @@ class JobQuerySet(models.QuerySet[Any]):
             "lease_expires_at = %s, worker = %s"
         )
         if sql.vendor == "postgresql":
-            rows = sql.execute(
+            return (
                 f"WITH picked AS ({select} FOR UPDATE SKIP LOCKED) "
                 f"UPDATE {sql.table} {set_sql} FROM picked WHERE {sql.table}.id = picked.id "
                 f"{sql.claim_returning(sql.table + '.')}",
                 [*select_params, *set_params],
             )
-        else:
-            rows = self._claim_exclusive(
-                sql,
-                f"UPDATE {sql.table} {set_sql} WHERE id IN ({select}) {sql.claim_returning('')}",
-                [*set_params, *select_params],
-            )
-        claimed = [sql.claimed(row) for row in rows]
-        claimed.sort(key=lambda job: (-job.priority, job.id))  # RETURNING has no order
-        return claimed
+        return (
+            f"UPDATE {sql.table} {set_sql} WHERE id IN ({select}) {sql.claim_returning('')}",
+            [*set_params, *select_params],
+        )
 
     def _claim_select(
-        self, sql: _SQL, queue: str | None, limit: int, now: datetime
+        self,
+        sql: _SQL,
+        queue: str | None,
+        limit: int,
+        now: datetime,
+        limit_key: str | None = None,
     ) -> tuple[str, list[Any]]:
-        """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``."""
+        """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``
+        for jobs without a limit, by ``djq_limit_queued`` for one key's jobs."""
         queue_filter = "AND c.queue = %s " if queue is not None else ""
+        key_filter = "AND c.limit_key IS NULL " if limit_key is None else "AND c.limit_key = %s "
         select = (
             f"SELECT c.id FROM {sql.table} c "
-            f"WHERE c.status = {_QUEUED} {queue_filter}"
+            f"WHERE c.status = {_QUEUED} {key_filter}{queue_filter}"
             "AND (c.run_after IS NULL OR c.run_after <= %s) "
             f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
             f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
@@ -386,14 +439,26 @@ class JobQuerySet(models.QuerySet[Any]):
             f"AND (g.status = {_RUNNING} OR g.id < c.id))) "
             "ORDER BY c.priority DESC, c.id LIMIT %s"
         )
-        params: list[Any] = [queue] if queue is not None else []
+        params: list[Any] = [] if limit_key is None else [limit_key]
+        params += [queue] if queue is not None else []
         return select, [*params, sql.prep("run_after", now), limit]
 
-    def explain_claim(self, *, queue: str | None = None, limit: int = 10) -> str:
-        """The database's plan for a worker's claim (``EXPLAIN``), to check it uses an index."""
+    def explain_claim(
+        self,
+        *,
+        queue: str | None = None,
+        limit: int = 10,
+        limit_key: str | None = None,
+        analyze: bool = False,
+    ) -> str:
+        """The database's plan for a worker's claim (``EXPLAIN``), to check it uses an index:
+        of the jobs without a limit, or (``limit_key``) of one key's jobs. ``analyze`` (on
+        PostgreSQL) runs the selection and shows the rows and buffers each step touched."""
         sql = self._sql()
-        select, params = self._claim_select(sql, queue, limit, timezone.now())
+        select, params = self._claim_select(sql, queue, limit, timezone.now(), limit_key)
         prefix = "EXPLAIN QUERY PLAN " if sql.vendor == "sqlite" else "EXPLAIN "
+        if analyze and sql.vendor == "postgresql":
+            prefix = "EXPLAIN (ANALYZE, BUFFERS) "
         rows = sql.execute(prefix + select, params)
         return "\n".join(" ".join(str(col) for col in row) for row in rows)
 
@@ -411,6 +476,104 @@ class JobQuerySet(models.QuerySet[Any]):
                 raise
             cursor.execute("COMMIT")
         return rows
+
+    # -- limits per key -------------------------------------------------------------------
+
+    def queued_limit_keys(self, *, after: str, count: int) -> list[str]:
+        """Up to ``count`` distinct limit keys of queued jobs, in key order, after ``after``.
+
+        A skip scan of ``djq_limit_queued`` (a recursive CTE: one index probe per key), so a
+        key with a million queued jobs costs what a key with one costs.
+        """
+        sql = self._sql()
+        probe = (
+            f"SELECT limit_key FROM {sql.table} WHERE status = {_QUEUED} "
+            "AND limit_key IS NOT NULL AND limit_key > {key} ORDER BY limit_key LIMIT 1"
+        )
+        rows = sql.execute(
+            "WITH RECURSIVE keys(k) AS ("
+            f"SELECT ({probe.format(key='%s')}) UNION ALL "
+            f"SELECT ({probe.format(key='keys.k')}) FROM keys WHERE keys.k IS NOT NULL) "
+            "SELECT k FROM keys WHERE k IS NOT NULL LIMIT %s",
+            [after, count],
+        )
+        return [str(row[0]) for row in rows]
+
+    def claim_limited(
+        self,
+        limit_key: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+        queue: str | None,
+        limit: int,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` jobs of ``limit_key``, holding its limits in the database.
+
+        One transaction per key: claimers of a key take turns (a transaction-scoped advisory
+        lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), count the key's running jobs
+        (``djq_limit_running``) and its starts within the last ``rate`` period
+        (:class:`LimitStart` rows, a sliding window on the database's clock), claim what
+        the limits leave room for and record those starts. Two workers claiming the same key
+        at once therefore never exceed ``concurrency``. A job of a crashed worker counts until
+        its lease expires and it is requeued.
+        """
+        sql = self._sql()
+        starts_model = self._limit_start_model()
+        starts = sql.connection.ops.quote_name(starts_model._meta.db_table)
+        running_sql = (
+            f"SELECT count(*) FROM {sql.table} WHERE status = {_RUNNING} AND limit_key = %s"
+        )
+        window = rate[1] if rate is not None else 0.0
+        with transaction.atomic(using=self.db) if sql.vendor == "postgresql" else _immediate(sql):
+            if sql.vendor == "postgresql":
+                sql.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, limit_key]
+                )
+                (clock, running, started) = sql.execute(
+                    f"SELECT clock_timestamp(), ({running_sql}), (SELECT count(*) FROM {starts} "
+                    "WHERE key = %s AND started_at > clock_timestamp() "
+                    "- make_interval(secs => %s))",
+                    [limit_key, limit_key, window],
+                )[0]
+            else:
+                clock = now
+                (running, started) = sql.execute(
+                    f"SELECT ({running_sql}), (SELECT count(*) FROM {starts} "
+                    "WHERE key = %s AND started_at > %s)",
+                    [limit_key, limit_key, sql.prep("run_after", now - timedelta(seconds=window))],
+                )[0]
+            room = limit
+            if concurrency is not None:
+                room = min(room, concurrency - int(running))
+            if rate is not None:
+                room = min(room, rate[0] - int(started))
+                sql.execute(
+                    f"DELETE FROM {starts} WHERE key = %s AND started_at <= %s",
+                    [limit_key, sql.prep("run_after", clock - timedelta(seconds=window))],
+                )
+            if room <= 0:
+                return []
+            statement, params = self._claim_statement(
+                sql, queue, room, worker, now, lease_until, limit_key
+            )
+            claimed = self._claimed(sql, sql.execute(statement, params))
+            if rate is not None and claimed:
+                sql.execute(
+                    f"INSERT INTO {starts} (key, started_at) VALUES "
+                    + ", ".join(["(%s, %s)"] * len(claimed)),
+                    [v for _ in claimed for v in (limit_key, sql.prep("run_after", clock))],
+                )
+        return claimed
+
+    def _limit_start_model(self) -> type[models.Model]:
+        """``LimitStart``, found through the app registry: no import of :mod:`.models` here."""
+        meta = self.model._meta
+        model: type[models.Model] = meta.apps.get_model(meta.app_label, "LimitStart")
+        return model
 
     def complete(
         self, fenced: Sequence[tuple[int, int]], *, now: datetime, expires_at: datetime

@@ -95,6 +95,15 @@ if REDIS_URL:
             "CONFIG": _REDIS_CONFIG,
         },
     }
+    # JOBQUEUE["LIMITS_CACHE"] = "limits" in the tests of limits held in Redis.
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "limits": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": _REDIS_CONFIG["prefix"],
+        },
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -9,8 +9,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from django_jobqueue import conf
-from django_jobqueue.checks import check_channel_layer, check_settings
+from django_jobqueue import conf, job
+from django_jobqueue.checks import check_channel_layer, check_limits, check_settings
+from django_jobqueue.registry import registry
 
 
 def _ids(messages):
@@ -303,3 +304,98 @@ def test_at_run_time_the_heartbeat_is_at_most_half_the_lease(settings):
     assert conf.heartbeat_interval() == 5
     settings.JOBQUEUE = {"LEASE_SECONDS": 10, "HEARTBEAT_INTERVAL": math.nan}
     assert conf.heartbeat_interval() == pytest.approx(10 / 3)
+
+
+# -- limits per key ------------------------------------------------------------------------
+
+
+def test_well_formed_limits_pass(settings):
+    settings.JOBQUEUE = {
+        "LIMITS": {"api": {"concurrency": 4, "rate": "100/m"}, "tenant:*": {"rate": "2/s"}}
+    }
+    assert check_limits() == []
+
+
+@pytest.mark.parametrize(
+    ("limits", "text"),
+    [
+        ({"api": {"rate": "100/min"}}, "rate '100/min' is not of the form"),
+        ({"api": {"rate": "0/s"}}, "rate '0/s'"),
+        ({"api": {"concurrency": 0}}, "'concurrency'] must be a whole number >= 1"),
+        ({"api": {"concurrency": "4"}}, "must be a whole number"),
+        ({"api": {"concurency": 4}}, "unknown keys ['concurency']"),
+        ({"api": {}}, "sets neither"),
+        ({"api": 4}, "must be a dict"),
+        ({"*": {"concurrency": 1}}, "'*' may only end a key"),
+        ([("api", {"concurrency": 1})], "must be a dict of key -> limits"),
+    ],
+)
+def test_malformed_limits_are_errors(settings, limits, text):
+    settings.JOBQUEUE = {"LIMITS": limits}
+    messages = check_limits()
+    assert _ids(messages) == ["django_jobqueue.E013"]
+    assert text in messages[0].msg
+    assert messages[0].hint
+
+
+def test_every_malformed_entry_is_listed(settings):
+    settings.JOBQUEUE = {
+        "LIMITS": {"a": {"rate": "x"}, "b": {"concurrency": -1}, "c": {"rate": "1/s"}}
+    }
+    assert _ids(check_limits()) == ["django_jobqueue.E013", "django_jobqueue.E013"]
+
+
+@pytest.mark.parametrize(
+    ("caches", "text"),
+    [
+        ({"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}, "LocMem"),
+        ({}, "not in CACHES"),
+        ({"limits": {"BACKEND": "django.core.cache.backends.redis.RedisCache"}}, "redis.Redis"),
+    ],
+)
+def test_limits_cache_must_be_a_django_redis_cache(settings, caches, text):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.CACHES.update(caches)
+    settings.JOBQUEUE = {
+        "LIMITS_CACHE": "limits" if "limits" in caches or not caches else "default"
+    }
+    messages = check_limits()
+    assert _ids(messages) == ["django_jobqueue.E014"]
+    assert text in messages[0].msg
+    assert "django_redis.cache.RedisCache" in messages[0].hint
+
+
+def test_a_django_redis_limits_cache_passes(settings):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "limits": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x:1/0"},
+    }
+    settings.JOBQUEUE = {"LIMITS_CACHE": "limits"}
+    assert check_limits() == []
+
+
+def test_a_job_limit_with_no_entry_is_an_error(settings):
+    """The key had an entry when the job was decorated; the setting changed since."""
+    settings.JOBQUEUE = {"LIMITS": {"check-key": {"concurrency": 1}}}
+
+    def limited_for_checks():
+        return None
+
+    limited = job(name="tests.checks.limited", limit="check-key")(limited_for_checks)
+    try:
+        assert check_limits() == []
+        settings.JOBQUEUE = {"LIMITS": {"other": {"concurrency": 1}}}
+        messages = check_limits()
+        assert _ids(messages) == ["django_jobqueue.E015"]
+        assert "'tests.checks.limited' has limit='check-key'" in messages[0].msg
+        settings.JOBQUEUE = {"LIMITS": {"check-*": {"concurrency": 1}}}
+        assert check_limits() == []  # a pattern covers it
+    finally:
+        registry._jobs.pop(limited.name, None)
+
+
+@pytest.mark.django_db
+def test_manage_py_check_reports_a_bad_rate(settings):
+    settings.JOBQUEUE = {"LIMITS": {"api": {"rate": "fast"}}}
+    with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E013"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())

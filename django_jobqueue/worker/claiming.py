@@ -3,27 +3,37 @@ from which queues, and handing back what a worker will not run."""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
+from .limiter import Limiter, make_limiter
+
+logger = logging.getLogger("django_jobqueue.worker")
 
 #: A busy worker prefetches at most this many seconds of work (by recent job durations).
 PREFETCH_SECONDS = 0.05
+#: Limit keys with queued jobs looked at per claim (the next claim goes on from there).
+KEY_BATCH = 50
+#: With no ``LIMITS`` configured, how often to look for jobs whose key lost its entry.
+STRANDED_EVERY = 30.0
 
 
 class Claimer:
     """The claimed jobs a worker holds but has not started (``buffer``) and when to claim.
 
     ``running()`` tells how many jobs the worker runs (or has finished but not written), so
-    the claim knows how much room there is.
+    the claim knows how much room there is; ``running_ids()`` which ones (their limit slots
+    are held until then).
     """
 
     def __init__(
@@ -34,12 +44,14 @@ class Claimer:
         worker: str,
         concurrency: int,
         running: Callable[[], int],
+        running_ids: Callable[[], Iterable[int]] = lambda: (),
     ) -> None:
         self.using = using
         self.queues = queues
         self.worker = worker
         self.concurrency = concurrency
         self.running = running
+        self.running_ids = running_ids
         self.buffer: deque[ClaimedJob] = deque()
         #: A "work available" message came, or a group's job finished: claim at once.
         self.work_hint = True
@@ -51,6 +63,20 @@ class Claimer:
         #: The time of the last claim: jobs due only after it could not be claimed by it.
         self.claimed_at: datetime | None = None
         self.avg_duration: float | None = None
+        #: Holds the limits per key; built at the first claim that needs it.
+        self.limiter: Limiter | None = None
+        #: Where the next look at the limit keys starts (they are visited in turns).
+        self.key_cursor = ""
+        #: Keys found at their limit (or with nothing ready): not asked again before then.
+        self.key_blocked: dict[str, float] = {}
+        #: The jobs with a limit this worker holds (claimed, running, not yet written): pk -> key.
+        self.limited: dict[int, str] = {}
+        self.next_stranded = time.monotonic() + STRANDED_EVERY
+        self.bad_limits = ""
+        #: Keys with no entry in LIMITS that were warned about (once per key).
+        self.unmatched: set[str] = set()
+        #: Whether the last claim offered the free slots to jobs with a limit first.
+        self.limited_first = False
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -69,6 +95,7 @@ class Claimer:
         prefetch. Claims refill the buffer in batches (one statement for many short jobs),
         but only once it has drained to half the prefetch, so batches stay large.
         """
+        self.sync_limits(now)
         prefetch = self.prefetch()
         held = self.running() + len(self.buffer)
         wanted = self.concurrency + prefetch - held
@@ -101,6 +128,12 @@ class Claimer:
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
+        # Jobs with a limit and jobs without share the free slots in turns: neither kind
+        # goes first twice in a row, so neither can starve the other.
+        limited = self._limits_configured() or time.monotonic() >= self.next_stranded
+        self.limited_first = limited_first = limited and not self.limited_first
+        if limited_first:
+            claimed = self.claim_limited(wanted, now, lease_until)
         for name in order:
             if claimed >= wanted:
                 break
@@ -117,7 +150,116 @@ class Claimer:
             self.known_queues = self.known_queues | {job.queue for job in batch}
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
+        if limited and not limited_first and claimed < wanted:
+            claimed += self.claim_limited(wanted - claimed, now, lease_until)
         return claimed
+
+    def claim_limited(self, room: int, now: datetime, lease_until: datetime) -> int:
+        """Claim up to ``room`` jobs that have a limit key, each key within its limits.
+
+        A limited job holds its key's slot from its claim, so none is prefetched: the worker
+        holds at most ``concurrency`` of them, and they go to the front of the buffer, to
+        start at the next free thread, before any prefetched job. Keys are visited in turns
+        from ``key_cursor``; a key at its limit is skipped until the next poll, or until a job
+        of it ends here.
+        """
+        mono = time.monotonic()
+        if not self._limits_configured():
+            self.next_stranded = mono + STRANDED_EVERY
+        room = min(room, self.concurrency - len(self.limited))
+        if room <= 0:
+            return 0
+        if self.limiter is None:
+            self.limiter = make_limiter(self.using, self.worker)
+        keys = self._jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
+        self.key_cursor = keys[-1] if len(keys) == KEY_BATCH else ""
+        poll = float(conf.get("POLL_INTERVAL"))
+        if len(self.key_blocked) > 4 * KEY_BATCH:  # many keys (tenants): forget the past
+            self.key_blocked = {k: t for k, t in self.key_blocked.items() if t > mono}
+        claimed = 0
+        for index, key in enumerate(keys):
+            if claimed >= room:
+                self.key_cursor = keys[index - 1]  # the next claim goes on from this key
+                break
+            if self.key_blocked.get(key, 0.0) > mono:
+                continue
+            batch: list[ClaimedJob] = []
+            for name in [None] if self.queues is None else self.queues:
+                batch += self._claim_key(key, name, room - claimed, now, lease_until)
+                if len(batch) >= room - claimed:
+                    break
+            if len(batch) < room - claimed:
+                self.key_blocked[key] = mono + poll
+            self.buffer.extendleft(reversed(batch))
+            self.limited.update((job.id, key) for job in batch)
+            claimed += len(batch)
+            self.known_queues = self.known_queues | {job.queue for job in batch}
+            if any(job.group is not None for job in batch):
+                self._drop_overtaking(batch)
+        return claimed
+
+    def _limits_configured(self) -> bool:
+        """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it
+        as E010) is logged and treated as empty, once per change: jobs without a limit must
+        keep running, and jobs with one wait."""
+        try:
+            configured = bool(limits.rules())
+        except limits.LimitConfigError as exc:
+            if self.bad_limits != str(exc):
+                logger.error(
+                    "worker name=%s: JOBQUEUE['LIMITS'] is malformed (%s): jobs with a limit "
+                    "stay queued until it is fixed",
+                    self.worker,
+                    exc,
+                )
+            self.bad_limits = str(exc)
+            self.next_stranded = time.monotonic() + STRANDED_EVERY
+            return False
+        self.bad_limits = ""
+        return configured
+
+    def _claim_key(
+        self, key: str, queue: str | None, room: int, now: datetime, lease_until: datetime
+    ) -> list[ClaimedJob]:
+        rule = limits.rule_for(key)
+        if rule is None:
+            if key not in self.unmatched:
+                self.unmatched.add(key)
+                logger.warning(
+                    "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
+                    "(removed since they were queued?): running them without a limit",
+                    self.worker,
+                    key,
+                )
+            return self._jobs().claim(
+                queue=queue,
+                limit=room,
+                worker=self.worker,
+                now=now,
+                lease_until=lease_until,
+                limit_key=key,
+            )
+        assert self.limiter is not None
+        return self.limiter.claim(
+            key, rule, queue=queue, limit=room, now=now, lease_until=lease_until
+        )
+
+    def sync_limits(self, now: float) -> None:
+        """Tell the limiter which jobs this worker still holds; a key that got a slot back
+        here may be claimed again at once."""
+        if self.limiter is None or not self.limited:
+            return
+        held = {job.id for job in self.buffer}
+        held.update(self.running_ids())
+        self.limiter.sync(held, now)
+        for pk in [pk for pk in self.limited if pk not in held]:
+            self.key_blocked.pop(self.limited.pop(pk), None)
+            self.work_hint = True
+
+    def close(self) -> None:
+        """The worker stops: free the limit slots it holds."""
+        if self.limiter is not None:
+            self.limiter.close()
 
     def _drop_overtaking(self, batch: list[ClaimedJob]) -> None:
         """Hand back grouped jobs that overtook an earlier job of their group.
@@ -139,10 +281,10 @@ class Claimer:
 
     def release_all(self) -> None:
         """Give prefetched, never-started jobs back to the queue (their attempt is undone)."""
-        if not self.buffer:
-            return
-        self._jobs().release([job.fence for job in self.buffer])
-        self.buffer.clear()
+        if self.buffer:
+            self._jobs().release([job.fence for job in self.buffer])
+            self.buffer.clear()
+        self.sync_limits(time.monotonic())
 
     def listen_queues(self, default: str, registered: Iterable[str]) -> list[str]:
         """The queues whose "work available" messages concern this worker."""

@@ -87,6 +87,7 @@ class Worker:
             worker=self.name,
             concurrency=self.concurrency,
             running=lambda: len(self._running),
+            running_ids=lambda: self._running.keys(),
         )
         self._runner = Runner(self.concurrency, self._report, name=self.name, wake=self._wake)
         self._writer = Writer(
@@ -129,6 +130,7 @@ class Worker:
             self._runner.close()
             self._writer.flush_until_written(self._connection.lost)
             self._runner.stop_async()
+            self._claimer.close()
             self._signals.restore()
             self._connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)

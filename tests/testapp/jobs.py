@@ -10,7 +10,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from django_jobqueue import Retry, TimeLimitExceeded, job
-from tests.testapp.models import Execution
+from tests.testapp.models import Execution, Interval
 
 
 @job
@@ -304,4 +304,13 @@ def waits_for_file(path, tag):
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     Execution.objects.create(tag=tag, pid=os.getpid())
+
+
+@job
+def timed(tag, seconds=0.0):
+    """Record when this run started and ended (one ``Interval`` row), sleeping in between."""
+    started = timezone.now()
+    if seconds:
+        time.sleep(seconds)
+    Interval.objects.create(tag=tag, pid=os.getpid(), started=started, ended=timezone.now())
     return tag

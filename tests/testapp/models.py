@@ -11,3 +11,15 @@ class Execution(models.Model):
 
     class Meta:
         app_label = "testapp"
+
+
+class Interval(models.Model):
+    """When one run of a job started and ended, written by the job itself (overlap tests)."""
+
+    tag = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    started = models.DateTimeField()
+    ended = models.DateTimeField()
+
+    class Meta:
+        app_label = "testapp"
