@@ -12,6 +12,7 @@ import time
 
 import pytest
 from django.db import close_old_connections, connection
+from django.utils import timezone
 from model_bakery import baker
 
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
@@ -435,3 +436,34 @@ def _answers(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# -- polling only ----------------------------------------------------------------------------
+
+
+def test_without_notifications_an_answer_takes_about_one_poll_interval(worker_processes, settings):
+    """No channel layer: the worker finds the job within POLL_INTERVAL and the waiter, who
+    looks four times as often, sees its result within a quarter of one more (it used to take
+    up to two intervals)."""
+    overrides = {"POLL_INTERVAL": 2.0, "CHANNEL_LAYER": None}
+    settings.JOBQUEUE = {**settings.JOBQUEUE, **overrides}
+    reset_hub()
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": json.dumps(overrides)})
+    wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
+    lags = []
+    for i in range(5):
+        handle = add.enqueue(i, 1)
+        assert handle.wait(timeout=20) == i + 1
+        returned = timezone.now()
+        finished = Job.objects.get(job_id=handle.id).finished_at
+        lags.append((returned - finished).total_seconds())
+    assert max(lags) < 1.0, lags  # a quarter of the 2 s interval, plus the read
+
+
+def test_a_timeout_says_when_no_worker_took_the_job(transactional_db):
+    with pytest.raises(JobTimeoutError) as info:
+        add.using(timeout=0.3, queue="nobody-serves-this").enqueue_and_wait(1, 2)
+    message = str(info.value)
+    assert "still queued and no worker has started it" in message
+    assert "runjobworker" in message and "'nobody-serves-this'" in message
+    assert info.value.status == "queued"
