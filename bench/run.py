@@ -42,6 +42,7 @@ SCENARIOS = [
     "enqueue_many",
     "drain",
     "roundtrip",
+    "enqueue_wait",
     "floor",
     "wakeup",
     "backlog",
@@ -78,6 +79,8 @@ SIZES: dict[str, dict[str, int]] = {
         "drain_sqlite": 6000,
         "roundtrip": 500,
         "roundtrip_sqlite": 100,
+        "enqueue_wait": 200,
+        "enqueue_wait_sqlite": 50,
         "wakeup": 200,
         "wakeup_sqlite": 100,
         "backlog": 1_000_000,
@@ -92,6 +95,8 @@ SIZES: dict[str, dict[str, int]] = {
         "drain_sqlite": 2000,
         "roundtrip": 200,
         "roundtrip_sqlite": 50,
+        "enqueue_wait": 200,
+        "enqueue_wait_sqlite": 30,
         "wakeup": 50,
         "wakeup_sqlite": 30,
         "backlog": 100_000,
@@ -883,6 +888,47 @@ def roundtrip(b: Bench, mode: str) -> None:
     )
 
 
+def scenario_enqueue_wait(b: Bench) -> None:
+    """``h = echo.enqueue(i)`` then ``h.wait()``, one pair after another with one idle worker:
+    the pattern of the lost wake-up (the waiter's subscribe locked the row while the woken
+    worker's SKIP LOCKED claim passed over it, and the job waited a whole POLL_INTERVAL)."""
+    from bench.benchapp.jobs import echo
+
+    for alias in b.layers():
+        with b.layer(alias) as mode:
+            b.reset()
+            n = b.size("enqueue_wait")
+            took: list[float] = []
+            errors: list[str] = []
+            with b.workers(1):
+                echo.using(timeout=20).enqueue_and_wait(-1)  # the worker is up
+                deadline = b.bound(90)
+                for i in range(n):
+                    if time.monotonic() > deadline:
+                        errors.append(f"stopped by the time bound after {i} pairs")
+                        break
+                    t0 = time.perf_counter()
+                    try:
+                        value = echo.enqueue(i).wait(timeout=5)
+                    except Exception as exc:
+                        errors.append(repr(exc))
+                        continue
+                    took.append(time.perf_counter() - t0)
+                    if value != i:
+                        errors.append(f"got {value!r} for {i}")
+            label = f"enqueue() + wait(), {mode}"
+            b.row(label, "samples", f"{len(took)}")
+            for p in (50, 99):
+                b.row(label, f"p{p} ms", fmt_ms(percentile(took, p)))
+            from django.conf import settings
+
+            poll = float(settings.JOBQUEUE["POLL_INTERVAL"])
+            slow = sum(1 for t in took if t >= 0.5 * poll)
+            b.row(label, "pairs taking half a poll interval or more", f"{slow}")
+            if errors:
+                b.note(f"{label}: {len(errors)} errors: {'; '.join(errors[:5])}")
+
+
 def scenario_wakeup(b: Bench) -> None:
     for alias in b.layers():
         with b.layer(alias) as mode:
@@ -1361,6 +1407,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue_many": scenario_enqueue_many,
     "drain": scenario_drain,
     "roundtrip": scenario_roundtrip,
+    "enqueue_wait": scenario_enqueue_wait,
     "floor": scenario_floor,
     "wakeup": scenario_wakeup,
     "backlog": scenario_backlog,
