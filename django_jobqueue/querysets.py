@@ -42,7 +42,7 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
-_JSON_COLUMNS = frozenset({"args", "kwargs"})
+_JSON_COLUMNS = frozenset({"args", "kwargs", "attempt_log"})
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -55,7 +55,55 @@ _CASTS = {
     "enqueued_at": "::timestamptz",
     "time_limit": "::double precision",
     "limit_key": "::varchar",
+    "attempt_log": "::jsonb",
 }
+
+#: The exception class recorded for a failed attempt that raised nothing (a lost lease, a
+#: job name no worker knows).
+DEFAULT_EXCEPTION_PATH = "django_jobqueue.exceptions.JobQueueError"
+
+
+class AppendAttempt(models.Func):
+    """``attempt_log`` with one more entry: the failed attempt of the row being updated (its
+    ``worker`` and ``started_at`` before the update), its exception class and traceback.
+
+    A NULL log (an ``@job`` job) stays NULL: ``NULL || x`` and ``json_insert(NULL, ...)`` are
+    NULL, so the job's own statement carries it and nothing else is written.
+    """
+
+    output_field = models.JSONField()
+
+    def __init__(self, exception_path: str, traceback: str) -> None:
+        super().__init__(
+            models.F("attempt_log"),
+            models.F("worker"),
+            models.F("started_at"),
+            models.Value(exception_path),
+            models.Value(traceback),
+        )
+
+    def as_sql(  # type: ignore[override]
+        self, compiler: Any, connection: Any, **extra: Any
+    ) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for expression in self.get_source_expressions():
+            sql, more = compiler.compile(expression)
+            parts.append(sql)
+            params.extend(more)
+        log, worker, started, path, trace = parts
+        if connection.vendor == "postgresql":
+            return (
+                f"({log} || jsonb_build_array(jsonb_build_object('worker', {worker}, "
+                f"'started_at', {started}, 'exception', ({path})::text, "
+                f"'traceback', ({trace})::text)))",
+                params,
+            )
+        return (
+            f"json_insert({log}, '$[#]', json_object('worker', {worker}, 'started_at', "
+            f"{started}, 'exception', {path}, 'traceback', {trace}))",
+            params,
+        )
 
 
 def _uniform(batch: Sequence[NewJob]) -> bool:
@@ -465,11 +513,15 @@ class JobQuerySet(models.QuerySet[Any]):
         run_after: datetime,
         error: str,
         lease_expired_before: datetime | None = None,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
+        traceback: str = "",
     ) -> bool:
         """Put a failed run back in the queue for a later attempt; False if the run is not ours.
 
         ``lease_expired_before``: only if the run's lease expired before then (reaping a run
         whose worker stopped renewing it, never one that renewed it meanwhile).
+        ``exception_path`` and ``traceback`` go to a task's ``attempt_log`` (in the same
+        statement; an ``@job`` job keeps a NULL log).
         """
         rows = self.filter(id=job_id, attempts=attempts, status=Status.RUNNING)
         if lease_expired_before is not None:
@@ -481,6 +533,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 lease_expires_at=None,
                 last_error=error,
                 worker="",
+                attempt_log=AppendAttempt(exception_path, traceback or error),
             )
         )
 
@@ -492,6 +545,7 @@ class JobQuerySet(models.QuerySet[Any]):
         *,
         now: datetime,
         lease_expired_before: datetime | None = None,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
     ) -> tuple[Any, bool] | None:
         """Fail the run ``job.fence`` for good, in one transaction: status failed, its result
         row (error and traceback), a ``DeadLetter`` row.
@@ -516,6 +570,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 expires_at=now + timedelta(seconds=job.result_ttl),
                 lease_expires_at=None,
                 last_error=error,
+                attempt_log=AppendAttempt(exception_path, trace or error),
             ):
                 return None
             row = self.model._default_manager.using(self.db).get(pk=job_id)
@@ -533,6 +588,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 max_attempts=row.max_attempts,
                 result_ttl=row.result_ttl,
                 attempts=row.attempts,
+                attempt_log=row.attempt_log,
                 error=error,
                 traceback=trace,
                 enqueued_at=row.enqueued_at,
@@ -574,6 +630,23 @@ class JobQuerySet(models.QuerySet[Any]):
             params,
         )
         return {row[0] for row in rows}
+
+    def claim_job(
+        self, job_id: str, *, worker: str, now: datetime, lease_until: datetime
+    ) -> ClaimedJob | None:
+        """Claim the queued job ``job_id`` whatever its ``run_after``, queue or group: how
+        ``JOBQUEUE["EAGER"]`` runs a job it has just written. None if it is not queued."""
+        claimed = self.filter(job_id=job_id, status=Status.QUEUED).update(
+            status=Status.RUNNING,
+            attempts=models.F("attempts") + 1,
+            started_at=now,
+            lease_expires_at=lease_until,
+            worker=worker,
+        )
+        if not claimed:
+            return None
+        row = self.get(job_id=job_id)
+        return ClaimedJob(**{column: getattr(row, column) for column in CLAIM_COLUMNS})
 
     def release(self, fenced: Sequence[tuple[int, int]]) -> int:
         """Hand claimed-but-never-started runs back to the queue, undoing their attempt."""

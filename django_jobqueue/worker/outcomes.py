@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ class Outcome:
     result: Any = None
     error: str = ""
     traceback: str = ""
+    #: The raised exception's class as ``module.QualName`` (a task's ``TaskError``).
+    exception_path: str = ""
 
 
 def backoff(attempt: int) -> float:
@@ -42,12 +45,14 @@ def describe(exc: BaseException) -> str:
 def failed(job: ClaimedJob, started: float, error: str) -> Outcome:
     """The outcome of an attempt that raised; call it from the ``except`` block."""
     trace = traceback.format_exc()
+    raised = sys.exc_info()[0]
     return Outcome(
         job,
         False,
         time.monotonic() - started,
         error=error.replace("\x00", "\\x00"),  # text columns cannot hold NUL
         traceback=trace.replace("\x00", "\\x00"),
+        exception_path=f"{raised.__module__}.{raised.__qualname__}" if raised else "",
     )
 
 

@@ -20,7 +20,7 @@ from .. import signals
 from ..base import ClaimedJob
 from ..models import DeadLetter, Job
 from ..notifications import hub
-from ..querysets import JobQuerySet
+from ..querysets import DEFAULT_EXCEPTION_PATH, JobQuerySet
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -147,7 +147,11 @@ class Writer:
                 continue
             delay = backoff(job.attempts)
             retried = jobs.retry(
-                *job.fence, run_after=now + timedelta(seconds=delay), error=outcome.error
+                *job.fence,
+                run_after=now + timedelta(seconds=delay),
+                error=outcome.error,
+                exception_path=outcome.exception_path or DEFAULT_EXCEPTION_PATH,
+                traceback=outcome.traceback,
             )
             written.append(outcome)
             self.log(
@@ -201,7 +205,12 @@ class Writer:
         """
         now = timezone.now()
         done = self._jobs().dead_letter(
-            job, error, trace, now=now, lease_expired_before=lease_expired_before
+            job,
+            error,
+            trace,
+            now=now,
+            lease_expired_before=lease_expired_before,
+            exception_path=(outcome and outcome.exception_path) or DEFAULT_EXCEPTION_PATH,
         )
         if done is None:
             if outcome is not None:
