@@ -19,6 +19,7 @@ from django.db import close_old_connections
 
 from .. import signals
 from ..base import ClaimedJob
+from ..context import current_run
 from ..models import Job
 from ..notifications import run_loop
 from ..registry import registry
@@ -103,6 +104,7 @@ class Runner:
         running.thread_id = threading.get_ident()
         close_old_connections()
         started = time.monotonic()
+        current_run.set(job)
         try:
             result = running.definition.func(*job.args, **job.kwargs)
             outcome = succeeded(job, result, started)
@@ -119,6 +121,7 @@ class Runner:
         # broke or aged, as a sync job's thread does (channels' database_sync_to_async).
         await sync_to_async(close_old_connections)()
         started = time.monotonic()
+        current_run.set(job)  # this task's own copy of the context
         try:
             result = await running.definition.func(*job.args, **job.kwargs)
             outcome = succeeded(job, result, started)
