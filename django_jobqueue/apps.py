@@ -12,6 +12,9 @@ class JobQueueConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, notifications  # noqa: F401  (registers checks and receivers)
+        from .worker import inline
+
+        inline.follow_eager_setting()
         autodiscover_modules("jobs")
         if uses_task_backend():
             # Tasks of Django's Tasks framework register when their module is imported.

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
     "LIMITS_CACHE": None,  # a django-redis cache alias that holds the limits; None: the database
     "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
+    # Tests (docs/guide/testing.md): enqueue runs the job inline once the transaction commits.
+    "EAGER": False,
 }
 
 _cache: dict[str, Any] | None = None

@@ -395,3 +395,28 @@ def test_a_runjobworker_process_runs_autodiscovered_tasks(worker_processes):
     assert result.worker_ids[0].split(":")[1] == str(proc.pid)
     log = worker_processes.log(proc)
     assert "tests.testapp.tasks.record_task" in log  # its start line lists the tasks
+
+
+# -- testing helpers -----------------------------------------------------------------------------
+
+
+def test_eager_returns_the_finished_result_and_sends_every_signal(settings, received):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "EAGER": True}
+    result = add_task.enqueue(3, 4)
+    assert (result.status, result.return_value, result.attempts) == (
+        TaskResultStatus.SUCCESSFUL,
+        7,
+        1,
+    )
+    assert [name for name, *_ in received] == ["enqueued", "started", "finished"]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_run_jobs_runs_tasks_in_a_testcase_transaction():
+    from django_jobqueue.testing import enqueued, run_jobs
+
+    result = context_task.enqueue()
+    assert [job.name for job in enqueued()] == [context_task.module_path]
+    assert run_jobs() == 1
+    result.refresh()
+    assert result.return_value["attempt"] == 1 and result.return_value["id"] == result.id
