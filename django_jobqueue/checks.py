@@ -68,13 +68,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_jobqueue.E001",
             )
         )
-    if not isinstance(user.get("WORKER_SYNCHRONOUS_COMMIT", False), bool):
-        errors.append(
-            Error(
-                "JOBQUEUE['WORKER_SYNCHRONOUS_COMMIT'] must be True or False.",
-                id="django_jobqueue.E001",
+    for flag in ("WORKER_SYNCHRONOUS_COMMIT", "EAGER"):
+        if not isinstance(user.get(flag, False), bool):
+            errors.append(
+                Error(f"JOBQUEUE[{flag!r}] must be True or False.", id="django_jobqueue.E001")
             )
-        )
     queue = user.get("DEFAULT_QUEUE", DEFAULTS["DEFAULT_QUEUE"])
     from .options import check_queue
 

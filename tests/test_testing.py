@@ -93,6 +93,7 @@ def test_eager_enqueue_and_wait_works_in_a_testcase_transaction(eager):
     assert add.enqueue_and_wait(20, 22) == 42
 
 
+@pytest.mark.django_db(transaction=True)  # the async path writes from another thread
 async def test_eager_aenqueue_and_wait(eager):
     assert await add.aenqueue_and_wait(1, 1) == 2
 
@@ -156,3 +157,11 @@ class EagerInATestCase(TestCase):
         record.enqueue("in a TestCase")
         self.assertEqual(run_jobs(), 1)
         self.assertTrue(Execution.objects.filter(tag="in a TestCase").exists())
+
+
+def test_a_non_bool_eager_is_a_check_error(settings):
+    from django.core import checks
+
+    settings.JOBQUEUE = {"EAGER": "yes"}
+    errors = [e for e in checks.run_checks() if e.id == "django_jobqueue.E001"]
+    assert [e.msg for e in errors] == ["JOBQUEUE['EAGER'] must be True or False."]
