@@ -3,6 +3,7 @@ temporary SQLite database (and Redis when REDIS_URL is set), driven over HTTP.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,10 +15,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 
 from tests.conftest import ROOT
@@ -33,6 +35,20 @@ class Example:
     base: str
     database: Path
     worker_log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self, code: str) -> str:
+        """Run ``code`` in the example's ``manage.py shell``; the last line it printed."""
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.stdout.strip().splitlines()[-1]  # Django 6 prints its auto-imports first
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None):
         """``(status, parsed JSON or text)`` of one request."""
@@ -126,7 +142,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
             stdout=worker_out,
             stderr=subprocess.STDOUT,
         )
-    running = Example(f"http://127.0.0.1:{port}", database, worker_log)
+    running = Example(f"http://127.0.0.1:{port}", database, worker_log, env)
     try:
 
         def answers() -> bool:
@@ -308,3 +324,21 @@ def test_poison_job_ends_as_a_dead_letter(example):
     assert (name, attempts) == ("example_project.shop.jobs.import_feed", 3)
     assert "raise ValueError" in trace
     assert answer["dead_letters"] == f"{example.base}/admin/django_jobqueue/deadletter/"
+
+
+def test_a_task_of_djangos_tasks_framework_runs_next_to_the_jobs(example):
+    framework = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+    if importlib.util.find_spec(framework) is None:
+        pytest.skip("needs Django 6 or the django-tasks backport")
+    result_id = example.shell(
+        "from example_project.shop.tasks import send_receipt; "
+        "print(send_receipt.enqueue('ada@example.com', 42).id)"
+    ).strip()
+    job = example.wait_for_job(result_id, "completed", "failed")
+    assert (job["status"], job["result"]) == ("completed", {"sent_to": "ada@example.com"})
+    assert "Your receipt" in example.worker_log.read_text()
+    status = example.shell(
+        "from example_project.shop.tasks import send_receipt; "
+        f"print(send_receipt.get_result({result_id!r}).status)"
+    ).strip()
+    assert status == "SUCCESSFUL"
