@@ -430,3 +430,40 @@ def test_run_jobs_runs_tasks_in_a_testcase_transaction():
     assert run_jobs() == 1
     result.refresh()
     assert result.return_value["attempt"] == 1 and result.return_value["id"] == result.id
+
+
+# -- attempts that end elsewhere -----------------------------------------------------------------
+
+
+def test_an_attempt_lost_with_its_worker_is_an_error_and_a_worker_id(run_worker):
+    result = add_task.enqueue(1, 2)
+    past = timezone.now() - timedelta(seconds=10)
+    claimed = Job.objects.claim(
+        queue=None, limit=1, worker="gone:1:abc", now=past, lease_until=past
+    )
+    assert [job.job_id for job in claimed] == [result.id]
+    worker = run_worker(wait_for_retries=True)  # reaps the lease, then runs attempt 2
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
+    assert result.worker_ids == ["gone:1:abc", worker.name]
+    (error,) = result.errors
+    assert error.exception_class_path == "django_jobqueue.exceptions.JobQueueError"
+    assert "Lease expired" in error.traceback and "gone:1:abc" in error.traceback
+
+
+def test_a_requeued_dead_letter_runs_again_from_attempt_zero(settings, run_worker):
+    from django_jobqueue.deadletters import requeue
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": "django_jobqueue.backend.JobQueueBackend",
+            "OPTIONS": {"MAX_ATTEMPTS": 1},
+        }
+    }
+    result = failing_task.enqueue()
+    run_worker()
+    assert backend().get_result(result.id).status == TaskResultStatus.FAILED
+    assert requeue(DeadLetter.objects.all()) == 1
+    again = backend().get_result(result.id)
+    assert (again.status, again.errors, again.worker_ids) == (TaskResultStatus.READY, [], [])
+    assert Job.objects.get(job_id=result.id).attempt_log == []
