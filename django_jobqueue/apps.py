@@ -1,4 +1,7 @@
+from collections.abc import Mapping
+
 from django.apps import AppConfig
+from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -9,5 +12,23 @@ class JobQueueConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, notifications  # noqa: F401  (registers checks and receivers)
+        from .worker import inline
 
+        inline.follow_eager_setting()
         autodiscover_modules("jobs")
+        if uses_task_backend():
+            # Tasks of Django's Tasks framework register when their module is imported.
+            autodiscover_modules("tasks")
+
+
+def uses_task_backend() -> bool:
+    """True when a ``TASKS`` backend is ``django_jobqueue.backend.JobQueueBackend`` (or
+    another of this package): then the ``tasks`` modules of installed apps hold its tasks."""
+    tasks = getattr(settings, "TASKS", None)
+    if not isinstance(tasks, Mapping):
+        return False
+    return any(
+        isinstance(params, Mapping)
+        and str(params.get("BACKEND", "")).startswith("django_jobqueue.")
+        for params in tasks.values()
+    )

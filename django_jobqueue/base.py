@@ -50,6 +50,9 @@ class NewJob:
     enqueued_at: datetime
     time_limit: float | None = None
     limit_key: str | None = None
+    #: ``[]`` for a task of Django's Tasks framework (its failed attempts are logged there);
+    #: None for an ``@job`` job, which logs nothing and costs nothing more.
+    attempt_log: list[Any] | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)

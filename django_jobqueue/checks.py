@@ -46,6 +46,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             if error is not None:
                 errors.append(error)
     errors.extend(_heartbeat_errors(user))
+    if not isinstance(user.get("EAGER", False), bool):
+        errors.append(
+            Error(
+                "JOBQUEUE['EAGER'] must be True or False.",
+                hint="The default is False; set it True in test settings only.",
+                id="django_jobqueue.E001",
+            )
+        )
     if not isinstance(user.get("WORKER_SYNCHRONOUS_COMMIT", False), bool):
         errors.append(
             Error(

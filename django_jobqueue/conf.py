@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
     "MAX_RESULT_BYTES": 1_048_576,  # a job's result, as JSON
     "MAX_ERROR_BYTES": 65_536,  # a stored error message or traceback; longer ones are cut
+    # Tests (docs/guide/testing.md): enqueue runs the job inline once the transaction commits.
+    "EAGER": False,
 }
 
 INT32 = 2**31 - 1

@@ -12,16 +12,26 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
 from .exceptions import InvalidJobError
 
+if TYPE_CHECKING:
+    from .base import ClaimedJob
+
 #: Longest progress message kept, in characters.
 MESSAGE_MAX_LENGTH = 1000
 
 Progress = dict[str, Any]
+
+#: The run a worker is executing in this thread (sync jobs) or task (``async def`` jobs),
+#: set just before the job's function is called. A narrow hook for code that wraps a job's
+#: function (the ``django.tasks`` backend reads it to build its ``TaskResult``); jobs
+#: themselves should take a :class:`JobContext`.
+current_run: ContextVar[ClaimedJob | None] = ContextVar("django_jobqueue_current_run", default=None)
 
 
 class JobContext:

@@ -138,4 +138,6 @@ def _row(letter: DeadLetter, now: datetime) -> NewJob:
         result_ttl=letter.result_ttl,
         notify=False,
         enqueued_at=now,
+        # A requeued task starts a fresh log: its attempts count from 0 again.
+        attempt_log=[] if letter.attempt_log is not None else None,
     )

@@ -86,6 +86,14 @@ class Job(models.Model):
     limit_key = models.CharField(  # noqa: DJ001 - NULL: no limit
         "limit", max_length=200, null=True, blank=True, help_text="A key of JOBQUEUE['LIMITS']."
     )
+    attempt_log = models.JSONField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Tasks of Django's Tasks framework only: each failed attempt's worker, start, "
+            "exception class and traceback. Empty for @job jobs."
+        ),
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -231,6 +239,9 @@ class DeadLetter(models.Model):
     result_ttl = models.PositiveIntegerField()
     time_limit = models.FloatField(null=True, blank=True)
     limit_key = models.CharField("limit", max_length=200, null=True, blank=True)  # noqa: DJ001
+    attempt_log = models.JSONField(
+        null=True, blank=True, help_text="A task's failed attempts (see Job.attempt_log)."
+    )
     attempts = models.PositiveIntegerField()
     error = models.TextField()
     traceback = models.TextField(blank=True, default="")

@@ -45,7 +45,7 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
-_JSON_COLUMNS = frozenset({"args", "kwargs", "progress"})
+_JSON_COLUMNS = frozenset({"args", "kwargs", "progress", "attempt_log"})
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -58,7 +58,69 @@ _CASTS = {
     "enqueued_at": "::timestamptz",
     "time_limit": "::double precision",
     "limit_key": "::varchar",
+    "attempt_log": "::jsonb",
 }
+
+#: The exception class recorded for a failed attempt that raised nothing (a lost lease, a
+#: job name no worker knows).
+DEFAULT_EXCEPTION_PATH = "django_jobqueue.exceptions.JobQueueError"
+
+
+def _append_attempt_sql(vendor: str) -> str:
+    """:class:`AppendAttempt` for hand-written SQL: two parameters, the exception's class path
+    and the traceback; the worker and start time are the row's own before the UPDATE."""
+    if vendor == "postgresql":
+        return (
+            "(attempt_log || jsonb_build_array(jsonb_build_object('worker', worker, "
+            "'started_at', started_at, 'exception', (%s)::text, 'traceback', (%s)::text)))"
+        )
+    return (
+        "json_insert(attempt_log, '$[#]', json_object('worker', worker, 'started_at', "
+        "started_at, 'exception', %s, 'traceback', %s))"
+    )
+
+
+class AppendAttempt(models.Func):
+    """``attempt_log`` with one more entry: the failed attempt of the row being updated (its
+    ``worker`` and ``started_at`` before the update), its exception class and traceback.
+
+    A NULL log (an ``@job`` job) stays NULL: ``NULL || x`` and ``json_insert(NULL, ...)`` are
+    NULL, so the job's own statement carries it and nothing else is written.
+    """
+
+    output_field = models.JSONField()
+
+    def __init__(self, exception_path: str, traceback: str) -> None:
+        super().__init__(
+            models.F("attempt_log"),
+            models.F("worker"),
+            models.F("started_at"),
+            models.Value(exception_path),
+            models.Value(traceback),
+        )
+
+    def as_sql(  # type: ignore[override]
+        self, compiler: Any, connection: Any, **extra: Any
+    ) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for expression in self.get_source_expressions():
+            sql, more = compiler.compile(expression)
+            parts.append(sql)
+            params.extend(more)
+        log, worker, started, path, trace = parts
+        if connection.vendor == "postgresql":
+            return (
+                f"({log} || jsonb_build_array(jsonb_build_object('worker', {worker}, "
+                f"'started_at', {started}, 'exception', ({path})::text, "
+                f"'traceback', ({trace})::text)))",
+                params,
+            )
+        return (
+            f"json_insert({log}, '$[#]', json_object('worker', {worker}, 'started_at', "
+            f"{started}, 'exception', {path}, 'traceback', {trace}))",
+            params,
+        )
 
 
 def _uniform(batch: Sequence[NewJob]) -> bool:
@@ -665,6 +727,8 @@ class JobQuerySet(models.QuerySet[Any]):
         lease_expired_before: datetime | None = None,
         now: datetime | None = None,
         result_ttl: int = 0,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
+        traceback: str = "",
     ) -> tuple[str, bool] | None:
         """Put a failed run back in the queue for a later attempt; return its new status
         (``"queued"``) and whether someone waits for it, or None if the run is not ours.
@@ -673,6 +737,8 @@ class JobQuerySet(models.QuerySet[Any]):
         outcome kept ``result_ttl`` seconds from ``now``), in the same statement.
         ``lease_expired_before``: only if the run's lease expired before then (reaping a run
         whose worker stopped renewing it, never one that renewed it meanwhile).
+        ``exception_path`` and ``traceback`` go to a task's ``attempt_log`` (in the same
+        statement; an ``@job`` job keeps a NULL log).
         """
         sql = self._sql()
         now = now or timezone.now()
@@ -683,6 +749,8 @@ class JobQuerySet(models.QuerySet[Any]):
             sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
             CANCELLED_ERROR,
             error,
+            exception_path,
+            traceback or error,
             job_id,
             attempts,
         ]
@@ -696,6 +764,7 @@ class JobQuerySet(models.QuerySet[Any]):
             "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
             "expires_at = CASE WHEN cancel_requested THEN %s ELSE expires_at END, "
             "last_error = CASE WHEN cancel_requested THEN %s ELSE %s END, "
+            f"attempt_log = {_append_attempt_sql(sql.vendor)}, "
             "lease_expires_at = NULL, worker = '' "
             f"WHERE id = %s AND attempts = %s AND status = {_RUNNING} {lease}"
             "RETURNING status, notify",
@@ -764,6 +833,7 @@ class JobQuerySet(models.QuerySet[Any]):
         *,
         now: datetime,
         lease_expired_before: datetime | None = None,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
     ) -> tuple[Any, bool] | None:
         """Fail the run ``job.fence`` for good, in one transaction: status failed, its result
         row (error and traceback), a ``DeadLetter`` row.
@@ -792,6 +862,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 expires_at=now + timedelta(seconds=job.result_ttl),
                 lease_expires_at=None,
                 last_error=error,
+                attempt_log=AppendAttempt(exception_path, trace or error),
             ):
                 return None
             row = self.model._default_manager.using(self.db).get(pk=job_id)
@@ -809,6 +880,7 @@ class JobQuerySet(models.QuerySet[Any]):
                 max_attempts=row.max_attempts,
                 result_ttl=row.result_ttl,
                 attempts=row.attempts,
+                attempt_log=row.attempt_log,
                 error=error,
                 traceback=trace,
                 enqueued_at=row.enqueued_at,
@@ -850,6 +922,23 @@ class JobQuerySet(models.QuerySet[Any]):
             params,
         )
         return {row[0] for row in rows}
+
+    def claim_job(
+        self, job_id: str, *, worker: str, now: datetime, lease_until: datetime
+    ) -> ClaimedJob | None:
+        """Claim the queued job ``job_id`` whatever its ``run_after``, queue or group: how
+        ``JOBQUEUE["EAGER"]`` runs a job it has just written. None if it is not queued."""
+        claimed = self.filter(job_id=job_id, status=Status.QUEUED).update(
+            status=Status.RUNNING,
+            attempts=models.F("attempts") + 1,
+            started_at=now,
+            lease_expires_at=lease_until,
+            worker=worker,
+        )
+        if not claimed:
+            return None
+        row = self.get(job_id=job_id)
+        return ClaimedJob(**{column: getattr(row, column) for column in CLAIM_COLUMNS})
 
     def release(self, fenced: Sequence[tuple[int, int]]) -> int:
         """Hand claimed-but-never-started runs back to the queue, undoing their attempt."""

@@ -55,6 +55,8 @@ def refuse_in_atomic(what: str) -> None:
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         return
+    if conf.get("EAGER") and not in_user_atomic(using):
+        return  # only a TestCase's transaction: the job runs here, at once
     cause = ""
     if connection.settings_dict.get("ATOMIC_REQUESTS"):
         cause = (
@@ -67,6 +69,16 @@ def refuse_in_atomic(what: str) -> None:
         "and wait after the commit (transaction.on_commit), or call it outside the atomic "
         f"block.{cause} In tests, use TransactionTestCase or "
         "pytest.mark.django_db(transaction=True)."
+    )
+
+
+def in_user_atomic(using: str) -> bool:
+    """True inside a ``transaction.atomic()`` block that will commit: one that is not only the
+    wrapping transaction of a ``TestCase`` (or a non-transactional pytest-django test),
+    whose commit never comes."""
+    connection = transaction.get_connection(using)
+    return connection.in_atomic_block and any(
+        not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
     )
 
 

@@ -5,6 +5,7 @@ SQLite and polling by default, so ``./scripts/example`` needs no server. Set ``D
 ``REDIS_URL`` (``redis://host:6379/0``) to run it on PostgreSQL and Redis, as in production.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -112,6 +113,20 @@ JOBQUEUE = {
     "RETRY_BACKOFF": 1.0,  # the flaky job's retries come after about 1 s, then 2 s
     "RETRY_BACKOFF_MAX": 30.0,
 }
+
+# Django's Tasks framework on the same queue (shop/tasks.py): django.tasks on Django 6, the
+# django-tasks backport on Django 5.2 when it is installed.
+import django  # noqa: E402
+
+if django.VERSION >= (6, 0) or importlib.util.find_spec("django_tasks") is not None:
+    if django.VERSION < (6, 0):
+        INSTALLED_APPS.append("django_tasks")
+    TASKS = {
+        "default": {
+            "BACKEND": "django_jobqueue.backend.JobQueueBackend",
+            "QUEUES": ["default", "emails"],
+        }
+    }
 
 # The welcome emails are printed by the worker instead of sent.
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"

@@ -1,6 +1,8 @@
 """Test settings. DATABASE_URL picks PostgreSQL (postgres://...) over the SQLite default;
-REDIS_URL picks channels_redis over the in-memory channel layer."""
+REDIS_URL picks channels_redis over the in-memory channel layer. Django's Tasks framework
+(Django 6, or the django-tasks backport on Django 5.2) runs on JobQueueBackend when present."""
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -113,6 +115,18 @@ JOBQUEUE = {
     "RETRY_BACKOFF": 0.05,
     "RETRY_BACKOFF_MAX": 0.2,
 }
+import django  # noqa: E402
+
+if django.VERSION >= (6, 0) or importlib.util.find_spec("django_tasks") is not None:
+    if django.VERSION < (6, 0):
+        INSTALLED_APPS.append("django_tasks")
+    TASKS = {
+        "default": {
+            "BACKEND": "django_jobqueue.backend.JobQueueBackend",
+            "QUEUES": ["default", "emails"],
+        }
+    }
+
 SILENCED_SYSTEM_CHECKS = ["django_jobqueue.W001"]
 
 LOGGING = {

@@ -4,6 +4,7 @@ temporary SQLite database (and Redis when REDIS_URL is set), driven over HTTP.""
 from __future__ import annotations
 
 import http.cookiejar
+import importlib.util
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 
 from tests.conftest import ROOT, free_port, wait_until
@@ -34,6 +36,20 @@ class Example:
     database: Path
     worker_log: Path
     cookies: http.cookiejar.CookieJar = field(default_factory=http.cookiejar.CookieJar)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self, code: str) -> str:
+        """Run ``code`` in the example's ``manage.py shell``; the last line it printed."""
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.stdout.strip().splitlines()[-1]  # Django 6 prints its auto-imports first
 
     def call(
         self,
@@ -129,7 +145,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
             stdout=worker_out,
             stderr=subprocess.STDOUT,
         )
-    running = Example(f"http://127.0.0.1:{port}", database, worker_log)
+    running = Example(f"http://127.0.0.1:{port}", database, worker_log, env)
     try:
 
         def answers() -> bool:
@@ -442,3 +458,21 @@ def test_buttons_show_their_results_in_the_browser(example, page):
     assert example.sql(letters, job_id) == [(1,)]
     if os.environ.get("DJQ_SCREENSHOTS") == "1":
         page.screenshot(path=str(ROOT / "docs" / "img" / "example-home.png"), full_page=True)
+
+
+def test_a_task_of_djangos_tasks_framework_runs_next_to_the_jobs(example):
+    framework = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+    if importlib.util.find_spec(framework) is None:
+        pytest.skip("needs Django 6 or the django-tasks backport")
+    result_id = example.shell(
+        "from example_project.shop.tasks import send_receipt; "
+        "print(send_receipt.enqueue('ada@example.com', 42).id)"
+    ).strip()
+    job = example.wait_for_job(result_id, "completed", "failed")
+    assert (job["status"], job["result"]) == ("completed", {"sent_to": "ada@example.com"})
+    assert "Your receipt" in example.worker_log.read_text()
+    status = example.shell(
+        "from example_project.shop.tasks import send_receipt; "
+        f"print(send_receipt.get_result({result_id!r}).status)"
+    ).strip()
+    assert status == "SUCCESSFUL"

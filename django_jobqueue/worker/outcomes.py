@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Outcome:
     progress: dict[str, Any] | None = None
     #: The result's size as JSON, bytes (about): writes are split to stay far from limits.
     size: int = 0
+    #: The raised exception's class as ``module.QualName`` (a task's ``TaskError``).
+    exception_path: str = ""
 
 
 def backoff(attempt: int) -> float:
@@ -54,6 +57,7 @@ def describe(exc: BaseException) -> str:
 def failed(job: ClaimedJob, started: float, error: str) -> Outcome:
     """The outcome of an attempt that raised; call it from the ``except`` block."""
     trace = traceback.format_exc()
+    raised = sys.exc_info()[0]
     return Outcome(
         job,
         False,
@@ -61,6 +65,7 @@ def failed(job: ClaimedJob, started: float, error: str) -> Outcome:
         # Storable whatever the exception said: no NUL, no lone surrogate, MAX_ERROR_BYTES.
         error=clean_text(error),
         traceback=clean_text(trace),
+        exception_path=f"{raised.__module__}.{raised.__qualname__}" if raised else "",
     )
 
 

@@ -21,7 +21,7 @@ from django.db import close_old_connections
 
 from .. import signals
 from ..base import ClaimedJob
-from ..context import JobContext, Progress
+from ..context import JobContext, Progress, current_run
 from ..exceptions import Retry
 from ..models import Job
 from ..notifications import run_loop
@@ -229,6 +229,7 @@ class Runner:
         running.thread_id = threading.get_ident()
         close_old_connections()
         started = time.monotonic()
+        current_run.set(job)
         try:
             if running.cancelled.is_set():  # asked to stop before it started
                 raise asyncio.CancelledError
@@ -244,6 +245,7 @@ class Runner:
         job = running.job
         running.task = asyncio.current_task()
         started = time.monotonic()
+        current_run.set(job)  # this task's own copy of the context
         try:
             # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if
             # it broke or aged, as a sync job's thread does (channels' database_sync_to_async).

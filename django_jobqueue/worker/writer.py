@@ -20,7 +20,7 @@ from .. import signals
 from ..base import ClaimedJob, Status
 from ..models import DeadLetter, Job
 from ..notifications import hub
-from ..querysets import CANCELLED_ERROR, JobQuerySet
+from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -247,6 +247,8 @@ class Writer:
                 error=outcome.error,
                 now=now,
                 result_ttl=job.result_ttl,
+                exception_path=outcome.exception_path or DEFAULT_EXCEPTION_PATH,
+                traceback=outcome.traceback,
             )
             written.append(outcome)
             if retried is not None and retried[0] == Status.CANCELLED:
@@ -335,7 +337,12 @@ class Writer:
         """
         now = timezone.now()
         done = self._jobs().dead_letter(
-            job, error, trace, now=now, lease_expired_before=lease_expired_before
+            job,
+            error,
+            trace,
+            now=now,
+            lease_expired_before=lease_expired_before,
+            exception_path=(outcome and outcome.exception_path) or DEFAULT_EXCEPTION_PATH,
         )
         if done is None:  # not ours any more, or someone asked it to stop
             return self.cancelled(
