@@ -145,7 +145,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
             stdout=worker_out,
             stderr=subprocess.STDOUT,
         )
-    running = Example(f"http://127.0.0.1:{port}", database, worker_log, env)
+    running = Example(f"http://127.0.0.1:{port}", database, worker_log, env=env)
     try:
 
         def answers() -> bool:
