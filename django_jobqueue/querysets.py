@@ -629,6 +629,6 @@ class ScheduleQuerySet(models.QuerySet[Any]):
 class WorkerHeartbeatQuerySet(models.QuerySet[Any]):
     """Live workers' heartbeat rows: one per worker, refreshed on its heartbeat timer."""
 
-    def stale(self, before: datetime) -> models.QuerySet[Any]:
-        """Rows not refreshed since ``before``: workers that died without saying so."""
-        return self.filter(last_seen__lt=before)
+    def seen_since(self, moment: datetime) -> models.QuerySet[Any]:
+        """Rows refreshed at or after ``moment``: workers taken to be alive."""
+        return self.filter(last_seen__gte=moment)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections
+from django.db import DatabaseError, IntegrityError, connections, models
 from django.utils import timezone
 
 from .. import conf
@@ -76,6 +76,7 @@ class Presence:
         connection = connections[self.using]
         column = condition.split()[0]
         field = WorkerHeartbeat._meta.get_field(column)
+        assert isinstance(field, models.Field)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {connection.ops.quote_name(WorkerHeartbeat._meta.db_table)} "  # noqa: S608
