@@ -320,6 +320,9 @@ def test_admin_pause_resume_and_run_now(admin_client, nightly):
     (queued,) = Job.objects.all()
     assert queued.job_id.startswith("schedule:nightly:manual:") and queued.args == ["admin"]
     assert f"Enqueued 1 extra run(s): {queued.job_id}" in response.content.decode()
+    # The last run links to its job, read in the list's one query.
+    html = admin_client.get(SCHEDULES).content.decode()
+    assert reverse("admin:django_jobqueue_job_change", args=[queued.pk]) in html
 
 
 def test_admin_actions_need_the_change_permission(client, db, nightly):

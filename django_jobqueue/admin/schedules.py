@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import router, transaction
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -65,7 +65,9 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Schedule]:
         self._specs = periodic.specs_by_name()  # once per request
-        return super().get_queryset(request)
+        last_job = Job.objects.filter(job_id=OuterRef("last_job_id")).values("pk")[:1]
+        queryset: QuerySet[Schedule] = super().get_queryset(request)
+        return queryset.annotate(djq_last_job_pk=Subquery(last_job))
 
     @admin.display(description="cron", ordering="cron")
     def cron_display(self, row: Schedule) -> str:
@@ -81,14 +83,14 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def last_run(self, row: Schedule) -> SafeString | str:
         if not row.last_job_id:
             return "-"
-        job = Job.objects.filter(job_id=row.last_job_id).only("pk").first()
+        pk = getattr(row, "djq_last_job_pk", None)  # one subquery in the list's query
         when = short_time(row.last_enqueued_at)
-        if job is None:
+        if pk is None:
             return format_html("{} <span title='{}'>(pruned)</span>", when, row.last_job_id)
         return format_html(
             '{} <a href="{}" title="{}">job</a>',
             when,
-            reverse("admin:django_jobqueue_job_change", args=[job.pk]),
+            reverse("admin:django_jobqueue_job_change", args=[pk]),
             row.last_job_id,
         )
 
