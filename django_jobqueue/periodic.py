@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
 from django.utils import timezone
@@ -79,6 +80,16 @@ class Problem(NamedTuple):
     id: str
     message: str
     hint: str
+
+
+def _aware(value: datetime) -> datetime:
+    """``value`` as an aware datetime (a naive one, with ``USE_TZ = False``, is local time)."""
+    return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+
+def _stored(value: datetime) -> datetime:
+    """``value`` as the database takes it: naive local time with ``USE_TZ = False``."""
+    return value if settings.USE_TZ else timezone.make_naive(value)
 
 
 def zone() -> tzinfo:
@@ -272,17 +283,22 @@ def enqueue_tick(
     if row is None:
         sync([spec], using=using)  # deleted in the admin meanwhile: it counts from now
         return None
-    last = row["last_tick"]
-    if row["paused"] or row["since"] >= tick or (last is not None and last >= tick):
+    tick, now = _aware(tick), _aware(now)
+    last = _aware(row["last_tick"]) if row["last_tick"] is not None else None
+    since = _aware(row["since"])
+    if row["paused"] or since >= tick or (last is not None and last >= tick):
         return None
     job_id = spec.job_id(tick)
-    new = _new_job(spec, job_id, now)
+    new = _new_job(spec, job_id, _stored(now))
     with transaction.atomic(using=using):
-        if not Schedule.objects.using(using).claim_tick(spec.name, tick, job_id, now):
+        claimed = Schedule.objects.using(using).claim_tick(
+            spec.name, _stored(tick), job_id, _stored(now)
+        )
+        if not claimed:
             return None
         snapshots = insert_jobs([new])
     (handle,) = announce(snapshots, using=using)
-    start = last if last is not None and last > row["since"] else row["since"]
+    start = last if last is not None and last > since else since
     missed = ticks_between(spec.cron, start, tick, zone(), MISSED_COUNT_CAP)
     if missed:
         logger.warning(
@@ -312,7 +328,7 @@ class Scheduler:
 
     def run(self, now: datetime | None = None) -> float:
         """Enqueue each schedule's latest due tick not yet handled; seconds until the next."""
-        now = now or timezone.now()
+        now = _aware(now or timezone.now())
         if not self.synced:
             sync(self.specs, using=self.using)
             self.synced = True
@@ -339,8 +355,9 @@ def next_run(spec: ScheduleSpec, row: Schedule, now: datetime | None = None) -> 
     """When ``spec`` runs next: None while paused."""
     if row.paused:
         return None
-    now = now or timezone.now()
-    after = max(now, row.since, row.last_tick or row.since)
+    after = max(
+        _aware(now or timezone.now()), _aware(row.last_tick or row.since), _aware(row.since)
+    )
     return next_tick(spec.cron, after, zone())
 
 
@@ -361,7 +378,7 @@ def run_now(spec: ScheduleSpec, *, using: str | None = None) -> JobHandle:
     (``schedule:<name>:manual:<now>:<random>``); the row records it as the last job."""
     using = using or router.db_for_write(Schedule)
     now = timezone.now()
-    job_id = spec.manual_job_id(now)
+    job_id = spec.manual_job_id(_aware(now))
     new = _new_job(spec, job_id, now)
     with transaction.atomic(using=using):
         sync([spec], using=using)

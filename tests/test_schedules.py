@@ -432,3 +432,18 @@ def test_a_bad_schedule_stops_the_worker_at_startup(worker_processes, schedule, 
     log = worker_processes.log(proc)
     assert text in log and "broken" in log
     assert "worker started" not in log
+
+
+def test_schedules_work_without_use_tz(settings, every_minute):
+    """With USE_TZ = False the database holds naive local times (TIME_ZONE)."""
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Europe/Paris"
+    Schedule.objects.update(since=datetime(2026, 5, 1, 13, 59))  # 11:59 UTC, naive local
+    now = datetime(2026, 5, 1, 14, 0, 30)  # naive local: 12:00:30 UTC
+    Scheduler([every_minute], "default").run(now)
+    assert list(Job.objects.values_list("job_id", flat=True)) == [
+        "schedule:every-minute:2026-05-01T12:00:00Z"
+    ]
+    assert Schedule.objects.get().last_tick == datetime(2026, 5, 1, 14, 0)
+    Scheduler([every_minute], "default").run(now)  # the tick is taken
+    assert Job.objects.count() == 1
