@@ -10,6 +10,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 from .conf import BOUNDS, DEFAULTS, HEARTBEAT_BOUNDS, fault, heartbeat_fault
 from .limits import LimitConfigError, parse_rule, rule_for
+from .periodic import inspect_schedules
 from .registry import registry
 
 
@@ -159,6 +160,17 @@ def _heartbeat_errors(user: dict[str, Any]) -> list[Error]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """E020: JOBQUEUE['SCHEDULE'] or one of its entries is malformed. E021: a cron
+    expression croniter cannot read. E022: a schedule names a job that is not registered.
+    E023: the job cannot take the schedule's arguments. Workers refuse to start on each."""
+    return [
+        Error(problem.message, hint=problem.hint, id=problem.id)
+        for problem in inspect_schedules()[1]
+    ]
 
 
 @register(Tags.compatibility)

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
     "LIMITS_CACHE": None,  # a django-redis cache alias that holds the limits; None: the database
     "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
+    # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
+    "SCHEDULE": {},
     # Limits on hostile or accidental input (docs/guide/limits.md).
     "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)

@@ -15,6 +15,7 @@ from django.utils import timezone
 from . import conf, waiting
 from .base import JobSnapshot, NewJob
 from .context import JobContext
+from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .options import (
@@ -63,6 +64,8 @@ class JobFunction(Generic[P, R]):
     takes_context: bool = False
     #: Exceptions that are retried; None: every ``Exception``.
     retry_on: tuple[type[BaseException], ...] | None = None
+    #: A cron expression: every running worker enqueues each of its ticks once.
+    schedule: str | None = None
 
     @property
     def is_async(self) -> bool:
@@ -124,6 +127,21 @@ class JobFunction(Generic[P, R]):
             ),
             limit_key=self.limit,
         )
+
+    def new_job(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        now: datetime | None = None,
+    ) -> NewJob:
+        """The row ``enqueue(*args, **kwargs)`` would write, validated; nothing is written.
+
+        For callers that insert it themselves (the scheduler, with its tick's job id)."""
+        if job_id is not None:
+            job_id = check_job_id(job_id)
+        return self._new_job(args, kwargs, now or timezone.now(), notify=False, job_id=job_id)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue one run and return its handle at once.
@@ -273,6 +291,28 @@ def _check_retry_on(value: Any) -> tuple[type[BaseException], ...] | None:
     return classes
 
 
+def _check_schedule(
+    function: Callable[..., Any], name: str, schedule: Any, takes_context: bool
+) -> str | None:
+    if schedule is None:
+        return None
+    try:
+        cron = check_cron(schedule)
+    except CronError as exc:
+        raise InvalidJobError(f"@job(schedule=...) of {name}: {exc}.") from None
+    signature, _ = _binder(function, bool(takes_context))
+    if signature is not None:
+        try:
+            signature.bind()
+        except TypeError:
+            raise InvalidJobError(
+                f"@job(schedule=...): {name}{signature} is enqueued with no arguments on "
+                "each tick, so it must take none; for arguments, add an entry to "
+                'JOBQUEUE["SCHEDULE"] instead.'
+            ) from None
+    return cron
+
+
 def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
     return announce(insert_jobs(jobs))
 
@@ -302,6 +342,7 @@ def job(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
     limit: str | None = ...,
+    schedule: str | None = ...,
 ) -> Callable[[Callable[Concatenate[JobContext, P], R]], JobFunction[P, R]]: ...
 
 
@@ -317,6 +358,7 @@ def job(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
     limit: str | None = ...,
+    schedule: str | None = ...,
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -333,6 +375,7 @@ def job(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     time_limit: float | _Unset | None = UNSET,
     limit: str | None = None,
+    schedule: str | None = None,
 ) -> Any:
     """Register a module-level function (sync or ``async def``) as a job.
 
@@ -347,6 +390,9 @@ def job(
       ``JOBQUEUE["TIME_LIMIT"]``).
     * ``limit``: a key of ``JOBQUEUE["LIMITS"]`` whose concurrency and rate the job counts
       against.
+    * ``schedule``: a cron expression (croniter syntax, in ``settings.TIME_ZONE``): running
+      workers enqueue the job, with no arguments, once per tick (a schedule named after the
+      job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).
     """
 
     def decorate(function: Callable[..., Any]) -> JobFunction[Any, Any]:
@@ -380,6 +426,7 @@ def job(
             limit=check_limit(limit),
             takes_context=_check_takes_context(function, takes_context),
             retry_on=_check_retry_on(retry_on),
+            schedule=_check_schedule(function, job_name, schedule, takes_context),
         )
         registry.register(definition)
         return definition

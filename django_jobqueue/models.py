@@ -37,9 +37,24 @@ from django.utils import timezone
 
 from .base import ACTIVE, FINISHED, JobSnapshot, Status
 from .options import JOB_ID_MAX_LENGTH
-from .querysets import DeadLetterQuerySet, JobQuerySet
+from .querysets import (
+    DeadLetterQuerySet,
+    JobQuerySet,
+    ScheduleQuerySet,
+    WorkerHeartbeatQuerySet,
+)
 
-__all__ = ["ACTIVE", "FINISHED", "DeadLetter", "Job", "JobResult", "LimitStart", "Status"]
+__all__ = [
+    "ACTIVE",
+    "FINISHED",
+    "DeadLetter",
+    "Job",
+    "JobResult",
+    "LimitStart",
+    "Schedule",
+    "Status",
+    "WorkerHeartbeat",
+]
 
 
 class Job(models.Model):
@@ -261,3 +276,61 @@ class DeadLetter(models.Model):
         """The last line of the error, for list displays."""
         lines = self.error.strip().splitlines()
         return lines[-1] if lines else ""
+
+
+class Schedule(models.Model):
+    """The state of one periodic job (``@job(schedule=...)`` or ``JOBQUEUE["SCHEDULE"]``).
+
+    The definition lives in code and settings; this row holds what workers share: the last
+    tick enqueued (the guard that makes each tick run once), whether an operator paused it,
+    and ``since``, the moment from which its ticks count (when the schedule was first seen,
+    its cron expression changed, or it was resumed): a tick before it is never run.
+    """
+
+    name = models.CharField(max_length=200, primary_key=True)
+    job = models.CharField(max_length=200, help_text="The job's registered name.")
+    cron = models.CharField(max_length=200, help_text="As configured when last seen.")
+    paused = models.BooleanField(default=False)
+    since = models.DateTimeField(
+        default=timezone.now, help_text="Ticks after this moment run (first seen or resumed)."
+    )
+    last_tick = models.DateTimeField(null=True, blank=True)
+    last_job_id = models.CharField("last job id", max_length=JOB_ID_MAX_LENGTH, blank=True)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkerHeartbeat(models.Model):
+    """A running ``runjobworker``: written on its heartbeat timer, deleted when it exits.
+
+    A row whose ``last_seen`` is older than ``LEASE_SECONDS`` belongs to a worker that died
+    (killed, host gone): any live worker deletes it.
+    """
+
+    name = models.CharField(max_length=200, primary_key=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(null=True, blank=True, help_text="Empty: every queue.")
+    concurrency = models.PositiveIntegerField()
+    scheduling = models.BooleanField(help_text="Takes part in enqueueing periodic jobs.")
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+    jobs_running = models.PositiveIntegerField(default=0)
+    jobs_done = models.PositiveBigIntegerField(default=0)
+
+    objects = WorkerHeartbeatQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "live worker"
+        verbose_name_plural = "live workers"
+
+    def __str__(self) -> str:
+        return self.name

@@ -27,6 +27,10 @@ class Registry:
             )
         self._jobs[job.name] = job
 
+    def unregister(self, name: str) -> None:
+        """Forget the job ``name`` (for tests that register jobs of their own)."""
+        self._jobs.pop(name, None)
+
     def get(self, name: str) -> JobFunction[Any, Any]:
         try:
             return self._jobs[name]

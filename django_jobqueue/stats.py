@@ -24,9 +24,11 @@ from typing import Any, NamedTuple
 from django.db import connections, router
 from django.db.models import Count, Min, QuerySet
 from django.db.models.functions import Coalesce, TruncMinute
+from django.utils import timezone
 
+from . import conf
 from .base import ACTIVE, FINISHED, Status
-from .models import DeadLetter, Job
+from .models import DeadLetter, Job, WorkerHeartbeat
 
 #: Finished jobs (completed and failed, all queues together) are counted up to this many.
 FINISHED_COUNT_CAP = 100_000
@@ -257,3 +259,46 @@ def _total(rows: Iterable[QueueSummary], empty: Throughput) -> QueueSummary:
             ]
     total.throughput = Throughput(total.queue, empty.start, tuple(per_minute))
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWorker:
+    """A running worker, from its heartbeat row (``runjobworker`` writes it every
+    ``HEARTBEAT_INTERVAL``). ``queues`` is None for a worker that serves every queue."""
+
+    name: str
+    host: str
+    pid: int
+    queues: list[str] | None
+    concurrency: int
+    scheduling: bool
+    started_at: datetime
+    last_seen: datetime
+    jobs_running: int
+    jobs_done: int
+
+
+def live_workers(*, using: str | None = None, now: datetime | None = None) -> list[LiveWorker]:
+    """The workers seen within the last ``LEASE_SECONDS``, by name (one query).
+
+    A worker that exits cleanly deletes its row; one that dies stops refreshing it and is
+    left out here at once, then deleted by a live worker's heartbeat."""
+    now = now or timezone.now()
+    using = using or router.db_for_read(WorkerHeartbeat)
+    horizon = now - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+    rows = WorkerHeartbeat.objects.using(using).seen_since(horizon).order_by("name")
+    return [
+        LiveWorker(
+            name=row.name,
+            host=row.host,
+            pid=row.pid,
+            queues=row.queues,
+            concurrency=row.concurrency,
+            scheduling=row.scheduling,
+            started_at=row.started_at,
+            last_seen=row.last_seen,
+            jobs_running=row.jobs_running,
+            jobs_done=row.jobs_done,
+        )
+        for row in rows
+    ]

@@ -12,7 +12,8 @@ transaction per click.
 
 * :mod:`.display`: what both admins share (formatting, paginator, filters, columns);
 * :mod:`.jobs`: :class:`JobAdmin`; :mod:`.deadletters`: :class:`DeadLetterAdmin`;
-* :mod:`.overview`: the queue overview page, over :mod:`django_jobqueue.stats`.
+* :mod:`.overview`: the queue overview page, over :mod:`django_jobqueue.stats`;
+* :mod:`.schedules`: periodic jobs (pause, resume, run now); :mod:`.workers`: live workers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .deadletters import DeadLetterAdmin
 from .display import COUNT_CAP, VALUE_CAP, CappedCountPaginator, human_seconds
 from .jobs import JobAdmin
 from .overview import CHART_MINUTES, build_overview
+from .schedules import ScheduleAdmin
+from .workers import WorkerHeartbeatAdmin
 
 __all__ = [
     "CHART_MINUTES",
@@ -29,6 +32,8 @@ __all__ = [
     "CappedCountPaginator",
     "DeadLetterAdmin",
     "JobAdmin",
+    "ScheduleAdmin",
+    "WorkerHeartbeatAdmin",
     "build_overview",
     "human_seconds",
 ]

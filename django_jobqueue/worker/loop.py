@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from django.db import InterfaceError, OperationalError, router
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, periodic
 from ..base import ClaimedJob
 from ..exceptions import JobNotRegistered
 from ..models import Job
@@ -33,6 +33,7 @@ from ..registry import registry
 from .claiming import Claimer
 from .connection import Connection
 from .outcomes import Outcome, describe
+from .presence import Presence
 from .runner import Runner
 from .shutdown import StopSignals
 from .timelimits import EXIT_ABANDONED_THREADS
@@ -44,6 +45,9 @@ logger = logging.getLogger("django_jobqueue.worker")
 
 class Worker:
     """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
+
+    ``schedule``: take part in enqueueing periodic jobs (``runjobworker --no-schedule``
+    passes False); a schedule that cannot work raises ``ImproperlyConfigured`` here.
 
     ``burst``: exit once nothing is ready to run and nothing is running, and (unless
     ``wait_for_retries`` is false) no job of its queues waits out a retry's backoff.
@@ -64,6 +68,7 @@ class Worker:
         burst: bool = False,
         wait_for_retries: bool = True,
         name: str | None = None,
+        schedule: bool = True,
     ) -> None:
         self.queues = list(dict.fromkeys(queues)) if queues else None
         self.concurrency = max(1, concurrency)
@@ -97,12 +102,26 @@ class Worker:
             forget=self._forget,
             between=lambda: self._upkeep.heartbeat_if_due(time.monotonic()),
         )
+        # Schedules are checked here: a bad one refuses to start (ImproperlyConfigured).
+        self.schedule = schedule
+        schedules = periodic.configured() if schedule else []
+        self.scheduler = periodic.Scheduler(schedules, self.using) if schedules else None
+        self._presence = Presence(
+            self.using,
+            self.name,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            scheduling=schedule,
+            counts=lambda: (len(self._running), self.processed),
+        )
         self._upkeep = Upkeep(
             self.using,
             held=lambda: [*self._running.values(), *self._claimer.buffer],
             lost=self._claimer.drop,
             dead_letter=self._writer.dead_letter,
             cancel=self._cancel,
+            beat=self._presence.beat,
+            schedule=self.scheduler.run if self.scheduler is not None else None,
         )
         self._signals = StopSignals(self.name, self.stop, lambda: len(self._running))
 
@@ -116,11 +135,12 @@ class Worker:
         notifier.listen_for_work(self._listen_queues, self._on_work, self._idle)
         notifier.listen_for_cancels(self.name, self._on_cancel_message)
         logger.info(
-            "worker started name=%s queues=%s concurrency=%d notifications=%s jobs=%s",
+            "worker started name=%s queues=%s concurrency=%d notifications=%s schedules=%s jobs=%s",
             self.name,
             ",".join(self.queues) if self.queues else "*",
             self.concurrency,
             notifier.describe(),
+            self._describe_schedules(),
             # The job names it can run: one whose module was never imported shows up missing.
             ",".join(sorted(registry.names())) or "(none registered)",
         )
@@ -132,9 +152,17 @@ class Worker:
             self._runner.stop_async()
             self._claimer.close()
             self._signals.restore()
+            self._presence.leave()
             self._connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
         return self.exit_code
+
+    def _describe_schedules(self) -> str:
+        if not self.schedule:
+            return "off"
+        if self.scheduler is None:
+            return "none"
+        return ",".join(spec.name for spec in self.scheduler.specs)
 
     def stop(self) -> None:
         """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""

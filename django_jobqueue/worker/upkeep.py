@@ -1,9 +1,11 @@
-"""Upkeep on timers: renewing the leases of held jobs (the heartbeat), requeueing or
-dead-lettering jobs whose worker stopped renewing theirs, pruning expired results."""
+"""Upkeep on timers: renewing the leases of held jobs (the heartbeat) and the worker's
+heartbeat row, requeueing or dead-lettering jobs whose worker stopped renewing theirs,
+pruning expired results, enqueueing due periodic jobs."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -48,8 +50,15 @@ class Upkeep:
         lost: Callable[[set[int]], None],
         dead_letter: DeadLetterer,
         cancel: Callable[[set[int]], None] | None = None,
+        beat: Callable[[], None] | None = None,
+        schedule: Callable[[], float] | None = None,
     ) -> None:
         self.using = using
+        #: Called on the heartbeat timer: the worker's heartbeat row.
+        self.beat = beat
+        #: Enqueues due periodic jobs; returns seconds until the next tick. None: no
+        #: schedules (or ``--no-schedule``): no timer, no statement.
+        self.schedule = schedule
         self.held = held
         self.lost = lost
         self.dead_letter = dead_letter
@@ -57,6 +66,7 @@ class Upkeep:
         self.next_heartbeat = 0.0
         self.next_reap = 0.0
         self.next_prune = 0.0
+        self.next_schedule = 0.0 if schedule is not None else math.inf
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -65,7 +75,7 @@ class Upkeep:
         """When the next timer that should wake the loop falls due."""
         if stopping:
             return self.next_heartbeat
-        return min(self.next_heartbeat, self.next_reap)
+        return min(self.next_heartbeat, self.next_reap, self.next_schedule)
 
     def periodic(self, now: float) -> None:
         self.heartbeat_if_due(now)
@@ -75,11 +85,16 @@ class Upkeep:
         if now >= self.next_prune:
             self.next_prune = now + PRUNE_EVERY
             self.prune()
+        if self.schedule is not None and now >= self.next_schedule:
+            self.next_schedule = now + 1.0  # a failing pass is retried a second later
+            self.next_schedule = now + self.schedule()
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + conf.heartbeat_interval()
             self.heartbeat()
+            if self.beat is not None:
+                self.beat()
 
     def heartbeat_now(self) -> None:
         """Make the next heartbeat due at once (a cancel request came by notification: the

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import django
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, router
 from django.utils import autoreload
@@ -120,6 +121,14 @@ class Command(BaseCommand):
             "(default: host:pid:random).",
         )
         parser.add_argument(
+            "--no-schedule",
+            dest="schedule",
+            action="store_false",
+            help="Take no part in enqueueing periodic jobs (@job(schedule=...), "
+            "JOBQUEUE['SCHEDULE']); other workers still do. By default every worker does, "
+            "and each tick is enqueued once however many run.",
+        )
+        parser.add_argument(
             "--reload",
             action="store_true",
             help="For development: restart the worker when a Python file changes, with "
@@ -155,12 +164,16 @@ class Command(BaseCommand):
     @staticmethod
     def _make_worker(options: dict[str, Any]) -> Worker:
         _warn_about_connections(options["concurrency"])
-        return Worker(
-            options["queues"],
-            concurrency=options["concurrency"],
-            burst=options["burst"],
-            name=options["name"],
-        )
+        try:
+            return Worker(
+                options["queues"],
+                concurrency=options["concurrency"],
+                burst=options["burst"],
+                name=options["name"],
+                schedule=options["schedule"],
+            )
+        except ImproperlyConfigured as exc:  # a schedule that cannot work
+            raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
 
     def _run_with_reloader(self, options: dict[str, Any]) -> int:
         """Django's autoreloader around the worker, with graceful restarts.
