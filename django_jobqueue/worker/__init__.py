@@ -9,12 +9,11 @@ from __future__ import annotations
 from .claiming import PREFETCH_SECONDS
 from .loop import Worker
 from .outcomes import Outcome, backoff, describe
-from .upkeep import PRUNE_BATCH, PRUNE_EVERY, REAP_BATCH
+from .upkeep import PRUNE_SHARE, REAP_BATCH
 
 __all__ = [
     "PREFETCH_SECONDS",
-    "PRUNE_BATCH",
-    "PRUNE_EVERY",
+    "PRUNE_SHARE",
     "REAP_BATCH",
     "Outcome",
     "Worker",

@@ -4,6 +4,7 @@ dead-lettering jobs whose worker stopped renewing theirs, pruning expired result
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -19,8 +20,9 @@ from .outcomes import backoff
 logger = logging.getLogger("django_jobqueue.worker")
 
 REAP_BATCH = 100
-PRUNE_BATCH = 1000
-PRUNE_EVERY = 60.0
+#: While finished jobs wait to be pruned, the share of the main loop's time spent deleting
+#: them; the rest stays for claims and completions.
+PRUNE_SHARE = 0.25
 
 
 class DeadLetterer(Protocol):
@@ -61,7 +63,7 @@ class Upkeep:
         """When the next timer that should wake the loop falls due."""
         if stopping:
             return self.next_heartbeat
-        return min(self.next_heartbeat, self.next_reap)
+        return min(self.next_heartbeat, self.next_reap, self.next_prune)
 
     def periodic(self, now: float) -> None:
         self.heartbeat_if_due(now)
@@ -69,8 +71,7 @@ class Upkeep:
             self.next_reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
             self.reap()
         if now >= self.next_prune:
-            self.next_prune = now + PRUNE_EVERY
-            self.prune()
+            self.prune_step(now)
 
     def heartbeat_if_due(self, now: float) -> None:
         if now >= self.next_heartbeat:
@@ -123,10 +124,25 @@ class Upkeep:
                     job.max_attempts,
                 )
 
-    def prune(self) -> None:
-        now = timezone.now()
-        jobs = self._jobs()
-        ids = list(jobs.expired_results(now).values_list("id", flat=True)[:PRUNE_BATCH])
-        if ids:
-            deleted, _ = jobs.filter(id__in=ids).expired_results(now).delete()
-            logger.debug("pruned %d expired results", deleted)
+    def prune_step(self, now: float) -> int:
+        """One batch of :meth:`prune`, and when the next one falls due: after
+        ``PRUNE_INTERVAL`` if the batch emptied the backlog, else as soon as the loop has
+        spent three times the batch's duration on other work (``PRUNE_SHARE``), so a backlog
+        is worked off in short transactions, at a pace that grows with the rate jobs finish
+        at, without starving claims."""
+        started = time.monotonic()
+        deleted = self.prune()
+        if deleted >= int(conf.get("PRUNE_BATCH")):
+            took = time.monotonic() - started
+            self.next_prune = time.monotonic() + took * (1 - PRUNE_SHARE) / PRUNE_SHARE
+        else:
+            self.next_prune = now + float(conf.get("PRUNE_INTERVAL"))
+        return deleted
+
+    def prune(self) -> int:
+        """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
+        with their results; return how many."""
+        deleted = self._jobs().prune(timezone.now(), limit=int(conf.get("PRUNE_BATCH")))
+        if deleted:
+            logger.debug("pruned %d finished jobs past their result_ttl", deleted)
+        return deleted
