@@ -50,6 +50,8 @@ class NewJob:
     enqueued_at: datetime
     time_limit: float | None = None
     limit_key: str | None = None
+    #: The producer's OpenTelemetry context (``traceparent``...), when tracing is on.
+    trace_context: dict[str, str] | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)
@@ -93,6 +95,7 @@ class ClaimedJob:
     group: str | None
     time_limit: float | None = None
     limit_key: str | None = None
+    trace_context: dict[str, str] | None = None
 
     @property
     def fence(self) -> tuple[int, int]:

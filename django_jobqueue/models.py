@@ -80,6 +80,12 @@ class Job(models.Model):
         "limit", max_length=200, null=True, blank=True, help_text="A key of JOBQUEUE['LIMITS']."
     )
 
+    trace_context = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
+    )
+
     objects = JobQuerySet.as_manager()
 
     class Meta:

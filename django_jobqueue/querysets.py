@@ -46,7 +46,7 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
-_JSON_COLUMNS = frozenset({"args", "kwargs"})
+_JSON_COLUMNS = frozenset({"args", "kwargs", "trace_context"})
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -59,6 +59,7 @@ _CASTS = {
     "enqueued_at": "::timestamptz",
     "time_limit": "::double precision",
     "limit_key": "::varchar",
+    "trace_context": "::jsonb",
 }
 
 
@@ -123,6 +124,8 @@ class _SQL:
         values = dict(zip(CLAIM_COLUMNS, row, strict=True))
         values["args"] = self.load_json("args", values["args"])
         values["kwargs"] = self.load_json("kwargs", values["kwargs"])
+        if values["trace_context"] is not None:
+            values["trace_context"] = self.load_json("trace_context", values["trace_context"])
         return ClaimedJob(**values)
 
     def pairs(self, items: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:

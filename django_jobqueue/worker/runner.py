@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from .. import signals
+from .. import signals, telemetry
 from ..base import ClaimedJob
 from ..models import Job
 from ..notifications import run_loop
@@ -104,7 +104,7 @@ class Runner:
         close_old_connections()
         started = time.monotonic()
         try:
-            result = running.definition.func(*job.args, **job.kwargs)
+            result = telemetry.run(job, running.definition.func)
             outcome = succeeded(job, result, started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
             outcome = failed(job, started, describe(exc))
@@ -120,7 +120,7 @@ class Runner:
         await sync_to_async(close_old_connections)()
         started = time.monotonic()
         try:
-            result = await running.definition.func(*job.args, **job.kwargs)
+            result = await telemetry.arun(job, running.definition.func)
             outcome = succeeded(job, result, started)
         except BaseException as exc:
             outcome = failed(job, started, describe(exc))

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
@@ -116,6 +116,7 @@ class Upkeep:
                 lease_expired_before=now,
             )
             if requeued:
+                telemetry.lease_expired_retry(job)
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
                     job.job_id,
