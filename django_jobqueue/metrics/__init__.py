@@ -27,8 +27,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from .. import stats, telemetry
+from .. import stats
 from ..base import ACTIVE, Status
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover - the metrics extra is not installed
+    prometheus_client = None  # type: ignore[assignment]
 
 #: Finished jobs counted per scrape, over every queue together (active jobs: no cap).
 FINISHED_COUNT_CAP = 10_000
@@ -37,12 +42,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _prometheus() -> Any:
-    if telemetry.prometheus_client is None:
+    if prometheus_client is None:
         raise ImproperlyConfigured(
             "django_jobqueue.metrics needs prometheus-client: "
             'pip install "django-jobqueue[metrics]"'
         )
-    return telemetry.prometheus_client
+    return prometheus_client
 
 
 class QueueCollector:
@@ -127,11 +132,11 @@ def render(using: str | None = None) -> bytes:
         from prometheus_client import multiprocess
 
         processes = CollectorRegistry()
-        multiprocess.MultiProcessCollector(processes)
+        multiprocess.MultiProcessCollector(processes)  # type: ignore[no-untyped-call]
     else:
         processes = prometheus.REGISTRY
     queue = CollectorRegistry(auto_describe=False)
-    queue.register(QueueCollector(using))  # type: ignore[arg-type]
+    queue.register(QueueCollector(using))
     return bytes(generate_latest(processes) + generate_latest(queue))
 
 
