@@ -416,7 +416,8 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
 
 def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any]:
     """What ``jobqueue status --json`` prints: plain JSON values, one entry per queue."""
-    found = stats.summary(now, queues=queues, minutes=_STATUS_MINUTES)
+    cap = stats.FINISHED_COUNT_CAP
+    found = stats.summary(now, queues=queues, minutes=_STATUS_MINUTES, cap=cap)
 
     def entry(row: stats.QueueSummary) -> dict[str, Any]:
         assert row.throughput is not None
@@ -438,7 +439,7 @@ def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any
         "queues": [entry(row) for row in found.queues],
         "total": total,
         "live_workers": live_workers(),
-        "finished_count_cap": stats.FINISHED_COUNT_CAP,
+        "finished_count_cap": cap,
         "exact": list(ACTIVE),
     }
 
