@@ -46,9 +46,10 @@ SCENARIOS = [
     "wakeup",
     "backlog",
     "memory",
+    "prune",
 ]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
-SLOW = {"backlog", "memory"}
+SLOW = {"backlog", "memory", "prune"}
 DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/djq_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -82,6 +83,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog": 1_000_000,
         "backlog_drain": 5000,
         "memory": 100_000,
+        "prune": 200_000,
     },
     "quick": {
         "enqueue": 1000,
@@ -95,6 +97,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog": 100_000,
         "backlog_drain": 2000,
         "memory": 20_000,
+        "prune": 40_000,
     },
 }
 
@@ -1295,6 +1298,83 @@ def scenario_memory(b: Bench) -> None:
     )
 
 
+def finished_rows() -> int:
+    from django_jobqueue.base import FINISHED
+    from django_jobqueue.models import Job
+
+    return Job.objects.filter(status__in=FINISHED).count()
+
+
+def table_mb() -> str:
+    """PostgreSQL: the job table's size with its indexes (MB); SQLite: n/a."""
+    from django.db import connection
+
+    from django_jobqueue.models import Job
+
+    if connection.vendor != "postgresql":
+        return "n/a"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size(%s)", [Job._meta.db_table])
+        return f"{cursor.fetchone()[0] / 2**20:.1f}"
+
+
+def scenario_prune(b: Bench) -> None:
+    """Jobs with ``result_ttl=0`` flow through two workers at about the rate they drain;
+    the finished rows waiting to be pruned are sampled while they do."""
+    from bench.benchapp.jobs import noop
+    from django_jobqueue import conf
+
+    n = b.size("prune")
+    rate, tick, chunk = 4000, 0.25, 1000  # offered load: jobs/s, seconds per step
+    label = "prune, 2 workers x 2 threads"
+    b.reset()
+    b.analyze()
+    job = noop.using(result_ttl=0)
+    samples: list[int] = []
+    started = time.perf_counter()
+    enqueued = 0
+    with b.workers(2, concurrency=2):
+        deadline = b.bound(n / rate * 3 + 60)
+        next_step = time.perf_counter()
+        while enqueued < n and time.monotonic() < deadline:
+            step = min(int(rate * tick), n - enqueued)
+            for start in range(0, step, chunk):
+                job.enqueue_many([()] * min(chunk, step - start))
+            enqueued += step
+            samples.append(finished_rows())
+            next_step += tick
+            time.sleep(max(0.0, next_step - time.perf_counter()))
+        produced = time.perf_counter() - started
+        done = wait_until(lambda: b.count("queued") == 0, deadline, interval=0.25)
+        drained = time.perf_counter() - started
+        samples.append(finished_rows())
+        # What is left once the queue is empty: pruned within about one PRUNE_INTERVAL.
+        interval = float(conf.get("PRUNE_INTERVAL"))
+        emptied = wait_until(lambda: finished_rows() == 0, b.bound(interval * 2 + 10), 0.25)
+        cleared = time.perf_counter() - started
+    b.row(label, "jobs", f"{enqueued:,} offered at {rate:,}/s over {produced:.1f}s")
+    b.row(label, "drain jobs/s", fmt_rate(enqueued, drained) + ("" if done else " (bound hit)"))
+    b.row(label, "finished rows, max while flowing", f"{max(samples):,}")
+    b.row(label, "finished rows, median while flowing", f"{int(percentile(samples, 50)):,}")
+    b.row(label, "finished rows left after the drain", f"{samples[-1]:,}")
+    b.row(
+        label,
+        "all pruned after s",
+        f"{cleared - drained:.1f}" if emptied else f"not within {cleared - drained:.0f}s",
+    )
+    b.row(label, "job table + indexes MB at end", table_mb())
+    b.note(
+        f"prune: {enqueued:,} no-op jobs with result_ttl=0 enqueued {rate:,}/s in steps of "
+        f"{tick}s (enqueue_many of {chunk:,}) while 2 `runjobworker --concurrency 2` processes "
+        "run them; COUNT of finished rows sampled each step. The workers prune "
+        f"PRUNE_BATCH={conf.get('PRUNE_BATCH')} rows per statement, back to back while "
+        f"batches come back full, else every PRUNE_INTERVAL={interval}s. Finished rows "
+        "stay bounded by what finishes between two prunes, not by the number of jobs run."
+    )
+    if not (done and emptied):
+        b.failed = True
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue": scenario_enqueue,
     "enqueue_many": scenario_enqueue_many,
@@ -1304,6 +1384,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "wakeup": scenario_wakeup,
     "backlog": scenario_backlog,
     "memory": scenario_memory,
+    "prune": scenario_prune,
 }
 
 
