@@ -13,6 +13,7 @@ at scrape time) and the view are :mod:`django_jobqueue.metrics`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +39,8 @@ FINISHED_OUTCOMES = {"completed": "completed", "dead-lettered": "failed", "cance
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 TRACER_NAME = "django_jobqueue"
+
+logger = logging.getLogger("django_jobqueue.telemetry")
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -95,6 +98,13 @@ def attempt_ended(job: ClaimedJob, result: str, duration: float) -> None:
     ``discarded (lease lost)``), and observe its run time if it ran here."""
     if not metrics_enabled():
         return
+    try:
+        _count(job, result, duration)
+    except Exception:  # a metrics bug must never stop the worker recording outcomes
+        logger.exception("metrics: counting the outcome of job %s failed", job.job_id)
+
+
+def _count(job: ClaimedJob, result: str, duration: float) -> None:
     metrics = instruments()
     word = result.split(" ", 1)[0].rstrip(",")
     if word == "discarded":  # another worker owns the job now: its run counts there
@@ -145,8 +155,7 @@ def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
         attributes["messaging.message.id"] = first.job_id
     else:
         attributes["messaging.batch.message_count"] = len(jobs)
-    tracer = trace.get_tracer(TRACER_NAME)
-    with tracer.start_as_current_span(
+    with _tracer().start_as_current_span(
         f"enqueue {first.name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
     ) as span:
         if not span.is_recording():
@@ -157,10 +166,19 @@ def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
         yield [dataclasses.replace(job, trace_context=carrier) for job in jobs]
 
 
+_tracers: list[Any] = []
+
+
+def _tracer() -> Any:
+    """The package's tracer, made once (a proxy until an SDK's provider is set)."""
+    if not _tracers:
+        _tracers.append(trace.get_tracer(TRACER_NAME))
+    return _tracers[0]
+
+
 def _run_span(job: ClaimedJob) -> Any:
-    tracer = trace.get_tracer(TRACER_NAME)
     parent = propagate.extract(job.trace_context) if job.trace_context else None
-    return tracer.start_as_current_span(
+    return _tracer().start_as_current_span(
         f"run {job.name}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
