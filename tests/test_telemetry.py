@@ -17,7 +17,7 @@ from tests.testapp.jobs import add, always_fails, other_queue
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -216,3 +216,37 @@ def test_enqueue_many_is_one_span_and_tracing_can_be_turned_off(spans, settings,
     run_worker()
     assert spans.get_finished_spans() == ()
     assert Job.objects.get(job_id=handle.id).trace_context is None
+
+
+@pytest.mark.subprocess
+def test_a_worker_serves_its_counters_on_metrics_port(worker_processes):
+    """``runjobworker --metrics-port``: a real worker process's counters over HTTP."""
+    import socket
+    import urllib.request
+
+    from tests.conftest import wait_until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handle = add.enqueue(2, 2)
+    worker_processes.start("--metrics-port", str(port))
+    wait_until(lambda: handle.refresh().status == "completed", timeout=30)
+
+    def finished() -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "jobqueue_jobs_finished_total" and sample.labels == {
+                    "queue": "default",
+                    "name": add.name,
+                    "outcome": "completed",
+                }:
+                    return sample.value
+        return None
+
+    assert wait_until(finished, timeout=30) == 1.0
