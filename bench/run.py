@@ -48,9 +48,10 @@ SCENARIOS = [
     "backlog",
     "memory",
     "limits",
+    "prune",
 ]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
-SLOW = {"backlog", "memory"}
+SLOW = {"backlog", "memory", "prune"}
 DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/djq_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -87,6 +88,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog_drain": 5000,
         "memory": 100_000,
         "limits": 4000,
+        "prune": 200_000,
     },
     "quick": {
         "enqueue": 1000,
@@ -103,6 +105,7 @@ SIZES: dict[str, dict[str, int]] = {
         "backlog_drain": 2000,
         "memory": 20_000,
         "limits": 2000,
+        "prune": 40_000,
     },
 }
 
@@ -1402,6 +1405,84 @@ def scenario_memory(b: Bench) -> None:
     )
 
 
+def finished_rows() -> int:
+    from django_jobqueue.base import FINISHED
+    from django_jobqueue.models import Job
+
+    return Job.objects.filter(status__in=FINISHED).count()
+
+
+def table_mb() -> str:
+    """PostgreSQL: the job table's size with its indexes (MB); SQLite: n/a."""
+    from django.db import connection
+
+    from django_jobqueue.models import Job
+
+    if connection.vendor != "postgresql":
+        return "n/a"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size(%s)", [Job._meta.db_table])
+        return f"{cursor.fetchone()[0] / 2**20:.1f}"
+
+
+def scenario_prune(b: Bench) -> None:
+    """Jobs with ``result_ttl=0`` flow through two workers as fast as they drain them (the
+    producer keeps at most ``ceiling`` jobs queued, so the claim stays what it is on a short
+    queue); the finished rows waiting to be pruned are sampled as they go."""
+    from bench.benchapp.jobs import noop
+    from django_jobqueue import conf
+
+    n = b.size("prune")
+    chunk, ceiling, tick = 2000, 6000, 0.1
+    label = "prune, 2 workers x 2 threads"
+    b.reset()
+    job = noop.using(result_ttl=0)
+    job.enqueue_many([()] * chunk)
+    b.analyze()  # statistics of a table with jobs in it, as autovacuum would give it
+    enqueued = chunk
+    samples: list[int] = []
+    started = time.perf_counter()
+    with b.workers(2, concurrency=2):
+        deadline = b.bound(n / 500 + 60)
+        while enqueued < n and time.monotonic() < deadline:
+            if b.count("queued") < ceiling - chunk:
+                job.enqueue_many([()] * min(chunk, n - enqueued))
+                enqueued += min(chunk, n - enqueued)
+                samples.append(finished_rows())
+            else:
+                time.sleep(tick)
+        done = wait_until(
+            lambda: b.count("queued") + b.count("running") == 0, deadline, interval=0.1
+        )
+        drained = time.perf_counter() - started
+        samples.append(finished_rows())
+        # What is left once the queue is empty: pruned within about one PRUNE_INTERVAL.
+        interval = float(conf.get("PRUNE_INTERVAL"))
+        emptied = wait_until(lambda: finished_rows() == 0, b.bound(interval * 2 + 10), 0.25)
+        cleared = time.perf_counter() - started
+    b.row(label, "jobs (result_ttl 0)", f"{enqueued:,}")
+    b.row(label, "drain jobs/s", fmt_rate(enqueued, drained) + ("" if done else " (bound hit)"))
+    b.row(label, "finished rows, max while flowing", f"{max(samples):,}")
+    b.row(label, "finished rows, median while flowing", f"{int(percentile(samples, 50)):,}")
+    b.row(label, "finished rows left after the drain", f"{samples[-1]:,}")
+    b.row(
+        label,
+        "all pruned, s after the drain",
+        f"{cleared - drained:.1f}" if emptied else f"not within {cleared - drained:.0f}s",
+    )
+    b.row(label, "job table + indexes MB at end", table_mb())
+    b.note(
+        f"prune: {enqueued:,} no-op jobs with result_ttl=0, enqueued {chunk:,} at a time "
+        f"whenever fewer than {ceiling - chunk:,} were queued, while 2 `runjobworker "
+        "--concurrency 2` processes ran them; COUNT of finished rows sampled at each enqueue. "
+        f"Workers prune PRUNE_BATCH={conf.get('PRUNE_BATCH')} rows per statement, back to "
+        f"back while batches come back full, else every PRUNE_INTERVAL={interval}s. Finished "
+        "rows stay bounded by what finishes between two prunes, not by the jobs run."
+    )
+    if not (done and emptied):
+        b.failed = True
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue": scenario_enqueue,
     "enqueue_many": scenario_enqueue_many,
@@ -1413,6 +1494,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "backlog": scenario_backlog,
     "memory": scenario_memory,
     "limits": scenario_limits,
+    "prune": scenario_prune,
 }
 
 

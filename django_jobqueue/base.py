@@ -53,6 +53,8 @@ class NewJob:
     #: ``[]`` for a task of Django's Tasks framework (its failed attempts are logged there);
     #: None for an ``@job`` job, which logs nothing and costs nothing more.
     attempt_log: list[Any] | None = None
+    #: The producer's OpenTelemetry context (``traceparent``...), when tracing is on.
+    trace_context: dict[str, str] | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)
@@ -96,6 +98,7 @@ class ClaimedJob:
     group: str | None
     time_limit: float | None = None
     limit_key: str | None = None
+    trace_context: dict[str, str] | None = None
 
     @property
     def fence(self) -> tuple[int, int]:

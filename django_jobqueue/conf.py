@@ -39,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
     # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
     "SCHEDULE": {},
+    # Operations (docs/guide/operations.md).
+    "PRUNE_INTERVAL": 10.0,  # seconds between a worker's prunes while nothing is left to prune
+    "PRUNE_BATCH": 1000,  # finished jobs deleted per statement (one short transaction)
+    "METRICS": True,  # record Prometheus metrics when prometheus-client is installed
+    "TRACING": True,  # OpenTelemetry spans when opentelemetry-api is installed
     # Limits on hostile or accidental input (docs/guide/limits.md).
     "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
@@ -68,6 +73,8 @@ BOUNDS: dict[str, tuple[bool, float, float]] = {
     "MAX_RESULT_BYTES": (True, 1024, 128 * 2**20),
     "MAX_ERROR_BYTES": (True, 1024, 16 * 2**20),
     "PROGRESS_INTERVAL": (False, 0.01, 3600),
+    "PRUNE_INTERVAL": (False, 0.01, DAY),
+    "PRUNE_BATCH": (True, 1, 100_000),
 }
 #: HEARTBEAT_INTERVAL (None, or a number of seconds) is bounded by LEASE_SECONDS instead.
 HEARTBEAT_BOUNDS = (0.001, DAY)

@@ -10,13 +10,16 @@ run as ``cancelled`` whatever it returns or raises afterwards.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.db import router, transaction
 from django.utils import timezone
 
+from .base import Status
 from .models import Job
 from .notifications import hub
+from .querysets import CANCELLED_ERROR
 
 logger = logging.getLogger("django_jobqueue.control")
 
@@ -49,3 +52,44 @@ def cancel(job_id: str) -> bool:
 async def acancel(job_id: str) -> bool:
     """Async twin of :func:`cancel`."""
     return await sync_to_async(cancel)(job_id)
+
+
+#: Queued jobs cancelled per statement by :func:`cancel_queued`.
+CANCEL_BATCH = 1000
+
+
+def cancel_queued(queue: str, *, name: str | None = None) -> int:
+    """Cancel every queued job of ``queue`` (of the job ``name`` only, if given); return
+    how many. Running jobs are left alone.
+
+    In batches of :data:`CANCEL_BATCH`, each one short UPDATE per distinct ``result_ttl``,
+    fenced on the status (a job a worker claims meanwhile runs, and is not counted). Their
+    waiters are notified, as :func:`cancel` does for one job.
+    """
+    jobs = Job.objects.using(router.db_for_write(Job))
+    chosen = jobs.filter(status=Status.QUEUED, queue=queue)
+    if name is not None:
+        chosen = chosen.filter(name=name)
+    total = 0
+    notifier = hub()
+    while True:
+        batch = list(
+            chosen.order_by("pk").values_list("pk", "result_ttl", "job_id", "notify")[:CANCEL_BATCH]
+        )
+        if not batch:
+            return total
+        now = timezone.now()
+        for ttl in {row[1] for row in batch}:
+            total += jobs.filter(
+                pk__in=[row[0] for row in batch if row[1] == ttl], status=Status.QUEUED
+            ).update(
+                status=Status.CANCELLED,
+                finished_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+                lease_expires_at=None,
+                last_error=CANCELLED_ERROR,
+            )
+        waited = [row[2] for row in batch if row[3]]
+        if waited:
+            notifier.job_finished(waited)
+        logger.info("cancelled up to %d queued jobs of queue=%r name=%r", len(batch), queue, name)

@@ -110,6 +110,12 @@ class Job(models.Model):
         ),
     )
 
+    trace_context = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
+    )
+
     objects = JobQuerySet.as_manager()
 
     class Meta:

@@ -14,6 +14,7 @@ from datetime import datetime
 from django.db import router, transaction
 from django.utils import timezone
 
+from . import telemetry
 from .base import ACTIVE, JobSnapshot, NewJob
 from .exceptions import JobQueueError
 from .models import Job
@@ -54,7 +55,21 @@ def insert_jobs(
     uncommitted job with the same id. ``written`` is called once the rows are written
     (committed, outside a transaction). Waking workers and ``job_enqueued`` are the caller's
     (:func:`django_jobqueue.handles.announce`), after this returns.
+
+    With tracing on (:mod:`.telemetry`) the write is a PRODUCER span, and each new row
+    carries its context to the worker.
     """
+    with telemetry.enqueue_span(jobs) as traced:
+        return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+
+
+def _insert_jobs(
+    jobs: Sequence[NewJob],
+    *,
+    notify: bool,
+    lock_timeout: float | None,
+    written: Callable[[], None] | None,
+) -> list[JobSnapshot]:
     using = router.db_for_write(Job)
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
     found = _insert(jobs, using) if fast else {}

@@ -38,6 +38,10 @@ _CANCELLED = f"'{Status.CANCELLED.value}'"
 #: A completion's status: ``cancelled`` when a cancel request reached the row before it.
 _DONE_STATUS = f"CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_COMPLETED} END"
 
+#: Finished jobs deleted per pruning statement (and transaction): short enough that no lock
+#: is held for long, large enough that a worker deletes faster than the queue drains.
+PRUNE_BATCH = 1000
+
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
 INSERT_BATCH = 1000
 #: Largest JSON document of one ``enqueue_many`` statement on PostgreSQL (ASCII characters).
@@ -45,7 +49,7 @@ JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
 
-_JSON_COLUMNS = frozenset({"args", "kwargs", "progress", "attempt_log"})
+_JSON_COLUMNS = frozenset({"args", "kwargs", "progress", "attempt_log", "trace_context"})
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -59,6 +63,7 @@ _CASTS = {
     "time_limit": "::double precision",
     "limit_key": "::varchar",
     "attempt_log": "::jsonb",
+    "trace_context": "::jsonb",
 }
 
 #: The exception class recorded for a failed attempt that raised nothing (a lost lease, a
@@ -224,6 +229,8 @@ class _SQL:
         values = dict(zip(CLAIM_COLUMNS, row, strict=True))
         values["args"] = self.load_json("args", values["args"])
         values["kwargs"] = self.load_json("kwargs", values["kwargs"])
+        if values["trace_context"] is not None:
+            values["trace_context"] = self.load_json("trace_context", values["trace_context"])
         return ClaimedJob(**values)
 
     def pairs(self, items: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
@@ -252,6 +259,65 @@ class JobQuerySet(models.QuerySet[Any]):
     def expired_results(self, now: datetime) -> JobQuerySet:
         """Finished jobs whose outcome is past ``result_ttl``."""
         return self.filter(status__in=FINISHED, expires_at__lte=now)
+
+    def prune(
+        self,
+        now: datetime,
+        *,
+        limit: int = PRUNE_BATCH,
+        finished_before: datetime | None = None,
+    ) -> int:
+        """Delete at most ``limit`` finished jobs past their ``result_ttl`` (``expires_at``
+        at or before ``now``), with their results, in one short transaction; return how many.
+
+        ``finished_before``: instead, finished jobs that finished at or before then, whatever
+        their ``result_ttl`` (``manage.py jobqueue prune --older-than``).
+
+        The oldest expiries first, read through the ``djq_expiry`` index. On PostgreSQL one
+        statement that skips rows another transaction holds (a requeue, a deduplicating
+        enqueue), so concurrent workers prune different rows and nobody waits; on SQLite a
+        read, then (only if it found rows) both deletes in one transaction. Callers repeat it
+        while it returns ``limit``.
+        """
+        sql = self._sql()
+        finished = ", ".join(["%s"] * len(FINISHED))
+        if finished_before is None:
+            condition, value = "expires_at <= %s", sql.prep("expires_at", now)
+        else:
+            condition, value = "finished_at <= %s", sql.prep("finished_at", finished_before)
+        where = f"status IN ({finished}) AND {condition}"
+        params: list[Any] = [*FINISHED, value]
+        results = self._result_model()._meta.db_table
+        if sql.vendor == "postgresql":
+            rows = sql.execute(
+                f"WITH doomed AS (SELECT id FROM {sql.table} WHERE {where} "
+                "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED), "
+                f"gone AS (DELETE FROM {sql.table} j USING doomed WHERE j.id = doomed.id "
+                "RETURNING j.id), "
+                f"stored AS (DELETE FROM {results} r USING gone WHERE r.job_id = gone.id) "
+                "SELECT count(*) FROM gone",
+                [*params, limit],
+            )
+            return int(rows[0][0])
+        ids = [
+            row[0]
+            for row in sql.execute(
+                f"SELECT id FROM {sql.table} WHERE {where} ORDER BY expires_at LIMIT %s",
+                [*params, limit],
+            )
+        ]
+        if not ids:
+            return 0
+        chosen = f"id IN ({', '.join(['%s'] * len(ids))}) AND {where}"
+        with transaction.atomic(using=self.db), sql.connection.cursor() as cursor:
+            # Results first, chosen again under the write lock: what is still expired.
+            cursor.execute(
+                f"DELETE FROM {results} WHERE job_id IN "
+                f"(SELECT id FROM {sql.table} WHERE {chosen})",
+                [*ids, *params],
+            )
+            cursor.execute(f"DELETE FROM {sql.table} WHERE {chosen}", [*ids, *params])
+            return int(cursor.rowcount)
 
     def state(self, job_id: str) -> JobState | None:
         """The :class:`JobState` of ``job_id`` in one hand-written query: what a waiter polls."""

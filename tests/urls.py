@@ -3,6 +3,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
 from django_jobqueue import JobFailedError, JobTimeoutError
+from django_jobqueue.metrics.views import metrics_view
 from tests.testapp.jobs import add
 
 
@@ -22,4 +23,5 @@ async def add_view(request: HttpRequest, x: int, y: int) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("add/<int:x>/<int:y>", add_view),
+    path("metrics/", metrics_view),
 ]

@@ -11,13 +11,12 @@ from .claiming import PREFETCH_SECONDS
 from .loop import Worker
 from .outcomes import Outcome, backoff, describe
 from .timelimits import EXIT_ABANDONED_THREADS
-from .upkeep import PRUNE_BATCH, PRUNE_EVERY, REAP_BATCH
+from .upkeep import PRUNE_SHARE, REAP_BATCH
 
 __all__ = [
     "EXIT_ABANDONED_THREADS",
     "PREFETCH_SECONDS",
-    "PRUNE_BATCH",
-    "PRUNE_EVERY",
+    "PRUNE_SHARE",
     "REAP_BATCH",
     "Outcome",
     "Worker",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from .. import signals
+from .. import signals, telemetry
 from ..base import ClaimedJob
 from ..context import JobContext, Progress, current_run
 from ..exceptions import Retry
@@ -233,7 +233,7 @@ class Runner:
         try:
             if running.cancelled.is_set():  # asked to stop before it started
                 raise asyncio.CancelledError
-            result = running.definition.func(*self._arguments(running), **job.kwargs)
+            result = telemetry.run(job, running.definition.func, self._arguments(running))
             outcome = succeeded(job, result, started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
             outcome = self._failed(running, started, exc)
@@ -253,7 +253,7 @@ class Runner:
             started = time.monotonic()
             if running.cancelled.is_set():  # asked to stop before it started
                 raise asyncio.CancelledError
-            result = await running.definition.func(*self._arguments(running), **job.kwargs)
+            result = await telemetry.arun(job, running.definition.func, self._arguments(running))
             outcome = succeeded(job, result, started)
         except BaseException as exc:
             outcome = self._failed(running, started, exc)

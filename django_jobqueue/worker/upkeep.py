@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Status
 from ..models import Job
 from ..notifications import hub
@@ -22,8 +23,9 @@ from .outcomes import backoff
 logger = logging.getLogger("django_jobqueue.worker")
 
 REAP_BATCH = 100
-PRUNE_BATCH = 1000
-PRUNE_EVERY = 60.0
+#: While finished jobs wait to be pruned, the share of the main loop's time spent deleting
+#: them; the rest stays for claims and completions.
+PRUNE_SHARE = 0.25
 
 
 class DeadLetterer(Protocol):
@@ -75,7 +77,7 @@ class Upkeep:
         """When the next timer that should wake the loop falls due."""
         if stopping:
             return self.next_heartbeat
-        return min(self.next_heartbeat, self.next_reap, self.next_schedule)
+        return min(self.next_heartbeat, self.next_reap, self.next_prune, self.next_schedule)
 
     def periodic(self, now: float) -> None:
         self.heartbeat_if_due(now)
@@ -83,8 +85,7 @@ class Upkeep:
             self.next_reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
             self.reap()
         if now >= self.next_prune:
-            self.next_prune = now + PRUNE_EVERY
-            self.prune()
+            self.prune_step(now)
         if self.schedule is not None and now >= self.next_schedule:
             self.next_schedule = now + 1.0  # a failing pass is retried a second later
             self.next_schedule = now + self.schedule()
@@ -153,6 +154,7 @@ class Upkeep:
                 if requeued[1]:
                     hub().job_finished([job.job_id])
             elif requeued:
+                telemetry.lease_expired_retry(job)
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
                     job.job_id,
@@ -161,10 +163,25 @@ class Upkeep:
                     job.max_attempts,
                 )
 
-    def prune(self) -> None:
-        now = timezone.now()
-        jobs = self._jobs()
-        ids = list(jobs.expired_results(now).values_list("id", flat=True)[:PRUNE_BATCH])
-        if ids:
-            deleted, _ = jobs.filter(id__in=ids).expired_results(now).delete()
-            logger.debug("pruned %d expired results", deleted)
+    def prune_step(self, now: float) -> int:
+        """One batch of :meth:`prune`, and when the next one falls due: after
+        ``PRUNE_INTERVAL`` if the batch emptied the backlog, else as soon as the loop has
+        spent three times the batch's duration on other work (``PRUNE_SHARE``), so a backlog
+        is worked off in short transactions, at a pace that grows with the rate jobs finish
+        at, without starving claims."""
+        started = time.monotonic()
+        deleted = self.prune()
+        if deleted >= int(conf.get("PRUNE_BATCH")):
+            took = time.monotonic() - started
+            self.next_prune = time.monotonic() + took * (1 - PRUNE_SHARE) / PRUNE_SHARE
+        else:
+            self.next_prune = now + float(conf.get("PRUNE_INTERVAL"))
+        return deleted
+
+    def prune(self) -> int:
+        """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
+        with their results; return how many."""
+        deleted = self._jobs().prune(timezone.now(), limit=int(conf.get("PRUNE_BATCH")))
+        if deleted:
+            logger.debug("pruned %d finished jobs past their result_ttl", deleted)
+        return deleted

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
-from .. import signals
+from .. import signals, telemetry
 from ..base import ClaimedJob, Status
 from ..models import DeadLetter, Job
 from ..notifications import hub
@@ -306,8 +306,10 @@ class Writer:
 
     @staticmethod
     def log(outcome: Outcome, result: str) -> None:
-        """The one log line of a finished attempt: id, name, attempt, duration, outcome."""
+        """The one log line of a finished attempt: id, name, attempt, duration, outcome;
+        the worker-side metrics count the same outcome (:func:`.telemetry.attempt_ended`)."""
         job = outcome.job
+        telemetry.attempt_ended(job, result, outcome.duration)
         logger.info(
             "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
             job.job_id,

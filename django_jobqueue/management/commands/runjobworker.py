@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, router
 from django.utils import autoreload
 
-from django_jobqueue import __version__
+from django_jobqueue import __version__, telemetry
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
 from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker
@@ -79,6 +79,33 @@ def _warn_about_connections(concurrency: int) -> None:
         )
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError("must be between 1 and 65535")
+    return number
+
+
+def _serve_metrics(addr: str, port: int) -> None:
+    """Start prometheus-client's HTTP server (a daemon thread) for this worker's metrics."""
+    if not telemetry.metrics_enabled():
+        raise CommandError(
+            "--metrics-port needs prometheus-client (pip install 'django-jobqueue[metrics]') "
+            "and JOBQUEUE['METRICS'] true"
+        )
+    import prometheus_client
+
+    telemetry.instruments()  # the series exist from the start, before the first job
+    try:
+        prometheus_client.start_http_server(port, addr=addr)
+    except OSError as exc:
+        raise CommandError(f"--metrics-port: cannot listen on {addr}:{port}: {exc}") from exc
+    logger.info("worker metrics on http://%s:%d/", addr, port)
+
+
 class Command(BaseCommand):
     help = (
         "Run queued jobs. Claims jobs from the database (SELECT ... FOR UPDATE SKIP LOCKED on "
@@ -129,6 +156,22 @@ class Command(BaseCommand):
             "and each tick is enqueued once however many run.",
         )
         parser.add_argument(
+            "--metrics-port",
+            type=_port,
+            default=None,
+            metavar="PORT",
+            help="Serve this worker's Prometheus metrics (jobs finished, retries, dead "
+            "letters, run times) on http://ADDR:PORT/ (needs prometheus-client: the "
+            "'metrics' extra).",
+        )
+        parser.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            metavar="ADDR",
+            help="The address --metrics-port listens on (default: %(default)r; 0.0.0.0 for "
+            "every interface).",
+        )
+        parser.add_argument(
             "--reload",
             action="store_true",
             help="For development: restart the worker when a Python file changes, with "
@@ -149,6 +192,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
+        if options["metrics_port"] is not None:
+            _serve_metrics(options["metrics_addr"], options["metrics_port"])
         if options["reload"]:
             if options["burst"]:
                 raise CommandError("--reload and --burst do not go together")

@@ -1,0 +1,143 @@
+"""Prometheus metrics (``pip install "django-jobqueue[metrics]"``, i.e. prometheus-client).
+
+Two kinds, from two places:
+
+* **Counters and a histogram, updated by the worker** where it writes each outcome
+  (:mod:`django_jobqueue.telemetry`): ``jobqueue_jobs_finished_total{queue,name,outcome}``
+  (``completed``, ``failed``, ``cancelled``), ``jobqueue_job_retries_total{queue,name}``,
+  ``jobqueue_dead_letters_total{queue,name}`` and
+  ``jobqueue_job_duration_seconds{queue,name}``. They live in the worker process: scrape
+  ``runjobworker --metrics-port PORT``, or share a ``PROMETHEUS_MULTIPROC_DIR`` with the
+  web processes of the same host and scrape the view.
+* **Gauges, read from the database at scrape time** by :class:`QueueCollector` (the view
+  :func:`django_jobqueue.metrics.views.metrics_view`): ``jobqueue_jobs{queue,status}``,
+  ``jobqueue_oldest_waiting_seconds{queue}``, ``jobqueue_dead_letter_rows{queue}``, and
+  ``jobqueue_live_workers`` once workers record heartbeats. Four grouped queries per scrape
+  (:mod:`django_jobqueue.stats`), none of them a full count: queued and running jobs are
+  counted exactly through their partial indexes; finished jobs up to
+  :data:`FINISHED_COUNT_CAP` (``jobqueue_jobs_capped`` is 1 when the cap was hit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+
+from .. import stats
+from ..base import ACTIVE, Status
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover - the metrics extra is not installed
+    prometheus_client = None  # type: ignore[assignment]
+
+#: Finished jobs counted per scrape, over every queue together (active jobs: no cap).
+FINISHED_COUNT_CAP = 10_000
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _prometheus() -> Any:
+    if prometheus_client is None:
+        raise ImproperlyConfigured(
+            "django_jobqueue.metrics needs prometheus-client: "
+            'pip install "django-jobqueue[metrics]"'
+        )
+    return prometheus_client
+
+
+class QueueCollector:
+    """A prometheus-client collector of the queue's state, read from the database ``using``
+    each time it is collected (register it on a registry that is scraped, never on one that
+    is scraped by every worker, or each would query the database)."""
+
+    def __init__(self, using: str | None = None) -> None:
+        self.using = using
+
+    def describe(self) -> list[Any]:
+        return []  # no query at registration time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = timezone.now()
+        jobs = GaugeMetricFamily(
+            "jobqueue_jobs",
+            "Jobs by queue and status: queued and running exactly, finished ones up to a cap "
+            "(see jobqueue_jobs_capped).",
+            labels=["queue", "status"],
+        )
+        counted = stats.job_counts(cap=FINISHED_COUNT_CAP, using=self.using)
+        capped = False
+        for row in counted:
+            capped = capped or row.capped
+            for status in Status.values:
+                if status in ACTIVE or status in row.counts:
+                    jobs.add_metric([row.queue, status], row.count(status))
+        yield jobs
+        yield GaugeMetricFamily(
+            "jobqueue_jobs_capped",
+            f"1 if more finished jobs exist than were counted ({FINISHED_COUNT_CAP}).",
+            value=1 if capped else 0,
+        )
+        oldest = GaugeMetricFamily(
+            "jobqueue_oldest_waiting_seconds",
+            "Seconds the oldest ready job of each queue has waited (0: none waits).",
+            labels=["queue"],
+        )
+        waiting = stats.oldest_waiting(now, using=self.using)
+        for queue in sorted({row.queue for row in counted} | set(waiting)):
+            oldest.add_metric([queue], stats.waited_seconds(waiting.get(queue), now) or 0.0)
+        yield oldest
+        letters = GaugeMetricFamily(
+            "jobqueue_dead_letter_rows",
+            "Dead letters waiting for an operator, by queue.",
+            labels=["queue"],
+        )
+        for queue, n in sorted(stats.dead_letter_counts(using=self.using).items()):
+            letters.add_metric([queue], n)
+        yield letters
+        live = live_workers(self.using)
+        if live is not None:
+            yield GaugeMetricFamily(
+                "jobqueue_live_workers", "Workers with a recent heartbeat.", value=live
+            )
+
+
+def live_workers(using: str | None = None) -> int | None:
+    """How many workers are alive, or None while this version records no heartbeats.
+
+    The seam for worker heartbeats: once :mod:`django_jobqueue.stats` has
+    ``live_workers()``, its answer (a number, or a list of workers) is used here, by
+    ``manage.py jobqueue status`` and by ``jobqueue health``."""
+    function = getattr(stats, "live_workers", None)
+    if function is None:
+        return None
+    found = function(using=using)
+    return found if isinstance(found, int) else len(found)
+
+
+def render(using: str | None = None) -> bytes:
+    """The exposition text of one scrape: this process's metrics (or, with
+    ``PROMETHEUS_MULTIPROC_DIR`` set, those of every process sharing the directory),
+    followed by the queue's gauges read from the database ``using``."""
+    prometheus = _prometheus()
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        processes = CollectorRegistry()
+        multiprocess.MultiProcessCollector(processes)  # type: ignore[no-untyped-call]
+    else:
+        processes = prometheus.REGISTRY
+    queue = CollectorRegistry(auto_describe=False)
+    queue.register(QueueCollector(using))
+    return bytes(generate_latest(processes) + generate_latest(queue))
+
+
+__all__ = ["CONTENT_TYPE", "FINISHED_COUNT_CAP", "QueueCollector", "live_workers", "render"]

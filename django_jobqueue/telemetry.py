@@ -1,0 +1,215 @@
+"""The hot path's seams for metrics and tracing: counters the worker updates where it writes
+an outcome, and OpenTelemetry spans around enqueue and around each run.
+
+Both are optional. Without ``prometheus-client`` (or with ``JOBQUEUE["METRICS"] = False``)
+:func:`attempt_ended` returns after one check; without ``opentelemetry-api`` (or with
+``JOBQUEUE["TRACING"] = False``) :func:`enqueue_span` hands the jobs back untouched and
+:func:`run` calls the job function directly. Nothing here touches the database.
+
+The scrape side (queue depth, oldest waiting job, dead letters, computed from the database
+at scrape time) and the view are :mod:`django_jobqueue.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from . import conf
+from .base import ClaimedJob, NewJob
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover - the metrics extra is not installed
+    prometheus_client = None  # type: ignore[assignment]
+
+try:
+    from opentelemetry import propagate, trace
+except ImportError:  # pragma: no cover - the otel extra is not installed
+    propagate = trace = None  # type: ignore[assignment]
+
+#: The ``outcome`` label of ``jobqueue_jobs_finished_total``, by the first word of the
+#: worker's log line for the attempt (see :meth:`worker.writer.Writer.log`).
+FINISHED_OUTCOMES = {"completed": "completed", "dead-lettered": "failed", "cancelled": "cancelled"}
+
+#: Buckets of the run time histogram, in seconds: from a no-op job to a long report.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+TRACER_NAME = "django_jobqueue"
+
+logger = logging.getLogger("django_jobqueue.telemetry")
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class _Instruments:
+    """The worker-side metrics, made once per process on prometheus-client's default registry
+    (so ``runjobworker --metrics-port`` and multiprocess mode see them)."""
+
+    def __init__(self) -> None:
+        assert prometheus_client is not None
+        labels = ("queue", "name")
+        self.finished = prometheus_client.Counter(
+            "jobqueue_jobs_finished",
+            "Jobs that finished, by outcome: completed, failed (dead-lettered) or cancelled.",
+            [*labels, "outcome"],
+        )
+        self.retries = prometheus_client.Counter(
+            "jobqueue_job_retries",
+            "Attempts that failed and were queued again (including expired leases).",
+            labels,
+        )
+        self.dead_letters = prometheus_client.Counter(
+            "jobqueue_dead_letters",
+            "Jobs that became dead letters (out of attempts, not retryable, or unknown).",
+            labels,
+        )
+        self.duration = prometheus_client.Histogram(
+            "jobqueue_job_duration_seconds",
+            "Run time of each attempt that ran, whatever its outcome.",
+            labels,
+            buckets=DURATION_BUCKETS,
+        )
+
+
+_instruments: _Instruments | None = None
+
+
+def metrics_enabled() -> bool:
+    """True when prometheus-client is installed and ``JOBQUEUE["METRICS"]`` is true."""
+    return prometheus_client is not None and bool(conf.get("METRICS"))
+
+
+def instruments() -> _Instruments:
+    """The process's worker-side metrics (made on first use)."""
+    global _instruments
+    if _instruments is None:
+        _instruments = _Instruments()
+    return _instruments
+
+
+def attempt_ended(job: ClaimedJob, result: str, duration: float) -> None:
+    """Count an attempt the worker recorded as ``result`` (its log line's outcome text:
+    ``completed``, ``failed, retry in ...``, ``dead-lettered``, ``cancelled`` or
+    ``discarded (lease lost)``), and observe its run time if it ran here."""
+    if not metrics_enabled():
+        return
+    try:
+        _count(job, result, duration)
+    except Exception:  # a metrics bug must never stop the worker recording outcomes
+        logger.exception("metrics: counting the outcome of job %s failed", job.job_id)
+
+
+def _count(job: ClaimedJob, result: str, duration: float) -> None:
+    metrics = instruments()
+    word = result.split(" ", 1)[0].rstrip(",")
+    if word == "discarded":  # another worker owns the job now: its run counts there
+        return
+    if duration > 0:  # 0: it never ran here (an unknown name, an expired lease)
+        metrics.duration.labels(job.queue, job.name).observe(duration)
+    if word == "failed":
+        metrics.retries.labels(job.queue, job.name).inc()
+        return
+    outcome = FINISHED_OUTCOMES.get(word)
+    if outcome is None:
+        return
+    metrics.finished.labels(job.queue, job.name, outcome).inc()
+    if outcome == "failed":
+        metrics.dead_letters.labels(job.queue, job.name).inc()
+
+
+def lease_expired_retry(job: ClaimedJob) -> None:
+    """Count the requeue of a run whose worker stopped renewing its lease."""
+    if metrics_enabled():
+        instruments().retries.labels(job.queue, job.name).inc()
+
+
+# -- tracing ---------------------------------------------------------------------------------
+
+
+def tracing_enabled() -> bool:
+    """True when opentelemetry-api is installed and ``JOBQUEUE["TRACING"]`` is true."""
+    return trace is not None and bool(conf.get("TRACING"))
+
+
+@contextmanager
+def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
+    """A PRODUCER span around writing ``jobs``; yields the jobs to write, each carrying the
+    span's context (W3C ``traceparent``, and ``tracestate`` if any) when the span records.
+    Off: yields ``jobs`` as they are."""
+    if not jobs or not tracing_enabled():
+        yield jobs
+        return
+    first = jobs[0]
+    attributes: dict[str, Any] = {
+        "messaging.system": "django_jobqueue",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": first.queue,
+        "django_jobqueue.job.name": first.name,
+    }
+    if len(jobs) == 1:
+        attributes["messaging.message.id"] = first.job_id
+    else:
+        attributes["messaging.batch.message_count"] = len(jobs)
+    with _tracer().start_as_current_span(
+        f"enqueue {first.name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        if not span.is_recording():
+            yield jobs
+            return
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield [dataclasses.replace(job, trace_context=carrier) for job in jobs]
+
+
+_tracers: list[Any] = []
+
+
+def _tracer() -> Any:
+    """The package's tracer, made once (a proxy until an SDK's provider is set)."""
+    if not _tracers:
+        _tracers.append(trace.get_tracer(TRACER_NAME))
+    return _tracers[0]
+
+
+def _run_span(job: ClaimedJob) -> Any:
+    parent = propagate.extract(job.trace_context) if job.trace_context else None
+    return _tracer().start_as_current_span(
+        f"run {job.name}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "django_jobqueue",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": job.job_id,
+            "django_jobqueue.job.name": job.name,
+            "django_jobqueue.job.attempt": job.attempts,
+        },
+    )
+
+
+def run(job: ClaimedJob, func: Callable[..., Any], args: Sequence[Any] | None = None) -> Any:
+    """Call the job function with the job's arguments (``args``: the positional ones, a
+    context first), inside a CONSUMER span that continues the producer's trace (when tracing
+    is on); an exception is recorded on the span and raised on."""
+    positional = job.args if args is None else args
+    if not tracing_enabled():
+        return func(*positional, **job.kwargs)
+    with _run_span(job):
+        return func(*positional, **job.kwargs)
+
+
+async def arun(
+    job: ClaimedJob, func: Callable[..., Awaitable[Any]], args: Sequence[Any] | None = None
+) -> Any:
+    """Async twin of :func:`run`, for ``async def`` jobs."""
+    positional = job.args if args is None else args
+    if not tracing_enabled():
+        return await func(*positional, **job.kwargs)
+    with _run_span(job):
+        return await func(*positional, **job.kwargs)
