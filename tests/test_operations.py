@@ -124,6 +124,12 @@ def test_bad_arguments_are_refused_before_anything_runs():
 
 
 def test_health_exit_codes(known_sequence, monkeypatch):
+    from django_jobqueue.models import WorkerHeartbeat
+
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(
+        name="w1", host="h", pid=1, concurrency=1, scheduling=True, started_at=now, last_seen=now
+    )
     assert jobqueue("health", "--max-waiting", "600").startswith("healthy")
     with pytest.raises(CommandError) as backed_up:
         call_command("jobqueue", "health", "--max-waiting", "60")
@@ -131,8 +137,8 @@ def test_health_exit_codes(known_sequence, monkeypatch):
     assert "'other' waited" in str(backed_up.value)
     # Only the queues asked about count.
     assert jobqueue("health", "--max-waiting", "60", "--queue", "default").startswith("healthy")
-    # The seam for worker heartbeats: once stats.live_workers() exists, none alive is 5.
-    monkeypatch.setattr(stats, "live_workers", lambda using=None: [], raising=False)
+    # No live worker (heartbeats from stats.live_workers()) is 5.
+    WorkerHeartbeat.objects.all().delete()
     with pytest.raises(CommandError) as no_worker:
         call_command("jobqueue", "health", "--max-waiting", "600")
     assert no_worker.value.returncode == 5
