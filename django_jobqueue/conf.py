@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "TIME_LIMIT": None,  # seconds an attempt may run; None: no limit
     "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
     "LIMITS_CACHE": None,  # a django-redis cache alias that holds the limits; None: the database
-    "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
+    "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes (and messages) of a job
+    "MAX_WATCHERS": 10_000,  # WebSocket watchers one process serves; more: closed with 1013
     # Limits on hostile or accidental input (docs/guide/limits.md).
     "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
@@ -64,6 +65,7 @@ BOUNDS: dict[str, tuple[bool, float, float]] = {
     "MAX_RESULT_BYTES": (True, 1024, 128 * 2**20),
     "MAX_ERROR_BYTES": (True, 1024, 16 * 2**20),
     "PROGRESS_INTERVAL": (False, 0.01, 3600),
+    "MAX_WATCHERS": (True, 0, 1_000_000),
 }
 #: HEARTBEAT_INTERVAL (None, or a number of seconds) is bounded by LEASE_SECONDS instead.
 HEARTBEAT_BOUNDS = (0.001, DAY)

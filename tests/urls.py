@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
+from django.urls import include, path
 
 from django_jobqueue import JobFailedError, JobTimeoutError
 from tests.testapp.jobs import add
@@ -22,4 +22,5 @@ async def add_view(request: HttpRequest, x: int, y: int) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("add/<int:x>/<int:y>", add_view),
+    path("jobqueue/", include("django_jobqueue.urls")),
 ]
