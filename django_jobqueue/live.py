@@ -195,7 +195,12 @@ class LiveJobs:
             due = sorted(self._due & self._jobs.keys())
             self._due.clear()
             if due:
-                await self._read(due)
+                try:
+                    await self._read(due)
+                except Exception:  # never let one bad read stop every watcher's updates
+                    logger.exception("live status: passing on the state of watched jobs failed")
+                    self._due.update(due)
+                    await asyncio.sleep(float(conf.get("POLL_INTERVAL")))
 
     async def _read(self, due: list[str]) -> None:
         new = [job_id for job_id in due if job_id in self._new]
