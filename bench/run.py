@@ -49,9 +49,10 @@ SCENARIOS = [
     "memory",
     "limits",
     "prune",
+    "watchers",
 ]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
-SLOW = {"backlog", "memory", "prune"}
+SLOW = {"backlog", "memory", "prune", "watchers"}
 DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/djq_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -1483,6 +1484,270 @@ def scenario_prune(b: Bench) -> None:
         b.failed = True
 
 
+# -- live status: WebSocket watchers on one daphne process ----------------------------------
+
+
+class Watchers:
+    """Raw WebSocket clients (asyncio streams, no client library) on their own loop thread.
+
+    Each socket reads JSON frames and records when a progress message stamped ``"t=<step>"``
+    arrived; the scenario knows when it called ``hub().job_progress()`` for that step."""
+
+    def __init__(self, port: int) -> None:
+        import asyncio
+        import threading
+
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.received: list[tuple[str, float]] = []  # (stamp, when it arrived)
+        self.arrived: dict[str, int] = {}  # stamp -> sockets that got it
+        self.first = 0  # sockets that got their first state
+        self.closes: dict[int, int] = {}  # close code -> sockets
+        self.writers: list[Any] = []
+        self.lock = threading.Lock()
+
+    def run(self, coro: Any, timeout: float) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _open(self, path: str, gate: Any) -> None:
+        import asyncio
+        import base64
+
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                raise RuntimeError(f"no upgrade: {head[:80]!r}")
+        self.writers.append(writer)
+        asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: Any) -> None:
+        import asyncio
+
+        first = True
+        while True:
+            try:
+                b0, b1 = await reader.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = int.from_bytes(await reader.readexactly(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(n)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            now = time.time()
+            if b0 & 0x0F == 8:  # close
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                with self.lock:
+                    self.closes[code] = self.closes.get(code, 0) + 1
+                return
+            state = json.loads(payload)
+            with self.lock:
+                if first:
+                    self.first += 1
+                    first = False
+                progress = state.get("progress") or {}
+                stamp = str(progress.get("message", ""))
+                if stamp.startswith("t="):
+                    self.received.append((stamp, now))
+                    self.arrived[stamp] = self.arrived.get(stamp, 0) + 1
+
+    def open(self, paths: list[str], timeout: float) -> None:
+        import asyncio
+
+        async def open_all() -> None:
+            gate = asyncio.Semaphore(100)
+            await asyncio.gather(*(self._open(path, gate) for path in paths))
+
+        self.run(open_all(), timeout)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for writer in self.writers:
+                writer.close()
+
+        with contextlib.suppress(Exception):
+            self.run(close_all(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def _sockets_to(pid: int, port: int) -> int:
+    """Established TCP connections of process ``pid`` to ``port`` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def scenario_watchers(b: Bench) -> None:
+    """1,000 WebSocket watchers of one job, then 1,000 watchers of 1,000 jobs, on one daphne
+    process; the bench process plays the worker (UPDATE progress, then job_progress)."""
+    import resource
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    from bench.benchapp.jobs import echo
+    from django_jobqueue.models import Job
+    from django_jobqueue.notifications import hub, reset_hub
+
+    if settings.BENCH_CHANNELS != "redis":
+        b.note("watchers: skipped, it needs Redis (BENCH_CHANNELS=redis)")
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    n = 200 if b.quick else 1000
+    steps = 10 if b.quick else 20
+    interval = 0.05
+    b.reset()
+    port = free_port()
+    log = open(b.logdir / f"daphne-{b.db}.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "bench.asgi:application",
+        ],
+        cwd=ROOT,
+        env=worker_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    b.procs.append(server)
+    import socket as socket_module
+
+    def answers() -> bool:
+        with contextlib.suppress(OSError), socket_module.create_connection(("127.0.0.1", port), 1):
+            return True
+        return False
+
+    if not wait_until(answers, b.bound(30)):
+        raise RuntimeError("daphne did not start")
+    pg = 5432 if b.db == "postgres" else -1
+    with override_settings(JOBQUEUE={**settings.JOBQUEUE, "PROGRESS_INTERVAL": interval}):
+        reset_hub()
+        try:
+            for label, jobs in (
+                (f"{n} watchers of 1 job", 1),
+                (f"{n} watchers of {n} jobs", n),
+            ):
+                b.reset()
+                handles = echo.enqueue_many([(i,) for i in range(jobs)])
+                ids = [h.id for h in handles]
+                tokens = [h.watch_token() for h in handles]
+                clients = Watchers(port)
+                try:
+                    rss_before = _rss_mb(server.pid)
+                    clients.open(
+                        [f"/ws/jobqueue/jobs/{tokens[i % jobs]}/" for i in range(n)],
+                        timeout=max(10, b.bound(120) - time.monotonic()),
+                    )
+                    if not wait_until(lambda c=clients: c.first >= n, b.bound(60)):
+                        b.note(f"watchers, {label}: only {clients.first} of {n} got a first state")
+                    redis_conns = _sockets_to(server.pid, 6379)
+                    pg_conns = _sockets_to(server.pid, pg)
+                    called: dict[str, float] = {}
+                    for step in range(steps):
+                        started = time.monotonic()
+                        stamp = f"t={step}"
+                        value = {"current": step + 1, "total": steps, "message": stamp}
+                        Job.objects.filter(job_id__in=ids).update(progress=value)
+                        called[stamp] = time.time()
+                        hub().job_progress(ids)
+                        if not wait_until(
+                            lambda s=stamp, c=clients: c.arrived.get(s, 0) >= n, b.bound(30), 0.002
+                        ):
+                            b.note(
+                                f"watchers, {label}: step {step} reached "
+                                f"{clients.arrived.get(stamp, 0)} of {n} sockets"
+                            )
+                        # Pace the steps a little over PROGRESS_INTERVAL, so none is throttled.
+                        time.sleep(max(0.0, started + interval * 1.5 - time.monotonic()))
+                    rss_after = _rss_mb(server.pid)
+                    with clients.lock:
+                        delivered = [
+                            now - called[stamp]
+                            for stamp, now in clients.received
+                            if stamp in called
+                        ]
+                    sent = len(called)
+                    b.row(f"watchers, {label}", "messages", f"{len(delivered)} ({sent} steps)")
+                    b.row(f"watchers, {label}", "p50 ms", fmt_ms(percentile(delivered, 50)))
+                    b.row(f"watchers, {label}", "p99 ms", fmt_ms(percentile(delivered, 99)))
+                    b.row(
+                        f"watchers, {label}",
+                        "daphne RSS MB",
+                        f"{rss_before:.0f} -> {rss_after:.0f}",
+                    )
+                    b.row(
+                        f"watchers, {label}",
+                        "Redis / PostgreSQL conns",
+                        f"{redis_conns} / {pg_conns}",
+                    )
+                    refused = sum(c for code, c in clients.closes.items() if code != 1000)
+                    b.row(f"watchers, {label}", "closed early (1013 etc.)", str(refused))
+                finally:
+                    clients.close()
+        finally:
+            reset_hub()
+            b.stop(server)
+    b.note(
+        f"watchers: one `daphne bench.asgi:application` process (RedisChannelLayer); the bench "
+        f"process plays the worker: {steps} steps, each an UPDATE of the jobs' progress, then "
+        f"`hub().job_progress(ids)` (PROGRESS_INTERVAL {interval}s); latency from that call to "
+        "the raw WebSocket client's receipt of the step's state. Conns: daphne's "
+        "established TCP connections to Redis and PostgreSQL after all sockets opened."
+    )
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue": scenario_enqueue,
     "enqueue_many": scenario_enqueue_many,
@@ -1495,6 +1760,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "memory": scenario_memory,
     "limits": scenario_limits,
     "prune": scenario_prune,
+    "watchers": scenario_watchers,
 }
 
 

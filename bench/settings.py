@@ -78,6 +78,9 @@ if BENCH_CHANNELS == "redis":
         # redis-py 8's default of 5 s would time an idle receive out.
         "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
         "prefix": os.environ.get("BENCH_REDIS_PREFIX", "djqbench:"),
+        # A web process's hub receives every watched job's messages on one channel: room for
+        # a burst of one message per job (channels_redis drops what is over capacity).
+        "capacity": int(os.environ.get("BENCH_CHANNEL_CAPACITY") or 5000),
     }
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": _REDIS_CONFIG},

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_BATCH": 1000,  # finished jobs deleted per statement (one short transaction)
     "METRICS": True,  # record Prometheus metrics when prometheus-client is installed
     "TRACING": True,  # OpenTelemetry spans when opentelemetry-api is installed
+    "MAX_WATCHERS": 10_000,  # WebSocket watchers one process serves; more: closed with 1013
     # Limits on hostile or accidental input (docs/guide/limits.md).
     "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
@@ -75,6 +76,7 @@ BOUNDS: dict[str, tuple[bool, float, float]] = {
     "PROGRESS_INTERVAL": (False, 0.01, 3600),
     "PRUNE_INTERVAL": (False, 0.01, DAY),
     "PRUNE_BATCH": (True, 1, 100_000),
+    "MAX_WATCHERS": (True, 0, 1_000_000),
 }
 #: HEARTBEAT_INTERVAL (None, or a number of seconds) is bounded by LEASE_SECONDS instead.
 HEARTBEAT_BOUNDS = (0.001, DAY)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import router, transaction
 
-from . import control, signals, waiting
+from . import control, signals, tokens, waiting
 from .base import FINISHED, JobSnapshot, JobState, Status
 from .exceptions import InvalidJobError
 from .models import Job
@@ -157,6 +157,19 @@ class JobHandle:
         seconds = waiting.resolve_timeout(timeout)
         self._apply(await waiting.await_job(self.id, self.queue, self._state, seconds))
         return waiting.outcome(self.id, self._state)
+
+    def watch_token(self, max_age: float = tokens.DEFAULT_MAX_AGE) -> str:
+        """A signed token with which a page can follow this job live, for ``max_age`` seconds
+        (an hour by default, a week at most).
+
+        Hand it to the page: ``watch.js`` opens ``ws/jobqueue/jobs/<token>/`` with it (see
+        ``django_jobqueue.routing``), or polls the JSON status view of
+        ``django_jobqueue.urls``. The token is the job id signed with ``SECRET_KEY``
+        (``django.core.signing``) and its expiry: it cannot be made from a guessed id, and
+        it stops working after ``max_age`` (a socket already open stays open until the
+        job ends). It is signed, not encrypted: the page can read the job id in it.
+        """
+        return tokens.make(self.id, max_age)
 
     def cancel(self) -> bool:
         """Cancel this job (see :func:`django_jobqueue.cancel`) and refresh the handle.

@@ -18,6 +18,9 @@ DEBUG = os.environ.get("DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
 INSTALLED_APPS = [
+    # First: its runserver serves the ASGI application below (HTTP and the WebSockets of the
+    # live progress bar), with Django's autoreloader and static files as usual.
+    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -38,6 +41,7 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "example_project.urls"
 WSGI_APPLICATION = "example_project.wsgi.application"
+ASGI_APPLICATION = "example_project.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -106,7 +110,10 @@ if REDIS_URL:
 
 JOBQUEUE = {
     # Without Redis the web server and the worker find out about each other's work by
-    # polling the database; half a second keeps the demo snappy.
+    # polling the database; half a second keeps the demo snappy. The live progress bar
+    # works the same: with no channel layer, the server's WebSocket consumer reads the
+    # watched jobs every POLL_INTERVAL (one query for all of them); with Redis it reads
+    # a job when its worker says it changed.
     "CHANNEL_LAYER": "default" if REDIS_URL else None,
     "POLL_INTERVAL": 0.5,
     "WAIT_TIMEOUT": 10,

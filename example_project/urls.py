@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from example_project import views
 from example_project.shop import views as shop
@@ -13,6 +13,10 @@ urlpatterns = [
     # Background work: answer 202 at once, let the client poll.
     path("api/reports", shop.create_report, name="create-report"),
     path("api/reports/<str:token>", shop.report_status, name="report-status"),
+    # Live progress: a report whose page follows it over a WebSocket (watch.js).
+    path("api/live-reports", shop.create_live_report, name="create-live-report"),
+    # django-jobqueue's JSON status view, which watch.js polls without WebSockets.
+    path("jobqueue/", include("django_jobqueue.urls")),
     # A user and their welcome email, in one transaction.
     path("api/signup", shop.signup, name="signup"),
     # Retries and dead letters.

@@ -516,3 +516,24 @@ def test_concurrent_requeues_of_one_dead_letter_make_one_job(run_worker):
     assert not DeadLetter.objects.exists()
     assert Job.objects.filter(status="queued").count() == 3
     assert Job.objects.count() == 3
+
+
+def test_running_jobs_show_their_progress_in_the_list_and_on_their_page(admin_client):
+    running = add.enqueue(1, 2)
+    Job.objects.filter(job_id=running.id).update(
+        status="running",
+        progress={"current": 40, "total": 100, "message": "rendering <b>", "updated_at": "t"},
+    )
+    counting = add.enqueue(2, 3)
+    Job.objects.filter(job_id=counting.id).update(
+        status="running", progress={"current": 7, "total": None, "message": "", "updated_at": "t"}
+    )
+    queued = add.enqueue(3, 4)
+    html = admin_client.get("/admin/django_jobqueue/job/").content.decode()
+    assert '<progress max="100" value="40"></progress> 40 / 100 rendering &lt;b&gt;' in html
+    assert '<span class="djq-progress" title="">7</span>' in html
+    assert html.count('class="djq-progress"') == 2  # not for the queued job
+    page = admin_client.get(f"/admin/django_jobqueue/job/{running.id}/change/").content.decode()
+    assert "field-progress_display" in page and "40 / 100 rendering &lt;b&gt;" in page
+    page = admin_client.get(f"/admin/django_jobqueue/job/{queued.id}/change/").content.decode()
+    assert "field-progress_display" in page and 'class="djq-progress"' not in page

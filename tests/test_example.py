@@ -476,3 +476,79 @@ def test_a_task_of_djangos_tasks_framework_runs_next_to_the_jobs(example):
         f"print(send_receipt.get_result({result_id!r}).status)"
     ).strip()
     assert status == "SUCCESSFUL"
+
+
+# -- live progress in a real browser, over daphne ---------------------------------------------
+
+RECORD_BAR = """() => {
+  window.barValues = [];
+  const bar = document.getElementById("live-bar");
+  new MutationObserver(() => {
+    if (bar.hasAttribute("value")) window.barValues.push(Number(bar.getAttribute("value")));
+  }).observe(bar, { attributes: true, attributeFilter: ["value"] });
+}"""
+
+
+def follow_live_report(page, *, mode: str, screenshot: bool = False) -> str:
+    """Click the live report's button, see its bar move over ``mode`` and its result appear."""
+    page.evaluate(RECORD_BAR)
+    page.click("#live button[name=render]")
+    page.wait_for_function(
+        "() => (window.barValues || []).some((v) => v > 4 && v < 16)", timeout=JOB_TIMEOUT * 1000
+    )
+    if screenshot:
+        page.locator("#live-label").filter(has_text="rendering page").wait_for()
+        top = page.locator("h2", has_text="5. Live progress").bounding_box()
+        bottom = page.locator("#live-result").bounding_box()
+        page.screenshot(
+            path=str(ROOT / "docs" / "img" / "live-progress.png"),
+            clip={
+                "x": 0,
+                "y": top["y"] - 8,
+                "width": 1280,
+                "height": bottom["y"] + bottom["height"] - top["y"] + 16,
+            },
+        )
+    shown = result_of(page, "live", '"pages": 20')
+    assert "POST /api/live-reports: HTTP 202" in shown and "status: completed" in shown
+    values = page.evaluate("window.barValues")
+    assert values[-1] == 20, values
+    assert values == sorted(values), values  # it only moves forward
+    assert len({v for v in values if 0 < v < 20}) >= 2, f"the bar did not move: {values}"
+    assert page.get_attribute("#live-progress", "data-mode") == mode
+    assert "20 / 20 rendering page 20 of 20" in page.inner_text("#live-label")
+    return shown
+
+
+@pytest.mark.browser
+def test_live_report_bar_moves_over_a_websocket_and_its_result_appears(example, page):
+    follow_live_report(page, mode="websocket", screenshot=os.environ.get("DJQ_SCREENSHOTS") == "1")
+    assert (
+        "live-report-"
+        in example.sql(
+            "SELECT job_id FROM django_jobqueue_job WHERE name LIKE '%render_report' LIMIT 1"
+        )[0][0]
+    )
+
+
+@pytest.mark.browser
+def test_live_report_without_websockets_polls_the_status_view(example, page):
+    page.evaluate("() => { window.WebSocket = undefined; }")
+    follow_live_report(page, mode="polling")
+
+
+def test_watch_js_and_the_status_view_are_served(example):
+    status, script = example.call("GET", "/static/django_jobqueue/watch.js")
+    assert status == 200 and "DjangoJobqueue.watch = watch" in script
+    status, answer = example.call("POST", "/api/live-reports", {"pages": 1})
+    assert status == 202, answer
+    assert answer["status_url"].startswith(f"{example.base}/jobqueue/jobs/")
+    state = wait_until(
+        lambda: (s := example.job(answer["status_url"]))["status"] == "completed" and s,
+        timeout=30,
+    )
+    assert state["result"]["pages"] == 1
+    assert state["progress"]["current"] == 1 and state["progress"]["total"] == 1
+    assert example.call("GET", "/jobqueue/jobs/forged/")[0] == 403
+    status, answer = example.call("POST", "/api/live-reports", {"pages": 0})
+    assert status == 400 and "'pages'" in answer["error"]

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
+from django.urls import include, path
 
 from django_jobqueue import JobFailedError, JobTimeoutError
 from django_jobqueue.metrics.views import metrics_view
@@ -24,4 +24,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("add/<int:x>/<int:y>", add_view),
     path("metrics/", metrics_view),
+    path("jobqueue/", include("django_jobqueue.urls")),
 ]

@@ -98,6 +98,39 @@ def status_badge(status: str) -> SafeString:
     )
 
 
+#: Characters of a progress message shown in the job list (all of it on hover and on the page).
+PROGRESS_MESSAGE_CHARS = 40
+
+
+def _amount(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def progress_display(progress: Any, *, message_chars: int | None = PROGRESS_MESSAGE_CHARS) -> Any:
+    """A job's last reported progress: a small bar (when it has a total) and
+    "40 / 100 rendering"; "" when there is none (or it is not the shape the worker writes)."""
+    if not isinstance(progress, dict):
+        return ""
+    current, total = progress.get("current"), progress.get("total")
+    if isinstance(current, bool) or not isinstance(current, int | float):
+        return ""
+    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0:
+        total = None
+    message = str(progress.get("message") or "")
+    shown = Truncator(message).chars(message_chars) if message_chars else message
+    amount = f"{_amount(current)} / {_amount(total)}" if total else _amount(current)
+    text = f"{amount} {shown}".strip()
+    if total is None:
+        return format_html('<span class="djq-progress" title="{}">{}</span>', message, text)
+    return format_html(
+        '<span class="djq-progress" title="{}"><progress max="{}" value="{}"></progress> {}</span>',
+        message,
+        _amount(total),
+        _amount(max(0, min(current, total))),
+        text,
+    )
+
+
 def human_seconds(seconds: float | None) -> str:
     """``0.012 s``, ``4.2 s``, ``3 min 12 s``, ``2 h 5 min``, ``3 d 4 h``."""
     if seconds is None:

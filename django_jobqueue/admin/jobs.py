@@ -27,6 +27,7 @@ from .display import (
     name_column,
     pre,
     precise,
+    progress_display,
     queue_column,
     short_time,
     show_capped,
@@ -41,6 +42,7 @@ JOB_LIST_FIELDS = (
     "name",
     "queue",
     "status",
+    "progress",
     "attempts",
     "max_attempts",
     "enqueued_at",
@@ -86,6 +88,7 @@ class JobAdmin(QueueAdminMixin):
                     "name",
                     "queue",
                     "status_display",
+                    "progress_display",
                     "attempts_display",
                     "priority",
                     "group",
@@ -133,7 +136,21 @@ class JobAdmin(QueueAdminMixin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> SafeString:
-        return status_badge(job.status)
+        """The status; under it, a running job's progress (bar and "40 / 100 rendering")."""
+        badge = status_badge(job.status)
+        if job.status != Status.RUNNING:
+            return badge
+        shown = progress_display(job.progress)
+        return format_html("{}<br>{}", badge, shown) if shown else badge
+
+    @admin.display(description="progress")
+    def progress_display(self, job: Job) -> SafeString | str:
+        """The last progress the job reported (kept after it finished), message in full."""
+        shown = progress_display(job.progress, message_chars=None)
+        if not shown:
+            return "-"
+        updated = job.progress.get("updated_at") if isinstance(job.progress, dict) else None
+        return format_html('{} <span class="quiet">{}</span>', shown, updated or "")
 
     run_after_display = precise("run_after", "run after", "- (at once)")
     started_at_display = precise("started_at", "started at")

@@ -6,6 +6,9 @@ connection each time). It multiplexes every waiter of the process over one chann
 
 * "finished": a worker ``group_send``s to the job's group (a hash of the job id, so any id
   works); waiters ``group_add`` the process channel to that group *before* the job is written.
+* "progress": a worker ``group_send``s to the job's group after it wrote the job's new
+  ``progress`` (:meth:`Hub.job_progress`, throttled per job); waiters may ignore it, the
+  WebSocket watchers of ``django_jobqueue.live`` read the new value from the database.
 * "work available": producers ``send`` to the plain channel ``djq.work.<queue>`` on commit.
   On a queue-like layer (``RedisChannelLayer``) a plain channel is popped by exactly one
   receiver, so one new job wakes one idle worker; on a broadcast layer
@@ -15,30 +18,33 @@ connection each time). It multiplexes every waiter of the process over one chann
 The database stays the truth. Every layer call is bounded by ``NOTIFY_TIMEOUT``; a failure
 logs one warning, switches the hub to "degraded" for a few seconds (calls are skipped, callers
 poll the database) and it tries again after that. A message that is not exactly one of the
-two above is ignored and logged, never acted upon.
+three above is ignored and logged, never acted upon.
 
 Modules, each importing only those before it: ``log``, ``names`` (group and channel names,
 the messages), ``link`` (loop thread, bounded calls, degrade/recover), ``waiters``,
-``wakeups``, ``cancels`` (a worker's channel for cancel requests), then ``hub`` composing
-them.
+``wakeups``, ``cancels`` (a worker's channel for cancel requests), ``progress``, then
+``hub`` composing them.
 """
 
 from .hub import Hub, hub, reset_hub
 from .link import DEGRADED_RETRY, Link, broadcasts, run_loop
 from .log import logger
-from .names import FINISHED_TYPE, WORK_TYPE, group_for, work_channel
+from .names import FINISHED_TYPE, PROGRESS_TYPE, WORK_TYPE, group_for, work_channel
+from .progress import ProgressSender
 from .waiters import AsyncWaiter, Subscription, ThreadWaiter, Waiter, Waiters
 from .wakeups import WAKE_SPACING, IdleFlag, Wakeups
 
 __all__ = [
     "DEGRADED_RETRY",
     "FINISHED_TYPE",
+    "PROGRESS_TYPE",
     "WAKE_SPACING",
     "WORK_TYPE",
     "AsyncWaiter",
     "Hub",
     "IdleFlag",
     "Link",
+    "ProgressSender",
     "Subscription",
     "ThreadWaiter",
     "Waiter",

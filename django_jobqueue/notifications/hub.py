@@ -17,6 +17,7 @@ from .. import conf
 from .cancels import Cancels
 from .link import Link, kind_of
 from .names import finished_message, group_for
+from .progress import ProgressSender
 from .waiters import Subscription, Waiter, Waiters
 from .wakeups import IdleFlag, Wakeups
 
@@ -33,6 +34,7 @@ class Hub:
         self._waiters_of = Waiters(self._link)
         self._wakeups = Wakeups(self._link)
         self._cancels = Cancels(self._link)
+        self._progress = ProgressSender(self._link)
         self._link.on_recover = self._waiters_of.retry_leaves
 
     @property
@@ -86,6 +88,13 @@ class Hub:
             send = partial(layer.group_send, group_for(job_id), finished_message(job_id))
             if not await self._link.call("group_send", send):
                 return
+
+    def job_progress(self, job_ids: Iterable[str]) -> None:
+        """Tell the waiters and watchers of ``job_ids`` (in any process) that the jobs' new
+        ``progress`` is in the database. Call it after the write has committed; it returns at
+        once. Throttled per job: at most one message per job every ``PROGRESS_INTERVAL``
+        seconds, and a call within the interval is sent at its end, never dropped."""
+        self._progress.job_progress(job_ids)
 
     def wake_workers(self, queues: Iterable[str]) -> None:
         """Wake one idle worker of each of ``queues`` (coalesced, see :class:`Wakeups`)."""

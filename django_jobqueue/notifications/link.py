@@ -26,6 +26,10 @@ RESTART_PAUSE = 1.0
 #: (a layer that fails at once on every receive must not spin the loop).
 BAD_IN_A_ROW = 10
 BAD_PAUSE = 0.05
+#: Layer calls (group_add, group_send, ...) in flight at once per process. channels_redis
+#: opens a Redis connection per concurrent call and keeps it in its pool: a thousand sockets
+#: opened at once would otherwise leave a hundred connections open per web process.
+CALLS_AT_ONCE = 8
 
 
 class Link:
@@ -44,6 +48,7 @@ class Link:
         self._bad_in_a_row: dict[str, int] = {}
         self._degraded_until = 0.0
         self._degraded = False
+        self._calls: asyncio.Semaphore | None = None  # made on the loop, at the first call
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self.layer: Any = make_layer(alias, explicit=explicit) if alias is not None else None
@@ -93,9 +98,12 @@ class Link:
         (``gated``; an ungated call, such as a clean-up, is always tried)."""
         if gated and self.degraded_now():
             return None
+        if self._calls is None:
+            self._calls = asyncio.Semaphore(CALLS_AT_ONCE)
         try:
-            async with asyncio.timeout(conf.get("NOTIFY_TIMEOUT")):  # no task per call
-                await make()
+            async with self._calls:  # waiting for a turn is not the layer's time
+                async with asyncio.timeout(conf.get("NOTIFY_TIMEOUT")):  # no task per call
+                    await make()
         except Exception as exc:
             if _is_channel_full(exc):
                 logger.debug("notification dropped: %s channel is full", what)

@@ -13,6 +13,7 @@ from typing import Any
 from ..options import JOB_ID_MAX_LENGTH
 
 FINISHED_TYPE = "jobqueue.finished"
+PROGRESS_TYPE = "jobqueue.progress"
 WORK_TYPE = "jobqueue.work"
 CANCEL_TYPE = "jobqueue.cancel"
 
@@ -44,6 +45,12 @@ def finished_message(job_id: str) -> dict[str, Any]:
     return {"type": FINISHED_TYPE, "job_id": job_id}
 
 
+def progress_message(job_id: str) -> dict[str, Any]:
+    """The "progress" message of a job, sent to the job's group after its worker wrote a new
+    ``progress`` value. It says "look now": the value itself is read from the database."""
+    return {"type": PROGRESS_TYPE, "job_id": job_id}
+
+
 def work_message() -> dict[str, Any]:
     """The "work available" message a producer sends to a queue's work channel."""
     return {"type": WORK_TYPE}
@@ -60,6 +67,20 @@ def finished_job_id(message: object) -> str | None:
     """The job id of a well-formed "finished" message; None for anything else."""
     if _type_of(message) != FINISHED_TYPE:
         return None
+    return _job_id(message)
+
+
+def job_message(message: object) -> tuple[str, str] | None:
+    """``(type, job id)`` of a well-formed "finished" or "progress" message; None for
+    anything else."""
+    kind = _type_of(message)
+    if kind not in (FINISHED_TYPE, PROGRESS_TYPE):
+        return None
+    job_id = _job_id(message)
+    return (kind, job_id) if job_id is not None else None
+
+
+def _job_id(message: object) -> str | None:
     job_id = dict.get(message, "job_id")  # type: ignore[call-overload]
     if type(job_id) is not str or not 0 < len(job_id) <= JOB_ID_MAX_LENGTH:
         return None

@@ -20,14 +20,19 @@ from typing import Any
 from .. import conf
 from .link import DEGRADED_RETRY, Link, keep_running
 from .log import logger
-from .names import finished_job_id, group_for
+from .names import FINISHED_TYPE, group_for, job_message
 
 
 class Waiter:
-    """Something waiting for one job; ``notify()`` is called from the hub's thread."""
+    """Something waiting for one job; ``notify()`` ("finished") and ``progress()`` are called
+    from the hub's thread."""
 
     def notify(self) -> None:
         raise NotImplementedError
+
+    def progress(self) -> None:
+        """The job reported progress (its new value is in the database); by default nothing:
+        a waiter for the result only cares about "finished"."""
 
 
 class ThreadWaiter(Waiter):
@@ -244,18 +249,23 @@ class Waiters:
 
     def handle(self, message: object) -> None:
         """Pass a message received on the process channel on to the job's waiters; anything
-        but a well-formed "finished" message is ignored (and logged, rate-limited)."""
-        job_id = finished_job_id(message)
-        if job_id is None:
+        but a well-formed "finished" or "progress" message is ignored (and logged,
+        rate-limited)."""
+        parsed = job_message(message)
+        if parsed is None:
             self._link.ignore("finished", message)
             return
-        self.deliver(job_id)
+        kind, job_id = parsed
+        self.deliver(job_id, progress=kind != FINISHED_TYPE)
 
-    def deliver(self, job_id: str) -> None:
+    def deliver(self, job_id: str, *, progress: bool = False) -> None:
         with self._lock:
             waiters = list(self.waiters.get(job_id, ()))
         for waiter in waiters:
             try:
-                waiter.notify()
+                if progress:
+                    waiter.progress()
+                else:
+                    waiter.notify()
             except Exception:  # one broken waiter must not stop the others' notifications
                 logger.exception("notifying a waiter of job %s failed", job_id)

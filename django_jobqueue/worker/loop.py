@@ -365,6 +365,8 @@ class Worker:
         except BaseException:
             self._runner.put_back_progress([job.id for job, _ in taken])
             raise
+        # Written: its watchers (WebSocket pages) and waiters read it now (throttled per job).
+        hub().job_progress([job.job_id for job, _ in taken])
 
     def _report(self, outcome: Outcome) -> None:
         """From a job's thread: ``outcome`` is ready to be written."""

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from django_jobqueue import job
 from django_jobqueue.models import Job
+from django_jobqueue.notifications import hub
 
 from .models import UpstreamCall
 
@@ -70,6 +71,35 @@ def build_report(kind, days, delay=2.0):
         "rows": rows,
         "generated_at": timezone.now().isoformat(),
     }
+
+
+# -- live progress: the page shows a bar that moves --------------------------------------------
+
+
+def report_progress(job_id, current, total, message):
+    """Record a job's progress and tell its watchers: what the worker does with
+    ``ctx.set_progress(current, total=total, message=message)`` (``@job(takes_context=True)``).
+
+    A stand-in until this tree's worker writes ``set_progress`` itself: the same UPDATE of
+    the job's ``progress`` column, then the same ``hub().job_progress()`` call.
+    """
+    value = {
+        "current": current,
+        "total": total,
+        "message": message,
+        "updated_at": timezone.now().isoformat(),
+    }
+    Job.objects.filter(job_id=job_id).update(progress=value)
+    hub().job_progress([job_id])
+
+
+@job(queue="reports", result_ttl=24 * 3600)
+def render_report(report_id, pages=20, seconds_per_page=0.15):
+    """Render ``pages`` pages (pretend work), reporting progress after each one."""
+    for page in range(1, pages + 1):
+        time.sleep(seconds_per_page)
+        report_progress(report_id, page, pages, f"rendering page {page} of {pages}")
+    return {"pages": pages, "generated_at": timezone.now().isoformat()}
 
 
 # -- sign-up: enqueued in the transaction that creates the user ----------------------------------

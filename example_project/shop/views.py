@@ -29,7 +29,14 @@ from django.urls import reverse
 
 from django_jobqueue import JobFailedError, JobHandle, JobTimeoutError, get_job
 
-from .jobs import analyse_text, build_report, charge_card, import_feed, send_welcome_email
+from .jobs import (
+    analyse_text,
+    build_report,
+    charge_card,
+    import_feed,
+    render_report,
+    send_welcome_email,
+)
 
 
 class BadRequest(Exception):
@@ -257,6 +264,33 @@ def report_status(request: HttpRequest, token: str) -> JsonResponse:
     elif handle.status == "failed":
         answer["error"] = handle.error
     return JsonResponse(answer)
+
+
+@api("POST")
+def create_live_report(request: HttpRequest) -> JsonResponse:
+    """Queue a report the page follows live: 202 with its watch token and status URL.
+
+    Body: ``{"pages": 20}``. The page hands the token to ``DjangoJobqueue.watch()``
+    (``django_jobqueue/watch.js``), which opens ``ws/jobqueue/jobs/<token>/`` and falls back
+    to polling ``status_url`` (django-jobqueue's JSON status view) without WebSockets.
+    """
+    data = json_body(request)
+    pages = data.get("pages", 20)
+    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= 200:
+        raise BadRequest("'pages' must be a whole number from 1 to 200")
+    report_id = f"live-report-{uuid.uuid4().hex}"
+    handle = render_report.using(job_id=report_id).enqueue(report_id, pages=pages)
+    token = handle.watch_token(max_age=3600)
+    return JsonResponse(
+        {
+            "id": handle.id,
+            "watch_token": token,
+            "status_url": request.build_absolute_uri(
+                reverse("django_jobqueue:job-status", args=[token])
+            ),
+        },
+        status=202,
+    )
 
 
 # -- sign-up -----------------------------------------------------------------------------------
