@@ -468,7 +468,17 @@ def test_a_task_of_djangos_tasks_framework_runs_next_to_the_jobs(example):
         "from example_project.shop.tasks import send_receipt; "
         "print(send_receipt.enqueue('ada@example.com', 42).id)"
     ).strip()
-    job = example.wait_for_job(result_id, "completed", "failed")
+
+    def finished():  # by id: the example's status URLs take a signed token, not a task id
+        rows = example.sql(
+            "SELECT j.status, r.result FROM django_jobqueue_job j LEFT JOIN "
+            "django_jobqueue_jobresult r ON r.job_id = j.id WHERE j.job_id = ?",
+            result_id,
+        )
+        return bool(rows) and rows[0][0] in ("completed", "failed") and rows[0]
+
+    status, result = wait_until(finished, timeout=JOB_TIMEOUT)
+    job = {"status": status, "result": json.loads(result) if result else None}
     assert (job["status"], job["result"]) == ("completed", {"sent_to": "ada@example.com"})
     assert "Your receipt" in example.worker_log.read_text()
     status = example.shell(
