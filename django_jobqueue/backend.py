@@ -63,22 +63,22 @@ if django.VERSION >= (6, 0):
     FRAMEWORK = "django.tasks"
 else:  # Django 5.2: the django-tasks backport
     try:
-        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-        from django_tasks.base import (  # type: ignore[no-redef]
+        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef,assignment]
+        from django_tasks.base import (  # type: ignore[no-redef,assignment]
             Task,
             TaskContext,
             TaskError,
             TaskResult,
             TaskResultStatus,
         )
-        from django_tasks.exceptions import (  # type: ignore[no-redef]
+        from django_tasks.exceptions import (  # type: ignore[no-redef,assignment]
             InvalidTaskBackendError as InvalidTaskBackend,
         )
-        from django_tasks.exceptions import (  # type: ignore[no-redef]
+        from django_tasks.exceptions import (  # type: ignore[no-redef,assignment]
             InvalidTaskError as InvalidTask,
         )
-        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
-        from django_tasks.signals import (  # type: ignore[no-redef]
+        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef,assignment]
+        from django_tasks.signals import (  # type: ignore[no-redef,assignment]
             task_enqueued,
             task_finished,
             task_started,
