@@ -245,9 +245,9 @@ def test_a_large_enqueue_many_batch_is_split_and_still_all_or_nothing(monkeypatc
     several statements, in one transaction."""
     from django.db import connection
 
-    from django_jobqueue import querysets
+    from django_jobqueue.querysets import producing
 
-    monkeypatch.setattr(querysets, "JSON_BATCH_CHARS", 4000)
+    monkeypatch.setattr(producing, "JSON_BATCH_CHARS", 4000)
     calls = [("x" * 200, i) for i in range(40)]  # about 10,000 characters of JSON
     with CaptureQueriesContext(connection) as queries:
         handles = add.enqueue_many(calls)

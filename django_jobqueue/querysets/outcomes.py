@@ -1,0 +1,316 @@
+"""Outcomes: completing, retrying, failing for good (dead letter) and cancelling jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..base import ClaimedJob, Status
+from .sql import (
+    _CANCELLED,
+    _COMPLETED,
+    _DONE_STATUS,
+    _QUEUED,
+    _RUNNING,
+    CANCELLED_ERROR,
+    DEFAULT_EXCEPTION_PATH,
+    AppendAttempt,
+    SQLQuerySet,
+    _append_attempt_sql,
+)
+
+
+class Completed(dict[int, bool]):
+    """What :meth:`JobQuerySet.complete` wrote: ``{id: notify}`` of the runs still ours, and
+    in ``cancelled`` the ids that ended ``cancelled`` instead (a cancel request was recorded
+    on the row before the completion)."""
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]] = ()) -> None:
+        super().__init__((row[0], bool(row[1])) for row in rows)
+        self.cancelled: set[int] = {row[0] for row in rows if row[2] == Status.CANCELLED}
+
+
+class Cancelled(NamedTuple):
+    """What :meth:`JobQuerySet.cancel` did: ``running_on`` is the name of the worker asked
+    to stop, or None when the job was queued and is now cancelled."""
+
+    job_id: str
+    queue: str
+    notify: bool
+    running_on: str | None
+
+
+class OutcomesQuerySet(SQLQuerySet):
+    """The end of a run, fenced on ``(id, attempts)``: complete, retry, cancel, dead letter."""
+
+    def complete(
+        self, fenced: Sequence[tuple[int, int]], *, now: datetime, expires_at: datetime
+    ) -> Completed:
+        """Mark the runs ``(id, attempts)`` completed; return ``{id: notify}`` of those still ours.
+
+        A run whose lease was taken over (its ``attempts`` moved on, or the job is no longer
+        running) is left alone and missing from the answer. ``last_error`` is kept, so a job
+        that completed on a retry still shows why the earlier attempt failed. A run someone
+        asked to stop (``cancel_requested``) ends ``cancelled`` instead, in the same
+        statement, so a cancel request that lands between the job's return and this write
+        wins; its ids are in the answer's ``cancelled``.
+        """
+        if not fenced:
+            return Completed()
+        sql = self._sql()
+        where, params = sql.pairs(fenced)
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
+            f"lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
+            f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
+            "RETURNING id, notify, status",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", expires_at),
+                CANCELLED_ERROR,
+                *params,
+            ],
+        )
+        return Completed(rows)
+
+    def complete_with_results(
+        self,
+        fenced: Sequence[tuple[int, int]],
+        results: dict[int, Any],
+        *,
+        now: datetime,
+        expires_at: datetime,
+    ) -> Completed:
+        """:meth:`complete`, storing ``results`` (``{id: value}``) of the runs still ours
+        (not of those that ended ``cancelled``).
+
+        PostgreSQL: one statement (the UPDATE and the INSERT of the results in one CTE), so
+        one round trip. SQLite: both statements in one transaction.
+        """
+        result_model = self._result_model()
+        sql = self._sql()
+        if sql.vendor != "postgresql":
+            with transaction.atomic(using=self.db):
+                mine = self.complete(fenced, now=now, expires_at=expires_at)
+                result_model._default_manager.using(self.db).bulk_create(
+                    result_model(job_id=pk, result=value)
+                    for pk, value in results.items()
+                    if pk in mine and pk not in mine.cancelled
+                )
+            return mine
+        where, params = sql.pairs(fenced)
+        result_table = result_model._meta.db_table
+        result_field: Any = result_model._meta.get_field("result")
+        values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(results))
+        value_params: list[Any] = []
+        for pk, value in results.items():
+            value_params += [pk, result_field.get_db_prep_save(value, sql.connection)]
+        rows = sql.execute(
+            f"WITH done AS (UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, "
+            "expires_at = %s, lease_expires_at = NULL, last_error = CASE WHEN cancel_requested "
+            f"THEN %s ELSE last_error END WHERE status = {_RUNNING} AND {where} "
+            f"RETURNING id, notify, status), stored AS (INSERT INTO {result_table} "
+            "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
+            f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
+            f"AND done.status = {_COMPLETED}) SELECT id, notify, status FROM done",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", expires_at),
+                CANCELLED_ERROR,
+                *params,
+                *value_params,
+            ],
+        )
+        return Completed(rows)
+
+    def retry(
+        self,
+        job_id: int,
+        attempts: int,
+        *,
+        run_after: datetime,
+        error: str,
+        lease_expired_before: datetime | None = None,
+        now: datetime | None = None,
+        result_ttl: int = 0,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
+        traceback: str = "",
+    ) -> tuple[str, bool] | None:
+        """Put a failed run back in the queue for a later attempt; return its new status
+        (``"queued"``) and whether someone waits for it, or None if the run is not ours.
+
+        A run someone asked to stop (``cancel_requested``) ends ``cancelled`` instead (its
+        outcome kept ``result_ttl`` seconds from ``now``), in the same statement.
+        ``lease_expired_before``: only if the run's lease expired before then (reaping a run
+        whose worker stopped renewing it, never one that renewed it meanwhile).
+        ``exception_path`` and ``traceback`` go to a task's ``attempt_log`` (in the same
+        statement; an ``@job`` job keeps a NULL log).
+        """
+        sql = self._sql()
+        now = now or timezone.now()
+        lease = ""
+        params: list[Any] = [
+            sql.prep("run_after", run_after),
+            sql.prep("finished_at", now),
+            sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+            CANCELLED_ERROR,
+            error,
+            exception_path,
+            traceback or error,
+            job_id,
+            attempts,
+        ]
+        if lease_expired_before is not None:
+            lease = "AND lease_expires_at < %s "
+            params.append(sql.prep("lease_expires_at", lease_expired_before))
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET "
+            f"status = CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_QUEUED} END, "
+            "run_after = CASE WHEN cancel_requested THEN run_after ELSE %s END, "
+            "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
+            "expires_at = CASE WHEN cancel_requested THEN %s ELSE expires_at END, "
+            "last_error = CASE WHEN cancel_requested THEN %s ELSE %s END, "
+            f"attempt_log = {_append_attempt_sql(sql.vendor)}, "
+            "lease_expires_at = NULL, worker = '' "
+            f"WHERE id = %s AND attempts = %s AND status = {_RUNNING} {lease}"
+            "RETURNING status, notify",
+            params,
+        )
+        return (str(rows[0][0]), bool(rows[0][1])) if rows else None
+
+    def finish_cancelled(
+        self,
+        job_id: int,
+        attempts: int,
+        *,
+        now: datetime,
+        result_ttl: int,
+        lease_expired_before: datetime | None = None,
+    ) -> bool | None:
+        """End the run ``(id, attempts)`` of a job someone asked to stop as ``cancelled``;
+        return whether someone waits for it, or None if the run is not ours (or, with
+        ``lease_expired_before``, its lease did not expire before then)."""
+        sql = self._sql()
+        found = sql.execute(
+            f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, expires_at = %s, "
+            "lease_expires_at = NULL, last_error = %s WHERE id = %s AND attempts = %s "
+            f"AND status = {_RUNNING} AND cancel_requested"
+            + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
+            + " RETURNING notify",
+            [
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+                CANCELLED_ERROR,
+                job_id,
+                attempts,
+                *(
+                    [sql.prep("lease_expires_at", lease_expired_before)]
+                    if lease_expired_before is not None
+                    else []
+                ),
+            ],
+        )
+        return bool(found[0][0]) if found else None
+
+    def dead_letter(
+        self,
+        job: ClaimedJob,
+        error: str,
+        trace: str,
+        *,
+        now: datetime,
+        lease_expired_before: datetime | None = None,
+        exception_path: str = DEFAULT_EXCEPTION_PATH,
+    ) -> tuple[Any, bool] | None:
+        """Fail the run ``job.fence`` for good, in one transaction: status failed, its result
+        row (error and traceback), a ``DeadLetter`` row.
+
+        Returns None if the run is no longer ours (fenced; with ``lease_expired_before``, also
+        if its lease did not expire before then) or someone asked it to stop (it ends
+        through :meth:`finish_cancelled` then), else ``(dead letter, notify)``: whether
+        someone waits for the job.
+        """
+        result_model = self._result_model()
+        meta = self.model._meta
+        letters = meta.apps.get_model(meta.app_label, "DeadLetter")._default_manager
+        job_id, attempts = job.fence
+        with transaction.atomic(using=self.db):
+            # Write first: on SQLite a transaction that reads before it writes can fail at once
+            # with "database is locked" when another connection wrote in between.
+            # A run someone asked to stop is not dead-lettered: see finish_cancelled().
+            rows = self.filter(
+                id=job_id, attempts=attempts, status=Status.RUNNING, cancel_requested=False
+            )
+            if lease_expired_before is not None:
+                rows = rows.filter(lease_expires_at__lt=lease_expired_before)
+            if not rows.update(
+                status=Status.FAILED,
+                finished_at=now,
+                expires_at=now + timedelta(seconds=job.result_ttl),
+                lease_expires_at=None,
+                last_error=error,
+                attempt_log=AppendAttempt(exception_path, trace or error),
+            ):
+                return None
+            row = self.model._default_manager.using(self.db).get(pk=job_id)
+            result_model._default_manager.using(self.db).update_or_create(
+                job=row, defaults={"error": error, "traceback": trace, "result": None}
+            )
+            letter = letters.using(self.db).create(
+                job_id=row.job_id,
+                name=row.name,
+                queue=row.queue,
+                args=row.args,
+                kwargs=row.kwargs,
+                priority=row.priority,
+                group=row.group,
+                max_attempts=row.max_attempts,
+                result_ttl=row.result_ttl,
+                attempts=row.attempts,
+                attempt_log=row.attempt_log,
+                error=error,
+                traceback=trace,
+                enqueued_at=row.enqueued_at,
+                failed_at=now,
+            )
+        return letter, bool(row.notify)
+
+    def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
+        """Cancel ``job_id``: a queued job at once (it never runs), a running one by asking
+        its worker to stop (``cancel_requested``). None if there is no such active job.
+
+        Writes before it reads, in one transaction, fenced on the status it changes, so a
+        worker claiming or finishing the job at the same moment either sees the cancel or
+        wins it (a completion recorded first stays completed).
+        """
+        sql = self._sql()
+        with transaction.atomic(using=self.db):
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
+                "last_error = %s WHERE job_id = %s AND status = %s "
+                "RETURNING id, result_ttl, notify, queue",
+                [
+                    Status.CANCELLED,
+                    sql.prep("finished_at", now),
+                    CANCELLED_ERROR,
+                    job_id,
+                    Status.QUEUED,
+                ],
+            )
+            if rows:
+                pk, ttl, notify, queue = rows[0]
+                self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
+                return Cancelled(job_id, str(queue), bool(notify), running_on=None)
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET cancel_requested = %s WHERE job_id = %s AND status = %s "
+                "RETURNING notify, queue, worker",
+                [True, job_id, Status.RUNNING],
+            )
+        if not rows:
+            return None
+        notify, queue, worker = rows[0]
+        return Cancelled(job_id, str(queue), bool(notify), running_on=str(worker))
