@@ -10,7 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from ..base import CLAIM_COLUMNS, ClaimedJob, Status
-from .sql import _QUEUED, _RUNNING, _SQL, SQLQuerySet
+from .sql import _QUEUED, _RUNNING, _SQL, SQLQuerySet, _immediate
 
 
 class ClaimingQuerySet(SQLQuerySet):
@@ -134,18 +134,8 @@ class ClaimingQuerySet(SQLQuerySet):
 
     @staticmethod
     def _claim_exclusive(sql: _SQL, statement: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        if sql.connection.in_atomic_block:
+        with _immediate(sql):
             return sql.execute(statement, params)
-        with sql.connection.cursor() as cursor:
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                cursor.execute(statement, params)
-                rows: list[tuple[Any, ...]] = cursor.fetchall()
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-        return rows
 
     def overtaking(self, fenced: Sequence[tuple[int, int]]) -> set[int]:
         """Of the claimed grouped runs ``(id, attempts)``, those with an earlier job of their

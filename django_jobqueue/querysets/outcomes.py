@@ -16,6 +16,7 @@ from .sql import (
     _DONE_STATUS,
     _QUEUED,
     _RUNNING,
+    _SQL,
     CANCELLED_ERROR,
     DEFAULT_EXCEPTION_PATH,
     AppendAttempt,
@@ -44,6 +45,27 @@ class Cancelled(NamedTuple):
     running_on: str | None
 
 
+def _completion(
+    sql: _SQL, fenced: Sequence[tuple[int, int]], now: datetime, expires_at: datetime
+) -> tuple[str, list[Any]]:
+    """The UPDATE that completes the runs ``fenced`` (``RETURNING id, notify, status``):
+    :meth:`~OutcomesQuerySet.complete`'s statement, and the first step of
+    :meth:`~OutcomesQuerySet.complete_with_results`' on PostgreSQL."""
+    where, params = sql.pairs(fenced)
+    return (
+        f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
+        "lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
+        f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
+        "RETURNING id, notify, status",
+        [
+            sql.prep("finished_at", now),
+            sql.prep("expires_at", expires_at),
+            CANCELLED_ERROR,
+            *params,
+        ],
+    )
+
+
 class OutcomesQuerySet(SQLQuerySet):
     """The end of a run, fenced on ``(id, attempts)``: complete, retry, cancel, dead letter."""
 
@@ -62,20 +84,7 @@ class OutcomesQuerySet(SQLQuerySet):
         if not fenced:
             return Completed()
         sql = self._sql()
-        where, params = sql.pairs(fenced)
-        rows = sql.execute(
-            f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
-            f"lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
-            f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
-            "RETURNING id, notify, status",
-            [
-                sql.prep("finished_at", now),
-                sql.prep("expires_at", expires_at),
-                CANCELLED_ERROR,
-                *params,
-            ],
-        )
-        return Completed(rows)
+        return Completed(sql.execute(*_completion(sql, fenced, now, expires_at)))
 
     def complete_with_results(
         self,
@@ -102,7 +111,7 @@ class OutcomesQuerySet(SQLQuerySet):
                     if pk in mine and pk not in mine.cancelled
                 )
             return mine
-        where, params = sql.pairs(fenced)
+        update, params = _completion(sql, fenced, now, expires_at)
         result_table = result_model._meta.db_table
         result_field: Any = result_model._meta.get_field("result")
         values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(results))
@@ -110,20 +119,11 @@ class OutcomesQuerySet(SQLQuerySet):
         for pk, value in results.items():
             value_params += [pk, result_field.get_db_prep_save(value, sql.connection)]
         rows = sql.execute(
-            f"WITH done AS (UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, "
-            "expires_at = %s, lease_expires_at = NULL, last_error = CASE WHEN cancel_requested "
-            f"THEN %s ELSE last_error END WHERE status = {_RUNNING} AND {where} "
-            f"RETURNING id, notify, status), stored AS (INSERT INTO {result_table} "
+            f"WITH done AS ({update}), stored AS (INSERT INTO {result_table} "
             "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
             f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
             f"AND done.status = {_COMPLETED}) SELECT id, notify, status FROM done",
-            [
-                sql.prep("finished_at", now),
-                sql.prep("expires_at", expires_at),
-                CANCELLED_ERROR,
-                *params,
-                *value_params,
-            ],
+            [*params, *value_params],
         )
         return Completed(rows)
 
