@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
@@ -25,12 +25,9 @@ from ..context import JobContext, Progress, current_run
 from ..exceptions import Retry
 from ..models import Job
 from ..notifications import run_loop
-from ..registry import registry
+from ..registry import RegisteredJob, registry
 from .outcomes import Outcome, describe, failed, succeeded
 from .timelimits import TimeLimits
-
-if TYPE_CHECKING:
-    from ..decorators import JobFunction
 
 
 @dataclass(slots=True, eq=False)
@@ -39,7 +36,7 @@ class RunningJob:
     thread (to cancel it, to time it out). Filled in by the thread or task that runs it."""
 
     job: ClaimedJob
-    definition: JobFunction[Any, Any]
+    definition: RegisteredJob
     started: float = field(default_factory=time.monotonic)
     #: Set when someone asked the job to stop (``JobContext.cancel_requested`` reads it).
     cancelled: threading.Event = field(default_factory=threading.Event)
