@@ -27,7 +27,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import django
 from asgiref.sync import sync_to_async
@@ -39,7 +39,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import signals
-from .base import NewJob, Status
+from .base import Status
 from .context import current_run
 from .decorators import JobFunction
 from .exceptions import InvalidJobError, JobCancelledError
@@ -128,17 +128,7 @@ class TaskJob(JobFunction[Any, Any]):
     ``func`` runs the task's function with the framework's signals and context."""
 
     task: Any = None
-
-    def _new_job(
-        self,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        now: datetime,
-        notify: bool,
-        job_id: str | None = None,
-    ) -> NewJob:
-        new = JobFunction._new_job(self, args, kwargs, now, notify, job_id)
-        return dataclasses.replace(new, attempt_log=[])
+    keeps_attempt_log: ClassVar[bool] = True
 
 
 class JobQueueBackend(BaseTaskBackend):

@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -66,6 +66,9 @@ class JobFunction(Generic[P, R]):
     retry_on: tuple[type[BaseException], ...] | None = None
     #: A cron expression: every running worker enqueues each of its ticks once.
     schedule: str | None = None
+    #: Whether its rows log each failed attempt (``Job.attempt_log``): a task's do (its
+    #: ``TaskResult.errors``), an ``@job``'s keep NULL.
+    keeps_attempt_log: ClassVar[bool] = False
 
     @property
     def is_async(self) -> bool:
@@ -126,6 +129,7 @@ class JobFunction(Generic[P, R]):
                 settings["TIME_LIMIT"] if isinstance(self.time_limit, _Unset) else self.time_limit
             ),
             limit_key=self.limit,
+            attempt_log=[] if self.keeps_attempt_log else None,
         )
 
     def new_job(
