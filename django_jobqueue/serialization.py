@@ -70,7 +70,7 @@ class _Refused(Exception):
         self.here = here
 
 
-def _size(value: Any, depth: int, limit: int) -> int:  # noqa: C901 - one inline branch per JSON type: the hot path of every enqueue
+def _size(value: Any, depth: int, limit: int) -> int:
     """The size of ``value`` as JSON text in UTF-8 (escapes not counted); raise _Refused.
 
     ``depth``: how many more lists and dicts may nest here. ``limit``: stop counting (raise
@@ -107,44 +107,10 @@ def _size(value: Any, depth: int, limit: int) -> int:  # noqa: C901 - one inline
                 "int(value) or str(value)."
             )
         return len(text)
-    if kind is list or kind is tuple:
+    if kind is list or kind is tuple or kind is dict:
         if not depth:
             raise _Refused(_TOO_DEEP)
-        depth -= 1
-        size = 0  # each item adds itself and a separator: ", " or the closing bracket
-        try:
-            for item in value:
-                size += _size(item, depth, limit) + 2
-                if size > limit:
-                    raise _Refused(_TOO_BIG, here=True)
-        except _Refused as exc:
-            if exc.here:
-                exc.here = False
-            elif exc.reason is not _TOO_BIG:
-                exc.segments.append(f"[{_index(value, item)}]")
-            raise
-        return size or 2
-    if kind is dict:
-        if not depth:
-            raise _Refused(_TOO_DEEP)
-        depth -= 1
-        size = 0
-        try:
-            for key, item in value.items():
-                if type(key) is str and key.isascii() and "\x00" not in key:
-                    size += len(key) + 4
-                else:
-                    size += _key_size(key) + 2
-                size += _size(item, depth, limit) + 2
-                if size > limit:
-                    raise _Refused(_TOO_BIG, here=True)
-        except _Refused as exc:
-            if exc.here:
-                exc.here = False
-            elif exc.reason is not _TOO_BIG:
-                exc.segments.append(f"[{_key_repr(key)}]")
-            raise
-        return size or 2
+        return _container_size(value, kind is dict, depth - 1, limit)
     # Subclasses of the plain types (str subclasses such as SafeString, IntEnum) round-trip
     # to an equal value: json.dumps writes their plain value. Anything else does not.
     if isinstance(value, str):
@@ -154,6 +120,35 @@ def _size(value: Any, depth: int, limit: int) -> int:  # noqa: C901 - one inline
     if isinstance(value, float):
         return _size(float.__float__(value), depth, limit)
     raise _Refused(_unsupported(value))
+
+
+def _container_size(value: Any, is_dict: bool, depth: int, limit: int) -> int:
+    """The size of a list, tuple or dict whose items may nest ``depth`` more levels; on a
+    refusal below, add this container's path segment (the index, or the key)."""
+    size = 0  # each item adds itself and a separator: ", " or the closing bracket
+    try:
+        if is_dict:
+            for key, item in value.items():
+                if type(key) is str and key.isascii() and "\x00" not in key:
+                    size += len(key) + 4
+                else:
+                    size += _key_size(key) + 2
+                size += _size(item, depth, limit) + 2
+                if size > limit:
+                    raise _Refused(_TOO_BIG, here=True)
+        else:
+            for item in value:
+                size += _size(item, depth, limit) + 2
+                if size > limit:
+                    raise _Refused(_TOO_BIG, here=True)
+    except _Refused as exc:
+        if exc.here:
+            exc.here = False
+        elif exc.reason is not _TOO_BIG:
+            segment = _key_repr(key) if is_dict else _index(value, item)
+            exc.segments.append(f"[{segment}]")
+        raise
+    return size or 2
 
 
 def _text_size(value: str) -> int:
