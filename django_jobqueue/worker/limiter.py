@@ -25,7 +25,7 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 from itertools import count
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import conf
 from ..base import ClaimedJob
@@ -74,8 +74,21 @@ return #ARGV - 1
 """
 
 
+class Wanted(NamedTuple):
+    """What a worker asks a limiter for: up to ``limit`` jobs of ``queue`` (None: every
+    queue), claimed at ``now`` and leased until ``lease_until``."""
+
+    queue: str | None
+    limit: int
+    now: datetime
+    lease_until: datetime
+
+
 class Limiter:
-    """Claims the jobs of one limit key within its :class:`~django_jobqueue.limits.Rule`."""
+    """Claims the jobs of one limit key within its :class:`~django_jobqueue.limits.Rule`.
+
+    :meth:`claim` is the interface; a holder implements :meth:`_claim`.
+    """
 
     name = "database"
 
@@ -93,6 +106,14 @@ class Limiter:
         now: datetime,
         lease_until: datetime,
     ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` ready jobs of ``key`` (of ``queue``; None: every queue)
+        within ``rule``, leased until ``lease_until``."""
+        if limit <= 0:
+            return []
+        return self._claim(key, rule, Wanted(queue, limit, now, lease_until))
+
+    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
+        """:meth:`claim`, for a ``wanted.limit`` of at least one: the holder's own way."""
         raise NotImplementedError
 
     def sync(self, held: set[int], now: float) -> None:
@@ -106,26 +127,17 @@ class Limiter:
 class DatabaseLimiter(Limiter):
     """Limits held in the database (see the module docstring)."""
 
-    def claim(
-        self,
-        key: str,
-        rule: Rule,
-        *,
-        queue: str | None,
-        limit: int,
-        now: datetime,
-        lease_until: datetime,
-    ) -> list[ClaimedJob]:
+    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
         rate = (rule.rate_count, rule.rate_period) if rule.rate_count and rule.rate_period else None
         return Job.objects.using(self.using).claim_limited(
             key,
             concurrency=rule.concurrency,
             rate=rate,
-            queue=queue,
-            limit=limit,
+            queue=wanted.queue,
+            limit=wanted.limit,
             worker=self.worker,
-            now=now,
-            lease_until=lease_until,
+            now=wanted.now,
+            lease_until=wanted.lease_until,
         )
 
 
@@ -167,19 +179,10 @@ class RedisLimiter(Limiter):
             )
         self.down = True
 
-    def claim(
-        self,
-        key: str,
-        rule: Rule,
-        *,
-        queue: str | None,
-        limit: int,
-        now: datetime,
-        lease_until: datetime,
-    ) -> list[ClaimedJob]:
-        if time.monotonic() < self.retry_at or limit <= 0:
+    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
+        if time.monotonic() < self.retry_at:
             return []
-        tokens = [next(self._tokens) for _ in range(limit)]
+        tokens = [next(self._tokens) for _ in range(wanted.limit)]
         lease = float(conf.get("LEASE_SECONDS"))
         try:
             granted = self._reserve(
@@ -203,11 +206,11 @@ class RedisLimiter(Limiter):
             return []
         try:
             claimed = Job.objects.using(self.using).claim(
-                queue=queue,
+                queue=wanted.queue,
                 limit=len(granted),
                 worker=self.worker,
-                now=now,
-                lease_until=lease_until,
+                now=wanted.now,
+                lease_until=wanted.lease_until,
                 limit_key=key,
             )
         except BaseException:
