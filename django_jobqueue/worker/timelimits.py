@@ -81,11 +81,9 @@ def interrupts_stall_tracers() -> bool:
 
 
 def interrupt_thread(thread_id: int) -> bool:
-    """Raise :class:`TimeLimitExceeded` in the thread ``thread_id`` at its next bytecode;
-    False if it was not sent (not CPython, or :func:`interrupts_stall_tracers`)."""
+    """Raise :class:`TimeLimitExceeded` in the thread ``thread_id`` at its next bytecode
+    (False if it was not sent). Ask :func:`interrupts_stall_tracers` first."""
     if _set_async_exc is None:  # pragma: no cover - not CPython
-        return False
-    if interrupts_stall_tracers():
         return False
     changed = _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded))
     if changed > 1:  # pragma: no cover - thread ids are unique; undo, as the C API asks
