@@ -4,6 +4,7 @@ late thread's outcome is discarded, and a worker whose abandoned threads pile up
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from django_jobqueue import TimeLimitExceeded
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.worker import Worker
-from django_jobqueue.worker.timelimits import EXIT_ABANDONED_THREADS
+from django_jobqueue.worker.timelimits import EXIT_ABANDONED_THREADS, interrupts_stall_tracers
 from tests.conftest import wait_until
 from tests.test_commands import _help
 from tests.testapp.jobs import (
@@ -36,6 +37,13 @@ from tests.testapp.jobs import (
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+#: CPython 3.11 under a tracer (coverage's, in scripts/test): sync jobs past their limit are
+#: not interrupted there (see interrupts_stall_tracers and docs/guide/time-limits.md).
+NO_INTERRUPTS = interrupts_stall_tracers()
+needs_interrupts = pytest.mark.skipif(
+    NO_INTERRUPTS, reason="CPython 3.11 under a tracer: threads are not interrupted"
+)
 
 
 def _error(limit: str) -> str:
@@ -109,8 +117,9 @@ def test_a_sync_job_past_its_limit_frees_its_slot_while_its_thread_lives_on(
     assert 0.3 <= elapsed < 3 and worker.passes < 30, (elapsed, worker.passes)
     door.open()
     wait_until(lambda: not door.thread.is_alive())
-    # The interrupt landed as soon as the blocking call returned: no code ran after it.
-    assert door.events == ["interrupted"]
+    # The interrupt landed as soon as the blocking call returned: no code ran after it (under
+    # a tracer on CPython 3.11 no interrupt is sent, and the job ran to its end).
+    assert door.events == (["returned"] if NO_INTERRUPTS else ["interrupted"])
     assert Job.objects.get(job_id=stuck.id).status == "queued"
 
 
@@ -123,9 +132,10 @@ def test_the_late_outcome_of_an_interrupted_thread_does_not_overwrite_the_retry(
     assert (handle.result, handle.attempts) == ("attempt 2", 2)
     door = GATES[gate]
     assert door.thread is not None and door.thread.is_alive()
-    door.open()  # attempt 1 swallows the interrupt and returns "late"
+    door.open()  # attempt 1 swallows the interrupt (if one was sent) and returns "late"
     wait_until(lambda: not door.thread.is_alive())
-    assert door.events == ["swallowed the interrupt", "returned late"]
+    swallowed = [] if NO_INTERRUPTS else ["swallowed the interrupt"]
+    assert door.events == [*swallowed, "returned late"]
     worker.stop()  # drains: an outcome reported late would be written now
     wait_until(lambda: "worker stopped" in caplog.text)
     handle.refresh()
@@ -135,6 +145,7 @@ def test_the_late_outcome_of_an_interrupted_thread_does_not_overwrite_the_retry(
     assert caplog.text.count(f"job id={handle.id} ") == 2, caplog.text
 
 
+@needs_interrupts
 def test_an_interruptible_sync_job_is_interrupted_then_retried_then_dead_lettered(run_worker):
     tag = uuid.uuid4().hex
     handle = naps.using(time_limit=0.2, max_attempts=2).enqueue(tag)
@@ -163,17 +174,18 @@ def test_the_limit_comes_from_the_setting_the_decorator_or_using(
     tag = uuid.uuid4().hex
     if source == "setting":
         settings.JOBQUEUE = {**settings.JOBQUEUE, "TIME_LIMIT": 0.2}
-        handle = naps.using(max_attempts=1).enqueue(tag)
+        handle = naps.using(max_attempts=1).enqueue(tag, 5)
     elif source == "decorator":
         settings.JOBQUEUE = {**settings.JOBQUEUE, "TIME_LIMIT": 10}
-        handle = naps_limited.enqueue(tag)
+        handle = naps_limited.enqueue(tag, 5)
     else:
         settings.JOBQUEUE = {**settings.JOBQUEUE, "TIME_LIMIT": 10}
-        handle = naps_limited.using(time_limit=0.25).enqueue(tag)
+        handle = naps_limited.using(time_limit=0.25).enqueue(tag, 5)
     run_worker()
     assert (handle.refresh().status, handle.error) == ("failed", _error(limit))
     assert DeadLetter.objects.get(job_id=handle.id).error == _error(limit)
-    wait_until(lambda: tag in INTERRUPTED)
+    if not NO_INTERRUPTS:
+        wait_until(lambda: tag in INTERRUPTED)
 
 
 def test_a_job_without_a_limit_runs_past_the_others_limits(settings, run_worker):
@@ -203,26 +215,28 @@ def test_an_async_job_past_its_limit_is_cancelled(run_worker):
 
 @pytest.mark.subprocess
 def test_a_worker_whose_abandoned_threads_pile_up_drains_and_exits_75(worker_processes, tmp_path):
-    """Two threads stuck in C past their limit (more than --concurrency 1): the worker stops
-    claiming, finishes the job it runs, and exits with its own code."""
+    """Three threads stuck in C past their limit (more than --concurrency 2): the worker stops
+    claiming, finishes the job it runs, and exits with its own code. (Under a tracer on
+    CPython 3.11 the threads are not interrupted, so each counts as abandoned at once.)"""
     assert EXIT_ABANDONED_THREADS == 75
+    release = tmp_path / "release"
+    draining = waits_for_file.using(priority=10).enqueue(str(release), "drained")
     stuck = [
         sleep_then_record.using(time_limit=0.3, max_attempts=1, priority=3 - i).enqueue(
             f"stuck-{i}", 60
         )
-        for i in range(2)
+        for i in range(3)
     ]
-    release = tmp_path / "release"
-    draining = waits_for_file.using(priority=0).enqueue(str(release), "drained")
-    left = add.using(priority=-1).enqueue(1, 1)
-    proc = worker_processes.start("--concurrency", "1")
+    proc = worker_processes.start("--concurrency", "2")
     wait_until(lambda: "claiming no more jobs" in worker_processes.log(proc), timeout=20)
     assert proc.poll() is None, "it exited without finishing its running job"
     assert draining.refresh().status == "running"
+    # A slot is free now: a worker still claiming would take this one.
+    left = add.enqueue(1, 1)
     release.touch()
     assert proc.wait(20) == EXIT_ABANDONED_THREADS, worker_processes.log(proc)
     log = worker_processes.log(proc)
-    assert "2 threads of jobs past their time limit are still running" in log
+    assert "3 threads of jobs past their time limit are still running" in log
     assert "worker exited with code 75" in log
     for handle in stuck:
         assert (handle.refresh().status, handle.error) == ("failed", _error("0.3"))
@@ -230,6 +244,47 @@ def test_a_worker_whose_abandoned_threads_pile_up_drains_and_exits_75(worker_pro
     assert draining.refresh().status == "completed"
     row = Job.objects.get(job_id=left.id)
     assert (row.status, row.attempts) == ("queued", 0)
+
+
+def test_a_traced_worker_runs_on_while_a_job_past_its_limit_is_blocked_in_c(settings, gate, caplog):
+    """Under a trace function (coverage, a debugger, a profiler) the worker keeps running
+    other jobs while a job past its limit is blocked in C. On CPython 3.11 an interrupt left
+    pending in that thread made every traced thread spin at its next call until the C call
+    returned, so there it is not sent (and the worker says why, once); elsewhere it is."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.05, "LEASE_SECONDS": 60}
+    stuck = blocks_on_gate.using(time_limit=0.3, max_attempts=1, priority=1).enqueue(gate)
+    worker = Worker(concurrency=2)
+    traced: list[bool] = []
+
+    def run_traced() -> None:
+        sys.settrace(lambda frame, event, arg: None)
+        try:
+            traced.append(interrupts_stall_tracers())
+            worker.run()
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=run_traced, name="traced-worker", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: stuck.refresh().status == "failed", timeout=5)
+        # The limit passed while the job's thread is blocked: later jobs still run.
+        later = add.enqueue(2, 2)
+        wait_until(lambda: later.refresh().status == "completed", timeout=5)
+        assert later.result == 4
+    finally:
+        GATES[gate].open()
+        worker.stop()
+        thread.join(20)
+    assert not thread.is_alive(), "the worker did not stop"
+    door = GATES[gate]
+    wait_until(lambda: door.thread is not None and not door.thread.is_alive())
+    on_311 = sys.version_info[:2] == (3, 11)
+    assert traced == [on_311]
+    assert door.events == (["returned"] if on_311 else ["interrupted"])
+    told = "are not interrupted in this worker: it runs on CPython 3.11 with a trace"
+    assert (told in caplog.text) == on_311
+    assert stuck.refresh().error == _error("0.3")
 
 
 def test_help_names_the_abandoned_threads_exit_code():

@@ -7,7 +7,8 @@ writer retries or dead-letters it by the usual rules. Then it stops what it can:
 - an ``async def`` job's task is cancelled (it gets ``asyncio.CancelledError``);
 - a sync job's thread gets ``TimeLimitExceeded`` raised in it at its next bytecode
   (``PyThreadState_SetAsyncExc``); a thread blocked in C (a socket read, ``time.sleep``, a
-  database query) gets it only when the call returns.
+  database query) gets it only when the call returns. Not on CPython 3.11 under a trace or
+  profile function (:func:`interrupts_stall_tracers`): there the thread runs on untouched.
 
 Whatever the attempt does afterwards is fenced off: :meth:`TimeLimits.settle` lets exactly one
 outcome through per attempt (the deadline's or the job's own, whichever comes first), and the
@@ -60,8 +61,28 @@ STUCK_AFTER = 1.0
 _set_async_exc = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
 
 
+#: How the log and the traceback name a thread past its limit that was not interrupted.
+_NOT_INTERRUPTED = "thread not interrupted (CPython 3.11 under a tracer), it runs on"
+
+
+def interrupts_stall_tracers() -> bool:
+    """True where an interrupt must not be sent: CPython 3.11 with a trace or profile function
+    set (coverage, a debugger, ``cProfile``), in this thread or for new threads.
+
+    There, while a thread blocked in C has an exception pending, every traced thread of the
+    process spins at its next function call until that C call returns (3.11's tracing
+    dispatch re-checks the interpreter-wide "eval breaker" at the call without moving on),
+    and withdrawing the exception does not lower the breaker. 3.10 and 3.12+ do not spin.
+    """
+    if sys.version_info[:2] != (3, 11):
+        return False
+    hooks = (sys.gettrace(), sys.getprofile(), threading.gettrace(), threading.getprofile())
+    return any(hook is not None for hook in hooks)
+
+
 def interrupt_thread(thread_id: int) -> bool:
-    """Raise :class:`TimeLimitExceeded` in the thread ``thread_id`` at its next bytecode."""
+    """Raise :class:`TimeLimitExceeded` in the thread ``thread_id`` at its next bytecode
+    (False if it was not sent). Ask :func:`interrupts_stall_tracers` first."""
     if _set_async_exc is None:  # pragma: no cover - not CPython
         return False
     changed = _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded))
@@ -100,6 +121,7 @@ class TimeLimits:
         self._idle = 0
         self._spawned = itertools.count(1)
         self._pool: set[threading.Thread] = set()
+        self._told_why = False  # the warning that interrupts are off (tracers on 3.11)
 
     # -- the runner's side ------------------------------------------------------------------
 
@@ -214,11 +236,24 @@ class TimeLimits:
                 how = "task cancelled" if cancel is not None else "not started yet"
                 if thread is not None and thread.ident is not None:
                     trace, how = _stack(thread.ident), "thread interrupted"
-                    if interrupt_thread(thread.ident):
+                    if interrupts_stall_tracers():
+                        how = _NOT_INTERRUPTED
+                        self._interrupted.append((thread, now))
+                    elif interrupt_thread(thread.ident):
                         self._interrupted.append((thread, now + STUCK_AFTER))
                     else:  # pragma: no cover - not CPython, or the thread just ended
                         self._interrupted.append((thread, now))
                 expired.append((running, cancel, trace, how))
+        if not self._told_why and any(how == _NOT_INTERRUPTED for *_, how in expired):
+            self._told_why = True
+            logger.warning(
+                "sync jobs past their time limit are not interrupted in this worker: it runs "
+                "on CPython 3.11 with a trace or profile function set (coverage, a debugger, "
+                "a profiler), where an interrupt pending in a thread blocked in C stalls every "
+                "traced thread until that call returns. Their attempts still fail and free "
+                "their slots; their threads run on until they return. Run the worker without "
+                "the tracer, or on Python 3.12 or later, to interrupt them."
+            )
         for running, cancel, trace, how in expired:
             self._fail(running, cancel, trace, how, now)
         self._interrupted = [(t, at) for t, at in self._interrupted if t.is_alive()]
