@@ -94,7 +94,9 @@ class Worker:
             running=lambda: len(self._running),
             running_ids=lambda: self._running.keys(),
         )
-        self._runner = Runner(self.concurrency, self._report, name=self.name, wake=self._wake)
+        self._runner = Runner(
+            self.concurrency, self._report, name=self.name, wake=self._wake, using=self.using
+        )
         self._writer = Writer(
             self.using,
             self.name,
@@ -118,7 +120,7 @@ class Worker:
             self.using,
             held=lambda: [*self._running.values(), *self._claimer.buffer],
             lost=self._claimer.drop,
-            dead_letter=self._writer.dead_letter,
+            dead_letter=self._writer.endings.dead_letter,
             cancel=self._cancel,
             beat=self._presence.beat,
             schedule=self.scheduler.run if self.scheduler is not None else None,
@@ -331,7 +333,7 @@ class Worker:
         while buffer and len(self._running) - len(self._done) < self.concurrency:
             job = buffer[0]
             if job.name not in registry:  # deployed out of order: quarantine, go on
-                self._writer.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+                self._writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
                 buffer.popleft()
                 continue
             buffer.popleft()

@@ -314,3 +314,20 @@ def timed(tag, seconds=0.0):
         time.sleep(seconds)
     Interval.objects.create(tag=tag, pid=os.getpid(), started=started, ended=timezone.now())
     return tag
+
+
+@job(atomic=True)
+def atomic_record(tag, marker_path="", release_path="", fail=False):
+    """``atomic=True``: insert one execution row, then (with ``marker_path``) mark that the
+    row is written and wait (bounded) for ``release_path`` to exist; ``fail`` raises after
+    the write. Its row commits with its completion or not at all."""
+    Execution.objects.create(tag=tag, pid=os.getpid())
+    if marker_path:
+        Path(marker_path).write_text(str(os.getpid()))
+    if release_path:
+        deadline = time.monotonic() + 60
+        while not Path(release_path).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if fail:
+        raise RuntimeError(f"{tag} failed after its write")
+    return tag
