@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .claiming import PREFETCH_SECONDS
+from .claiming import PREFETCH_SECONDS, default_concurrency
 from .loop import Worker
 from .outcomes import Outcome, backoff, describe
 from .timelimits import EXIT_ABANDONED_THREADS
@@ -21,5 +21,6 @@ __all__ = [
     "Outcome",
     "Worker",
     "backoff",
+    "default_concurrency",
     "describe",
 ]

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
@@ -76,6 +77,8 @@ class Writer:
         self.done: deque[Outcome] = deque()
         #: The last write that failed as a lost connection: its outcomes and its error.
         self._failed_write: tuple[frozenset[int], str] | None = None
+        #: While not None, what to send once the open transaction commits (worker/shortpath).
+        self.defer: list[Callable[[], None]] | None = None
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -283,6 +286,14 @@ class Writer:
             self._after_write([outcome], [])
 
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
+        """Notify the waiters of ``notify`` and send ``job_finished``: now, or (inside the
+        short path's transaction, ``defer``) once it commits."""
+        if self.defer is not None:
+            self.defer.append(partial(self._announce, outcomes, notify))
+        else:
+            self._announce(outcomes, notify)
+
+    def _announce(self, outcomes: list[Outcome], notify: list[str]) -> None:
         if notify:
             hub().job_finished(notify)
         if signals.job_finished.has_listeners():
