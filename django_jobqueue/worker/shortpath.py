@@ -125,13 +125,14 @@ class ShortPath:
             and bool(self.durations.runs)
         )
 
-    def eligible(self, job: ClaimedJob) -> bool:
-        if job.time_limit is not None or job.name not in registry:
+    def eligible(self, name: str) -> bool:
+        """Whether jobs named ``name`` may start in a window (those without a time limit)."""
+        if name not in registry:
             return False
-        definition = registry.get(job.name)
+        definition = registry.get(name)
         if definition.is_async or definition.atomic:
             return False
-        return self.durations.short(job.name, self.bound())
+        return self.durations.short(name, self.bound())
 
     def window(self, now: float) -> bool:
         """One claim pass in one transaction; return True if the claim found nothing."""
@@ -166,9 +167,18 @@ class ShortPath:
         """Start the buffered short jobs as threads free up, until they have all reported
         or ``deadline`` passes; return how many started."""
         started: set[int] = set()
+        names: dict[str, bool] = {}  # eligible(name), once per window
+
+        def short(job: ClaimedJob) -> bool:
+            if job.time_limit is not None:
+                return False
+            if job.name not in names:
+                names[job.name] = self.eligible(job.name)
+            return names[job.name]
+
         while True:
             buffer = self._buffer()
-            for job in [job for job in buffer if self.eligible(job)]:
+            for job in [job for job in buffer if short(job)]:
                 if self._free() <= 0:
                     break
                 buffer.remove(job)
@@ -176,7 +186,7 @@ class ShortPath:
                 self._start(job)
             left = deadline - time.monotonic()
             waiting = started - self._reported()
-            more = any(self.eligible(job) for job in self._buffer())
+            more = any(short(job) for job in self._buffer())
             if left <= 0 or not (waiting or more):
                 return len(started)
             self._sleep(left)

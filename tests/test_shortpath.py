@@ -1,0 +1,86 @@
+"""The short path (PostgreSQL): a batch of short jobs claimed, run and completed in one
+transaction; a "short" job that runs long commits its claim at the window's bound and goes on
+under its lease; SQLite and first runs keep the lease path."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from django_jobqueue.models import Job
+from django_jobqueue.worker import Worker
+from django_jobqueue.worker.shortpath import MIN_RUNS, Durations
+from tests.conftest import requires_postgres, wait_until
+from tests.testapp.jobs import noop, waits_for_file
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_name_is_short_after_min_runs_under_the_bound():
+    durations = Durations()
+    for _ in range(MIN_RUNS - 1):
+        durations.record("a", 0.0001)
+    assert not durations.short("a", 0.002)  # too few runs: its length is not known yet
+    durations.record("a", 0.0001)
+    assert durations.short("a", 0.002)
+    for _ in range(10):
+        durations.record("a", 0.5)  # it became long: back to the lease path
+    assert not durations.short("a", 0.002)
+    assert not durations.short("never-seen", 0.002)
+
+
+def test_sqlite_keeps_the_lease_path(settings):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only")
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "SHORT_JOB_SECONDS": 0.05}
+    noop.enqueue_many([()] * 20)
+    worker = Worker(burst=True, concurrency=2)
+    worker.run()
+    assert worker.processed == 20
+    assert worker._short.windows == 0
+
+
+@requires_postgres
+def test_short_path_off_with_zero(settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "SHORT_JOB_SECONDS": 0}
+    noop.enqueue_many([()] * 20)
+    worker = Worker(burst=True, concurrency=2)
+    worker.run()
+    assert worker.processed == 20
+    assert worker._short.windows == 0
+
+
+@requires_postgres
+def test_a_short_name_that_runs_long_commits_its_claim_at_the_bound(settings, tmp_path):
+    """Inside the window the claim is not committed (the row reads ``queued`` from another
+    connection); at the bound the transaction commits whatever still runs: the row reads
+    ``running`` while the job waits, and it completes later under its lease, once."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "SHORT_JOB_SECONDS": 0.05, "LEASE_SECONDS": 60}
+    there = tmp_path / "there"
+    there.write_text("")
+    worker = Worker(concurrency=2, schedule=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        for index in range(MIN_RUNS + 1):  # one at a time: each run teaches the worker
+            handle = waits_for_file.enqueue(str(there), f"t-{index}")
+            wait_until(lambda h=handle: h.refresh().status == "completed", timeout=20)
+        assert worker._short.jobs >= 1  # the name is short now: its last run had a window
+        before = worker._short.jobs
+        gate = tmp_path / "gate"
+        long = waits_for_file.enqueue(str(gate), "long")
+        wait_until(lambda: Job.objects.get(job_id=long.id).status == "running", timeout=20)
+        wait_until(lambda: worker._short.jobs == before + 1, timeout=5)  # started in a window
+        assert not Execution.objects.filter(tag="long").exists()  # and still runs
+        gate.write_text("")
+        wait_until(lambda: Job.objects.get(job_id=long.id).status == "completed", timeout=20)
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    row = Job.objects.get(job_id=long.id)
+    assert row.attempts == 1
+    assert Execution.objects.filter(tag="long").count() == 1
