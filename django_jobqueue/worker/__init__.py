@@ -1,8 +1,10 @@
 """The worker: claim, run, renew leases, retry with backoff, dead-letter, stop cleanly.
 
-:class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.connection`, :mod:`.claiming`,
-:mod:`.runner` (with :mod:`.timelimits`), :mod:`.writer`, :mod:`.upkeep` and
-:mod:`.shutdown`, over :mod:`.outcomes`.
+:class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.shortpath` (one transaction
+per batch of short jobs, PostgreSQL) and :mod:`.steps` over :mod:`.connection`,
+:mod:`.claiming`, :mod:`.runner` (with :mod:`.timelimits` and :mod:`.atomic`, the
+``@job(atomic=True)`` transaction), :mod:`.writer` (with :mod:`.endings`), :mod:`.upkeep`
+and :mod:`.shutdown`, over :mod:`.outcomes`.
 """
 
 from __future__ import annotations
