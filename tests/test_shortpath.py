@@ -13,7 +13,7 @@ from django_jobqueue.models import Job
 from django_jobqueue.worker import Worker
 from django_jobqueue.worker.shortpath import MIN_RUNS, Durations
 from tests.conftest import requires_postgres, wait_until
-from tests.testapp.jobs import noop, waits_for_file
+from tests.testapp.jobs import cuts_the_window, noop, waits_for_file
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,3 +84,33 @@ def test_a_short_name_that_runs_long_commits_its_claim_at_the_bound(settings, tm
     row = Job.objects.get(job_id=long.id)
     assert row.attempts == 1
     assert Execution.objects.filter(tag="long").count() == 1
+
+
+@requires_postgres
+def test_a_window_that_loses_its_connection_rolls_back_and_drops_its_outcomes(
+    settings, tmp_path, caplog
+):
+    """The armed job cuts the window's connection (idle in its transaction while the job
+    runs): the claim rolls back with it, the job is queued again with its attempt unused and
+    runs again; the outcome of the rolled-back run is dropped, never written on top of the
+    next run's attempt."""
+    settings.JOBQUEUE = {
+        **settings.JOBQUEUE,
+        "PREFETCH": 0,
+        "LEASE_SECONDS": 60,
+        "SHORT_JOB_SECONDS": 0.05,
+    }
+    unarmed = str(tmp_path / "not-armed")
+    for index in range(MIN_RUNS):
+        cuts_the_window.enqueue(unarmed, f"train-{index}")
+    armed = tmp_path / "armed"
+    armed.write_text("")
+    handle = cuts_the_window.enqueue(str(armed), "cut")
+    worker = Worker(burst=True, concurrency=1, schedule=False)
+    with caplog.at_level("INFO", logger="django_jobqueue.worker"):
+        worker.run()
+    assert not armed.exists()  # it fired, in a window
+    row = Job.objects.get(job_id=handle.id)
+    assert (row.status, row.attempts) == ("completed", 1)  # the cut run's claim was undone
+    assert Execution.objects.filter(tag="cut").count() == 2  # run twice: at least once
+    assert "discarded (its claim was rolled back)" in caplog.text

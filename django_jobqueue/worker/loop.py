@@ -20,7 +20,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from functools import partial
 
 from django.db import InterfaceError, OperationalError, router
 
@@ -109,15 +108,11 @@ class Worker:
         )
         self._short = ShortPath(
             self.using,
-            buffer=lambda: self._claimer.buffer,
-            wanted=self._claimer.wanted,
-            claim=self._claimer.claim_wanted,
+            self._claimer,
+            self._writer,
             start=self._start,
             free=lambda: self.concurrency - len(self._running) + len(self._done),
             sleep=self._sleep,
-            reported=lambda: {outcome.job.id for outcome in self._writer.done},
-            flush=self._writer.flush,
-            defer=partial(setattr, self._writer, "defer"),
         )
         # Schedules are checked here: a bad one refuses to start (ImproperlyConfigured).
         self.schedule = schedule
@@ -231,7 +226,7 @@ class Worker:
                     upkeep.heartbeat_if_due(now)
                 else:
                     upkeep.periodic(now)
-                    if self._short.active(claimer.avg_duration):
+                    if self._short.active(now):
                         claimed_nothing = self._short.window(now)  # worker/shortpath.py
                     else:
                         claimed_nothing = claimer.maybe_claim(now)

@@ -32,27 +32,42 @@ What the transaction changes, and why each is sound:
   later job of the same group still sees them (a group keeps its order), and a cancel
   request waits for the commit (milliseconds).
 * Notifications and the ``job_finished`` signal are sent after the commit, never before.
+* A window that fails rolls back: its claims are undone (the jobs are queued again with the
+  same attempt number), so the outcomes of the runs it started are dropped, never written
+  (a write fenced on that attempt could land on the next run's). A lost connection is
+  handled by the loop as always; a write the database refuses (a result it cannot store)
+  suspends the short path for :data:`SUSPEND_SECONDS`, so the usual path, which records
+  such a refusal as the attempt's failure, runs the jobs again. Outcomes of jobs started
+  before the window that were written in it are lost with it: those jobs run again after
+  their lease (at least once).
 
 SQLite keeps the usual path: its one write lock would be held while user code runs.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
 from .. import conf
 from ..base import ClaimedJob
 from ..registry import registry
+from .claiming import Claimer
+from .outcomes import describe
+from .writer import Writer
+
+logger = logging.getLogger("django_jobqueue.worker")
 
 #: Runs of a name before its average may put it on the short path.
 MIN_RUNS = 3
 #: The longest a window keeps its transaction (and the claimed rows' locks) open, in
 #: multiples of ``SHORT_JOB_SECONDS`` (2 ms by default: a 10 ms window).
 WINDOW = 5
+#: How long a window that failed on a write turns the short path off, seconds.
+SUSPEND_SECONDS = 30.0
 
 
 class Durations:
@@ -74,38 +89,28 @@ class Durations:
 class ShortPath:
     """Runs the claim passes of a worker whose recent jobs were short (see the module).
 
-    ``wanted(now)`` is how many jobs to claim (0: no claim now), ``claim(wanted, now)``
-    claims them into ``buffer`` (True: found nothing); ``start(job)`` starts a
-    buffered job; ``sleep(seconds)`` waits for a report; ``reported()`` are the ids whose
-    outcome waits to be written; ``flush()`` writes them; ``defer`` collects the writer's
-    notifications while the transaction is open (``writer.defer``).
+    ``start(job)`` starts a job taken from the claimer's buffer; ``free()`` is how many job
+    threads are free; ``sleep(seconds)`` waits for a job to report (the worker's wake-ups).
     """
 
     def __init__(
         self,
         using: str,
+        claimer: Claimer,
+        writer: Writer,
         *,
-        buffer: Callable[[], Any],
-        wanted: Callable[[float], int],
-        claim: Callable[[int, float], bool],
         start: Callable[[ClaimedJob], None],
         free: Callable[[], int],
         sleep: Callable[[float], None],
-        reported: Callable[[], set[int]],
-        flush: Callable[[], None],
-        defer: Callable[[list[Callable[[], None]] | None], None],
     ) -> None:
         self.using = using
+        self.claimer = claimer
+        self.writer = writer
         self.durations = Durations()
-        self._buffer = buffer
-        self._wanted = wanted
-        self._claim = claim
         self._start = start
         self._free = free
         self._sleep = sleep
-        self._reported = reported
-        self._flush = flush
-        self._defer = defer
+        self.suspended_until = 0.0
         #: Windows committed, and the jobs started in them (for tests and debugging).
         self.windows = 0
         self.jobs = 0
@@ -113,14 +118,16 @@ class ShortPath:
     def bound(self) -> float:
         return float(conf.get("SHORT_JOB_SECONDS"))
 
-    def active(self, recent: float | None) -> bool:
-        """Take the short path now? PostgreSQL, enabled, and the recent jobs (``recent``: the
-        claimer's moving average of all durations) short."""
+    def active(self, now: float) -> bool:
+        """Take the short path now? PostgreSQL, enabled, not suspended, and the recent jobs
+        (the claimer's moving average of all durations) short."""
         bound = self.bound()
+        recent = self.claimer.avg_duration
         return (
             bound > 0
             and recent is not None
             and recent <= bound
+            and now >= self.suspended_until
             and connections[self.using].vendor == "postgresql"
             and bool(self.durations.runs)
         )
@@ -136,32 +143,48 @@ class ShortPath:
 
     def window(self, now: float) -> bool:
         """One claim pass in one transaction; return True if the claim found nothing."""
-        wanted = self._wanted(now)
+        wanted = self.claimer.wanted(now)
         if not wanted:
             return False
         deferred: list[Callable[[], None]] = []
-        claimed: set[int] = set()
-        self._defer(deferred)
+        claimed: list[ClaimedJob] = []
+        self.writer.defer = deferred
         try:
             with transaction.atomic(using=self.using):
-                before = {job.id for job in self._buffer()}
-                nothing = self._claim(wanted, now)
-                claimed = {job.id for job in self._buffer()} - before
+                before = {job.id for job in self.claimer.buffer}
+                nothing = self.claimer.claim_wanted(wanted, now)
+                claimed = [job for job in self.claimer.buffer if job.id not in before]
                 started = self._run(time.monotonic() + WINDOW * self.bound())
-                self._flush()
-        except BaseException:
-            # Rolled back: the claims of this window are undone; forget those buffered.
-            buffer = self._buffer()
-            for job in [job for job in buffer if job.id in claimed]:
-                buffer.remove(job)
-            raise
+                self.writer.flush()
+        except BaseException as exc:
+            self._rolled_back(claimed)
+            if not isinstance(exc, DatabaseError) or isinstance(
+                exc, OperationalError | InterfaceError
+            ):
+                raise  # a lost connection (the loop reconnects), or a bug
+            self.suspended_until = time.monotonic() + SUSPEND_SECONDS
+            logger.warning(
+                "worker: a short-path transaction failed (%s); rolled back, its %d jobs run "
+                "again; the short path is off for %.0fs",
+                describe(exc)[:300],
+                len(claimed),
+                SUSPEND_SECONDS,
+            )
+            return False
         finally:
-            self._defer(None)
+            self.writer.defer = None
         self.windows += 1
         self.jobs += started
         for send in deferred:  # committed: now the waiters may read the rows
             send()
         return nothing
+
+    def _rolled_back(self, claimed: list[ClaimedJob]) -> None:
+        """The window's claims were undone: forget its buffered jobs, void its runs."""
+        ids = {job.id for job in claimed}
+        self.claimer.drop(ids)
+        self.writer.void.update(job.fence for job in claimed)
+        # Outcomes already reported: dropped at the next flush (Writer._drop_void).
 
     def _run(self, deadline: float) -> int:
         """Start the buffered short jobs as threads free up, until they have all reported
@@ -177,7 +200,7 @@ class ShortPath:
             return names[job.name]
 
         while True:
-            buffer = self._buffer()
+            buffer = self.claimer.buffer
             for job in [job for job in buffer if short(job)]:
                 if self._free() <= 0:
                     break
@@ -185,8 +208,8 @@ class ShortPath:
                 started.add(job.id)
                 self._start(job)
             left = deadline - time.monotonic()
-            waiting = started - self._reported()
-            more = any(short(job) for job in self._buffer())
+            waiting = started - {outcome.job.id for outcome in self.writer.done}
+            more = any(short(job) for job in self.claimer.buffer)
             if left <= 0 or not (waiting or more):
                 return len(started)
             self._sleep(left)

@@ -77,8 +77,11 @@ class Writer:
         self.done: deque[Outcome] = deque()
         #: The last write that failed as a lost connection: its outcomes and its error.
         self._failed_write: tuple[frozenset[int], str] | None = None
-        #: While not None, what to send once the open transaction commits (worker/shortpath).
+        #: While not None, what to send once the open transaction commits (worker/shortpath);
+        #: a write error is then raised at once, for the caller to roll back.
         self.defer: list[Callable[[], None]] | None = None
+        #: Runs whose claim was rolled back (worker/shortpath): their outcomes are dropped.
+        self.void: set[tuple[int, int]] = set()
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -95,7 +98,12 @@ class Writer:
         while self.done:
             outcomes.append(self.done.popleft())
         written: list[Outcome] = []
+        if self.void:
+            outcomes = self._drop_void(outcomes, written)
         try:
+            if self.defer is not None:  # in the short path's transaction: it handles errors
+                self._write(outcomes, written)
+                return
             try:
                 self._write(outcomes, written)
                 self._failed_write = None
@@ -116,6 +124,17 @@ class Writer:
             done = {id(o) for o in written}
             self.done.extendleft(reversed([o for o in outcomes if id(o) not in done]))
             self.finished(written)
+
+    def _drop_void(self, outcomes: list[Outcome], written: list[Outcome]) -> list[Outcome]:
+        """Account for the outcomes of runs whose claim was rolled back, without writing
+        them: their job is queued again with the same attempt number, so a write fenced on
+        it could land on the next run's. Return the others."""
+        for outcome in outcomes:
+            if outcome.job.fence in self.void:
+                self.void.discard(outcome.job.fence)
+                written.append(outcome)
+                log(outcome, "discarded (its claim was rolled back)")
+        return [o for o in outcomes if o not in written]
 
     def flush_until_written(self, lost: Callable[[BaseException], None]) -> None:
         """At exit: flush, waiting out lost connections (``lost``), up to 50 tries."""

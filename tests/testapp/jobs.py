@@ -331,3 +331,20 @@ def atomic_record(tag, marker_path="", release_path="", fail=False):
     if fail:
         raise RuntimeError(f"{tag} failed after its write")
     return tag
+
+
+@job
+def cuts_the_window(arm_path, tag):
+    """Record one execution; if ``arm_path`` exists, remove it and first terminate the
+    database sessions idle in a transaction (the worker's short-path window, on
+    PostgreSQL), as a network cut or a server restart would."""
+    from django.db import connection
+
+    if Path(arm_path).exists():
+        Path(arm_path).unlink()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+            )
+    Execution.objects.create(tag=tag, pid=os.getpid())
