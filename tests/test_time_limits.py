@@ -242,7 +242,7 @@ def test_a_time_limit_adds_no_statement_per_job(settings):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from tests.test_worker import STATEMENTS, TRANSACTION_CONTROL
+    from tests.test_hot_path import STATEMENTS, TRANSACTION_CONTROL
 
     if connection.vendor not in STATEMENTS:
         pytest.skip(f"no statement counts for {connection.vendor}")
