@@ -254,7 +254,7 @@ class Worker:
     def _enforce_time_limits(self, now: float) -> None:
         """Fail the attempts past their time limit; past too many abandoned threads, stop
         claiming, drain, and exit with a code that asks for a fresh process."""
-        if abandoned_too_many(self._runner, self.name, now) and not self.exit_code:
+        if abandoned_too_many(self._runner, self.name, now, exiting=bool(self.exit_code)):
             self.exit_code = EXIT_ABANDONED_THREADS
             self.stop()
 

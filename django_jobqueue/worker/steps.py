@@ -58,12 +58,12 @@ def burst_is_over(
     return False
 
 
-def abandoned_too_many(runner: Runner, name: str, now: float) -> bool:
-    """Fail the attempts past their time limit; True (logged) with more than
-    ``concurrency`` abandoned threads (interrupted, still alive): the worker should stop
-    claiming, drain, and exit with :data:`EXIT_ABANDONED_THREADS`."""
+def abandoned_too_many(runner: Runner, name: str, now: float, *, exiting: bool) -> bool:
+    """Fail the attempts past their time limit; True (logged once: not when ``exiting``)
+    with more than ``concurrency`` abandoned threads (interrupted, still alive): the worker
+    should stop claiming, drain, and exit with :data:`EXIT_ABANDONED_THREADS`."""
     abandoned = runner.limits.expire(now)
-    if abandoned <= runner.concurrency:
+    if abandoned <= runner.concurrency or exiting:
         return False
     logger.error(
         "worker name=%s: %d threads of jobs past their time limit are still running "
