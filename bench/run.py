@@ -540,20 +540,14 @@ class Bench:
     # -- workers -------------------------------------------------------------------------
 
     def spawn(
-        self, *extra: str, burst: bool = False, concurrency: int = 2
+        self, *extra: str, burst: bool = False, concurrency: int | None = 2
     ) -> subprocess.Popen[bytes]:
+        """A ``runjobworker`` process; ``concurrency`` None: the command's default."""
         self._spawned += 1
-        cmd = [
-            sys.executable,
-            "-m",
-            "django",
-            "runjobworker",
-            "-v",
-            "0",
-            "--concurrency",
-            str(concurrency),
-            *extra,
-        ]
+        cmd = [sys.executable, "-m", "django", "runjobworker", "-v", "0"]
+        if concurrency is not None:
+            cmd += ["--concurrency", str(concurrency)]
+        cmd += extra
         if burst:
             cmd.append("--burst")
         env = worker_env()
@@ -592,7 +586,7 @@ class Bench:
 
     @contextlib.contextmanager
     def workers(
-        self, n: int, *extra: str, burst: bool = False, concurrency: int = 2
+        self, n: int, *extra: str, burst: bool = False, concurrency: int | None = 2
     ) -> Iterator[list[subprocess.Popen[bytes]]]:
         procs = [self.spawn(*extra, burst=burst, concurrency=concurrency) for _ in range(n)]
         try:
@@ -737,7 +731,7 @@ def drain(
     *,
     fresh: bool = False,
     bound: float = 90,
-    concurrency: int = 2,
+    concurrency: int | None = 2,
 ) -> str:
     """Bulk-enqueue ``n`` no-op jobs, then time ``nworkers`` burst workers draining them.
 
@@ -791,6 +785,8 @@ def drain(
 
 def scenario_drain(b: Bench) -> None:
     n = b.size("drain")
+    # What a user who follows the quickstart gets: `runjobworker` with no options.
+    drain(b, n, 2, "drain, 2 workers, defaults", concurrency=None)
     drain(b, n, 1, "drain, 1 worker x 2 threads")
     drain(b, n, 2, "drain, 2 workers x 2 threads")
     # The worker claims and completes about `concurrency` jobs per statement: more threads,
@@ -807,7 +803,8 @@ def scenario_drain(b: Bench) -> None:
         f"drain: {n:,} no-op jobs bulk-enqueued (then ANALYZE), then `runjobworker --burst "
         "--concurrency 2 -v 0` subprocesses; 'from spawn' counts from starting the processes "
         "to the last completion seen (polling COUNT every 50 ms), 'DB window' from the first "
-        "job's started_at to the last finished_at. 'x 16 threads': `--concurrency 16`, "
+        "job's started_at to the last finished_at. 'defaults': `runjobworker --burst -v 0` "
+        "with no --concurrency (the command's default). 'x 16 threads': `--concurrency 16`, "
         "because a worker claims and completes about `concurrency` jobs per statement. "
         "'fresh table': the same on a job table "
         "just created (migrate django_jobqueue zero, migrate) and never ANALYZEd, autovacuum "

@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_TIMEOUT": 0.5,  # bound on every channel-layer call, seconds
     "PREFETCH": 32,  # jobs a busy worker claims ahead of its free slots
     "WORKER_SYNCHRONOUS_COMMIT": False,  # PostgreSQL: wait for the disk on worker writes
+    # PostgreSQL: names whose runs average at most this many seconds are claimed, run and
+    # completed in one transaction (worker/shortpath.py); 0 turns that off.
+    "SHORT_JOB_SECONDS": 0.002,
     # The worker's controls (docs/guide/controls.md).
     "TIME_LIMIT": None,  # seconds an attempt may run; None: no limit
     "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
@@ -69,6 +72,7 @@ BOUNDS: dict[str, tuple[bool, float, float]] = {
     "RETRY_BACKOFF_MAX": (False, 0, 7 * DAY),
     "NOTIFY_TIMEOUT": (False, 0.001, 60),
     "PREFETCH": (True, 0, 10_000),
+    "SHORT_JOB_SECONDS": (False, 0, 0.05),  # a window lasts at most 5 times this
     "MAX_DEPTH": (True, 1, 200),  # far below Python's recursion limit (1,000)
     "MAX_ARGS_BYTES": (True, 1024, 128 * 2**20),  # PostgreSQL's jsonb holds at most 255 MB
     "MAX_RESULT_BYTES": (True, 1024, 128 * 2**20),

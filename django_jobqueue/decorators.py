@@ -69,6 +69,9 @@ class JobFunction(Generic[P, R]):
     #: Whether its rows log each failed attempt (``Job.attempt_log``): a task's do (its
     #: ``TaskResult.errors``), an ``@job``'s keep NULL.
     keeps_attempt_log: ClassVar[bool] = False
+    #: Run each attempt inside a transaction on the job's database that also records its
+    #: completion, fenced by the attempt (see ``@job(atomic=True)``).
+    atomic: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -295,6 +298,18 @@ def _check_retry_on(value: Any) -> tuple[type[BaseException], ...] | None:
     return classes
 
 
+def _check_atomic(function: Callable[..., Any], name: str, atomic: Any) -> bool:
+    if not isinstance(atomic, bool):
+        raise InvalidJobError(f"@job(atomic=...) of {name} takes True or False, not {atomic!r}.")
+    if atomic and inspect.iscoroutinefunction(function):
+        raise InvalidJobError(
+            f"@job(atomic=True) of {name}: an async def job cannot run inside the worker's "
+            "transaction (its ORM calls run on another thread, outside it). Make it a plain "
+            "def, or drop atomic=True and use transaction.atomic in a sync_to_async helper."
+        )
+    return atomic
+
+
 def _check_schedule(
     function: Callable[..., Any], name: str, schedule: Any, takes_context: bool
 ) -> str | None:
@@ -347,6 +362,7 @@ def job(
     time_limit: float | _Unset | None = ...,
     limit: str | None = ...,
     schedule: str | None = ...,
+    atomic: bool = ...,
 ) -> Callable[[Callable[Concatenate[JobContext, P], R]], JobFunction[P, R]]: ...
 
 
@@ -363,6 +379,7 @@ def job(
     time_limit: float | _Unset | None = ...,
     limit: str | None = ...,
     schedule: str | None = ...,
+    atomic: bool = ...,
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -380,6 +397,7 @@ def job(
     time_limit: float | _Unset | None = UNSET,
     limit: str | None = None,
     schedule: str | None = None,
+    atomic: bool = False,
 ) -> Any:
     """Register a module-level function (sync or ``async def``) as a job.
 
@@ -397,6 +415,11 @@ def job(
     * ``schedule``: a cron expression (croniter syntax, in ``settings.TIME_ZONE``): running
       workers enqueue the job, with no arguments, once per tick (a schedule named after the
       job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).
+    * ``atomic=True``: on a worker, each attempt runs inside a transaction on the job's
+      database (the ``Job`` model's, by the routers) that also records its completion,
+      fenced by the attempt: a worker killed mid-job leaves none of its writes, a run that
+      lost its lease rolls them back, and a failed attempt rolls them back before its
+      failure is recorded. Sync functions only.
     """
 
     def decorate(function: Callable[..., Any]) -> JobFunction[Any, Any]:
@@ -431,6 +454,7 @@ def job(
             takes_context=_check_takes_context(function, takes_context),
             retry_on=_check_retry_on(retry_on),
             schedule=_check_schedule(function, job_name, schedule, takes_context),
+            atomic=_check_atomic(function, job_name, atomic),
         )
         registry.register(definition)
         return definition

@@ -45,6 +45,9 @@ class RegisteredJob(Protocol):
     @property
     def is_async(self) -> bool: ...
 
+    @property
+    def atomic(self) -> bool: ...
+
     def retries(self, exc: BaseException) -> bool:
         """Whether an attempt that raised ``exc`` may be retried."""
         ...

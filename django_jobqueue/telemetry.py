@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - the otel extra is not installed
     propagate = trace = None  # type: ignore[assignment]
 
 #: The ``outcome`` label of ``jobqueue_jobs_finished_total``, by the first word of the
-#: worker's log line for the attempt (see :meth:`worker.writer.Writer.log`).
+#: worker's log line for the attempt (see :func:`worker.endings.log`).
 FINISHED_OUTCOMES = {"completed": "completed", "dead-lettered": "failed", "cancelled": "cancelled"}
 
 #: Buckets of the run time histogram, in seconds: from a no-op job to a long report.

@@ -38,7 +38,7 @@ def test_help_lists_every_option_with_defaults():
     text = _help()
     for option in ("--queue", "--concurrency", "--burst", "--name"):
         assert option in text
-    assert "(default: 1)" in text
+    assert "(default: 4 per CPU, at least 4 and at most 32)" in " ".join(text.split())
     assert "SIGTERM" in text
 
 
@@ -199,3 +199,14 @@ def test_concurrency_beyond_max_connections_is_warned_about(caplog):
     if allowed + 1 > 512:
         pytest.skip("max_connections is above --concurrency's maximum")
     assert "too many clients" in caplog.text and f"allows {allowed}" in caplog.text
+
+
+def test_the_default_concurrency_is_sized_to_the_cpus(monkeypatch):
+    from django_jobqueue.worker import default_concurrency
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)))
+    assert default_concurrency() == 8
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert default_concurrency() == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert default_concurrency() == 32

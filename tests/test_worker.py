@@ -19,7 +19,7 @@ from django.utils import timezone
 from model_bakery import baker
 
 from django_jobqueue import get_job
-from django_jobqueue.models import DeadLetter, Job, JobResult, WorkerHeartbeat
+from django_jobqueue.models import DeadLetter, Job, JobResult
 from django_jobqueue.worker import Outcome, Worker, backoff
 from tests.conftest import requires_postgres, wait_until
 from tests.testapp.jobs import (
@@ -235,87 +235,6 @@ def test_release_hands_back_prefetched_jobs_without_using_an_attempt():
     assert Job.objects.release([(claimed.id, claimed.attempts)]) == 1
     row = Job.objects.get(job_id=handle.id)
     assert (row.status, row.attempts, row.lease_expires_at) == ("queued", 0, None)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_queries_per_job_stay_bounded(settings):
-    """Claim + completion cost at most two statements per job (fewer when batched)."""
-    count = 50
-    noop.enqueue_many([()] * count)
-    worker = Worker(burst=True, concurrency=2)
-    with CaptureQueriesContext(connection) as queries:
-        worker.run()
-    assert worker.processed == count
-    # Transaction control, and the once-per-connection setup (synchronous_commit, ANALYZE
-    # of a never-analyzed table) are not per job.
-    control = (
-        "BEGIN",
-        "COMMIT",
-        "ROLLBACK",
-        "SAVEPOINT",
-        "RELEASE",
-        "SET ",
-        "SELECT reltuples",
-        "ANALYZE",
-    )
-    # The worker's heartbeat row is upkeep on its timer (counted exactly in the test below).
-    heartbeats = connection.ops.quote_name(WorkerHeartbeat._meta.db_table)
-    statements = [
-        q["sql"]
-        for q in queries.captured_queries
-        if not q["sql"].startswith(control) and heartbeats not in q["sql"]
-    ]
-    per_job = [s for s in statements if "RETURNING" in s]
-    assert len(per_job) <= 2 * count, statements
-    # Beyond claims and completions: at most a lease renewal, a reap and a prune query,
-    # plus the final empty claim.
-    assert len(statements) - len(per_job) <= 4, statements
-
-
-#: Statements of the hot path per vendor, for one job that returns None (a completion
-#: without a result row) and one that returns a value, and once per burst run (the final,
-#: empty claim; the first prune; the look for retries backing off). SQLite claims in
-#: ``BEGIN IMMEDIATE`` ... ``COMMIT`` and stores a result in a second statement of one
-#: transaction; PostgreSQL claims, and completes with a result, in one statement each.
-STATEMENTS = {
-    "sqlite": {"no result": 3 + 1, "result": 3 + 4, "per run": 3 + 1 + 1},
-    "postgresql": {"no result": 1 + 1, "result": 1 + 1, "per run": 1 + 1 + 1},
-}
-
-
-@pytest.mark.django_db(transaction=True)
-def test_statements_per_job_are_pinned_per_vendor(settings):
-    """A new statement on the hot path changes these numbers: one claim and one completion
-    per job (PREFETCH 0 and one slot keep claims and completions unbatched, so the count
-    does not depend on timing)."""
-    if connection.vendor not in STATEMENTS:
-        pytest.skip(f"no statement counts for {connection.vendor}")
-    settings.JOBQUEUE = {**settings.JOBQUEUE, "PREFETCH": 0, "LEASE_SECONDS": 60}
-    count = 20
-    noop.enqueue_many([()] * count)
-    add.enqueue_many([(1, 2)] * count)
-    worker = Worker(burst=True, concurrency=1)
-    with CaptureQueriesContext(connection) as queries:
-        worker.run()
-    assert worker.processed == 2 * count
-    setup = ("SET synchronous_commit", "SELECT reltuples", "ANALYZE")  # once per connection
-    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(setup)]
-    table = connection.ops.quote_name(Job._meta.db_table)
-    # Upkeep on timers: the reap on the first pass (again after 5s of a slow run), a lease
-    # renewal only after HEARTBEAT_INTERVAL (20s here).
-    reap = f"ORDER BY {table}.{connection.ops.quote_name('lease_expires_at')}"
-    reaps = [s for s in statements if reap in s]
-    renewals = [s for s in statements if s.startswith(f"UPDATE {table} SET lease_expires_at")]
-    assert reaps, statements
-    # The heartbeat row: written on the first pass, deleted at exit, never per job.
-    heartbeats = connection.ops.quote_name(WorkerHeartbeat._meta.db_table)
-    rows = [s for s in statements if heartbeats in s]
-    assert [s.split()[0] for s in rows] == ["INSERT", "DELETE"], rows
-    hot = [s for s in statements if s not in reaps and s not in renewals and s not in rows]
-    expected = STATEMENTS[connection.vendor]
-    assert len(hot) == count * (expected["no result"] + expected["result"]) + expected["per run"], (
-        "\n".join(hot)
-    )
 
 
 # -- results the database refuses, a locked database, a lost connection -----------------------

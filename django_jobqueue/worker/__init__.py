@@ -1,13 +1,15 @@
 """The worker: claim, run, renew leases, retry with backoff, dead-letter, stop cleanly.
 
-:class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.connection`, :mod:`.claiming`,
-:mod:`.runner` (with :mod:`.timelimits`), :mod:`.writer`, :mod:`.upkeep` and
-:mod:`.shutdown`, over :mod:`.outcomes`.
+:class:`Worker` (in :mod:`.loop`) composes the pieces: :mod:`.shortpath` (one transaction
+per batch of short jobs, PostgreSQL) and :mod:`.steps` over :mod:`.connection`,
+:mod:`.claiming`, :mod:`.runner` (with :mod:`.timelimits` and :mod:`.atomic`, the
+``@job(atomic=True)`` transaction), :mod:`.writer` (with :mod:`.endings`), :mod:`.upkeep`
+and :mod:`.shutdown`, over :mod:`.outcomes`.
 """
 
 from __future__ import annotations
 
-from .claiming import PREFETCH_SECONDS
+from .claiming import PREFETCH_SECONDS, default_concurrency
 from .loop import Worker
 from .outcomes import Outcome, backoff, describe
 from .timelimits import EXIT_ABANDONED_THREADS
@@ -21,5 +23,6 @@ __all__ = [
     "Outcome",
     "Worker",
     "backoff",
+    "default_concurrency",
     "describe",
 ]

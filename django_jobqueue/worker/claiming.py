@@ -4,6 +4,7 @@ from which queues, and handing back what a worker will not run."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -26,6 +27,23 @@ PREFETCH_SECONDS = 0.05
 KEY_BATCH = 50
 #: With no ``LIMITS`` configured, how often to look for jobs whose key lost its entry.
 STRANDED_EVERY = 30.0
+
+
+def default_concurrency() -> int:
+    """Job threads per worker when none is given: 4 per CPU this process may use, at least
+    4 and at most 32 (8 on a 2-core machine).
+
+    Jobs mostly wait (on the database, on HTTP): threads are cheap and a thread waiting on
+    I/O leaves its CPU to the others. Four per core keeps a core busy with jobs that wait
+    three quarters of their time; 32 bounds the database connections one worker may hold
+    (``runjobworker`` warns when ``max_connections`` is short). Measured figures:
+    ``docs/guide/performance.md``.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(4, min(32, 4 * cpus))
 
 
 class Claimer:
@@ -95,6 +113,11 @@ class Claimer:
         prefetch. Claims refill the buffer in batches (one statement for many short jobs),
         but only once it has drained to half the prefetch, so batches stay large.
         """
+        wanted = self.wanted(now)
+        return self.claim_wanted(wanted, now) if wanted else False
+
+    def wanted(self, now: float) -> int:
+        """How many jobs a claim would take now (0: no room, or no reason to claim)."""
         self.sync_limits(now)
         prefetch = self.prefetch()
         held = self.running() + len(self.buffer)
@@ -102,9 +125,13 @@ class Claimer:
         if wanted <= 0 or (held >= self.concurrency and wanted < max(1, prefetch // 2)):
             # Full: no poll is due until a slot frees (a finished job wakes the loop).
             self.next_poll = max(self.next_poll, now + float(conf.get("POLL_INTERVAL")))
-            return False
+            return 0
         if not (self.work_hint or self.more_work or now >= self.next_poll):
-            return False
+            return 0
+        return wanted
+
+    def claim_wanted(self, wanted: int, now: float) -> bool:
+        """Claim ``wanted`` jobs (see :meth:`wanted`); return True if the claim found none."""
         self.work_hint = False
         self.next_poll = now + float(conf.get("POLL_INTERVAL"))
         claimed = self.claim(wanted)

@@ -29,6 +29,7 @@ from ..models import Job
 from ..querysets import JobQuerySet
 from ..registry import registry
 from ..waiting import in_user_atomic
+from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded
 from .writer import Writer
 
@@ -52,7 +53,7 @@ def execute(job: ClaimedJob, writer: Writer) -> Outcome | None:
     """Run the claimed ``job`` here and write its outcome; None if its name is unknown (it
     is dead-lettered, as a worker does)."""
     if job.name not in registry:
-        writer.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+        writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
         return None
     definition = registry.get(job.name)
     if signals.job_started.has_listeners():
@@ -73,10 +74,11 @@ def execute(job: ClaimedJob, writer: Writer) -> Outcome | None:
     started = time.monotonic()
     try:
         if definition.is_async:
-            result = async_to_sync(definition.func)(*args, **job.kwargs)
+            outcome = succeeded(job, async_to_sync(definition.func)(*args, **job.kwargs), started)
+        elif definition.atomic:  # its writes and completion in one transaction, as on a worker
+            outcome = run_atomic(writer.using, job, lambda: definition.func(*args, **job.kwargs))
         else:
-            result = definition.func(*args, **job.kwargs)
-        outcome = succeeded(job, result, started)
+            outcome = succeeded(job, definition.func(*args, **job.kwargs), started)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the job's failure is its outcome, as on a worker

@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Iterable
 
 from django.db import InterfaceError, OperationalError, router
-from django.utils import timezone
 
 from .. import conf, periodic
 from ..base import ClaimedJob
@@ -35,7 +34,9 @@ from .connection import Connection
 from .outcomes import Outcome, describe
 from .presence import Presence
 from .runner import Runner
+from .shortpath import ShortPath
 from .shutdown import StopSignals
+from .steps import abandoned_too_many, burst_is_over, cancel_held, write_progress
 from .timelimits import EXIT_ABANDONED_THREADS
 from .upkeep import Upkeep
 from .writer import Writer
@@ -44,7 +45,8 @@ logger = logging.getLogger("django_jobqueue.worker")
 
 
 class Worker:
-    """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time.
+    """Run jobs from ``queues`` (``None``: every queue) with ``concurrency`` at a time
+    (``runjobworker`` passes :func:`~.claiming.default_concurrency` unless told).
 
     ``schedule``: take part in enqueueing periodic jobs (``runjobworker --no-schedule``
     passes False); a schedule that cannot work raises ``ImproperlyConfigured`` here.
@@ -94,13 +96,23 @@ class Worker:
             running=lambda: len(self._running),
             running_ids=lambda: self._running.keys(),
         )
-        self._runner = Runner(self.concurrency, self._report, name=self.name, wake=self._wake)
+        self._runner = Runner(
+            self.concurrency, self._report, name=self.name, wake=self._wake, using=self.using
+        )
         self._writer = Writer(
             self.using,
             self.name,
             finished=self._finished,
             forget=self._forget,
             between=lambda: self._upkeep.heartbeat_if_due(time.monotonic()),
+        )
+        self._short = ShortPath(
+            self.using,
+            self._claimer,
+            self._writer,
+            start=self._start,
+            free=lambda: self.concurrency - len(self._running) + len(self._done),
+            sleep=self._sleep,
         )
         # Schedules are checked here: a bad one refuses to start (ImproperlyConfigured).
         self.schedule = schedule
@@ -118,7 +130,7 @@ class Worker:
             self.using,
             held=lambda: [*self._running.values(), *self._claimer.buffer],
             lost=self._claimer.drop,
-            dead_letter=self._writer.dead_letter,
+            dead_letter=self._writer.endings.dead_letter,
             cancel=self._cancel,
             beat=self._presence.beat,
             schedule=self.scheduler.run if self.scheduler is not None else None,
@@ -169,24 +181,13 @@ class Worker:
         self._stopping = True
         self._wake()
 
-    # -- the pieces' state, by the names the loop has always used ---------------------------
-
-    @property
-    def _buffer(self) -> deque[ClaimedJob]:
-        return self._claimer.buffer
-
     @property
     def _done(self) -> deque[Outcome]:
+        """The outcomes reported and not yet written (the writer's)."""
         return self._writer.done
-
-    def _claim(self, wanted: int) -> int:
-        return self._claimer.claim(wanted)
 
     def _flush(self) -> None:
         self._writer.flush()
-
-    def _prune(self) -> None:
-        self._upkeep.prune()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -216,7 +217,7 @@ class Worker:
                 connection.prepare()
                 if not self._stopping:
                     self._start_buffered()  # refill finished slots before the writes
-                self._write_progress(now)
+                write_progress(self._runner, self.using, now)
                 self._writer.flush()
                 if self._stopping:
                     claimer.release_all()
@@ -225,7 +226,10 @@ class Worker:
                     upkeep.heartbeat_if_due(now)
                 else:
                     upkeep.periodic(now)
-                    claimed_nothing = claimer.maybe_claim(now)
+                    if self._short.active(now):
+                        claimed_nothing = self._short.window(now)  # worker/shortpath.py
+                    else:
+                        claimed_nothing = claimer.maybe_claim(now)
                     self._start_buffered()
                     if claimed_nothing and self._burst_is_over():
                         return
@@ -248,44 +252,17 @@ class Worker:
             self._sleep(self._sleep_for())
 
     def _enforce_time_limits(self, now: float) -> None:
-        """Fail the attempts past their time limit; with more than ``concurrency`` abandoned
-        threads (interrupted, still alive), stop claiming, drain, and exit with a code that
-        asks the supervisor for a fresh process."""
-        abandoned = self._runner.limits.expire(now)
-        if abandoned > self.concurrency and not self.exit_code:
-            logger.error(
-                "worker name=%s: %d threads of jobs past their time limit are still running "
-                "(more than concurrency=%d): claiming no more jobs, finishing the running "
-                "ones, then exiting with code %d for the process supervisor to restart it",
-                self.name,
-                abandoned,
-                self.concurrency,
-                EXIT_ABANDONED_THREADS,
-            )
+        """Fail the attempts past their time limit; past too many abandoned threads, stop
+        claiming, drain, and exit with a code that asks for a fresh process."""
+        if abandoned_too_many(self._runner, self.name, now, exiting=bool(self.exit_code)):
             self.exit_code = EXIT_ABANDONED_THREADS
             self.stop()
 
     def _burst_is_over(self) -> bool:
-        """In burst mode, after a claim found nothing: True if nothing is left to do.
-
-        Jobs of the worker's queues waiting out a retry's backoff keep it alive (a burst run
-        finishes the work it started); it claims each as soon as it falls due. Jobs delayed
-        by ``run_after`` at enqueue do not.
-        """
-        if not self.burst or self._running or self._buffer or self._done:
+        """In burst mode, after a claim found nothing: True if nothing is left to do."""
+        if not self.burst or self._running or self._claimer.buffer or self._done:
             return False
-        if not self.wait_for_retries:
-            return True
-        # Retries the claim could not take because they were not yet due (one that fell due
-        # since then is claimed on the very next pass).
-        claimed_at = self._claimer.claimed_at or timezone.now()
-        due = Job.objects.using(self.using).next_retry(self.queues, claimed_at)
-        if due is None:
-            return True
-        wait = max(0.0, (due - timezone.now()).total_seconds())
-        logger.debug("worker name=%s burst: waiting %.2fs for a retry", self.name, wait)
-        self._claimer.next_poll = min(self._claimer.next_poll, time.monotonic() + wait)
-        return False
+        return burst_is_over(self._claimer, self.using, self.queues, self.wait_for_retries)
 
     def _sleep_for(self) -> float:
         now = time.monotonic()
@@ -331,42 +308,21 @@ class Worker:
         while buffer and len(self._running) - len(self._done) < self.concurrency:
             job = buffer[0]
             if job.name not in registry:  # deployed out of order: quarantine, go on
-                self._writer.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+                self._writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
                 buffer.popleft()
                 continue
             buffer.popleft()
-            self._running[job.id] = job
-            self._runner.start(job)
+            self._start(job)
+
+    def _start(self, job: ClaimedJob) -> None:
+        self._running[job.id] = job
+        self._runner.start(job)
 
     def _cancel(self, ids: set[int]) -> None:
         """Held jobs ``ids`` were asked to stop: tell the running ones; a buffered one never
         starts and ends ``cancelled``."""
-        for pk in self._runner.cancel(ids):
-            job = self._running.get(pk)
-            if job is not None:
-                logger.info(
-                    "job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name
-                )
-        buffered = [job for job in self._claimer.buffer if job.id in ids]
-        if buffered:
-            self._claimer.drop(job.id for job in buffered)
-            for job in buffered:
-                self._running[job.id] = job
-                self._done.append(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
-
-    def _write_progress(self, now: float) -> None:
-        """Write the progress the running jobs reported, each at most every
-        ``PROGRESS_INTERVAL`` seconds (nothing at all for jobs that report none)."""
-        taken = self._runner.take_progress(now, float(conf.get("PROGRESS_INTERVAL")))
-        if not taken:
-            return
-        try:
-            Job.objects.using(self.using).set_progress([(job.fence, value) for job, value in taken])
-        except BaseException:
-            self._runner.put_back_progress([job.id for job, _ in taken])
-            raise
-        # Written: its watchers (WebSocket pages) and waiters read it now (throttled per job).
-        hub().job_progress([job.job_id for job, _ in taken])
+        for job in cancel_held(ids, self._runner, self._claimer, self._running):
+            self._done.append(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
 
     def _report(self, outcome: Outcome) -> None:
         """From a job's thread: ``outcome`` is ready to be written."""
@@ -379,6 +335,7 @@ class Worker:
             if outcome.job.group is not None:
                 self._claimer.work_hint = True  # the group's next job may be ready now
             self._claimer.record_duration(outcome.duration)
+            self._short.durations.record(outcome.job.name, outcome.duration)
         self.processed += len(written)
 
     def _forget(self, job_id: int) -> None:

@@ -38,6 +38,10 @@ class Outcome:
     size: int = 0
     #: The raised exception's class as ``module.QualName`` (a task's ``TaskError``).
     exception_path: str = ""
+    #: Its completion was committed with the job's own writes (``@job(atomic=True)``, or the
+    #: short-job path): the writer only logs it and notifies (``notify``: someone waits).
+    committed: bool = False
+    notify: bool = False
 
 
 def backoff(attempt: int) -> float:

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, router
 
 from .. import signals, telemetry
 from ..base import ClaimedJob
@@ -26,6 +26,7 @@ from ..exceptions import Retry
 from ..models import Job
 from ..notifications import run_loop
 from ..registry import RegisteredJob, registry
+from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded
 from .timelimits import TimeLimits
 
@@ -61,8 +62,11 @@ class Runner:
         *,
         name: str = "",
         wake: Callable[[], None] | None = None,
+        using: str | None = None,
     ) -> None:
         self.concurrency = concurrency
+        #: The job's database: where ``@job(atomic=True)`` runs its transaction.
+        self.using = using or router.db_for_write(Job)
         self.report = report
         #: The worker's name, for ``JobContext.worker``.
         self.name = name
@@ -122,7 +126,10 @@ class Runner:
         if running.job.time_limit is not None and not self.limits.settle(running):
             return  # its time limit passed first: that failure was reported, this is late
         self.running.pop(running.job.id, None)
-        outcome.cancelled = running.cancelled.is_set()
+        # A completion committed with the job's writes stands; else a cancel request wins.
+        outcome.cancelled = not outcome.committed and (
+            outcome.cancelled or running.cancelled.is_set()
+        )
         if running.progress_pending:
             outcome.progress = running.progress  # the last value lands before the outcome
         self.report(outcome)
@@ -230,8 +237,11 @@ class Runner:
         try:
             if running.cancelled.is_set():  # asked to stop before it started
                 raise asyncio.CancelledError
-            result = telemetry.run(job, running.definition.func, self._arguments(running))
-            outcome = succeeded(job, result, started)
+            call = partial(telemetry.run, job, running.definition.func, self._arguments(running))
+            if running.definition.atomic:
+                outcome = run_atomic(self.using, job, call)  # worker/atomic.py
+            else:
+                outcome = succeeded(job, call(), started)
         except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
             outcome = self._failed(running, started, exc)
         finally:

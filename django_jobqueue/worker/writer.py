@@ -12,15 +12,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
-from .. import signals, telemetry
-from ..base import ClaimedJob, Status
-from ..models import DeadLetter, Job
+from .. import signals
+from ..base import Status
+from ..models import Job
 from ..notifications import hub
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
+from .endings import Endings, log
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -70,9 +72,16 @@ class Writer:
         self.forget = forget
         #: Called between two statements of a large write (the worker renews its leases).
         self.between = between
+        #: Cancels and dead letters, one run at a time (also used by the worker's upkeep).
+        self.endings = Endings(using, name, forget)
         self.done: deque[Outcome] = deque()
         #: The last write that failed as a lost connection: its outcomes and its error.
         self._failed_write: tuple[frozenset[int], str] | None = None
+        #: While not None, what to send once the open transaction commits (worker/shortpath);
+        #: a write error is then raised at once, for the caller to roll back.
+        self.defer: list[Callable[[], None]] | None = None
+        #: Runs whose claim was rolled back (worker/shortpath): their outcomes are dropped.
+        self.void: set[tuple[int, int]] = set()
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -89,7 +98,12 @@ class Writer:
         while self.done:
             outcomes.append(self.done.popleft())
         written: list[Outcome] = []
+        if self.void:
+            outcomes = self._drop_void(outcomes, written)
         try:
+            if self.defer is not None:  # in the short path's transaction: it handles errors
+                self._write(outcomes, written)
+                return
             try:
                 self._write(outcomes, written)
                 self._failed_write = None
@@ -110,6 +124,17 @@ class Writer:
             done = {id(o) for o in written}
             self.done.extendleft(reversed([o for o in outcomes if id(o) not in done]))
             self.finished(written)
+
+    def _drop_void(self, outcomes: list[Outcome], written: list[Outcome]) -> list[Outcome]:
+        """Account for the outcomes of runs whose claim was rolled back, without writing
+        them: their job is queued again with the same attempt number, so a write fenced on
+        it could land on the next run's. Return the others."""
+        for outcome in outcomes:
+            if outcome.job.fence in self.void:
+                self.void.discard(outcome.job.fence)
+                written.append(outcome)
+                log(outcome, "discarded (its claim was rolled back)")
+        return [o for o in outcomes if o not in written]
 
     def flush_until_written(self, lost: Callable[[BaseException], None]) -> None:
         """At exit: flush, waiting out lost connections (``lost``), up to 50 tries."""
@@ -196,6 +221,7 @@ class Writer:
         """
         now = timezone.now()
         jobs = self._jobs()
+        outcomes = self._committed(outcomes, written)
         progress = [(o.job.fence, o.progress) for o in outcomes if o.progress is not None]
         if progress:
             jobs.set_progress(progress)
@@ -219,22 +245,41 @@ class Writer:
             for o in done:
                 if o.job.id in mine.cancelled:
                     o.cancelled = True
-                    self.log(o, "cancelled")
+                    log(o, "cancelled")
                 else:
-                    self.log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
+                    log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
             self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
             self.between()  # a long write must not outlast the leases it holds
+        self._write_failures(outcomes, written, now)
+
+    def _committed(self, outcomes: list[Outcome], written: list[Outcome]) -> list[Outcome]:
+        """Account for the outcomes whose completion committed with the job's own writes
+        (``@job(atomic=True)``): logged and notified, nothing to write; return the others."""
+        for outcome in outcomes:
+            if outcome.committed:
+                written.append(outcome)
+                log(outcome, "completed")
+                self._after_write([outcome], [outcome.job.job_id] if outcome.notify else [])
+        return [o for o in outcomes if not o.committed]
+
+    def _write_failures(
+        self, outcomes: list[Outcome], written: list[Outcome], now: datetime
+    ) -> None:
+        """Write the cancels, retries and dead letters among ``outcomes``, one at a time."""
+        jobs = self._jobs()
         for outcome in outcomes:
             if outcome.ok and not outcome.cancelled:
                 continue
             job = outcome.job
             if outcome.cancelled:
-                notify = self.cancelled(job, outcome=outcome)
+                notify = self.endings.cancelled(job, outcome=outcome)
                 written.append(outcome)
                 self._after_write([outcome], [job.job_id] if notify else [])
                 continue
             if not outcome.retry or job.attempts >= job.max_attempts:
-                notify = self.dead_letter(job, outcome.error, outcome.traceback, outcome=outcome)
+                notify = self.endings.dead_letter(
+                    job, outcome.error, outcome.traceback, outcome=outcome
+                )
                 written.append(outcome)
                 self._after_write([outcome], [job.job_id] if notify else [])
                 continue
@@ -253,15 +298,21 @@ class Writer:
             written.append(outcome)
             if retried is not None and retried[0] == Status.CANCELLED:
                 outcome.cancelled = True
-                self.log(outcome, "cancelled")
+                log(outcome, "cancelled")
                 self._after_write([outcome], [job.job_id] if retried[1] else [])
                 continue
-            self.log(
-                outcome, f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)"
-            )
+            log(outcome, f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)")
             self._after_write([outcome], [])
 
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
+        """Notify the waiters of ``notify`` and send ``job_finished``: now, or (inside the
+        short path's transaction, ``defer``) once it commits."""
+        if self.defer is not None:
+            self.defer.append(partial(self._announce, outcomes, notify))
+        else:
+            self._announce(outcomes, notify)
+
+    def _announce(self, outcomes: list[Outcome], notify: list[str]) -> None:
         if notify:
             hub().job_finished(notify)
         if signals.job_finished.has_listeners():
@@ -274,87 +325,3 @@ class Writer:
                     error=CANCELLED_ERROR if outcome.cancelled else outcome.error,
                     cancelled=outcome.cancelled,
                 )
-
-    def cancelled(
-        self,
-        job: ClaimedJob,
-        *,
-        outcome: Outcome | None = None,
-        error: str = "",
-        lease_expired_before: datetime | None = None,
-    ) -> bool:
-        """End the run ``job``, which someone asked to stop, as ``cancelled``; log it; return
-        whether someone waits for it (notified here when there is no ``outcome``, as in
-        :meth:`dead_letter`). A run no longer ours is logged as discarded."""
-        notify = self._jobs().finish_cancelled(
-            *job.fence,
-            now=timezone.now(),
-            result_ttl=job.result_ttl,
-            lease_expired_before=lease_expired_before,
-        )
-        if notify is None:
-            if outcome is not None:
-                self.log(outcome, "discarded (lease lost)")
-            return False
-        if outcome is not None:
-            outcome.cancelled = True
-        self.log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), "cancelled")
-        if notify and outcome is None:
-            hub().job_finished([job.job_id])
-        self.forget(job.id)
-        return notify
-
-    @staticmethod
-    def log(outcome: Outcome, result: str) -> None:
-        """The one log line of a finished attempt: id, name, attempt, duration, outcome;
-        the worker-side metrics count the same outcome (:func:`.telemetry.attempt_ended`)."""
-        job = outcome.job
-        telemetry.attempt_ended(job, result, outcome.duration)
-        logger.info(
-            "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
-            job.job_id,
-            job.name,
-            job.queue,
-            job.attempts,
-            job.max_attempts,
-            outcome.duration,
-            result,
-            f" error={outcome.error!r}" if outcome.error else "",
-        )
-
-    def dead_letter(
-        self,
-        job: ClaimedJob,
-        error: str,
-        trace: str,
-        *,
-        outcome: Outcome | None = None,
-        lease_expired_before: datetime | None = None,
-    ) -> bool:
-        """Fail the run ``job`` for good (:meth:`JobQuerySet.dead_letter`), log it, send
-        ``job_dead_lettered``; return whether someone waits for it.
-
-        Without ``outcome`` (a job that never ran here: unknown name, expired lease) its
-        waiters are notified here; with one, by the caller after its write.
-        """
-        now = timezone.now()
-        done = self._jobs().dead_letter(
-            job,
-            error,
-            trace,
-            now=now,
-            lease_expired_before=lease_expired_before,
-            exception_path=(outcome and outcome.exception_path) or DEFAULT_EXCEPTION_PATH,
-        )
-        if done is None:  # not ours any more, or someone asked it to stop
-            return self.cancelled(
-                job, outcome=outcome, error=error, lease_expired_before=lease_expired_before
-            )
-        letter, notify = done
-        if signals.job_dead_lettered.has_listeners():
-            signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
-        self.log(outcome or Outcome(job, False, 0.0, error=error), "dead-lettered")
-        if notify and outcome is None:
-            hub().job_finished([job.job_id])
-        self.forget(job.id)
-        return notify

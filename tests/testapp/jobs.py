@@ -314,3 +314,37 @@ def timed(tag, seconds=0.0):
         time.sleep(seconds)
     Interval.objects.create(tag=tag, pid=os.getpid(), started=started, ended=timezone.now())
     return tag
+
+
+@job(atomic=True)
+def atomic_record(tag, marker_path="", release_path="", fail=False):
+    """``atomic=True``: insert one execution row, then (with ``marker_path``) mark that the
+    row is written and wait (bounded) for ``release_path`` to exist; ``fail`` raises after
+    the write. Its row commits with its completion or not at all."""
+    Execution.objects.create(tag=tag, pid=os.getpid())
+    if marker_path:
+        Path(marker_path).write_text(str(os.getpid()))
+    if release_path:
+        deadline = time.monotonic() + 60
+        while not Path(release_path).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if fail:
+        raise RuntimeError(f"{tag} failed after its write")
+    return tag
+
+
+@job
+def cuts_the_window(arm_path, tag):
+    """Record one execution; if ``arm_path`` exists, remove it and first terminate the
+    database sessions idle in a transaction (the worker's short-path window, on
+    PostgreSQL), as a network cut or a server restart would."""
+    from django.db import connection
+
+    if Path(arm_path).exists():
+        Path(arm_path).unlink()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+            )
+    Execution.objects.create(tag=tag, pid=os.getpid())

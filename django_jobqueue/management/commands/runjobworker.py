@@ -21,7 +21,7 @@ from django.utils import autoreload
 from django_jobqueue import __version__, telemetry
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
-from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker
+from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker, default_concurrency
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 logger = logging.getLogger("django_jobqueue")
@@ -130,8 +130,9 @@ class Command(BaseCommand):
             "--concurrency",
             "-c",
             type=_concurrency,
-            default=1,
-            help="Jobs run at once, each in its own thread (default: %(default)r).",
+            default=None,
+            help="Jobs run at once, each in its own thread (default: 4 per CPU, at least 4 "
+            "and at most 32).",
         )
         parser.add_argument(
             "--burst",
@@ -208,11 +209,12 @@ class Command(BaseCommand):
 
     @staticmethod
     def _make_worker(options: dict[str, Any]) -> Worker:
-        _warn_about_connections(options["concurrency"])
+        concurrency = options["concurrency"] or default_concurrency()
+        _warn_about_connections(concurrency)
         try:
             return Worker(
                 options["queues"],
-                concurrency=options["concurrency"],
+                concurrency=concurrency,
                 burst=options["burst"],
                 name=options["name"],
                 schedule=options["schedule"],

@@ -1,0 +1,95 @@
+"""Steps of the worker's loop that need only a piece or two: writing the running jobs'
+progress, deciding that a burst run is over, cancels, too many abandoned threads."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.utils import timezone
+
+from .. import conf
+from ..base import ClaimedJob
+from ..models import Job
+from ..notifications import hub
+from .claiming import Claimer
+from .runner import Runner
+from .timelimits import EXIT_ABANDONED_THREADS
+
+logger = logging.getLogger("django_jobqueue.worker")
+
+
+def write_progress(runner: Runner, using: str, now: float) -> None:
+    """Write the progress the running jobs reported, each at most every
+    ``PROGRESS_INTERVAL`` seconds (nothing at all for jobs that report none)."""
+    taken = runner.take_progress(now, float(conf.get("PROGRESS_INTERVAL")))
+    if not taken:
+        return
+    try:
+        Job.objects.using(using).set_progress([(job.fence, value) for job, value in taken])
+    except BaseException:
+        runner.put_back_progress([job.id for job, _ in taken])
+        raise
+    # Written: its watchers (WebSocket pages) and waiters read it now (throttled per job).
+    hub().job_progress([job.job_id for job, _ in taken])
+
+
+def burst_is_over(
+    claimer: Claimer, using: str, queues: list[str] | None, wait_for_retries: bool
+) -> bool:
+    """In burst mode, after a claim found nothing and with nothing held: True if nothing is
+    left to do.
+
+    Jobs of the worker's queues waiting out a retry's backoff keep it alive (a burst run
+    finishes the work it started); it claims each as soon as it falls due. Jobs delayed
+    by ``run_after`` at enqueue do not.
+    """
+    if not wait_for_retries:
+        return True
+    # Retries the claim could not take because they were not yet due (one that fell due
+    # since then is claimed on the very next pass).
+    claimed_at = claimer.claimed_at or timezone.now()
+    due = Job.objects.using(using).next_retry(queues, claimed_at)
+    if due is None:
+        return True
+    wait = max(0.0, (due - timezone.now()).total_seconds())
+    logger.debug("worker name=%s burst: waiting %.2fs for a retry", claimer.worker, wait)
+    claimer.next_poll = min(claimer.next_poll, time.monotonic() + wait)
+    return False
+
+
+def abandoned_too_many(runner: Runner, name: str, now: float, *, exiting: bool) -> bool:
+    """Fail the attempts past their time limit; True (logged once: not when ``exiting``)
+    with more than ``concurrency`` abandoned threads (interrupted, still alive): the worker
+    should stop claiming, drain, and exit with :data:`EXIT_ABANDONED_THREADS`."""
+    abandoned = runner.limits.expire(now)
+    if abandoned <= runner.concurrency or exiting:
+        return False
+    logger.error(
+        "worker name=%s: %d threads of jobs past their time limit are still running "
+        "(more than concurrency=%d): claiming no more jobs, finishing the running "
+        "ones, then exiting with code %d for the process supervisor to restart it",
+        name,
+        abandoned,
+        runner.concurrency,
+        EXIT_ABANDONED_THREADS,
+    )
+    return True
+
+
+def cancel_held(
+    ids: set[int], runner: Runner, claimer: Claimer, running: dict[int, ClaimedJob]
+) -> list[ClaimedJob]:
+    """Held jobs ``ids`` were asked to stop: tell the running ones (logged); take the
+    buffered ones out of the buffer into ``running`` and return them (they never start: the
+    caller records each as ``cancelled``)."""
+    for pk in runner.cancel(ids):
+        job = running.get(pk)
+        if job is not None:
+            logger.info("job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name)
+    buffered = [job for job in claimer.buffer if job.id in ids]
+    if buffered:
+        claimer.drop(job.id for job in buffered)
+        for job in buffered:
+            running[job.id] = job
+    return buffered

@@ -1,0 +1,162 @@
+"""The worker's hot path, pinned: statements and commits per job, per database vendor.
+
+A new statement or commit on the path every job takes changes these numbers and fails a
+test; speed itself is measured by ``bench/run.py``, never asserted here."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from django_jobqueue.models import Job, WorkerHeartbeat
+from django_jobqueue.worker import Worker
+from tests.conftest import requires_postgres
+from tests.testapp.jobs import add, noop
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queries_per_job_stay_bounded(settings):
+    """Claim + completion cost at most two statements per job (fewer when batched)."""
+    count = 50
+    noop.enqueue_many([()] * count)
+    worker = Worker(burst=True, concurrency=2)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == count
+    # Transaction control, and the once-per-connection setup (synchronous_commit, ANALYZE
+    # of a never-analyzed table) are not per job.
+    control = (
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "SET ",
+        "SELECT reltuples",
+        "ANALYZE",
+    )
+    # The worker's heartbeat row is upkeep on its timer (counted exactly in the test below).
+    heartbeats = connection.ops.quote_name(WorkerHeartbeat._meta.db_table)
+    statements = [
+        q["sql"]
+        for q in queries.captured_queries
+        if not q["sql"].startswith(control) and heartbeats not in q["sql"]
+    ]
+    per_job = [s for s in statements if "RETURNING" in s]
+    assert len(per_job) <= 2 * count, statements
+    # Beyond claims and completions: at most a lease renewal, a reap and a prune query,
+    # plus the final empty claim.
+    assert len(statements) - len(per_job) <= 4, statements
+
+
+#: Statements of the hot path per vendor (transaction control aside: see COMMITS), for one
+#: job that returns None (a completion without a result row) and one that returns a value,
+#: and once per burst run (the final, empty claim; the first prune; the look for retries
+#: backing off). SQLite stores a result in a second statement of the completion's
+#: transaction; PostgreSQL claims, and completes with a result, in one statement each.
+STATEMENTS = {
+    "sqlite": {"no result": 1 + 1, "result": 1 + 2, "per run": 1 + 1 + 1},
+    "postgresql": {"no result": 1 + 1, "result": 1 + 1, "per run": 1 + 1 + 1},
+}
+#: Commits per job: on the lease path a claim and a completion; on the short path
+#: (PostgreSQL, a name after MIN_RUNS short runs) one for both. Per run: the final empty
+#: claim, the prune, the look for retries (each its own transaction).
+COMMITS = {
+    "sqlite": {"lease path": 2, "short path": 2, "per run": 3},
+    "postgresql": {"lease path": 2, "short path": 1, "per run": 3},
+}
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _commits(sqls: list[str]) -> int:
+    """Transactions committed by the statements ``sqls`` (as captured): each COMMIT, and
+    each statement run outside BEGIN ... COMMIT (autocommit)."""
+    commits, open_ = 0, False
+    for sql in sqls:
+        if sql.startswith("BEGIN"):
+            open_ = True
+        elif sql.startswith(("COMMIT", "ROLLBACK")):
+            commits += sql.startswith("COMMIT")
+            open_ = False
+        elif not open_ and not sql.startswith(("SAVEPOINT", "RELEASE")):
+            commits += 1
+    return commits
+
+
+def _hot_path(sqls: list[str]) -> tuple[list[str], list[str]]:
+    """The per-job statements among ``sqls`` (timer upkeep and the heartbeat row set aside,
+    checked), with and without transaction control."""
+    setup = ("SET synchronous_commit", "SELECT reltuples", "ANALYZE")  # once per connection
+    statements = [sql for sql in sqls if not sql.startswith(setup)]
+    table = connection.ops.quote_name(Job._meta.db_table)
+    # Upkeep on timers: the reap on the first pass (again after 5s of a slow run), a lease
+    # renewal only after HEARTBEAT_INTERVAL (20s here).
+    reap = f"ORDER BY {table}.{connection.ops.quote_name('lease_expires_at')}"
+    reaps = [s for s in statements if reap in s]
+    renewals = [s for s in statements if s.startswith(f"UPDATE {table} SET lease_expires_at")]
+    assert reaps, statements
+    # The heartbeat row: written on the first pass, deleted at exit, never per job.
+    heartbeats = connection.ops.quote_name(WorkerHeartbeat._meta.db_table)
+    rows = [s for s in statements if heartbeats in s]
+    assert [s.split()[0] for s in rows] == ["INSERT", "DELETE"], rows
+    hot = [s for s in statements if s not in reaps and s not in renewals and s not in rows]
+    return hot, [s for s in hot if not s.startswith(TRANSACTION_CONTROL)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_and_commits_per_job_are_pinned_per_vendor(settings):
+    """A new statement or commit on the hot path changes these numbers: one claim and one
+    completion per job, one commit for both on PostgreSQL's short path (PREFETCH 0 and one
+    slot keep claims and completions unbatched, so the count does not depend on timing; a
+    50 ms bound keeps every no-op run short on a loaded machine)."""
+    from django_jobqueue.worker.shortpath import MIN_RUNS
+
+    if connection.vendor not in STATEMENTS:
+        pytest.skip(f"no statement counts for {connection.vendor}")
+    settings.JOBQUEUE = {
+        **settings.JOBQUEUE,
+        "PREFETCH": 0,
+        "LEASE_SECONDS": 60,
+        "SHORT_JOB_SECONDS": 0.05,
+    }
+    count = 20
+    noop.enqueue_many([()] * count)
+    add.enqueue_many([(1, 2)] * count)
+    worker = Worker(burst=True, concurrency=1)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == 2 * count
+    hot, statements = _hot_path([q["sql"] for q in queries.captured_queries])
+    expected = STATEMENTS[connection.vendor]
+    assert (
+        len(statements)
+        == count * (expected["no result"] + expected["result"]) + expected["per run"]
+    ), "\n".join(hot)
+    commits = COMMITS[connection.vendor]
+    lease = 2 * MIN_RUNS  # each name's first runs take the lease path
+    assert _commits(hot) == (
+        lease * commits["lease path"]
+        + (2 * count - lease) * commits["short path"]
+        + commits["per run"]
+    ), "\n".join(hot)
+    assert worker._short.jobs == (2 * count - lease if connection.vendor == "postgresql" else 0)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_with_the_defaults_costs_a_fraction_of_a_statement_per_job(settings):
+    """With the default prefetch, the short path claims a batch and completes it in one
+    transaction: claims, completions and commits are shared by many jobs."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "LEASE_SECONDS": 60, "SHORT_JOB_SECONDS": 0.05}
+    count = 300
+    noop.enqueue_many([()] * count)
+    worker = Worker(burst=True)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run()
+    assert worker.processed == count
+    hot, statements = _hot_path([q["sql"] for q in queries.captured_queries])
+    # The first runs (no duration known yet: no prefetch, one job per slot) cost up to two
+    # statements and two commits each; then a window per batch of concurrency + PREFETCH.
+    assert len(statements) <= count / 4, "\n".join(hot)
+    assert _commits(hot) <= count / 8, "\n".join(hot)
