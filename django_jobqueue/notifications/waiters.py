@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import conf
-from .link import DEGRADED_RETRY, Link, keep_running
+from .link import DEGRADED_RETRY, Link, keep_running, new_process_channel
 from .log import logger
 from .names import FINISHED_TYPE, group_for, job_message
 
@@ -228,7 +228,7 @@ class Waiters:
         if self._channel is None:
             try:
                 channel: str = await asyncio.wait_for(
-                    self._link.layer.new_channel(), timeout=conf.get("NOTIFY_TIMEOUT")
+                    new_process_channel(self._link.layer), timeout=conf.get("NOTIFY_TIMEOUT")
                 )
             except Exception as exc:
                 self._link.degrade("new_channel", exc)

@@ -1,0 +1,87 @@
+"""Bursts of waiters in one process on real Redis (RedisChannelLayer) and a real worker:
+every waiter answered by its notification, none left to the safety-net poll, nothing left
+in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from django.conf import settings as django_settings
+
+from django_jobqueue.notifications import hub
+from tests.conftest import POSTGRES, requires_redis, run_concurrently, wait_until
+from tests.testapp.jobs import add
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True), requires_redis]
+
+
+def _redis():
+    import redis
+
+    address = django_settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"]
+    return redis.Redis.from_url(address)
+
+
+def _group_keys(client) -> list[bytes]:
+    prefix = django_settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    return list(client.scan_iter(match=f"{prefix}:group:djq.done.*", count=1000))
+
+
+def _start(worker_processes, settings, caplog):
+    # Polling every 30 s on both sides: within the test's bounds only notifications answer.
+    overrides = {"POLL_INTERVAL": 30, "CHANNEL_LAYER": "default"}
+    settings.JOBQUEUE = {**settings.JOBQUEUE, **overrides}
+    proc = worker_processes.start("--concurrency", "8", env={"DJQ_JOBQUEUE": json.dumps(overrides)})
+    wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
+    caplog.set_level(logging.INFO, logger="channels_redis")
+    caplog.set_level(logging.INFO, logger="django_jobqueue")
+    return proc
+
+
+def _assert_every_waiter_was_notified(caplog, client, worker_log: str) -> None:
+    # The worker's group_send drops the "finished" of a waiter whose channel is full.
+    assert "over capacity" not in worker_log
+    problems = [
+        record.getMessage()
+        for record in caplog.records
+        # channels_redis logs (INFO) each group_send whose message a full channel dropped;
+        # the hub warns when it degrades (polling for a while) and notes each job the
+        # safety-net poll found finished before its notification came.
+        if record.levelno >= logging.WARNING
+        or "over capacity" in record.getMessage()
+        or "safety-net poll" in record.getMessage()
+    ]
+    assert problems == []
+    assert hub().available
+    # Every group the waiters joined is left (each would otherwise live 24 h in Redis).
+    wait_until(lambda: _group_keys(client) == [], timeout=10)
+
+
+@pytest.mark.skipif(POSTGRES, reason="a connection per thread: PostgreSQL allows 100 here")
+@pytest.mark.parametrize("count", [300, 1000])
+def test_a_burst_of_thread_waiters(worker_processes, settings, caplog, count):
+    proc = _start(worker_processes, settings, caplog)
+    client = _redis()
+    try:
+        calls = [(lambda i=i: add.using(timeout=25).enqueue_and_wait(i, 1)) for i in range(count)]
+        assert run_concurrently(*calls, timeout=60) == [i + 1 for i in range(count)]
+        _assert_every_waiter_was_notified(caplog, client, worker_processes.log(proc))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("count", [300, 1000])
+async def test_a_burst_of_async_waiters(worker_processes, settings, caplog, count):
+    proc = await asyncio.to_thread(_start, worker_processes, settings, caplog)
+    client = _redis()
+    try:
+        waiters = [add.using(timeout=25).aenqueue_and_wait(i, 1) for i in range(count)]
+        assert await asyncio.gather(*waiters) == [i + 1 for i in range(count)]
+        await asyncio.to_thread(
+            _assert_every_waiter_was_notified, caplog, client, worker_processes.log(proc)
+        )
+    finally:
+        client.close()
