@@ -15,7 +15,7 @@ from django_jobqueue.notifications import hub
 from tests.conftest import POSTGRES, requires_redis, run_concurrently, wait_until
 from tests.testapp.jobs import add
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True), requires_redis]
+pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
 
 def _redis():
@@ -60,6 +60,7 @@ def _assert_every_waiter_was_notified(caplog, client, worker_log: str) -> None:
     wait_until(lambda: _group_keys(client) == [], timeout=10)
 
 
+@requires_redis
 @pytest.mark.skipif(POSTGRES, reason="a connection per thread: PostgreSQL allows 100 here")
 @pytest.mark.parametrize("count", [300, 1000])
 def test_a_burst_of_thread_waiters(worker_processes, settings, caplog, count):
@@ -73,6 +74,7 @@ def test_a_burst_of_thread_waiters(worker_processes, settings, caplog, count):
         client.close()
 
 
+@requires_redis
 @pytest.mark.parametrize("count", [300, 1000])
 async def test_a_burst_of_async_waiters(worker_processes, settings, caplog, count):
     proc = await asyncio.to_thread(_start, worker_processes, settings, caplog)
@@ -85,3 +87,39 @@ async def test_a_burst_of_async_waiters(worker_processes, settings, caplog, coun
         )
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("layer", [pytest.param("default", marks=requires_redis), None])
+async def test_waiters_are_polled_by_one_query_per_interval(settings, monkeypatch, layer):
+    """300 waiters of jobs no worker takes: while they wait, the process reads the job table
+    once per safety-net interval for all of them (POLL_INTERVAL with notifications,
+    a quarter of it without), plus one read of each job at its deadline."""
+    from django.db.backends.utils import CursorWrapper
+
+    from django_jobqueue.safetynet import interval
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.4, "CHANNEL_LAYER": layer}
+    batched, single = [], []
+    execute = CursorWrapper.execute
+
+    def counting(self, sql, params=None):
+        if "IN (" in sql and '"status" IN' in sql:
+            batched.append(sql)
+        elif "WHERE j.job_id = %s" in sql:
+            single.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", counting)
+    seconds = await asyncio.to_thread(interval)
+    count, timeout = 300, 2.0
+    started = asyncio.get_running_loop().time()
+    waiters = [
+        add.using(queue="nobody-serves-this", timeout=timeout).aenqueue_and_wait(i, 1)
+        for i in range(count)
+    ]
+    outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert all(type(outcome).__name__ == "JobTimeoutError" for outcome in outcomes)
+    # One read of each job at its deadline (and one after a late join, at most).
+    assert len(single) <= 2 * count
+    assert 1 <= len(batched) <= elapsed / seconds + 2, (len(batched), elapsed, seconds)

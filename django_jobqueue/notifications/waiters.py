@@ -25,9 +25,10 @@ from .names import FINISHED_TYPE, group_for, job_message
 
 class Waiter:
     """Something waiting for one job; ``notify()`` ("finished") and ``progress()`` are called
-    from the hub's thread."""
+    from the hub's thread (``notify(state)`` also from the safety-net poll's, with the job's
+    final state read from the database)."""
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
         raise NotImplementedError
 
     def progress(self) -> None:
@@ -36,19 +37,31 @@ class Waiter:
 
 
 class ThreadWaiter(Waiter):
+    """A waiting thread: ``event`` is set on "finished"; ``state`` holds the final state when
+    the notifier knew it (None: read the job)."""
+
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.state: Any = None
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
+        if state is not None:
+            self.state = state
         self.event.set()
 
 
 class AsyncWaiter(Waiter):
+    """A waiting coroutine: ``event`` is set on its loop on "finished"; ``state`` as for
+    :class:`ThreadWaiter`."""
+
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.event = asyncio.Event()
+        self.state: Any = None
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
+        if state is not None:
+            self.state = state
         with contextlib.suppress(RuntimeError):  # the waiter's loop closed: nobody listens
             self.loop.call_soon_threadsafe(self.event.set)
 
