@@ -24,8 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import connections
+from django.dispatch import receiver
 from django.utils import timezone
 
 from . import conf
@@ -50,6 +53,7 @@ class SafetyNet:
         self._lock = threading.Lock()
         self._waiting: dict[str, dict[int, Found]] = {}
         self._changed = threading.Event()
+        self._retime = threading.Event()  # settings changed: compute the interval again
         self._thread: threading.Thread | None = None
         self.polls = 0  # queries made, for the tests and the curious
 
@@ -88,13 +92,16 @@ class SafetyNet:
                 if not self.waiting():
                     self._changed.wait()
                 continue
-            time.sleep(interval())
             try:
+                if self._retime.wait(interval()):
+                    self._retime.clear()
+                    continue
                 self.poll_once()
             except Exception:
                 logger.exception("the safety-net poll failed; trying again")
                 for connection in connections.all(initialized_only=True):
                     connection.close()
+                time.sleep(1.0)  # a failure that repeats must not spin
 
     def poll_once(self) -> None:
         """Read the finished jobs among those waited for and hand each waiter its state."""
@@ -166,3 +173,11 @@ def safety_net() -> SafetyNet:
         if _net is None or _net.pid != os.getpid():
             _net = SafetyNet()
         return _net
+
+
+@receiver(setting_changed)
+def _retime_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """``override_settings`` of JOBQUEUE (or of the layers): the next poll comes after the
+    new interval, not after what is left of the old one."""
+    if setting in ("JOBQUEUE", "CHANNEL_LAYERS") and _net is not None:
+        _net._retime.set()

@@ -289,8 +289,10 @@ def widen_process_channels(layer: Any) -> None:
     """Give process channels (:data:`PROCESS_CHANNEL_PREFIX`) :data:`PROCESS_CHANNEL_CAPACITY`
     on this private instance of a queue-like channels_redis layer: the capacity is enforced
     by whoever sends (a worker's ``group_send``), so every hub widens its own instance."""
+    if broadcasts(layer) or kind_of(layer) != "redis":
+        return  # (RedisPubSubChannelLayer's attributes need a running loop: not looked at)
     capacities = getattr(layer, "channel_capacity", None)
-    if not broadcasts(layer) and kind_of(layer) == "redis" and isinstance(capacities, list):
+    if isinstance(capacities, list):
         pattern = re.compile(re.escape(PROCESS_CHANNEL_PREFIX + ".") + ".*")
         layer.channel_capacity = [(pattern, PROCESS_CHANNEL_CAPACITY), *capacities]
 
