@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -77,15 +77,23 @@ class Hub:
 
     # -- workers and producers -------------------------------------------------------------
 
-    def job_finished(self, job_ids: Iterable[str]) -> None:
-        """Tell the waiters of ``job_ids`` (in any process) that the jobs finished."""
+    def job_finished(
+        self, job_ids: Iterable[str], completed: Mapping[str, tuple[int, Any]] | None = None
+    ) -> None:
+        """Tell the waiters of ``job_ids`` (in any process) that the jobs finished.
+        ``completed``: ``job id -> (attempts, result)`` of jobs that completed with a small
+        result (:data:`RESULT_IN_MESSAGE_BYTES` as JSON), carried in the message so that
+        their waiters need not read the database."""
         if self._link.loop is not None and self.available:
-            self._link.fire(self._send_finished(list(job_ids)))
+            self._link.fire(self._send_finished(list(job_ids), dict(completed or {})))
 
-    async def _send_finished(self, job_ids: list[str]) -> None:
+    async def _send_finished(
+        self, job_ids: list[str], completed: dict[str, tuple[int, Any]]
+    ) -> None:
         layer = self._link.layer
         for job_id in job_ids:
-            send = partial(layer.group_send, group_for(job_id), finished_message(job_id))
+            message = finished_message(job_id, completed.get(job_id))
+            send = partial(layer.group_send, group_for(job_id), message)
             if not await self._link.call("group_send", send):
                 return
 

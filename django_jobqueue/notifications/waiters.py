@@ -18,9 +18,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import conf
+from ..base import JobState, Status
 from .link import DEGRADED_RETRY, Link, keep_running, new_process_channel
 from .log import logger
-from .names import FINISHED_TYPE, group_for, job_message
+from .names import FINISHED_TYPE, completed_outcome, group_for, job_message
 
 
 class Waiter:
@@ -269,9 +270,18 @@ class Waiters:
             self._link.ignore("finished", message)
             return
         kind, job_id = parsed
-        self.deliver(job_id, progress=kind != FINISHED_TYPE)
+        state = None
+        if kind == FINISHED_TYPE:
+            completed = completed_outcome(message)
+            if completed is not None:
+                state = JobState(Status.COMPLETED, completed[0], completed[1], "")
+        self.deliver(job_id, progress=kind != FINISHED_TYPE, state=state)
 
-    def deliver(self, job_id: str, *, progress: bool = False) -> None:
+    def deliver(
+        self, job_id: str, *, progress: bool = False, state: JobState | None = None
+    ) -> None:
+        """Pass "finished" (with the job's final ``state`` when the message carried it) or
+        "progress" on to the local waiters of ``job_id``."""
         with self._lock:
             waiters = list(self.waiters.get(job_id, ()))
         for waiter in waiters:
@@ -279,6 +289,6 @@ class Waiters:
                 if progress:
                     waiter.progress()
                 else:
-                    waiter.notify()
+                    waiter.notify(state)
             except Exception:  # one broken waiter must not stop the others' notifications
                 logger.exception("notifying a waiter of job %s failed", job_id)

@@ -20,6 +20,7 @@ from .. import signals, telemetry
 from ..base import ClaimedJob, Status
 from ..models import DeadLetter, Job
 from ..notifications import hub
+from ..notifications.names import RESULT_IN_MESSAGE_BYTES
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
 from .outcomes import Outcome, backoff, describe, failed
 
@@ -263,7 +264,13 @@ class Writer:
 
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
         if notify:
-            hub().job_finished(notify)
+            # A small result rides in the "finished" message: its waiters skip their read.
+            completed = {
+                o.job.job_id: (o.job.attempts, o.result)
+                for o in outcomes
+                if o.ok and not o.cancelled and o.size <= RESULT_IN_MESSAGE_BYTES
+            }
+            hub().job_finished(notify, completed)
         if signals.job_finished.has_listeners():
             for outcome in outcomes:
                 signals.send_robust(
