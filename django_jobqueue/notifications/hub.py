@@ -91,11 +91,11 @@ class Hub:
         self, job_ids: list[str], completed: dict[str, tuple[int, Any]]
     ) -> None:
         layer = self._link.layer
+        sends = []
         for job_id in job_ids:
             message = finished_message(job_id, completed.get(job_id))
-            send = partial(layer.group_send, group_for(job_id), message)
-            if not await self._link.call("group_send", send):
-                return
+            sends.append(partial(layer.group_send, group_for(job_id), message))
+        await self._link.call_each("group_send", sends)
 
     def job_progress(self, job_ids: Iterable[str]) -> None:
         """Tell the waiters and watchers of ``job_ids`` (in any process) that the jobs' new
