@@ -13,7 +13,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -125,16 +125,6 @@ class Link:
             return False
         self.recovered()
         return True
-
-    async def call_each(self, what: str, makes: Sequence[Callable[[], Awaitable[Any]]]) -> None:
-        """Run the layer calls ``makes`` side by side (at most :data:`CALLS_AT_ONCE` in flight,
-        as every call), each bounded like :meth:`call`: a thousand "finished" or "progress"
-        messages of one batch take a thousand round trips / CALLS_AT_ONCE, not a thousand.
-        Once the link degrades, the calls not started yet are skipped."""
-        if len(makes) == 1:
-            await self.call(what, makes[0])
-        elif makes:
-            await asyncio.gather(*(self.call(what, make) for make in makes))
 
     def degrade(self, what: str, exc: BaseException) -> None:
         self._degraded_until = time.monotonic() + DEGRADED_RETRY

@@ -76,8 +76,7 @@ class ProgressSender:
 
     async def _send(self, job_ids: list[str]) -> None:
         layer = self._link.layer
-        sends = [
-            partial(layer.group_send, group_for(job_id), progress_message(job_id))
-            for job_id in job_ids
-        ]
-        await self._link.call_each("group_send", sends)
+        for job_id in job_ids:
+            send = partial(layer.group_send, group_for(job_id), progress_message(job_id))
+            if not await self._link.call("group_send", send):
+                return
