@@ -1526,9 +1526,9 @@ class Watchers:
             if b" 101 " not in head.split(b"\r\n", 1)[0]:
                 raise RuntimeError(f"no upgrade: {head[:80]!r}")
         self.writers.append(writer)
-        asyncio.get_running_loop().create_task(self._read(reader))
+        asyncio.get_running_loop().create_task(self._read(reader, writer))
 
-    async def _read(self, reader: Any) -> None:
+    async def _read(self, reader: Any, writer: Any) -> None:
         import asyncio
 
         first = True
@@ -1544,11 +1544,19 @@ class Watchers:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             now = time.time()
-            if b0 & 0x0F == 8:  # close
+            opcode = b0 & 0x0F
+            if opcode == 8:  # close
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 with self.lock:
                     self.closes[code] = self.closes.get(code, 0) + 1
                 return
+            if opcode == 9:  # ping (daphne pings every 20 s): answer, or it closes the socket
+                mask = os.urandom(4)
+                masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+                writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
+                continue
+            if opcode != 1:  # pong, binary, continuation: not a state
+                continue
             state = json.loads(payload)
             with self.lock:
                 if first:

@@ -98,7 +98,7 @@ class _Poke(Waiter):
         self._live = live
         self._job_id = job_id
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
         self._live.poke(self._job_id)
 
     def progress(self) -> None:

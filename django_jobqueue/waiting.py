@@ -1,8 +1,9 @@
 """Request/response over the queue: subscribe, enqueue, wait for "finished", read the database.
 
 A notification only says "look now"; the result always comes from the database, and the
-database is also polled every ``POLL_INTERVAL`` seconds, so a lost notification (or no
-channel layer at all) makes an answer slower, never wrong or missing.
+process's safety-net poll (:mod:`django_jobqueue.safetynet`: one query per interval for
+every job the process waits for, not one per waiter) reads it too, so a lost notification
+(or no channel layer at all) makes an answer slower, never wrong or missing.
 
 ``enqueue_and_wait`` sends the join of the job's group *before* the INSERT and lets the two
 overlap (the join is one Redis round trip, the INSERT a durable commit). If the join was
@@ -18,7 +19,6 @@ missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
@@ -34,6 +34,7 @@ from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTim
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
 from .options import check_timeout
+from .safetynet import safety_net
 
 T = TypeVar("T")
 
@@ -120,16 +121,6 @@ class _Wait:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def poll_interval(self) -> float:
-        interval = float(conf.get("POLL_INTERVAL"))
-        notifier = hub()
-        if notifier.mode in ("off", "in-memory") or not notifier.available:
-            # Only polling answers (no layer, or one a worker in another process cannot
-            # reach): look four times as often as a worker polls for work, so an answer
-            # takes at most about 1.25 POLL_INTERVAL, not two.
-            interval /= 4
-        return max(0.0, min(self.remaining(), interval))
-
     def poll(self) -> None:
         """Read the job's state (one light query); a vanished row keeps the last state."""
         state = Job.objects.state(self.job_id)
@@ -168,6 +159,8 @@ def enqueue_and_wait(
     waiter = ThreadWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
+    net = safety_net()
+    token = net.add(job_id, waiter.notify)
     try:
         wait.state = _enqueue(wait, enqueue, subscription, fixed_id).state
         subscription.confirm()
@@ -175,6 +168,7 @@ def enqueue_and_wait(
             wait.poll()
         return _wait_loop(wait, waiter)
     finally:
+        net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -187,11 +181,14 @@ def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> Jo
     waiter = ThreadWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
+    net = safety_net()
+    token = net.add(job_id, waiter.notify)
     try:
         subscription.confirm()
         wait.subscribe_and_poll()
         return _wait_loop(wait, waiter)
     finally:
+        net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -208,12 +205,20 @@ def _enqueue(
 
 
 def _wait_loop(wait: _Wait, waiter: ThreadWaiter) -> JobState:
+    """Wait for the hub's "finished" (then read the job) or the safety-net poll (which
+    brings the final state); at the deadline read the job once more, then give up."""
     while not wait.finished:
-        if wait.remaining() <= 0:
-            raise wait.timed_out()
-        waiter.event.wait(wait.poll_interval())
+        remaining = wait.remaining()
+        if not waiter.event.wait(max(0.0, remaining)):
+            wait.poll()  # the deadline: a job that finished right at it still answers
+            if not wait.finished:
+                raise wait.timed_out()
+            break
         waiter.event.clear()
-        wait.poll()
+        if waiter.state is not None:
+            wait.state = waiter.state
+        else:
+            wait.poll()
     assert wait.state is not None
     return wait.state
 
@@ -273,6 +278,8 @@ async def aenqueue_and_wait(
     waiter = AsyncWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)  # overlaps the INSERT
+    net = safety_net()
+    token = net.add(job_id, waiter.notify)
     try:
         snapshot = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
         wait.state = snapshot.state
@@ -281,6 +288,7 @@ async def aenqueue_and_wait(
             await _bounded(_db(wait.poll), wait)
         return await _await_loop(wait, waiter)
     finally:
+        net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -292,26 +300,36 @@ async def await_job(job_id: str, queue: str, state: JobState, timeout: float) ->
     waiter = AsyncWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
+    net = safety_net()
+    token = net.add(job_id, waiter.notify)
     try:
         await subscription.aconfirm()
         await _bounded(_db(wait.subscribe_and_poll), wait)
         return await _await_loop(wait, waiter)
     finally:
+        net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
 async def _await_loop(wait: _Wait, waiter: AsyncWaiter) -> JobState:
+    """Async twin of :func:`_wait_loop`."""
     while not wait.finished:
-        if wait.remaining() <= 0:
-            raise wait.timed_out()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.event.wait(), wait.poll_interval())
-        waiter.event.clear()
+        try:
+            await asyncio.wait_for(waiter.event.wait(), max(0.0, wait.remaining()))
+        except TimeoutError:
+            pass  # the deadline: read the job once more below, then give up
+        else:
+            waiter.event.clear()
+            if waiter.state is not None:
+                wait.state = waiter.state
+                continue
         try:
             # A little grace, so a job that finished right at the deadline still answers.
             await asyncio.wait_for(_db(wait.poll), max(0.25, wait.remaining()))
         except TimeoutError:
             raise wait.timed_out() from None
+        if not wait.finished and wait.remaining() <= 0:
+            raise wait.timed_out()
     assert wait.state is not None
     return wait.state
 

@@ -133,5 +133,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_jobqueue": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_jobqueue": {"handlers": ["console"], "level": "INFO"},
+        # Its INFO line "... channels over capacity in group ..." is a dropped notification.
+        "channels_redis": {"handlers": ["console"], "level": "INFO"},
+    },
 }

@@ -278,7 +278,7 @@ class CountingWaiter(Waiter):
         self.progressed: list[float] = []
         self.finished = threading.Event()
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
         self.finished.set()
 
     def progress(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,17 @@ BAD_PAUSE = 0.05
 #: opens a Redis connection per concurrent call and keeps it in its pool: a thousand sockets
 #: opened at once would otherwise leave a hundred connections open per web process.
 CALLS_AT_ONCE = 8
+#: The prefix of a process channel's name on ``RedisChannelLayer`` (``new_channel``), so that
+#: every sender can give those channels :data:`PROCESS_CHANNEL_CAPACITY`.
+PROCESS_CHANNEL_PREFIX = "djq.process"
+#: Messages a process channel holds on ``RedisChannelLayer`` before a sender drops more (the
+#: layer's default ``capacity`` is 100). One channel carries the "finished" and "progress"
+#: messages of every waiter and watcher of a process: a burst of a thousand jobs finishing
+#: at once outruns the receive loop (one BZPOPMIN per message) for a moment, and a message
+#: over capacity is dropped silently, leaving its waiter to the safety-net poll. Messages
+#: still expire after the layer's ``expiry`` (60 s by default), so this bounds the memory a
+#: dead process's channel can hold, not the live process's throughput.
+PROCESS_CHANNEL_CAPACITY = 100_000
 
 
 class Link:
@@ -53,6 +65,7 @@ class Link:
         self.thread: threading.Thread | None = None
         self.layer: Any = make_layer(alias, explicit=explicit) if alias is not None else None
         if self.layer is not None:
+            widen_process_channels(self.layer)
             self.loop = asyncio.new_event_loop()
             self.thread = threading.Thread(
                 target=run_loop,
@@ -270,6 +283,29 @@ def make_layer(alias: str, *, explicit: bool) -> Any:
             exc,
         )
         return None
+
+
+def widen_process_channels(layer: Any) -> None:
+    """Give process channels (:data:`PROCESS_CHANNEL_PREFIX`) :data:`PROCESS_CHANNEL_CAPACITY`
+    on this private instance of a queue-like channels_redis layer: the capacity is enforced
+    by whoever sends (a worker's ``group_send``), so every hub widens its own instance."""
+    if broadcasts(layer) or kind_of(layer) != "redis":
+        return  # (RedisPubSubChannelLayer's attributes need a running loop: not looked at)
+    capacities = getattr(layer, "channel_capacity", None)
+    if isinstance(capacities, list):
+        pattern = re.compile(re.escape(PROCESS_CHANNEL_PREFIX + ".") + ".*")
+        layer.channel_capacity = [(pattern, PROCESS_CHANNEL_CAPACITY), *capacities]
+
+
+async def new_process_channel(layer: Any) -> str:
+    """A new process channel of ``layer``: named with :data:`PROCESS_CHANNEL_PREFIX` on a
+    queue-like channels_redis layer (whose senders give it more room), as the layer names
+    it on any other."""
+    if not broadcasts(layer) and kind_of(layer) == "redis":
+        channel: str = await layer.new_channel(prefix=PROCESS_CHANNEL_PREFIX)
+        return channel
+    named: str = await layer.new_channel()
+    return named
 
 
 def run_loop(loop: asyncio.AbstractEventLoop) -> None:

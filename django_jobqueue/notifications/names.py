@@ -8,6 +8,7 @@ acted upon when it has exactly the shape below, anything else is ignored.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from ..options import JOB_ID_MAX_LENGTH
@@ -16,6 +17,11 @@ FINISHED_TYPE = "jobqueue.finished"
 PROGRESS_TYPE = "jobqueue.progress"
 WORK_TYPE = "jobqueue.work"
 CANCEL_TYPE = "jobqueue.cancel"
+
+#: A completed job's result rides in its "finished" message when its JSON is at most this
+#: many bytes: its waiters then skip their read of the database. A larger result, any
+#: other outcome, or a message that is lost: the waiters read the database as before.
+RESULT_IN_MESSAGE_BYTES = 4096
 
 
 def group_for(job_id: str) -> str:
@@ -40,9 +46,38 @@ def cancel_message(job_id: str) -> dict[str, Any]:
     return {"type": CANCEL_TYPE, "job_id": job_id}
 
 
-def finished_message(job_id: str) -> dict[str, Any]:
-    """The "finished" message of a job, as its worker sends it to the job's group."""
-    return {"type": FINISHED_TYPE, "job_id": job_id}
+def finished_message(job_id: str, completed: tuple[int, Any] | None = None) -> dict[str, Any]:
+    """The "finished" message of a job, as its worker sends it to the job's group;
+    ``completed``: ``(attempts, result)`` of a job that completed, carried as
+    ``"status"``, ``"attempts"`` and ``"result"`` (the result as JSON text)."""
+    message: dict[str, Any] = {"type": FINISHED_TYPE, "job_id": job_id}
+    if completed is not None:
+        attempts, result = completed
+        try:
+            text = json.dumps(result)
+        except (TypeError, ValueError):  # not JSON after all: the waiters read the database
+            return message
+        if len(text) <= RESULT_IN_MESSAGE_BYTES:
+            message.update(status="completed", attempts=attempts, result=text)
+    return message
+
+
+def completed_outcome(message: object) -> tuple[int, Any] | None:
+    """``(attempts, result)`` a well-formed "finished" message carries for a completed job;
+    None when it carries nothing usable (the waiter reads the database). The result is
+    JSON text, decoded with :func:`json.loads` only: never code."""
+    if _type_of(message) != FINISHED_TYPE or dict.get(message, "status") != "completed":  # type: ignore[call-overload]
+        return None
+    attempts = dict.get(message, "attempts")  # type: ignore[call-overload]
+    text = dict.get(message, "result")  # type: ignore[call-overload]
+    if type(attempts) is not int or attempts < 1 or type(text) is not str:
+        return None
+    if len(text) > RESULT_IN_MESSAGE_BYTES:
+        return None
+    try:
+        return attempts, json.loads(text)
+    except ValueError:
+        return None
 
 
 def progress_message(job_id: str) -> dict[str, Any]:

@@ -18,16 +18,18 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import conf
-from .link import DEGRADED_RETRY, Link, keep_running
+from ..base import JobState, Status
+from .link import DEGRADED_RETRY, Link, keep_running, new_process_channel
 from .log import logger
-from .names import FINISHED_TYPE, group_for, job_message
+from .names import FINISHED_TYPE, completed_outcome, group_for, job_message
 
 
 class Waiter:
     """Something waiting for one job; ``notify()`` ("finished") and ``progress()`` are called
-    from the hub's thread."""
+    from the hub's thread (``notify(state)`` also from the safety-net poll's, with the job's
+    final state read from the database)."""
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
         raise NotImplementedError
 
     def progress(self) -> None:
@@ -36,19 +38,31 @@ class Waiter:
 
 
 class ThreadWaiter(Waiter):
+    """A waiting thread: ``event`` is set on "finished"; ``state`` holds the final state when
+    the notifier knew it (None: read the job)."""
+
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.state: Any = None
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
+        if state is not None:
+            self.state = state
         self.event.set()
 
 
 class AsyncWaiter(Waiter):
+    """A waiting coroutine: ``event`` is set on its loop on "finished"; ``state`` as for
+    :class:`ThreadWaiter`."""
+
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.event = asyncio.Event()
+        self.state: Any = None
 
-    def notify(self) -> None:
+    def notify(self, state: Any = None) -> None:
+        if state is not None:
+            self.state = state
         with contextlib.suppress(RuntimeError):  # the waiter's loop closed: nobody listens
             self.loop.call_soon_threadsafe(self.event.set)
 
@@ -228,7 +242,7 @@ class Waiters:
         if self._channel is None:
             try:
                 channel: str = await asyncio.wait_for(
-                    self._link.layer.new_channel(), timeout=conf.get("NOTIFY_TIMEOUT")
+                    new_process_channel(self._link.layer), timeout=conf.get("NOTIFY_TIMEOUT")
                 )
             except Exception as exc:
                 self._link.degrade("new_channel", exc)
@@ -256,9 +270,18 @@ class Waiters:
             self._link.ignore("finished", message)
             return
         kind, job_id = parsed
-        self.deliver(job_id, progress=kind != FINISHED_TYPE)
+        state = None
+        if kind == FINISHED_TYPE:
+            completed = completed_outcome(message)
+            if completed is not None:
+                state = JobState(Status.COMPLETED, completed[0], completed[1], "")
+        self.deliver(job_id, progress=kind != FINISHED_TYPE, state=state)
 
-    def deliver(self, job_id: str, *, progress: bool = False) -> None:
+    def deliver(
+        self, job_id: str, *, progress: bool = False, state: JobState | None = None
+    ) -> None:
+        """Pass "finished" (with the job's final ``state`` when the message carried it) or
+        "progress" on to the local waiters of ``job_id``."""
         with self._lock:
             waiters = list(self.waiters.get(job_id, ()))
         for waiter in waiters:
@@ -266,6 +289,6 @@ class Waiters:
                 if progress:
                     waiter.progress()
                 else:
-                    waiter.notify()
+                    waiter.notify(state)
             except Exception:  # one broken waiter must not stop the others' notifications
                 logger.exception("notifying a waiter of job %s failed", job_id)

@@ -21,6 +21,7 @@ from .. import signals
 from ..base import Status
 from ..models import Job
 from ..notifications import hub
+from ..notifications.names import RESULT_IN_MESSAGE_BYTES
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
 from .endings import Endings, log
 from .outcomes import Outcome, backoff, describe, failed
@@ -314,7 +315,13 @@ class Writer:
 
     def _announce(self, outcomes: list[Outcome], notify: list[str]) -> None:
         if notify:
-            hub().job_finished(notify)
+            # A small result rides in the "finished" message: its waiters skip their read.
+            completed = {
+                o.job.job_id: (o.job.attempts, o.result)
+                for o in outcomes
+                if o.ok and not o.cancelled and o.size <= RESULT_IN_MESSAGE_BYTES
+            }
+            hub().job_finished(notify, completed)
         if signals.job_finished.has_listeners():
             for outcome in outcomes:
                 signals.send_robust(
