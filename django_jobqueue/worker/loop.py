@@ -22,9 +22,8 @@ from collections import deque
 from collections.abc import Iterable
 
 from django.db import InterfaceError, OperationalError, router
-from django.utils import timezone
 
-from .. import conf, periodic
+from .. import clock, conf, periodic
 from ..base import ClaimedJob
 from ..exceptions import JobNotRegistered
 from ..models import Job
@@ -278,11 +277,11 @@ class Worker:
             return True
         # Retries the claim could not take because they were not yet due (one that fell due
         # since then is claimed on the very next pass).
-        claimed_at = self._claimer.claimed_at or timezone.now()
+        claimed_at = self._claimer.claimed_at or clock.now()
         due = Job.objects.using(self.using).next_retry(self.queues, claimed_at)
         if due is None:
             return True
-        wait = max(0.0, (due - timezone.now()).total_seconds())
+        wait = max(0.0, (due - clock.now()).total_seconds())
         logger.debug("worker name=%s burst: waiting %.2fs for a retry", self.name, wait)
         self._claimer.next_poll = min(self._claimer.next_poll, time.monotonic() + wait)
         return False

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.db import InterfaceError, OperationalError, connections
-from django.utils import timezone
 
-from .. import signals, telemetry
+from .. import clock, signals, telemetry
 from ..base import ClaimedJob, Status
 from ..models import DeadLetter, Job
 from ..notifications import hub
@@ -194,7 +193,7 @@ class Writer:
         returned or raised; the completion and retry statements also honour a cancel
         request recorded on the row after the run ended.
         """
-        now = timezone.now()
+        now = clock.now()
         jobs = self._jobs()
         progress = [(o.job.fence, o.progress) for o in outcomes if o.progress is not None]
         if progress:
@@ -288,7 +287,7 @@ class Writer:
         :meth:`dead_letter`). A run no longer ours is logged as discarded."""
         notify = self._jobs().finish_cancelled(
             *job.fence,
-            now=timezone.now(),
+            now=clock.now(),
             result_ttl=job.result_ttl,
             lease_expired_before=lease_expired_before,
         )
@@ -337,7 +336,7 @@ class Writer:
         Without ``outcome`` (a job that never ran here: unknown name, expired lease) its
         waiters are notified here; with one, by the caller after its write.
         """
-        now = timezone.now()
+        now = clock.now()
         done = self._jobs().dead_letter(
             job,
             error,
