@@ -4,7 +4,9 @@ faults have stopped and the queue has drained. Each broken invariant is a
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,7 +78,9 @@ def check(faults: list[Applied], producer_log: Path, lease: float) -> Report:
         )
     }
     results = dict(
-        JobResult.objects.filter(job__name__startswith="chaos.").values_list("job__job_id", "result")
+        JobResult.objects.filter(job__name__startswith="chaos.").values_list(
+            "job__job_id", "result"
+        )
     )
     events: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in ledger.rows(
@@ -104,7 +108,9 @@ def _lost(report: Report, jobs: dict[str, Any], calls: list[dict[str, Any]]) -> 
     unfinished = sorted(job_id for job_id, row in jobs.items() if row["status"] != "completed")
     report.lost = len(missing) + len(unfinished)
     for job_id in missing[:10]:
-        report.fail("no committed job lost", f"{job_id}: enqueued, no job row", _ledger_rows(job_id))
+        report.fail(
+            "no committed job lost", f"{job_id}: enqueued, no job row", _ledger_rows(job_id)
+        )
     for job_id in unfinished[:10]:
         row = jobs[job_id]
         report.fail(
@@ -204,9 +210,11 @@ def _groups(report: Report, jobs: dict[str, Any], events: dict[str, list[tuple[A
             by_group[row["group"]].append((row["args"][1], job_id))
     for members in by_group.values():
         members.sort()
-        for (seq, before), (_, after) in zip(members, members[1:], strict=False):
+        for (seq, before), (_, after) in itertools.pairwise(members):
             done = [
-                r for r in events.get(before, []) if r[2] == "end" and r[3] == jobs[before]["attempts"]
+                r
+                for r in events.get(before, [])
+                if r[2] == "end" and r[3] == jobs[before]["attempts"]
             ]
             starts = [r for r in events.get(after, []) if r[2] == "start"]
             if done and starts and starts[0][8] < done[0][8]:
@@ -242,7 +250,8 @@ def _waiters(report: Report, calls: list[dict[str, Any]]) -> None:
                 _ledger_rows(call["job_id"]),
             )
         if call["outcome"] in ("failed", "error"):
-            reasons[f"{call['outcome']}: {str(call.get('error'))[:110]}"] += 1
+            error = re.sub(r"'[^']*' failed: ", "", str(call.get("error")))
+            reasons[f"{call['outcome']}: {error[:120]}"] += 1
     report.waits = dict(counts)
     for reason, count in sorted(reasons.items()):
         report.notes.append(f"{count} waiter(s) {reason}")
@@ -259,7 +268,7 @@ def _ticks(report: Report, jobs: dict[str, Any], events: dict[str, list[tuple[An
         starts = [r for r in events.get(job_id, []) if r[2] == "start"]
         if starts and starts[0][8] < moment:
             report.fail("schedules ticked once, on time", f"{job_id} ran before its tick", starts)
-    for earlier, later in zip(moments, moments[1:], strict=False):
+    for earlier, later in itertools.pairwise(moments):
         if later - earlier != timedelta(minutes=1):
             report.fail("schedules ticked once, on time", f"ticks {earlier} then {later}")
     report.notes.append(f"{len(ticks)} schedule tick(s)")
@@ -288,13 +297,19 @@ def _limits(report: Report, events: dict[str, list[tuple[Any, ...]]], lease: flo
                 start, end = run["start"][8], run["end"][8]
                 if (end - start).total_seconds() < lease:
                     spans.append((start, end, run["start"]))
-    points = sorted([(s, 1, r) for s, _, r in spans] + [(e, -1, r) for _, e, r in spans],
-                    key=lambda p: (p[0], p[1]))
+    points = sorted(
+        [(s, 1, r) for s, _, r in spans] + [(e, -1, r) for _, e, r in spans],
+        key=lambda p: (p[0], p[1]),
+    )
     running: list[tuple[Any, ...]] = []
     for _, step, row in points:
         if step > 0:
             running.append(row)
             if len(running) > LIMIT:
-                report.fail("limits never exceeded", f"{len(running)} chaos.limited runs at once", list(running))
+                report.fail(
+                    "limits never exceeded",
+                    f"{len(running)} chaos.limited runs at once",
+                    list(running),
+                )
         else:
             running.remove(row)

@@ -34,7 +34,9 @@ class Fault:
     def describe(self) -> str:
         where = "services" if self.host < 0 else f"h{self.host}"
         extra = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"t+{self.at:6.1f}s {self.kind:<15} {where:<8} {self.duration:5.1f}s {extra}".rstrip()
+        return (
+            f"t+{self.at:6.1f}s {self.kind:<15} {where:<8} {self.duration:5.1f}s {extra}".rstrip()
+        )
 
 
 def _fault(rng: random.Random, kind: str, at: float, hosts: int, lease: float) -> Fault:

@@ -19,6 +19,7 @@ killed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -57,10 +58,8 @@ async def _pipe(
     except (ConnectionError, OSError):
         pass
     finally:
-        try:
+        with contextlib.suppress(Exception):
             writer.close()
-        except Exception:  # noqa: BLE001 - already gone
-            pass
 
 
 def _handler(address: str, port: int):  # type: ignore[no-untyped-def]

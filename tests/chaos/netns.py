@@ -7,8 +7,8 @@ namespace that drops the host's packets to a service's port (an established conn
 goes silent, exactly as over a cut cable: no reset, no FIN). Loss is the packet filter
 too, dropping that share of the host's packets at random (``-m statistic``); delay is
 added by the forwarder to the bytes the host sends, because this kernel has no ``netem``
-qdisc (``tc qdisc ... netem`` answers "Specified qdisc kind is unknown"). Everything here is idempotent: :func:`clean`
-removes whatever an earlier run (even a killed one) left behind.
+qdisc (``tc qdisc ... netem`` answers "Specified qdisc kind is unknown"). Everything here
+is idempotent: :func:`clean` removes whatever an earlier run (even a killed one) left behind.
 """
 
 from __future__ import annotations

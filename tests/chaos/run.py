@@ -9,6 +9,7 @@ seed S``; the exit status is 1 when an invariant broke (its ledger rows are prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -57,10 +58,8 @@ class WorkerHost:
 
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -161,14 +160,14 @@ class Chaos:
         start = time.time()
         try:
             self._apply(fault)
-        except Exception as exc:  # noqa: BLE001 - a harness error is reported, not hidden
+        except Exception as exc:
             log(f"fault {fault.describe()} failed: {exc!r}")
         from .check import Applied
 
         self.applied.append(Applied(fault.kind, fault.host, start, time.time()))
         log(f"fault done  {fault.describe()}")
 
-    def _apply(self, fault: Fault) -> None:  # noqa: C901 - one branch per kind
+    def _apply(self, fault: Fault) -> None:
         log(f"fault start {fault.describe()}")
         kind, seconds = fault.kind, fault.duration
         worker = self.workers[fault.host] if fault.host >= 0 else None
@@ -182,10 +181,8 @@ class Chaos:
             pid = worker.proc.pid
             os.kill(pid, signal.SIGSTOP)
             time.sleep(seconds)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         elif kind.startswith("partition") and host:
             for service in {"partition-db": ["db"], "partition-redis": ["redis"]}.get(
                 kind, ["db", "redis"]
@@ -269,7 +266,7 @@ class Chaos:
         connection.close()
         requeued = requeue_deploy_letters()
         if requeued:
-            log(f"requeued {requeued} dead letter(s) of chaos.fresh (old code, as an operator would)")
+            log(f"requeued {requeued} dead letter(s) of chaos.fresh (old code), as operators would")
         drained = drain(timeout=self.lease * 3 + 120)
         for worker in self.workers:
             worker.stop_gracefully()
@@ -333,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="a soak of N minutes")
     parser.add_argument("--hosts", type=int, default=3, help="worker hosts (default 3)")
     parser.add_argument("--lease", type=float, default=4.0, help="LEASE_SECONDS (default 4)")
-    parser.add_argument("--no-restarts", action="store_true",
-                        help="no PostgreSQL/Redis restarts (they are shared: for development)")
+    parser.add_argument(
+        "--no-restarts",
+        action="store_true",
+        help="no PostgreSQL/Redis restarts (they are shared: for development)",
+    )
     parser.add_argument("--workdir", default="/tmp/djq-chaos", help="logs and the producer's log")
     args = parser.parse_args(argv)  # fmt: skip
     args.seed = args.seed if args.seed is not None else random.randrange(1, 10**6)

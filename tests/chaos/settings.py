@@ -40,9 +40,14 @@ DATABASES = {
             "tcp_user_timeout": 8000,
         },
         "CONN_MAX_AGE": None,
+        "CONN_HEALTH_CHECKS": True,  # a connection a partition broke is replaced, not reused
     }
 }
-_REDIS = {"hosts": [{"address": f"redis://{_HOST}:6379/0", "socket_connect_timeout": 2, "socket_timeout": 10}]}
+_REDIS = {
+    "hosts": [
+        {"address": f"redis://{_HOST}:6379/0", "socket_connect_timeout": 2, "socket_timeout": 10}
+    ]
+}
 CHANNEL_LAYERS = {
     "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": _REDIS},
 }
