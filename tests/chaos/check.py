@@ -94,7 +94,7 @@ def check(faults: list[Applied], producer_log: Path, lease: float) -> Report:
     _atomic(report, jobs, events)
     _outcomes(report, jobs, results, events)
     _groups(report, jobs, events)
-    _waiters(report, calls)
+    _waiters(report, calls, [f for f in faults if f.kind == "pg-restart"])
     _ticks(report, jobs, events)
     _limits(report, events, lease)
     return report
@@ -225,8 +225,11 @@ def _groups(report: Report, jobs: dict[str, Any], events: dict[str, list[tuple[A
                 )
 
 
-def _waiters(report: Report, calls: list[dict[str, Any]]) -> None:
-    """Every waiter got the right value or a timeout, within its timeout (plus a grace)."""
+def _waiters(report: Report, calls: list[dict[str, Any]], restarts: list[Applied]) -> None:
+    """Every waiter got the right value or a timeout, within its timeout (plus a grace).
+    A database error is allowed only while PostgreSQL restarted (the database is the
+    truth: with it down, no answer is possible); a failure only as the rolling deploy's
+    dead letter (the documented answer to a job name a worker does not know)."""
     counts: dict[str, int] = defaultdict(int)
     reasons: dict[str, int] = defaultdict(int)
     for call in calls:
@@ -247,6 +250,21 @@ def _waiters(report: Report, calls: list[dict[str, Any]]) -> None:
                 "every waiter answered within its timeout",
                 f"{call['job_id']}: {call['outcome']} after {call['elapsed']} s "
                 f"(timeout {call['timeout']} s) {call.get('error', '')}",
+                _ledger_rows(call["job_id"]),
+            )
+        if call["outcome"] == "error" and not any(
+            f.start - 1 <= call["at"] + call["elapsed"] and call["at"] <= f.end + 5
+            for f in restarts
+        ):
+            report.fail(
+                "every waiter answered with the right value or a timeout",
+                f"{call['job_id']}: {call.get('error')} with the database up",
+                _ledger_rows(call["job_id"]),
+            )
+        if call["outcome"] == "failed" and "JobNotRegistered" not in str(call.get("error")):
+            report.fail(
+                "every waiter answered with the right value or a timeout",
+                f"{call['job_id']}: failed: {call.get('error')}",
                 _ledger_rows(call["job_id"]),
             )
         if call["outcome"] in ("failed", "error"):

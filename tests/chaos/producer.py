@@ -84,6 +84,7 @@ class Producer:
             job_id = f"w{index}-{kind}-{self.seed}-{n}"
             started = time.monotonic()
             fields: dict[str, Any] = {"job_id": job_id, "call": "wait", "kind": kind}
+            fields["at"] = time.time()  # this machine's clock, as the fault windows
             fields["expected"] = _expected(kind, n)
             fields["timeout"] = WAIT_TIMEOUT
             try:

@@ -37,8 +37,9 @@ class WorkerHost:
     """One worker process in a host's namespace, restartable with a skewed clock or the
     previous release's code."""
 
-    def __init__(self, host: netns.Host, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, host: netns.Host, workdir: Path, env: dict[str, str], cwd: Path) -> None:
         self.host = host
+        self.cwd = cwd
         self.workdir = workdir
         self.env = env
         self.overrides: dict[str, str] = {}
@@ -48,12 +49,12 @@ class WorkerHost:
     def start(self) -> None:
         env = {**self.env, "CHAOS_HOST": f"h{self.host.index}", **self.overrides}
         if "DJQ_CLOCK_SKEW" in self.overrides:
-            env["PYTHONPATH"] = f"{SKEW_PATH}{os.pathsep}{ROOT}"
+            env["PYTHONPATH"] = f"{SKEW_PATH}{os.pathsep}{env['PYTHONPATH']}"
         with (self.workdir / f"h{self.host.index}.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 [*self.host.exec_prefix(), sys.executable, "-m", "django", "runjobworker",
                  "--concurrency", "4"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def signal(self, signum: int) -> None:
@@ -98,12 +99,19 @@ class Chaos:
         self.stop_file = self.workdir / "stop-producer"
         self.producer_log = self.workdir / "producer.jsonl"
         self.control = self.workdir / "delays.json"
+        # --package-from: the workers and the producer import django_jobqueue from there
+        # (another version of the package under the same chaos: to show what a fix fixed).
+        # ``python -m`` puts the working directory first on sys.path: run from there.
+        self.cwd = Path(args.package_from).resolve() if args.package_from else ROOT
+        self.pythonpath = os.pathsep.join(
+            [*([str(Path(args.package_from).resolve())] if args.package_from else []), str(ROOT)]
+        )
 
     def base_env(self, host: netns.Host) -> dict[str, str]:
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DJQ_", "CHAOS_"))},
             "DJANGO_SETTINGS_MODULE": "tests.chaos.settings",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": self.pythonpath,
             "PYTHONUNBUFFERED": "1",
             "CHAOS_SERVICES_HOST": host.gateway,
             "CHAOS_DB_NAME": DB_NAME,
@@ -126,7 +134,7 @@ class Chaos:
         )  # fmt: skip
         self._database()
         for host in self.hosts:
-            worker = WorkerHost(host, self.workdir, self.base_env(host))
+            worker = WorkerHost(host, self.workdir, self.base_env(host), self.cwd)
             worker.start()
             self.workers.append(worker)
 
@@ -231,7 +239,7 @@ class Chaos:
         self.producer = subprocess.Popen(
             [*self.producer_host.exec_prefix(), sys.executable, "-m", "tests.chaos.producer",
              str(self.producer_log), str(self.stop_file), str(self.seed)],
-            cwd=ROOT, env={**self.base_env(self.producer_host), "CHAOS_HOST": "producer"},
+            cwd=self.cwd, env={**self.base_env(self.producer_host), "CHAOS_HOST": "producer"},
             stdout=(self.workdir / "producer.log").open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         opened = time.monotonic()
@@ -334,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-restarts",
         action="store_true",
         help="no PostgreSQL/Redis restarts (they are shared: for development)",
+    )
+    parser.add_argument(
+        "--package-from",
+        default=None,
+        help="a folder holding another django_jobqueue for the hosts to run",
     )
     parser.add_argument("--workdir", default="/tmp/djq-chaos", help="logs and the producer's log")
     args = parser.parse_args(argv)  # fmt: skip
