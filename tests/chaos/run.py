@@ -94,6 +94,7 @@ class Chaos:
         self.workers: list[WorkerHost] = []
         self.applied: list[Any] = []
         self.threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
         self.forwarder: subprocess.Popen[bytes] | None = None
         self.producer: subprocess.Popen[bytes] | None = None
         self.stop_file = self.workdir / "stop-producer"
@@ -152,6 +153,7 @@ class Chaos:
             cursor.execute(ledger_ddl())
 
     def teardown(self) -> None:
+        self.stopping.set()  # a fault thread still sleeping stops no service from now on
         for worker in self.workers:
             worker.signal(signal.SIGCONT)
             worker.kill()
@@ -215,11 +217,11 @@ class Chaos:
             with worker.lock:
                 worker.overrides.pop(key, None)
                 worker.restart()
-        elif kind == "redis-restart":
+        elif kind == "redis-restart" and not self.stopping.is_set():
             services.stop_redis()
             time.sleep(seconds)
             services.ensure_up()
-        elif kind == "pg-restart":
+        elif kind == "pg-restart" and not self.stopping.is_set():
             services.stop_pg()
             time.sleep(seconds)
             services.ensure_up()
