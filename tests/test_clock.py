@@ -7,14 +7,16 @@ The skewed workers are real ``runjobworker`` processes whose wall clock is shift
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from django_jobqueue import clock
-from django_jobqueue.models import Job
+from django_jobqueue.models import Job, Schedule
+from django_jobqueue.periodic import Scheduler, ScheduleSpec
 from tests.conftest import POSTGRES, ROOT, wait_until
 from tests.testapp.jobs import sleep_then_record
 from tests.testapp.models import Execution
@@ -61,3 +63,25 @@ def test_a_skewed_worker_never_takes_over_a_live_lease(worker_processes, tmp_pat
     assert row.attempts == 1, row.last_error
     assert Execution.objects.filter(tag="skew").count() == 1
     assert "ahead of" in worker_processes.log(skewed) or "behind" in worker_processes.log(skewed)
+
+
+@pytest.mark.skipif(not POSTGRES, reason="SQLite shares the process's clock")
+def test_a_host_two_minutes_ahead_enqueues_no_tick_before_its_time(monkeypatch):
+    """The scheduler of a worker whose host clock is 2 minutes fast: without the
+    database's clock it enqueued the tick two minutes ahead at once."""
+    real_now = timezone.now
+    # The host's clock is the boundary faked here; the database's is real.
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(minutes=2))
+    monkeypatch.setattr(clock, "_offset", clock.offset())
+    assert abs(clock.sync(connection.alias) + timedelta(minutes=2)) < timedelta(seconds=1)
+    spec = ScheduleSpec("every-minute", "tests.testapp.jobs.record", "* * * * *", ["t"])
+    Schedule.objects.create(
+        name=spec.name, job=spec.job, cron=spec.cron, since=real_now() - timedelta(minutes=10)
+    )
+    Scheduler([spec], connection.alias).run()
+    ticks = [
+        datetime.fromisoformat(job_id.split(":", 2)[2].replace("Z", "+00:00"))
+        for job_id in Job.objects.values_list("job_id", flat=True)
+    ]
+    assert len(ticks) == 1
+    assert ticks[0] <= real_now() < ticks[0] + timedelta(minutes=1)
