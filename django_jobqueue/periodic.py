@@ -31,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
 from django.utils import timezone
 
-from . import conf
+from . import clock, conf
 from .cron import CronError, check_cron, latest_tick, next_tick, tick_label, ticks_between
 from .exceptions import InvalidJobError, SerializationError
 from .handles import JobHandle, announce
@@ -237,7 +237,7 @@ def sync(specs: Sequence[ScheduleSpec], *, using: str | None = None) -> None:
         return
     using = using or router.db_for_write(Schedule)
     rows = Schedule.objects.using(using)
-    now = timezone.now()
+    now = clock.now()
     existing = {
         name: (job, cron)
         for name, job, cron in rows.filter(name__in=[s.name for s in specs]).values_list(
@@ -330,7 +330,7 @@ class Scheduler:
 
     def run(self, now: datetime | None = None) -> float:
         """Enqueue each schedule's latest due tick not yet handled; seconds until the next."""
-        now = _aware(now or timezone.now())
+        now = _aware(now or clock.now())  # ticks on the database's clock, not this host's
         if not self.synced:
             sync(self.specs, using=self.using)
             self.synced = True

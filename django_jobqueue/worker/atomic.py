@@ -25,8 +25,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
 
+from .. import clock
 from ..base import ClaimedJob
 from ..models import Job
 from .outcomes import Outcome, succeeded
@@ -50,7 +50,7 @@ def commit_completion(using: str, outcome: Outcome) -> bool | None:
     more; False with ``outcome.cancelled`` set if it was asked to stop (the caller rolls
     back)."""
     job = outcome.job
-    now = timezone.now()
+    now = clock.now()
     expires = now + timedelta(seconds=job.result_ttl)
     jobs = Job.objects.using(using)
     if outcome.result is not None:

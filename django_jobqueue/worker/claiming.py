@@ -11,9 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from django.utils import timezone
-
-from .. import conf, limits
+from .. import clock, conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
@@ -149,7 +147,7 @@ class Claimer:
     def claim(self, wanted: int) -> int:
         """Claim up to ``wanted`` jobs into the buffer (each claim is committed, so each lands
         in the buffer at once and is renewed, run or released from there); return how many."""
-        now = timezone.now()
+        now = clock.now()
         self.claimed_at = now
         lease_until = now + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
         order: list[str | None] = [None] if self.queues is None else list(self.queues)

@@ -7,9 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from django.utils import timezone
-
-from .. import signals, telemetry
+from .. import clock, signals, telemetry
 from ..base import ClaimedJob
 from ..models import DeadLetter, Job
 from ..notifications import hub
@@ -62,7 +60,7 @@ class Endings:
         :meth:`dead_letter`). A run no longer ours is logged as discarded."""
         notify = self._jobs().finish_cancelled(
             *job.fence,
-            now=timezone.now(),
+            now=clock.now(),
             result_ttl=job.result_ttl,
             lease_expired_before=lease_expired_before,
         )
@@ -93,7 +91,7 @@ class Endings:
         Without ``outcome`` (a job that never ran here: unknown name, expired lease) its
         waiters are notified here; with one, by the caller after its write.
         """
-        now = timezone.now()
+        now = clock.now()
         done = self._jobs().dead_letter(
             job,
             error,

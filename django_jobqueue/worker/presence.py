@@ -16,9 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, models
-from django.utils import timezone
 
-from .. import conf
+from .. import clock, conf
 from ..models import WorkerHeartbeat
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -48,14 +47,14 @@ class Presence:
             queues=queues,
             concurrency=concurrency,
             scheduling=scheduling,
-            started_at=timezone.now(),
+            started_at=clock.now(),
         )
         self.written = False
 
     def beat(self) -> None:
         """Refresh this worker's row (write it on the first beat), then delete the rows of
         workers not seen for ``LEASE_SECONDS``."""
-        now = timezone.now()
+        now = clock.now()
         running, done = self.counts()
         rows = WorkerHeartbeat.objects.using(self.using)
         fields = {"last_seen": now, "jobs_running": running, "jobs_done": done}

@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from django.utils import timezone
-
-from .. import conf
+from .. import clock, conf
 from ..base import ClaimedJob
 from ..models import Job
 from ..notifications import hub
@@ -48,11 +46,11 @@ def burst_is_over(
         return True
     # Retries the claim could not take because they were not yet due (one that fell due
     # since then is claimed on the very next pass).
-    claimed_at = claimer.claimed_at or timezone.now()
+    claimed_at = claimer.claimed_at or clock.now()
     due = Job.objects.using(using).next_retry(queues, claimed_at)
     if due is None:
         return True
-    wait = max(0.0, (due - timezone.now()).total_seconds())
+    wait = max(0.0, (due - clock.now()).total_seconds())
     logger.debug("worker name=%s burst: waiting %.2fs for a retry", claimer.worker, wait)
     claimer.next_poll = min(claimer.next_poll, time.monotonic() + wait)
     return False

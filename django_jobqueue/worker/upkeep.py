@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from django.utils import timezone
-
-from .. import conf, telemetry
+from .. import clock, conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Status
 from ..models import Job
 from ..notifications import hub
@@ -80,6 +78,7 @@ class Upkeep:
         return min(self.next_heartbeat, self.next_reap, self.next_prune, self.next_schedule)
 
     def periodic(self, now: float) -> None:
+        clock.sync_if_due(self.using)  # leases and reaping on the database's clock
         self.heartbeat_if_due(now)
         if now >= self.next_reap:
             self.next_reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
@@ -106,7 +105,7 @@ class Upkeep:
         held = list(self.held())
         if not held:
             return
-        lease_until = timezone.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        lease_until = clock.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
         ours = self._jobs().renew_leases([job.fence for job in held], lease_until)
         lost = [job for job in held if job.id not in ours]
         for job in lost:
@@ -124,7 +123,7 @@ class Upkeep:
 
     def reap(self) -> None:
         """Requeue (or dead-letter) running jobs whose worker stopped renewing their lease."""
-        now = timezone.now()
+        now = clock.now()
         expired = list(self._jobs().expired_leases(now).order_by("lease_expires_at")[:REAP_BATCH])
         for row in expired:
             job = ClaimedJob(**{column: getattr(row, column) for column in CLAIM_COLUMNS})
@@ -181,7 +180,7 @@ class Upkeep:
     def prune(self) -> int:
         """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
         with their results; return how many."""
-        deleted = self._jobs().prune(timezone.now(), limit=int(conf.get("PRUNE_BATCH")))
+        deleted = self._jobs().prune(clock.now(), limit=int(conf.get("PRUNE_BATCH")))
         if deleted:
             logger.debug("pruned %d finished jobs past their result_ttl", deleted)
         return deleted

@@ -15,9 +15,8 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.db import InterfaceError, OperationalError, connections
-from django.utils import timezone
 
-from .. import signals
+from .. import clock, signals
 from ..base import Status
 from ..models import Job
 from ..notifications import hub
@@ -220,7 +219,7 @@ class Writer:
         returned or raised; the completion and retry statements also honour a cancel
         request recorded on the row after the run ended.
         """
-        now = timezone.now()
+        now = clock.now()
         jobs = self._jobs()
         outcomes = self._committed(outcomes, written)
         progress = [(o.job.fence, o.progress) for o in outcomes if o.progress is not None]
