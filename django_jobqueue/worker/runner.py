@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -25,31 +24,11 @@ from ..context import JobContext, Progress, current_run
 from ..exceptions import Retry
 from ..models import Job
 from ..notifications import run_loop
-from ..registry import RegisteredJob, registry
+from ..registry import registry
 from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded
+from .running import RunningJob
 from .timelimits import TimeLimits
-
-
-@dataclass(slots=True, eq=False)
-class RunningJob:
-    """One attempt while it runs: what the worker may need to reach it from outside its
-    thread (to cancel it, to time it out). Filled in by the thread or task that runs it."""
-
-    job: ClaimedJob
-    definition: RegisteredJob
-    started: float = field(default_factory=time.monotonic)
-    #: Set when someone asked the job to stop (``JobContext.cancel_requested`` reads it).
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    #: The running thread's id (sync jobs), once it started.
-    thread_id: int | None = None
-    #: The running task (``async def`` jobs), once it started.
-    task: asyncio.Future[Any] | None = None
-    #: The last progress the job reported, and whether the worker has yet to write it.
-    progress: Progress | None = None
-    progress_pending: bool = False
-    #: When (``time.monotonic()``) its progress was last taken for writing.
-    progress_written: float = 0.0
 
 
 class Runner:

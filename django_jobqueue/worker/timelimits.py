@@ -36,15 +36,13 @@ import threading
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import connections
 
 from ..exceptions import TimeLimitExceeded
 from .outcomes import Outcome, describe
-
-if TYPE_CHECKING:
-    from .runner import RunningJob
+from .running import RunningJob
 
 logger = logging.getLogger("django_jobqueue.worker")
 

@@ -79,6 +79,144 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _declare(parser: CommandParser) -> None:
+    """The subcommands and their options (each with its own ``--help``)."""
+    sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND", required=True)
+
+    status = sub.add_parser(
+        "status",
+        help="Jobs per queue and status, the oldest waiting job's age, jobs finished per "
+        "minute, dead letters, live workers.",
+        description="Jobs per queue and status (queued and running counted exactly, "
+        f"finished ones up to {stats.FINISHED_COUNT_CAP:,} over all queues, shown with "
+        "'+' past that), how long the oldest ready job of each queue has waited, jobs "
+        "finished in the last full minute and so far this minute, dead letters, and live "
+        "workers once workers record heartbeats. Exit code 3 if the database is "
+        "unreachable.",
+    )
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=_seconds,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="Redraw every SECONDS (default when given without a value: 2) until Ctrl-C.",
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="One JSON document (with --watch: one per line, JSON Lines).",
+    )
+    status.add_argument(
+        "--queue", dest="queues", action="append", type=_queue, metavar="NAME",
+        help="Always list this queue, even when empty; repeat for several.",
+    )  # fmt: skip
+
+    health = sub.add_parser(
+        "health",
+        help="Exit 0 if healthy; 3 database unreachable, 4 queue backed up, 5 no live "
+        "worker. For a monitoring check or a container's health probe.",
+        description="A health check by exit code: 0 healthy; 3 the database is "
+        "unreachable; 4 a queue is backed up (its oldest ready job has waited longer "
+        "than --max-waiting); 5 no live worker (checked only once workers record "
+        "heartbeats). One line on stdout (healthy) or stderr says why. Cheap: one "
+        "grouped query over queued jobs, and one over workers.",
+    )
+    health.add_argument(
+        "--max-waiting",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="Backed up when a ready job has waited longer than this (default: %(default)r).",
+    )
+    health.add_argument(
+        "--queue", dest="queues", action="append", type=_queue, metavar="NAME",
+        help="Check only this queue; repeat for several (default: every queue).",
+    )  # fmt: skip
+    health.add_argument(
+        "--min-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Fewer live workers than this is exit code 5 (default: %(default)r; 0 "
+        "turns the check off).",
+    )
+
+    prune = sub.add_parser(
+        "prune",
+        help="Delete finished jobs past their result_ttl, with their results.",
+        description="Delete finished jobs (completed, failed, cancelled) past their "
+        "result_ttl, with their results, in batches of PRUNE_BATCH rows, each in its own "
+        "short transaction, until none is left. Workers do the same continuously; this "
+        "is for catching up or for a deployment without workers running. Dead letters "
+        "are kept.",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="Instead: delete finished jobs that finished more than SECONDS ago, "
+        "whatever their result_ttl (a job id deleted early can run again).",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
+    )
+
+    letters = sub.add_parser(
+        "dead-letters",
+        help="List dead letters: how many per job name and queue, then the latest.",
+        description="Dead letters per job name and queue with the latest failure, then "
+        "the latest dead letters with their error's last line.",
+    )
+    letters.add_argument("--name", help="Only dead letters of this job name.")
+    letters.add_argument("--queue", type=_queue, help="Only dead letters of this queue.")
+    letters.add_argument(
+        "--limit",
+        type=_positive,
+        default=20,
+        metavar="N",
+        help="List the latest N (default: %(default)r).",
+    )
+    letters.add_argument("--json", action="store_true", help="As one JSON document.")
+
+    requeue = sub.add_parser(
+        "requeue",
+        help="Requeue dead letters by job name, queue or job id (or all of them).",
+        description="Run dead letters again, with their id and arguments: each is "
+        "deleted as its job is queued, in transactions of "
+        f"{REQUEUE_BATCH} (see django_jobqueue.deadletters). A dead letter whose job is "
+        "queued or running is kept. Give at least one filter, or --all.",
+    )
+    requeue.add_argument("--name", help="Dead letters of this job name.")
+    requeue.add_argument("--queue", type=_queue, help="Dead letters of this queue.")
+    requeue.add_argument(
+        "--job-id",
+        dest="job_ids",
+        action="append",
+        metavar="ID",
+        help="This job id; repeat for several.",
+    )
+    requeue.add_argument("--all", action="store_true", help="Every dead letter (no filter needed).")
+    requeue.add_argument(
+        "--dry-run", action="store_true", help="Count what would be requeued; change nothing."
+    )
+
+    cancel = sub.add_parser(
+        "cancel",
+        help="Cancel the queued jobs of a queue (optionally of one job name).",
+        description="Cancel every queued job of --queue (and --name): they never run, "
+        "their waiters get JobCancelledError. Running jobs are left alone (cancel one "
+        "with django_jobqueue.cancel(job_id) or the admin).",
+    )
+    cancel.add_argument("--queue", type=_queue, required=True, help="The queue.")
+    cancel.add_argument("--name", help="Only jobs of this job name.")
+    cancel.add_argument(
+        "--dry-run", action="store_true", help="Count what would be cancelled; change nothing."
+    )
+
+
 class Command(BaseCommand):
     help = (
         "Operate the job queue: status (counts, oldest waiting job, throughput), health "
@@ -88,142 +226,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND", required=True)
-
-        status = sub.add_parser(
-            "status",
-            help="Jobs per queue and status, the oldest waiting job's age, jobs finished per "
-            "minute, dead letters, live workers.",
-            description="Jobs per queue and status (queued and running counted exactly, "
-            f"finished ones up to {stats.FINISHED_COUNT_CAP:,} over all queues, shown with "
-            "'+' past that), how long the oldest ready job of each queue has waited, jobs "
-            "finished in the last full minute and so far this minute, dead letters, and live "
-            "workers once workers record heartbeats. Exit code 3 if the database is "
-            "unreachable.",
-        )
-        status.add_argument(
-            "--watch",
-            nargs="?",
-            type=_seconds,
-            const=2.0,
-            default=None,
-            metavar="SECONDS",
-            help="Redraw every SECONDS (default when given without a value: 2) until Ctrl-C.",
-        )
-        status.add_argument(
-            "--json",
-            action="store_true",
-            help="One JSON document (with --watch: one per line, JSON Lines).",
-        )
-        status.add_argument(
-            "--queue", dest="queues", action="append", type=_queue, metavar="NAME",
-            help="Always list this queue, even when empty; repeat for several.",
-        )  # fmt: skip
-
-        health = sub.add_parser(
-            "health",
-            help="Exit 0 if healthy; 3 database unreachable, 4 queue backed up, 5 no live "
-            "worker. For a monitoring check or a container's health probe.",
-            description="A health check by exit code: 0 healthy; 3 the database is "
-            "unreachable; 4 a queue is backed up (its oldest ready job has waited longer "
-            "than --max-waiting); 5 no live worker (checked only once workers record "
-            "heartbeats). One line on stdout (healthy) or stderr says why. Cheap: one "
-            "grouped query over queued jobs, and one over workers.",
-        )
-        health.add_argument(
-            "--max-waiting",
-            type=_seconds,
-            default=300.0,
-            metavar="SECONDS",
-            help="Backed up when a ready job has waited longer than this (default: %(default)r).",
-        )
-        health.add_argument(
-            "--queue", dest="queues", action="append", type=_queue, metavar="NAME",
-            help="Check only this queue; repeat for several (default: every queue).",
-        )  # fmt: skip
-        health.add_argument(
-            "--min-workers",
-            type=int,
-            default=1,
-            metavar="N",
-            help="Fewer live workers than this is exit code 5 (default: %(default)r; 0 "
-            "turns the check off).",
-        )
-
-        prune = sub.add_parser(
-            "prune",
-            help="Delete finished jobs past their result_ttl, with their results.",
-            description="Delete finished jobs (completed, failed, cancelled) past their "
-            "result_ttl, with their results, in batches of PRUNE_BATCH rows, each in its own "
-            "short transaction, until none is left. Workers do the same continuously; this "
-            "is for catching up or for a deployment without workers running. Dead letters "
-            "are kept.",
-        )
-        prune.add_argument(
-            "--older-than",
-            type=_seconds,
-            default=None,
-            metavar="SECONDS",
-            help="Instead: delete finished jobs that finished more than SECONDS ago, "
-            "whatever their result_ttl (a job id deleted early can run again).",
-        )
-        prune.add_argument(
-            "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
-        )
-
-        letters = sub.add_parser(
-            "dead-letters",
-            help="List dead letters: how many per job name and queue, then the latest.",
-            description="Dead letters per job name and queue with the latest failure, then "
-            "the latest dead letters with their error's last line.",
-        )
-        letters.add_argument("--name", help="Only dead letters of this job name.")
-        letters.add_argument("--queue", type=_queue, help="Only dead letters of this queue.")
-        letters.add_argument(
-            "--limit",
-            type=_positive,
-            default=20,
-            metavar="N",
-            help="List the latest N (default: %(default)r).",
-        )
-        letters.add_argument("--json", action="store_true", help="As one JSON document.")
-
-        requeue = sub.add_parser(
-            "requeue",
-            help="Requeue dead letters by job name, queue or job id (or all of them).",
-            description="Run dead letters again, with their id and arguments: each is "
-            "deleted as its job is queued, in transactions of "
-            f"{REQUEUE_BATCH} (see django_jobqueue.deadletters). A dead letter whose job is "
-            "queued or running is kept. Give at least one filter, or --all.",
-        )
-        requeue.add_argument("--name", help="Dead letters of this job name.")
-        requeue.add_argument("--queue", type=_queue, help="Dead letters of this queue.")
-        requeue.add_argument(
-            "--job-id",
-            dest="job_ids",
-            action="append",
-            metavar="ID",
-            help="This job id; repeat for several.",
-        )
-        requeue.add_argument(
-            "--all", action="store_true", help="Every dead letter (no filter needed)."
-        )
-        requeue.add_argument(
-            "--dry-run", action="store_true", help="Count what would be requeued; change nothing."
-        )
-
-        cancel = sub.add_parser(
-            "cancel",
-            help="Cancel the queued jobs of a queue (optionally of one job name).",
-            description="Cancel every queued job of --queue (and --name): they never run, "
-            "their waiters get JobCancelledError. Running jobs are left alone (cancel one "
-            "with django_jobqueue.cancel(job_id) or the admin).",
-        )
-        cancel.add_argument("--queue", type=_queue, required=True, help="The queue.")
-        cancel.add_argument("--name", help="Only jobs of this job name.")
-        cancel.add_argument(
-            "--dry-run", action="store_true", help="Count what would be cancelled; change nothing."
-        )
+        _declare(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")

@@ -1,0 +1,34 @@
+"""One attempt while it runs, as the runner, the time limits and the worker reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..base import ClaimedJob
+from ..context import Progress
+from ..registry import RegisteredJob
+
+
+@dataclass(slots=True, eq=False)
+class RunningJob:
+    """One attempt while it runs: what the worker may need to reach it from outside its
+    thread (to cancel it, to time it out). Filled in by the thread or task that runs it."""
+
+    job: ClaimedJob
+    definition: RegisteredJob
+    started: float = field(default_factory=time.monotonic)
+    #: Set when someone asked the job to stop (``JobContext.cancel_requested`` reads it).
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    #: The running thread's id (sync jobs), once it started.
+    thread_id: int | None = None
+    #: The running task (``async def`` jobs), once it started.
+    task: asyncio.Future[Any] | None = None
+    #: The last progress the job reported, and whether the worker has yet to write it.
+    progress: Progress | None = None
+    progress_pending: bool = False
+    #: When (``time.monotonic()``) its progress was last taken for writing.
+    progress_written: float = 0.0
