@@ -56,6 +56,7 @@ class SafetyNet:
         self._retime = threading.Event()  # settings changed: compute the interval again
         self._thread: threading.Thread | None = None
         self.polls = 0  # queries made, for the tests and the curious
+        self._failing = False
 
     def add(self, job_id: str, found: Found) -> int:
         """Watch ``job_id`` for ``found``; the token to :meth:`discard` it with."""
@@ -98,10 +99,16 @@ class SafetyNet:
                     continue
                 self.poll_once()
             except Exception:
-                logger.exception("the safety-net poll failed; trying again")
+                if not self._failing:  # one line per outage, not one a second
+                    logger.exception("the safety-net poll failed; trying again every second")
+                self._failing = True
                 for connection in connections.all(initialized_only=True):
                     connection.close()
                 time.sleep(1.0)  # a failure that repeats must not spin
+            else:
+                if self._failing:
+                    logger.warning("the safety-net poll works again")
+                self._failing = False
 
     def poll_once(self) -> None:
         """Read the finished jobs among those waited for and hand each waiter its state."""
