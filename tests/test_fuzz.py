@@ -161,8 +161,12 @@ def test_deep_values_cost_little_time_and_memory(shape, levels):
     assert time.perf_counter() - started < 1 and peak < 500_000
 
 
-def test_wide_values_are_walked_once():
-    wide = {f"key-{i}": [i, float(i) + 0.5, "x" * 10] for i in range(100_000)}
+def test_wide_values_are_walked_once(settings):
+    # 20,000 keys: a walk that went back over them (quadratic) would still take minutes, and
+    # the linear one stays far from the bound under coverage's tracer on a busy machine
+    # (100,000 keys took 4 to 8 s there). About 800 KB of JSON: over a 256 KiB limit.
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "MAX_ARGS_BYTES": 256 * 1024}
+    wide = {f"key-{i}": [i, float(i) + 0.5, "x" * 10] for i in range(20_000)}
     started = time.perf_counter()
     size = check_json(wide)
     assert time.perf_counter() - started < 5
