@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, help="jobs enqueued and drained (default 3,000)")
     parser.add_argument("--roundtrips", type=int, help="measured round trips (default 300)")
     args = parser.parse_args()
+    # SIGTERM as SystemExit, so the running driver is stopped (and stops its workers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(QUEUES)
     unknown = [n for n in names if n not in QUEUES]
     if unknown:
@@ -231,8 +234,10 @@ def run_queue(
     try:
         proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
-        proc.terminate()  # the driver stops its workers on SIGTERM
-        proc.wait(timeout=30)
+        stop_driver(proc)
+    except BaseException:  # Ctrl-C, or SIGTERM (raised as SystemExit in main)
+        stop_driver(proc)
+        raise
     finally:
         log.close()
     try:
@@ -248,6 +253,15 @@ def run_queue(
             f"{name}-driver.log"
         )
     return result
+
+
+def stop_driver(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # the driver stops its workers on SIGTERM
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def summary(r: dict[str, Any]) -> str:
