@@ -1,0 +1,1 @@
+"""The side-by-side benchmark's django-jobqueue job (``bench/peers.py``)."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PeersJobqueueConfig(AppConfig):
+    name = "bench.peerapps.djqapp"
+    label = "peers_djq"

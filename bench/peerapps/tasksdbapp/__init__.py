@@ -1,0 +1,1 @@
+"""The side-by-side benchmark's django-tasks-db task (``bench/peers.py``)."""

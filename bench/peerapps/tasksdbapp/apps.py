@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PeersTasksDbConfig(AppConfig):
+    name = "bench.peerapps.tasksdbapp"
+    label = "peers_tasksdb"
