@@ -50,14 +50,14 @@ def test_a_skewed_worker_never_takes_over_a_live_lease(worker_processes, tmp_pat
     marker = tmp_path / "started"
     handle = sleep_then_record.enqueue("skew", 5, str(marker))
     first = worker_processes.start(env=holder)
-    wait_until(marker.exists, timeout=20)
+    wait_until(marker.exists, timeout=60)
     second = worker_processes.start(env=watcher)
     skewed = first if holder else second
     # The skewed worker measured its offset (its first pass) and said so.
-    wait_until(lambda: "clock is 120." in worker_processes.log(skewed), timeout=20)
+    wait_until(lambda: "clock is 120." in worker_processes.log(skewed), timeout=60)
     wait_until(
         lambda: Job.objects.get(job_id=handle.id).status == "completed",
-        timeout=30,
+        timeout=60,
     )
     row = Job.objects.get(job_id=handle.id)
     assert row.attempts == 1, row.last_error
