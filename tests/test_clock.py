@@ -44,17 +44,19 @@ def test_a_healthy_clock_has_no_offset():
     ids=["watcher-2-min-ahead", "holder-2-min-behind"],
 )
 def test_a_skewed_worker_never_takes_over_a_live_lease(worker_processes, tmp_path, holder, watcher):
-    """One worker runs a 5 s job (the lease is 2 s, renewed); a second worker, which reaps
+    """One worker runs a 10 s job (the lease is 2 s, renewed); a second worker, which reaps
     expired leases, watches. Decided on the hosts' own clocks, a watcher 2 minutes ahead,
     or a holder 2 minutes behind, sees the lease as long expired and runs the job again."""
     marker = tmp_path / "started"
-    handle = sleep_then_record.enqueue("skew", 5, str(marker))
+    handle = sleep_then_record.enqueue("skew", 10, str(marker))
     first = worker_processes.start(env=holder)
     wait_until(marker.exists, timeout=60)
     second = worker_processes.start(env=watcher)
     skewed = first if holder else second
     # The skewed worker measured its offset (its first pass) and said so.
     wait_until(lambda: "clock is 120." in worker_processes.log(skewed), timeout=60)
+    # ... while the job still ran: the watcher's reaping pass follows the measurement.
+    assert Job.objects.get(job_id=handle.id).status == "running"
     wait_until(
         lambda: Job.objects.get(job_id=handle.id).status == "completed",
         timeout=60,
