@@ -7,6 +7,7 @@ The skewed workers are real ``runjobworker`` processes whose wall clock is shift
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -87,3 +88,18 @@ def test_a_host_two_minutes_ahead_enqueues_no_tick_before_its_time(monkeypatch):
     ]
     assert len(ticks) == 1
     assert ticks[0] <= real_now() < ticks[0] + timedelta(minutes=1)
+
+
+def test_a_measurement_with_a_slow_round_trip_is_discarded(monkeypatch):
+    """A pause or a stalled network during the measurement would put its error at half
+    the round trip: such a measurement keeps the previous offset."""
+    monkeypatch.setattr(clock, "_offset", timedelta(0))
+
+    def stalled(using):  # the database answers, but the answer took a second to arrive
+        answer = timezone.now() + timedelta(seconds=100)
+        time.sleep(clock.MAX_ROUND_TRIP * 2)
+        return answer
+
+    monkeypatch.setattr(clock, "_database_time", stalled)
+    assert clock.sync(connection.alias) == timedelta(0)
+    assert clock.offset() == timedelta(0)
