@@ -31,6 +31,9 @@ RESYNC_SECONDS = 60.0
 NEGLIGIBLE = timedelta(milliseconds=250)
 #: An offset this large is logged as a warning (the host's clock should be fixed).
 WARN_AT = timedelta(seconds=2)
+#: A measurement whose round trip took longer is discarded (its error is up to half the
+#: round trip: a pause or a stalled network during it) and taken again a second later.
+MAX_ROUND_TRIP = 0.5
 
 _lock = threading.Lock()
 _offset = timedelta(0)
@@ -73,9 +76,14 @@ def sync(using: str = "default") -> timedelta:
     """Measure the offset to the database ``using``'s clock and use it from now on;
     return it. Database errors propagate (the worker's loop handles a lost connection)."""
     global _offset
+    connections[using].ensure_connection()  # connecting is not part of the round trip
+    started = time.monotonic()
     before = _local()
     database = _database_time(using)
     after = _local()
+    if time.monotonic() - started > MAX_ROUND_TRIP:
+        _next_sync[using] = time.monotonic() + 1.0
+        return _offset
     measured = timedelta(0) if database is None else database - (before + (after - before) / 2)
     if abs(measured) < NEGLIGIBLE:
         measured = timedelta(0)

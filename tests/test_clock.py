@@ -7,6 +7,7 @@ The skewed workers are real ``runjobworker`` processes whose wall clock is shift
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -44,20 +45,22 @@ def test_a_healthy_clock_has_no_offset():
     ids=["watcher-2-min-ahead", "holder-2-min-behind"],
 )
 def test_a_skewed_worker_never_takes_over_a_live_lease(worker_processes, tmp_path, holder, watcher):
-    """One worker runs a 5 s job (the lease is 2 s, renewed); a second worker, which reaps
+    """One worker runs a 10 s job (the lease is 2 s, renewed); a second worker, which reaps
     expired leases, watches. Decided on the hosts' own clocks, a watcher 2 minutes ahead,
     or a holder 2 minutes behind, sees the lease as long expired and runs the job again."""
     marker = tmp_path / "started"
-    handle = sleep_then_record.enqueue("skew", 5, str(marker))
+    handle = sleep_then_record.enqueue("skew", 10, str(marker))
     first = worker_processes.start(env=holder)
-    wait_until(marker.exists, timeout=20)
+    wait_until(marker.exists, timeout=60)
     second = worker_processes.start(env=watcher)
     skewed = first if holder else second
     # The skewed worker measured its offset (its first pass) and said so.
-    wait_until(lambda: "clock is 120." in worker_processes.log(skewed), timeout=20)
+    wait_until(lambda: "clock is 120." in worker_processes.log(skewed), timeout=60)
+    # ... while the job still ran: the watcher's reaping pass follows the measurement.
+    assert Job.objects.get(job_id=handle.id).status == "running"
     wait_until(
         lambda: Job.objects.get(job_id=handle.id).status == "completed",
-        timeout=30,
+        timeout=60,
     )
     row = Job.objects.get(job_id=handle.id)
     assert row.attempts == 1, row.last_error
@@ -85,3 +88,18 @@ def test_a_host_two_minutes_ahead_enqueues_no_tick_before_its_time(monkeypatch):
     ]
     assert len(ticks) == 1
     assert ticks[0] <= real_now() < ticks[0] + timedelta(minutes=1)
+
+
+def test_a_measurement_with_a_slow_round_trip_is_discarded(monkeypatch):
+    """A pause or a stalled network during the measurement would put its error at half
+    the round trip: such a measurement keeps the previous offset."""
+    monkeypatch.setattr(clock, "_offset", timedelta(0))
+
+    def stalled(using):  # the database answers, but the answer took a second to arrive
+        answer = timezone.now() + timedelta(seconds=100)
+        time.sleep(clock.MAX_ROUND_TRIP * 2)
+        return answer
+
+    monkeypatch.setattr(clock, "_database_time", stalled)
+    assert clock.sync(connection.alias) == timedelta(0)
+    assert clock.offset() == timedelta(0)

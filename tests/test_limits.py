@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_jobqueue.models import Job
-from tests.conftest import REDIS, requires_postgres, wait_until
+from tests.conftest import REDIS, requires_postgres, run_concurrently, wait_until
 from tests.testapp.jobs import add, sleep_then_record, timed
 from tests.testapp.models import Interval
 
@@ -339,3 +339,42 @@ def test_a_crashed_workers_slot_comes_back(settings, worker_processes, tmp_path,
     # at least 4/3 s after the kill): the limit held meanwhile, then the slot came back.
     started = Interval.objects.get(tag="after").started
     assert started - killed_at >= timedelta(seconds=1.2), (killed_at, started)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_claimer_paused_inside_the_key_lock_stalls_no_other_worker(settings):
+    """Found by scripts/chaos: a worker SIGSTOPped inside ``claim_limited`` held the key's
+    advisory lock; every other worker's loop waited for it (their leases expired), and
+    the claims that got the lock at last wrote leases computed before the wait, expired on
+    arrival, so the jobs were reaped at once and a third ran beside a limit of two."""
+    import psycopg
+
+    from django_jobqueue.querysets import LOCK_SPACE
+
+    _limits(settings, {"api": {"concurrency": 2}})
+    timed.using(limit="api").enqueue_many([("a",), ("b",)])
+    db = connection.settings_dict
+    paused = psycopg.connect(
+        dbname=db["NAME"], host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"]
+    )
+    paused.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, "api"])
+    began = timezone.now() - timedelta(seconds=30)  # a claim that began 30 s ago
+    options = {
+        "concurrency": 2,
+        "rate": None,
+        "queue": None,
+        "worker": "w",
+        "now": began,
+        "lease_until": began + timedelta(seconds=10),
+    }
+    try:
+        (taken,) = run_concurrently(lambda: Job.objects.claim_limited("api", limit=2, **options))
+        assert taken == []  # at once, not after the paused claimer resumes
+    finally:
+        paused.rollback()
+        paused.close()
+    taken = Job.objects.claim_limited("api", limit=2, **options)
+    assert len(taken) == 2
+    leases = Job.objects.filter(status="running").values_list("lease_expires_at", flat=True)
+    assert all(lease > timezone.now() + timedelta(seconds=5) for lease in leases)

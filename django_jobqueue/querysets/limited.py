@@ -52,7 +52,8 @@ class LimitedQuerySet(ClaimingQuerySet):
         """Claim up to ``limit`` jobs of ``limit_key``, holding its limits in the database.
 
         One transaction per key: claimers of a key take turns (a transaction-scoped advisory
-        lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), count the key's running jobs
+        lock on PostgreSQL, taken only if free: a busy key claims nothing this time;
+        ``BEGIN IMMEDIATE`` on SQLite), count the key's running jobs
         (``djq_limit_running``) and its starts within the last ``rate`` period
         (:class:`LimitStart` rows, a sliding window on the database's clock), claim what
         the limits leave room for and record those starts. Two workers claiming the same key
@@ -68,9 +69,14 @@ class LimitedQuerySet(ClaimingQuerySet):
         window = rate[1] if rate is not None else 0.0
         with transaction.atomic(using=self.db) if sql.vendor == "postgresql" else _immediate(sql):
             if sql.vendor == "postgresql":
-                sql.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, limit_key]
-                )
+                # Never wait for the lock: a claimer paused or cut off inside this
+                # transaction would stall every other worker's loop (and their leases).
+                # Whoever holds it claims for the key; the others try again next pass.
+                (locked,) = sql.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, limit_key]
+                )[0]
+                if not locked:
+                    return []
                 (clock, running, started) = sql.execute(
                     f"SELECT clock_timestamp(), ({running_sql}), (SELECT count(*) FROM {starts} "
                     "WHERE key = %s AND started_at > clock_timestamp() "
@@ -95,6 +101,9 @@ class LimitedQuerySet(ClaimingQuerySet):
                 )
             if room <= 0:
                 return []
+            if sql.vendor == "postgresql":
+                # The lease starts now on the database's clock, not when this claim began.
+                now, lease_until = clock, clock + (lease_until - now)
             statement, params = self._claim_statement(
                 sql, queue, room, worker, now, lease_until, limit_key
             )
