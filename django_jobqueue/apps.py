@@ -1,3 +1,7 @@
+"""The app's configuration: on ``ready()`` it registers the checks and the notification
+receivers, follows ``JOBQUEUE["EAGER"]`` and imports every installed app's ``jobs`` (and,
+with this package's ``TASKS`` backend, ``tasks``) module so their jobs are registered."""
+
 from collections.abc import Mapping
 
 from django.apps import AppConfig
