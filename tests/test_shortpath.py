@@ -51,7 +51,7 @@ def test_a_short_name_that_runs_long_commits_its_claim_at_the_bound(settings, tm
     """Inside the window the claim is not committed (the row reads ``queued`` from another
     connection); at the bound the transaction commits whatever still runs: the row reads
     ``running`` while the job waits, and it completes later under its lease, once."""
-    settings.JOBQUEUE = {**settings.JOBQUEUE, "SHORT_JOB_SECONDS": 0.25, "LEASE_SECONDS": 60}
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "SHORT_JOB_SECONDS": 0.05, "LEASE_SECONDS": 60}
     there = tmp_path / "there"
     there.write_text("")
     worker = Worker(concurrency=2, schedule=False)
@@ -91,7 +91,7 @@ def test_a_window_that_loses_its_connection_rolls_back_and_drops_its_outcomes(
         **settings.JOBQUEUE,
         "PREFETCH": 0,
         "LEASE_SECONDS": 60,
-        "SHORT_JOB_SECONDS": 0.25,
+        "SHORT_JOB_SECONDS": 0.05,
     }
     unarmed = str(tmp_path / "not-armed")
     for index in range(MIN_RUNS):
