@@ -5,6 +5,7 @@ layers (a job to write, a job's state, a claimed run). No models, no database ac
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,37 @@ FINISHED: tuple[str, ...] = (
     Status.FAILED.value,
     Status.CANCELLED.value,
 )
+
+
+#: The status a new job is written with (a job with parents will start "blocked").
+INITIAL_STATUS: str = Status.QUEUED.value
+
+
+class Ending(enum.Enum):
+    """How one attempt ended: the one vocabulary of the worker's log line, the signals and the
+    metrics, which are rendered from it and never parsed back from text.
+
+    ``status`` is the job's status once the ending is recorded; ``metric`` the ``outcome``
+    label of ``jobqueue_jobs_finished_total`` (None: the job has not finished, or another
+    worker owns it now).
+    """
+
+    COMPLETED = ("completed", Status.COMPLETED.value, "completed")
+    RETRIED = ("retried", Status.QUEUED.value, None)
+    DEAD_LETTERED = ("dead-lettered", Status.FAILED.value, "failed")
+    CANCELLED = ("cancelled", Status.CANCELLED.value, "cancelled")
+    #: The run lost its lease (or its claim was rolled back): its outcome is not recorded.
+    DISCARDED = ("discarded", None, None)
+
+    def __init__(self, word: str, status: str | None, metric: str | None) -> None:
+        self.word = word
+        self.status = status
+        self.metric = metric
+
+    @property
+    def finished(self) -> bool:
+        """The job ended for good with this attempt."""
+        return self.status in FINISHED
 
 
 @dataclass(frozen=True, slots=True)
