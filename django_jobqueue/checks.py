@@ -314,3 +314,45 @@ def _check_job_limits() -> list[Any]:
                 )
             )
     return errors
+
+
+@register(Tags.compatibility)
+def check_pooler(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """W030 and W031: a PostgreSQL database marked as behind a transaction pooler (Django's
+    ``DISABLE_SERVER_SIDE_CURSORS``, which a site behind PgBouncer in transaction pooling mode
+    sets) has an option that needs a server session of its own, which such a pooler never
+    keeps between transactions. The queue itself needs none: no session lock, no LISTEN, no
+    server-side cursor, no ``SET``; its advisory locks are transaction-scoped."""
+    problems: list[Any] = []
+    for alias, database in settings.DATABASES.items():
+        engine = str(database.get("ENGINE", ""))
+        if not engine.endswith("postgresql") or not database.get("DISABLE_SERVER_SIDE_CURSORS"):
+            continue
+        options = database.get("OPTIONS") or {}
+        if options.get("server_side_binding"):
+            problems.append(
+                Warning(
+                    f"DATABASES[{alias!r}] is behind a transaction pooler "
+                    "(DISABLE_SERVER_SIDE_CURSORS) with OPTIONS['server_side_binding'] on: "
+                    "psycopg then prepares statements, which live in one server session, and "
+                    "queries fail with 'prepared statement ... does not exist' when the pooler "
+                    "hands the next transaction to another server connection.",
+                    hint="Remove 'server_side_binding' (Django's default client-side binding "
+                    "needs no session), or run PgBouncer 1.21+ with max_prepared_statements.",
+                    id="django_jobqueue.W030",
+                )
+            )
+        if "-c" in str(options.get("options") or "").replace("=", " ").split():
+            problems.append(
+                Warning(
+                    f"DATABASES[{alias!r}] is behind a transaction pooler "
+                    "(DISABLE_SERVER_SIDE_CURSORS) and sets server parameters in "
+                    "OPTIONS['options'] ('-c ...'): PgBouncer refuses that startup parameter "
+                    "('unsupported startup parameter: options') or, when told to ignore it, "
+                    "drops the settings, so they never apply.",
+                    hint="Set them on the role or database instead (ALTER ROLE ... SET ...; "
+                    "ALTER DATABASE ... SET ...), which every pooled connection inherits.",
+                    id="django_jobqueue.W031",
+                )
+            )
+    return problems

@@ -67,6 +67,9 @@ if DATABASE_URL.startswith(("postgres://", "postgresql://")):
         "default": {
             **_postgres_defaults(dj_database_url.parse(DATABASE_URL)),
             "TEST": {"NAME": os.environ.get("DJQ_TEST_DB_NAME", "test_django_jobqueue")},
+            # DJQ_PGBOUNCER=1: DATABASE_URL is PgBouncer in transaction pooling mode
+            # (scripts/test-pgbouncer), where Django needs server-side cursors off.
+            "DISABLE_SERVER_SIDE_CURSORS": os.environ.get("DJQ_PGBOUNCER") == "1",
         }
     }
 else:

@@ -399,3 +399,63 @@ def test_manage_py_check_reports_a_bad_rate(settings):
     settings.JOBQUEUE = {"LIMITS": {"api": {"rate": "fast"}}}
     with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E013"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.fixture
+def pooled(monkeypatch):
+    """Adds a database "pooled" as a site behind PgBouncer declares it, with the options
+    given (in place: overriding DATABASES is refused by Django's test signals); removed after
+    the test. Returns the database's dict."""
+    from django.conf import settings
+
+    def add(**options):
+        database = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "site",
+            "HOST": "127.0.0.1",
+            "PORT": "6432",
+            "DISABLE_SERVER_SIDE_CURSORS": True,
+            "OPTIONS": options,
+        }
+        monkeypatch.setitem(settings.DATABASES, "pooled", database)
+        return database
+
+    return add
+
+
+def test_pooled_database_with_client_side_binding_passes(pooled):
+    from django_jobqueue.checks import check_pooler
+
+    pooled(connect_timeout=3)
+    assert check_pooler() == []
+
+
+def test_pooled_database_with_server_side_binding_warns(pooled):
+    from django_jobqueue.checks import check_pooler
+
+    pooled(server_side_binding=True)
+    [warning] = check_pooler()
+    assert warning.id == "django_jobqueue.W030"
+    assert "'pooled'" in warning.msg and "max_prepared_statements" in warning.hint
+
+
+@pytest.mark.parametrize("startup", ["-c statement_timeout=5000", "-c=search_path=app"])
+def test_pooled_database_with_session_parameters_warns(pooled, startup):
+    from django_jobqueue.checks import check_pooler
+
+    pooled(options=startup)
+    assert _ids(check_pooler()) == ["django_jobqueue.W031"]
+
+
+def test_server_side_binding_without_a_pooler_passes(pooled):
+    from django_jobqueue.checks import check_pooler
+
+    pooled(server_side_binding=True)["DISABLE_SERVER_SIDE_CURSORS"] = False
+    assert check_pooler() == []
+
+
+def test_pooler_warning_through_manage_py_check(pooled):
+    pooled(server_side_binding=True)
+    out = StringIO()
+    call_command("check", stdout=out, stderr=out)
+    assert "django_jobqueue.W030" in out.getvalue()

@@ -1,5 +1,5 @@
 """A TCP forwarder in the root namespace: for each host link, listen on its host-side
-address at PostgreSQL's and Redis's ports and pass the bytes to 127.0.0.1.
+address at PostgreSQL's, Redis's and PgBouncer's ports and pass the bytes to 127.0.0.1.
 
 Why it is faithful: it copies bytes both ways unchanged and mirrors each side's close on
 the other (a server restart closes the hosts' connections; a host killed closes its
@@ -25,7 +25,8 @@ import random
 import sys
 from pathlib import Path
 
-PORTS = (5432, 6379)
+#: PostgreSQL, Redis, and PgBouncer (``scripts/chaos --pgbouncer``; unused otherwise).
+PORTS = (5432, 6379, 6432)
 
 
 DELAYS: dict[str, list[int]] = {}

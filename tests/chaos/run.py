@@ -117,6 +117,7 @@ class Chaos:
             "CHAOS_SERVICES_HOST": host.gateway,
             "CHAOS_DB_NAME": DB_NAME,
             "CHAOS_LEASE_SECONDS": str(self.lease),
+            "CHAOS_DB_PORT": os.environ.get("CHAOS_DB_PORT", "5432"),
         }
 
     # -- setup and teardown -------------------------------------------------------------
@@ -350,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a folder holding another django_jobqueue for the hosts to run",
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="workers and producers reach PostgreSQL through PgBouncer in transaction pooling "
+        "mode (started by scripts/services --pgbouncer)",
+    )
     parser.add_argument("--workdir", default="/tmp/djq-chaos", help="logs and the producer's log")
     args = parser.parse_args(argv)  # fmt: skip
     args.seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
@@ -357,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("scripts/chaos needs root (network namespaces, iptables, tc)", file=sys.stderr)
         return 2
+    if args.pgbouncer:
+        subprocess.run([str(ROOT / "scripts" / "services"), "--pgbouncer"], check=True)
+        os.environ["CHAOS_DB_PORT"] = "6432"
     os.environ.update(
         DJANGO_SETTINGS_MODULE="tests.chaos.settings", CHAOS_SERVICES_HOST="127.0.0.1",
         CHAOS_DB_NAME=DB_NAME, CHAOS_LEASE_SECONDS=str(args.lease), CHAOS_HOST="checker",

@@ -26,7 +26,9 @@ DATABASES = {
         "NAME": os.environ.get("CHAOS_DB_NAME", "djq_chaos"),
         "USER": "postgres",
         "HOST": _HOST,
-        "PORT": 5432,
+        # scripts/chaos --pgbouncer: 6432, PgBouncer in transaction pooling mode.
+        "PORT": int(os.environ.get("CHAOS_DB_PORT", "5432")),
+        "DISABLE_SERVER_SIDE_CURSORS": os.environ.get("CHAOS_DB_PORT", "5432") != "5432",
         # What an operator should set too (docs/guide/chaos.md): a connection attempt to an
         # unreachable database gives up in seconds, and a connection whose peer went silent
         # (a partition) is declared dead by TCP keepalives and the user timeout in about
