@@ -99,6 +99,21 @@ if REDIS_URL:
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": _REDIS_CONFIG,
         },
+        # Through Redis Sentinel (scripts/services --sentinel), in tests/test_sentinel.py.
+        "sentinel": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "sentinels": [("127.0.0.1", 26379)],
+                        "master_name": "djq",
+                        "socket_timeout": 10,
+                        "sentinel_kwargs": {"socket_timeout": 2},
+                    }
+                ],
+                "prefix": _REDIS_CONFIG["prefix"],
+            },
+        },
     }
     # JOBQUEUE["LIMITS_CACHE"] = "limits" in the tests of limits held in Redis.
     CACHES = {

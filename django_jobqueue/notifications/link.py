@@ -194,8 +194,12 @@ class Link:
         per_loop = getattr(self.layer, "_layers", None)  # channels_redis: pools per loop
         if isinstance(per_loop, dict):
             for layer in list(per_loop.values()):
+                sentinels = _sentinel_clients(layer)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(layer.flush(), timeout=1.0)
+                for client in sentinels:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.aclose(), timeout=1.0)
             return
         close = getattr(self.layer, "close_pools", None) or getattr(self.layer, "close", None)
         if close is not None:
@@ -363,3 +367,15 @@ def _is_channel_full(exc: BaseException) -> bool:
     from channels.exceptions import ChannelFull
 
     return isinstance(exc, ChannelFull)
+
+
+def _sentinel_clients(loop_layer: Any) -> list[Any]:
+    """The clients a Redis Sentinel pool of ``loop_layer`` (channels_redis, one loop's
+    connections) keeps to the Sentinels. channels_redis's ``flush()`` closes the pool's
+    connections to the primary, not these: each hub that closed would leave their sockets
+    to the garbage collector."""
+    clients: list[Any] = []
+    for connection in list((getattr(loop_layer, "_connections", None) or {}).values()):
+        manager = getattr(getattr(connection, "connection_pool", None), "sentinel_manager", None)
+        clients.extend(getattr(manager, "sentinels", None) or ())
+    return clients
