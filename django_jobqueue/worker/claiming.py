@@ -225,7 +225,7 @@ class Claimer:
 
     def _limits_configured(self) -> bool:
         """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it
-        as E010) is logged and treated as empty, once per change: jobs without a limit must
+        as E013) is logged and treated as empty, once per change: jobs without a limit must
         keep running, and jobs with one wait."""
         try:
             configured = bool(limits.rules())
