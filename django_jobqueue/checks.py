@@ -61,13 +61,14 @@ def _unknown_key(key: Any) -> Error:
 
 
 def _fault_error(key: Key[Any], value: Any, fault: Fault) -> Error:
-    fix = f"Set it to {key.requirement()}, or leave it out for the default, {key.default!r}."
+    fix = f"Leave it out for the default, {key.default!r}; or set {key.requirement()}."
     if fault is Fault.FINITE:
         fix = "NaN and infinity misbehave at run time (a NaN passes every comparison). " + fix
     elif fault is Fault.MAXIMUM and key.why:
         fix = f"{key.why} {fix}"
+    kind = f" (a {type(value).__name__})" if fault is Fault.TYPE else ""
     return Error(
-        f"JOBQUEUE[{key.name!r}] is {value!r}; it must be {key.requirement()}.",
+        f"JOBQUEUE[{key.name!r}] is {value!r}{kind}; it must be {key.requirement()}.",
         hint=fix,
         id=FAULT_IDS[fault],
     )
