@@ -52,6 +52,12 @@ def test_every_default_is_valid_and_of_its_type(settings):
         assert value is None or type(value) is key.kind, name
 
 
+def test_the_class_holds_the_table_and_the_instance_the_values(settings):
+    settings.JOBQUEUE = {"TIME_LIMIT": 30}
+    assert conf.Settings.TIME_LIMIT is conf.KEYS["TIME_LIMIT"]
+    assert conf.Settings.TIME_LIMIT.name == "TIME_LIMIT" and conf.settings.TIME_LIMIT == 30.0
+
+
 def test_a_number_is_read_as_a_float(settings):
     settings.JOBQUEUE = {"LEASE_SECONDS": 20, "TIME_LIMIT": 5, "MAX_ATTEMPTS": 4}
     assert (conf.settings.LEASE_SECONDS, conf.settings.TIME_LIMIT) == (20.0, 5.0)
