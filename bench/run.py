@@ -1455,7 +1455,7 @@ def scenario_prune(b: Bench) -> None:
         drained = time.perf_counter() - started
         samples.append(finished_rows())
         # What is left once the queue is empty: pruned within about one PRUNE_INTERVAL.
-        interval = float(conf.get("PRUNE_INTERVAL"))
+        interval = conf.settings.PRUNE_INTERVAL
         emptied = wait_until(lambda: finished_rows() == 0, b.bound(interval * 2 + 10), 0.25)
         cleared = time.perf_counter() - started
     b.row(label, "jobs (result_ttl 0)", f"{enqueued:,}")
@@ -1473,7 +1473,7 @@ def scenario_prune(b: Bench) -> None:
         f"prune: {enqueued:,} no-op jobs with result_ttl=0, enqueued {chunk:,} at a time "
         f"whenever fewer than {ceiling - chunk:,} were queued, while 2 `runjobworker "
         "--concurrency 2` processes ran them; COUNT of finished rows sampled at each enqueue. "
-        f"Workers prune PRUNE_BATCH={conf.get('PRUNE_BATCH')} rows per statement, back to "
+        f"Workers prune PRUNE_BATCH={conf.settings.PRUNE_BATCH} rows per statement, back to "
         f"back while batches come back full, else every PRUNE_INTERVAL={interval}s. Finished "
         "rows stay bounded by what finishes between two prunes, not by the jobs run."
     )

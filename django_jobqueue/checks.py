@@ -8,145 +8,80 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import BOUNDS, DEFAULTS, HEARTBEAT_BOUNDS, fault, heartbeat_fault
+from .conf import DEFAULTS, KEYS, Fault, Key
 from .limits import LimitConfigError, parse_rule, rule_for
 from .periodic import inspect_schedules
 from .registry import registry
 
+# -- the JOBQUEUE setting, judged by the table of its keys (conf.Settings) ------------------
+
+#: The id of each fault one key's value can have (docs/reference/checks.md).
+FAULT_IDS = {
+    Fault.TYPE: "django_jobqueue.E004",
+    Fault.MINIMUM: "django_jobqueue.E005",
+    Fault.FORM: "django_jobqueue.E006",
+    Fault.FINITE: "django_jobqueue.E010",
+    Fault.MAXIMUM: "django_jobqueue.E011",
+}
+
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """E001: JOBQUEUE is malformed (not a dict, an unknown key, a value of the wrong kind or
-    below its minimum). E010: a number is NaN or infinite. E011: a number is above its
-    maximum. E012: HEARTBEAT_INTERVAL is not well under LEASE_SECONDS."""
+    """E001: JOBQUEUE is not a dict. E003: an unknown key. E004: a value of the wrong type.
+    E005: below its minimum. E006: DEFAULT_QUEUE is not a queue name. E010: NaN or infinite.
+    E011: above its maximum. E012: HEARTBEAT_INTERVAL is not well under LEASE_SECONDS."""
     user = getattr(settings, "JOBQUEUE", None)
     if user is None:
         return []
     if not isinstance(user, dict):
         return [
             Error(
-                "The JOBQUEUE setting must be a dict.",
+                f"The JOBQUEUE setting must be a dict, not a {type(user).__name__}.",
                 hint="JOBQUEUE = {'DEFAULT_QUEUE': 'default', ...}; every key is optional.",
                 id="django_jobqueue.E001",
             )
         ]
-    errors = []
-    for key in sorted(set(user) - set(DEFAULTS), key=str):
-        close = difflib.get_close_matches(str(key), DEFAULTS, n=1) if isinstance(key, str) else []
-        guess = f"Did you mean {close[0]!r}? " if close else ""
-        errors.append(
-            Error(
-                f"Unknown key {key!r} in the JOBQUEUE setting.",
-                hint=guess + "Valid keys: " + ", ".join(sorted(DEFAULTS)) + ".",
-                id="django_jobqueue.E001",
-            )
-        )
-    for key, (integral, minimum, maximum) in BOUNDS.items():
-        if key in user:
-            error = _number_error(key, user[key], fault(key, user[key]), integral, minimum, maximum)
-            if error is not None:
-                errors.append(error)
+    errors = [_unknown_key(key) for key in sorted(set(user) - set(KEYS), key=str)]
+    for name, key in KEYS.items():
+        fault = key.fault(user[name]) if name in user else None
+        if fault is not None:
+            errors.append(_fault_error(key, user[name], fault))
     errors.extend(_heartbeat_errors(user))
-    if not isinstance(user.get("EAGER", False), bool):
-        errors.append(
-            Error(
-                "JOBQUEUE['EAGER'] must be True or False.",
-                hint="The default is False; set it True in test settings only.",
-                id="django_jobqueue.E001",
-            )
-        )
-    if not isinstance(user.get("WORKER_SYNCHRONOUS_COMMIT", False), bool):
-        errors.append(
-            Error(
-                "JOBQUEUE['WORKER_SYNCHRONOUS_COMMIT'] must be True or False.",
-                hint="The default is False.",
-                id="django_jobqueue.E001",
-            )
-        )
-    queue = user.get("DEFAULT_QUEUE", DEFAULTS["DEFAULT_QUEUE"])
-    from .options import check_queue
-
-    try:
-        check_queue(queue)
-    except ValueError as exc:
-        errors.append(
-            Error(
-                f"JOBQUEUE['DEFAULT_QUEUE']: {exc}",
-                hint="The default is 'default'.",
-                id="django_jobqueue.E001",
-            )
-        )
     return errors
 
 
-def _number_error(
-    key: str, value: Any, problem: str | None, integral: bool, minimum: float, maximum: float
-) -> Error | None:
-    kind = "an int" if integral else "a number"
-    default = f"The default is {DEFAULTS[key]!r}."
-    if problem in ("type", "minimum"):
-        return Error(
-            f"JOBQUEUE[{key!r}] is {value!r}; it must be {kind} of at least {minimum:g}.",
-            hint=default,
-            id="django_jobqueue.E001",
-        )
-    if problem == "finite":
-        return Error(
-            f"JOBQUEUE[{key!r}] is {value!r}; it must be a finite number.",
-            hint=f"NaN and infinity make the queue misbehave at run time. {default}",
-            id="django_jobqueue.E010",
-        )
-    if problem == "maximum":
-        return Error(
-            f"JOBQUEUE[{key!r}] is {value!r}; it must be at most {maximum:g}.",
-            hint=f"{_WHY_MAXIMUM.get(key, 'Larger values cannot work.')} {default}",
-            id="django_jobqueue.E011",
-        )
-    return None
+def _unknown_key(key: Any) -> Error:
+    close = difflib.get_close_matches(str(key), KEYS, n=1) if isinstance(key, str) else []
+    guess = f"Did you mean {close[0]!r}? " if close else ""
+    return Error(
+        f"Unknown key {key!r} in the JOBQUEUE setting.",
+        hint=guess + "Valid keys: " + ", ".join(sorted(KEYS)) + ".",
+        id="django_jobqueue.E003",
+    )
 
 
-_WHY_MAXIMUM = {
-    "MAX_ATTEMPTS": "It is stored in a 32-bit integer column: every enqueue would fail.",
-    "RESULT_TTL": "A year at most: results are meant to be collected, not archived.",
-    "LEASE_SECONDS": "A day at most: a killed worker's jobs wait this long to run again.",
-    "MAX_DEPTH": "Deeper values come close to Python's recursion limit when read back.",
-    "MAX_ARGS_BYTES": "PostgreSQL's jsonb holds at most 255 MB; keep large data elsewhere.",
-    "MAX_RESULT_BYTES": "PostgreSQL's jsonb holds at most 255 MB; keep large data elsewhere.",
-}
+def _fault_error(key: Key[Any], value: Any, fault: Fault) -> Error:
+    fix = f"Leave it out for the default, {key.default!r}; or set {key.requirement()}."
+    if fault is Fault.FINITE:
+        fix = "NaN and infinity misbehave at run time (a NaN passes every comparison). " + fix
+    elif fault is Fault.MAXIMUM and key.why:
+        fix = f"{key.why} {fix}"
+    kind = f" (a {type(value).__name__})" if fault is Fault.TYPE else ""
+    return Error(
+        f"JOBQUEUE[{key.name!r}] is {value!r}{kind}; it must be {key.requirement()}.",
+        hint=fix,
+        id=FAULT_IDS[fault],
+    )
 
 
 def _heartbeat_errors(user: dict[str, Any]) -> list[Error]:
     heartbeat = user.get("HEARTBEAT_INTERVAL")
-    problem = heartbeat_fault(heartbeat)
-    if problem in ("type", "minimum"):
-        return [
-            Error(
-                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a positive number "
-                "of seconds, or None for a third of LEASE_SECONDS.",
-                hint="The default is None.",
-                id="django_jobqueue.E001",
-            )
-        ]
-    if problem == "finite":
-        return [
-            Error(
-                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be a finite number.",
-                hint="The default is None: a third of LEASE_SECONDS.",
-                id="django_jobqueue.E010",
-            )
-        ]
-    if problem == "maximum":
-        return [
-            Error(
-                f"JOBQUEUE['HEARTBEAT_INTERVAL'] is {heartbeat!r}; it must be at most "
-                f"{HEARTBEAT_BOUNDS[1]:g}.",
-                hint="The default is None: a third of LEASE_SECONDS.",
-                id="django_jobqueue.E011",
-            )
-        ]
-    lease = user.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
-    if heartbeat is None or fault("LEASE_SECONDS", lease) is not None:
-        return []
+    lease = user.get("LEASE_SECONDS", KEYS["LEASE_SECONDS"].default)
+    if heartbeat is None or any(
+        KEYS[name].fault(value) is not None
+        for name, value in (("HEARTBEAT_INTERVAL", heartbeat), ("LEASE_SECONDS", lease))
+    ):
+        return []  # reported above
     if heartbeat > lease / 2:
         return [
             Error(

@@ -1,174 +1,313 @@
-"""The ``JOBQUEUE`` setting, merged over defaults lazily and re-read when a test overrides it.
+"""The ``JOBQUEUE`` setting: one table of its keys, each with its type, default and bounds.
 
-``manage.py check`` reports a value that cannot work (see checks.py, which shares
-:data:`BOUNDS`); here such a value is replaced by its default, with one warning in the log,
-so that a process started without checks does not crash or spin on it.
+:class:`Settings` is that table. Read a key as a typed attribute when it is used,
+``conf.settings.LEASE_SECONDS`` (a float): the project's ``JOBQUEUE`` is merged over the
+defaults on first use, and read again when it changes (``override_settings`` in tests).
+``manage.py check`` (checks.py) judges the project's values with the same :class:`Key`
+declarations, and a test compares docs/reference/settings.md with them.
+
+A value that cannot work (of the wrong type, NaN or infinite, out of its bounds, a malformed
+name) is an error in ``manage.py check``; here it is replaced by its default, with one warning
+in the log, so that a process started without the checks never runs with it. ``LIMITS`` and
+``SCHEDULE`` hold structures judged entry by entry by their own modules (limits.py,
+periodic.py), which the worker uses too: a bad entry there holds back only what it concerns.
+
+Adding a key is one :class:`Key` line in :class:`Settings` and one section in
+docs/reference/settings.md.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast, overload
 
-from django.conf import settings
+from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 logger = logging.getLogger("django_jobqueue")
 
-DEFAULTS: dict[str, Any] = {
-    "DEFAULT_QUEUE": "default",
-    "MAX_ATTEMPTS": 3,
-    "RESULT_TTL": 3600,
-    "WAIT_TIMEOUT": 30,
-    "CHANNEL_LAYER": "default",
-    "LEASE_SECONDS": 30,
-    "POLL_INTERVAL": 1.0,
-    # Beyond the contract: each has a docs line in docs/reference/settings.md.
-    "HEARTBEAT_INTERVAL": None,  # None: a third of LEASE_SECONDS
-    "RETRY_BACKOFF": 1.0,  # seconds before the first retry; doubles per attempt
-    "RETRY_BACKOFF_MAX": 600.0,
-    "NOTIFY_TIMEOUT": 0.5,  # bound on every channel-layer call, seconds
-    "PREFETCH": 32,  # jobs a busy worker claims ahead of its free slots
-    "WORKER_SYNCHRONOUS_COMMIT": False,  # PostgreSQL: wait for the disk on worker writes
-    # PostgreSQL: names whose runs average at most this many seconds are claimed, run and
-    # completed in one transaction (worker/shortpath.py); 0 turns that off.
-    "SHORT_JOB_SECONDS": 0.002,
-    # The worker's controls (docs/guide/controls.md).
-    "TIME_LIMIT": None,  # seconds an attempt may run; None: no limit
-    "LIMITS": {},  # key -> {"concurrency": N, "rate": "N/s|m|h"}
-    "LIMITS_CACHE": None,  # a django-redis cache alias that holds the limits; None: the database
-    "PROGRESS_INTERVAL": 0.5,  # seconds between two progress writes of one job
-    # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
-    "SCHEDULE": {},
-    # Operations (docs/guide/operations.md).
-    "PRUNE_INTERVAL": 10.0,  # seconds between a worker's prunes while nothing is left to prune
-    "PRUNE_BATCH": 1000,  # finished jobs deleted per statement (one short transaction)
-    "METRICS": True,  # record Prometheus metrics when prometheus-client is installed
-    "TRACING": True,  # OpenTelemetry spans when opentelemetry-api is installed
-    "MAX_WATCHERS": 10_000,  # WebSocket watchers one process serves; more: closed with 1013
-    # Limits on hostile or accidental input (docs/guide/limits.md).
-    "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
-    "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
-    "MAX_RESULT_BYTES": 1_048_576,  # a job's result, as JSON
-    "MAX_ERROR_BYTES": 65_536,  # a stored error message or traceback; longer ones are cut
-    # Tests (docs/guide/testing.md): enqueue runs the job inline once the transaction commits.
-    "EAGER": False,
-}
+T = TypeVar("T")
 
 INT32 = 2**31 - 1
 DAY = 86_400.0
+WEEK = 7 * DAY
+MIB = 2**20
+#: A queue's name: ``DEFAULT_QUEUE``, and every ``queue=`` option (options.py).
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
-#: Number settings: (integers only?, minimum, maximum), both bounds included. The checks
-#: report values outside them (E001 below the minimum, E011 above the maximum).
-BOUNDS: dict[str, tuple[bool, float, float]] = {
-    "MAX_ATTEMPTS": (True, 1, INT32),  # an integer column
-    "RESULT_TTL": (True, 0, 366 * DAY),  # a year
-    "WAIT_TIMEOUT": (False, 0, DAY),
-    "LEASE_SECONDS": (False, 1, DAY),
-    "POLL_INTERVAL": (False, 0.001, 3600),
-    "RETRY_BACKOFF": (False, 0, DAY),
-    "RETRY_BACKOFF_MAX": (False, 0, 7 * DAY),
-    "NOTIFY_TIMEOUT": (False, 0.001, 60),
-    "PREFETCH": (True, 0, 10_000),
-    "SHORT_JOB_SECONDS": (False, 0, 0.05),  # a window lasts at most 5 times this
-    "MAX_DEPTH": (True, 1, 200),  # far below Python's recursion limit (1,000)
-    "MAX_ARGS_BYTES": (True, 1024, 128 * 2**20),  # PostgreSQL's jsonb holds at most 255 MB
-    "MAX_RESULT_BYTES": (True, 1024, 128 * 2**20),
-    "MAX_ERROR_BYTES": (True, 1024, 16 * 2**20),
-    "PROGRESS_INTERVAL": (False, 0.01, 3600),
-    "PRUNE_INTERVAL": (False, 0.01, DAY),
-    "PRUNE_BATCH": (True, 1, 100_000),
-    "MAX_WATCHERS": (True, 0, 1_000_000),
+
+class Fault(enum.Enum):
+    """Why one key's value cannot work. ``manage.py check`` gives each its own id."""
+
+    TYPE = "type"  # not of the key's type (None where None is not allowed)
+    FINITE = "finite"  # NaN or infinite
+    MINIMUM = "minimum"  # below the minimum (or at it, where the minimum is excluded)
+    MAXIMUM = "maximum"  # above the maximum
+    FORM = "form"  # a str not of the key's form (a queue name)
+
+
+_WORDS = {
+    int: "an int",
+    float: "a number",
+    bool: "True or False",
+    str: "a str",
+    object: "any value",
 }
-#: HEARTBEAT_INTERVAL (None, or a number of seconds) is bounded by LEASE_SECONDS instead.
-HEARTBEAT_BOUNDS = (0.001, DAY)
 
 
-def fault(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot work for the number setting ``name``, or None if it can.
+@dataclass(frozen=True, eq=False)
+class Key(Generic[T]):
+    """One key of ``JOBQUEUE``: its type, default and bounds, declared once.
 
-    One of ``"type"``, ``"finite"``, ``"minimum"``, ``"maximum"``: the checks give each its
-    own id, and :func:`get_settings` falls back to the default for any of them.
+    A class attribute of :class:`Settings`, where reading it gives the project's value.
+    ``kind`` is the type of a value (``float`` accepts ints too, and is read as a float;
+    ``bool`` is never taken for an int); ``object`` accepts anything (``LIMITS``,
+    ``SCHEDULE``: their own modules judge them). Both bounds are included, unless ``above``
+    says the minimum itself is refused. ``none`` is what ``None`` means, if it is allowed.
     """
-    integral, minimum, maximum = BOUNDS[name]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "finite"
-    kinds = (int,) if integral else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        return "type"
-    if value < minimum:
-        return "minimum"
-    if value > maximum:
-        return "maximum"
-    return None
 
+    default: T
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    none: str = ""
+    form: re.Pattern[str] | None = None
+    #: How a value of the kind is described, where "a str" would not say enough.
+    words: str = ""
+    #: Why the maximum is where it is (for the check's hint).
+    why: str = ""
+    name: str = field(default="", init=False, compare=False)
 
-def heartbeat_fault(value: Any) -> str | None:
-    """Like :func:`fault`, for HEARTBEAT_INTERVAL alone (None is valid)."""
-    if value is None:
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> Key[T]: ...
+
+    @overload
+    def __get__(self, obj: Settings, owner: type[Any]) -> T: ...
+
+    def __get__(self, obj: Settings | None, owner: type[Any]) -> Key[T] | T:
+        if obj is None:
+            return self
+        return cast(T, obj.merged()[self.name])
+
+    def fault(self, value: Any) -> Fault | None:
+        """Why ``value`` cannot work for this key, or None if it can."""
+        if self.kind is object:
+            return None
+        if value is None:
+            return None if self.none else Fault.TYPE
+        if self.kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
+            return Fault.FINITE
+        if not self._of_kind(value):
+            return Fault.TYPE
+        if self.minimum is not None and (
+            value <= self.minimum if self.above else value < self.minimum
+        ):
+            return Fault.MINIMUM
+        if self.maximum is not None and value > self.maximum:
+            return Fault.MAXIMUM
+        if self.form is not None and not self.form.fullmatch(value):
+            return Fault.FORM
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "type"
-    if not math.isfinite(value):
-        return "finite"
-    if value < HEARTBEAT_BOUNDS[0]:
-        return "minimum"
-    if value > HEARTBEAT_BOUNDS[1]:
-        return "maximum"
-    return None
+
+    def _of_kind(self, value: object) -> bool:
+        if isinstance(value, bool) is not (self.kind is bool):  # bool is an int, not a number
+            return False
+        return isinstance(value, (int, float) if self.kind is float else self.kind)
+
+    def read(self, value: Any) -> T:
+        """A valid ``value`` as the key's type (a float for a number)."""
+        return cast(T, float(value) if self.kind is float and value is not None else value)
+
+    def bounds(self) -> tuple[str, str]:
+        """The minimum and the maximum in words ("at least 1", "more than 0"; "" for none)."""
+        low = "" if self.minimum is None else number(self.minimum)
+        if low:
+            low = f"more than {low}" if self.above else f"at least {low}"
+        high = "" if self.maximum is None else f"at most {number(self.maximum)}"
+        return low, high
+
+    def requirement(self) -> str:
+        """What the key accepts, in words, for messages: "an int, at least 1 and at most 9"."""
+        text = self.words or _WORDS[self.kind]
+        bounds = " and ".join(bound for bound in self.bounds() if bound)
+        if bounds:
+            text += f", {bounds}"
+        if self.none:
+            text += f"; or None ({self.none})"
+        return text
 
 
-_cache: dict[str, Any] | None = None
+def number(value: float) -> str:
+    """A bound as written in the docs and the checks: ``86400``, ``0.001``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+_JSONB = "PostgreSQL's jsonb holds at most 255 MB; keep large data elsewhere."
+
+
+class Settings:
+    """``JOBQUEUE``, read on access: one typed attribute per key, the table of its keys."""
+
+    # The contract (DESIGN.md).
+    DEFAULT_QUEUE = Key(
+        "default",
+        str,
+        form=QUEUE_NAME,
+        words="a queue name (1 to 100 ASCII letters, digits, '_', '-' or '.')",
+    )
+    MAX_ATTEMPTS = Key(
+        3, int, 1, INT32, why="It is stored in a 32-bit integer column: every enqueue would fail."
+    )
+    RESULT_TTL = Key(
+        3600,
+        int,
+        0,
+        366 * DAY,
+        why="A year at most: results are meant to be collected, not archived.",
+    )
+    WAIT_TIMEOUT: Key[float] = Key(30, float, 0, DAY, above=True)
+    CHANNEL_LAYER: Key[str | None] = Key(
+        "default", str, none="polling only", words="an alias of CHANNEL_LAYERS"
+    )
+    LEASE_SECONDS: Key[float] = Key(
+        30,
+        float,
+        1,
+        DAY,
+        why="A day at most: a killed worker's jobs wait this long to run again.",
+    )
+    POLL_INTERVAL: Key[float] = Key(1.0, float, 0.001, 3600)
+    # Beyond the contract.
+    HEARTBEAT_INTERVAL: Key[float | None] = Key(
+        None, float, 0.001, DAY, none="a third of LEASE_SECONDS"
+    )
+    RETRY_BACKOFF: Key[float] = Key(1.0, float, 0, DAY)  # before the first retry; doubles
+    RETRY_BACKOFF_MAX: Key[float] = Key(600.0, float, 0, WEEK)
+    NOTIFY_TIMEOUT: Key[float] = Key(0.5, float, 0.001, 60)  # every channel-layer call
+    PREFETCH = Key(32, int, 0, 10_000)  # jobs a busy worker claims ahead of its free slots
+    # PostgreSQL: names whose runs average at most this many seconds are claimed, run and
+    # completed in one transaction (worker/shortpath.py); 0 turns that off. A window lasts
+    # at most 5 times this.
+    SHORT_JOB_SECONDS: Key[float] = Key(0.002, float, 0, 0.05)
+    WORKER_SYNCHRONOUS_COMMIT = Key(False, bool)  # PostgreSQL: wait for the disk
+    # The worker's controls (docs/guide/controls.md).
+    TIME_LIMIT: Key[float | None] = Key(
+        None,
+        float,
+        0,
+        WEEK,
+        above=True,
+        none="no limit",
+        why="A week at most: a longer limit is a mistake (milliseconds written as seconds?).",
+    )
+    LIMITS: Key[Any] = Key({}, object, words="a dict of key -> limits")  # limits.py: E013
+    LIMITS_CACHE: Key[str | None] = Key(
+        None, str, none="the database", words="an alias of CACHES (django-redis)"
+    )
+    PROGRESS_INTERVAL: Key[float] = Key(0.5, float, 0.01, 3600)
+    # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
+    SCHEDULE: Key[Any] = Key({}, object, words="a dict of name -> entry")  # periodic.py: E020
+    # Operations (docs/guide/operations.md).
+    PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)
+    PRUNE_BATCH = Key(1000, int, 1, 100_000)  # finished jobs deleted per statement
+    METRICS = Key(True, bool)  # Prometheus metrics when prometheus-client is installed
+    TRACING = Key(True, bool)  # OpenTelemetry spans when opentelemetry-api is installed
+    MAX_WATCHERS = Key(10_000, int, 0, 1_000_000)  # WebSocket watchers one process serves
+    # Limits on hostile or accidental input (docs/guide/limits.md).
+    MAX_DEPTH = Key(
+        64,
+        int,
+        1,
+        200,
+        why="Deeper values come close to Python's recursion limit (1,000) when read back.",
+    )
+    MAX_ARGS_BYTES = Key(1 * MIB, int, 1024, 128 * MIB, why=_JSONB)
+    MAX_RESULT_BYTES = Key(1 * MIB, int, 1024, 128 * MIB, why=_JSONB)
+    MAX_ERROR_BYTES = Key(65_536, int, 1024, 16 * MIB)  # longer ones are cut
+    # Tests (docs/guide/testing.md): enqueue runs the job inline once the transaction commits.
+    EAGER = Key(False, bool)
+
+    def __init__(self) -> None:
+        self._merged: dict[str, Any] | None = None
+
+    def merged(self) -> dict[str, Any]:
+        """Every key's value: the project's where it can work, else the default."""
+        merged = self._merged
+        if merged is None:
+            merged = self._merged = _merge()
+        return merged
+
+    def reset(self) -> None:
+        """Forget the values read: the next access reads ``JOBQUEUE`` again."""
+        self._merged = None
+
+
+#: The table: every key of ``JOBQUEUE`` by name, in the order declared.
+KEYS: dict[str, Key[Any]] = {
+    name: value for name, value in vars(Settings).items() if isinstance(value, Key)
+}
+DEFAULTS: dict[str, Any] = {name: key.default for name, key in KEYS.items()}
+
+#: ``JOBQUEUE``, as typed attributes: ``conf.settings.MAX_ATTEMPTS``.
+settings = Settings()
+
+
+def _merge() -> dict[str, Any]:
+    user = getattr(django_settings, "JOBQUEUE", None) or {}
+    if not isinstance(user, dict):
+        logger.warning(
+            "The JOBQUEUE setting is a %s, not a dict; using the defaults instead "
+            "(manage.py check says why)",
+            type(user).__name__,
+        )
+        user = {}
+    merged = {}
+    for name, key in KEYS.items():
+        value = user.get(name, key.default)
+        if key.fault(value) is not None:
+            logger.warning(
+                "JOBQUEUE[%r] is %r, which cannot work; using the default %r instead "
+                "(manage.py check says why)",
+                name,
+                value,
+                key.default,
+            )
+            value = key.default
+        merged[name] = key.read(value)
+    return merged
 
 
 def get_settings() -> dict[str, Any]:
-    """Return ``JOBQUEUE`` merged over :data:`DEFAULTS` (cached until the setting changes).
+    """Every key's value by name (the same dict until the setting changes).
 
-    A number setting that cannot work (wrong type, NaN, infinite, out of its bounds) is
-    replaced by its default, with a warning: ``manage.py check`` reports it as an error.
+    Prefer the typed attributes of :data:`settings`.
     """
-    global _cache
-    if _cache is None:
-        user = getattr(settings, "JOBQUEUE", None) or {}
-        merged = dict(DEFAULTS)
-        if isinstance(user, dict):
-            merged.update(user)
-        for name in BOUNDS:
-            if fault(name, merged[name]) is not None:
-                _replaced(name, merged)
-        if heartbeat_fault(merged["HEARTBEAT_INTERVAL"]) is not None:
-            _replaced("HEARTBEAT_INTERVAL", merged)
-        _cache = merged
-    return _cache
-
-
-def _replaced(name: str, merged: dict[str, Any]) -> None:
-    logger.warning(
-        "JOBQUEUE[%r] is %r, which cannot work; using the default %r instead "
-        "(manage.py check says why)",
-        name,
-        merged[name],
-        DEFAULTS[name],
-    )
-    merged[name] = DEFAULTS[name]
+    return settings.merged()
 
 
 def get(name: str) -> Any:
-    return get_settings()[name]
+    """One key's value by name. Prefer the typed attribute: ``conf.settings.NAME``."""
+    return settings.merged()[name]
 
 
 def heartbeat_interval() -> float:
     """Seconds between lease renewals: HEARTBEAT_INTERVAL, at most half of LEASE_SECONDS
     (a longer one lets leases expire under running jobs, which then run twice at once)."""
-    lease = float(get("LEASE_SECONDS"))
-    value = get("HEARTBEAT_INTERVAL")
-    return min(float(value), lease / 2) if value else lease / 3
+    lease = settings.LEASE_SECONDS
+    value = settings.HEARTBEAT_INTERVAL
+    return min(value, lease / 2) if value is not None else lease / 3
 
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
-    global _cache
     if setting in ("JOBQUEUE", "CHANNEL_LAYERS", "DATABASES"):
-        _cache = None
+        settings.reset()

@@ -47,7 +47,7 @@ def open_watchers() -> int:
 def _take_slot() -> bool:
     global _open
     with _count_lock:
-        if _open >= int(conf.get("MAX_WATCHERS")):
+        if _open >= conf.settings.MAX_WATCHERS:
             return False
         _open += 1
         return True
@@ -83,7 +83,7 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
                 "live status: refused a watcher of job %s: this process serves "
                 "JOBQUEUE['MAX_WATCHERS']=%s sockets already (closed with 1013)",
                 job_id,
-                conf.get("MAX_WATCHERS"),
+                conf.settings.MAX_WATCHERS,
             )
             await self._close(CLOSE_TRY_AGAIN)
             return

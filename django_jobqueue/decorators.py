@@ -85,7 +85,7 @@ class JobFunction(Generic[P, R]):
                 job_id=f"inline-{new_job_id()}",
                 attempt=1,
                 max_attempts=1,
-                queue=self.queue or conf.get("DEFAULT_QUEUE"),
+                queue=self.queue or conf.settings.DEFAULT_QUEUE,
                 worker="inline",
             )
             return self.func(context, *args, **kwargs)  # type: ignore[arg-type]
@@ -114,22 +114,23 @@ class JobFunction(Generic[P, R]):
         """The row to write for one call, validated here, in the caller."""
         call_args, call_kwargs = check_call(args, kwargs)
         _check_signature(self, args, kwargs)
-        settings = conf.get_settings()
         return NewJob(
             job_id=job_id or self.job_id or new_job_id(),
             name=self.name,
-            queue=self.queue or settings["DEFAULT_QUEUE"],
+            queue=self.queue or conf.settings.DEFAULT_QUEUE,
             args=call_args,
             kwargs=call_kwargs,
             priority=self.priority,
             group=self.group,
             run_after=resolve_run_after(self.run_after, now),
-            max_attempts=self.max_attempts or settings["MAX_ATTEMPTS"],
-            result_ttl=(self.result_ttl if self.result_ttl is not None else settings["RESULT_TTL"]),
+            max_attempts=self.max_attempts or conf.settings.MAX_ATTEMPTS,
+            result_ttl=(
+                self.result_ttl if self.result_ttl is not None else conf.settings.RESULT_TTL
+            ),
             notify=notify,
             enqueued_at=now,
             time_limit=(
-                settings["TIME_LIMIT"] if isinstance(self.time_limit, _Unset) else self.time_limit
+                conf.settings.TIME_LIMIT if isinstance(self.time_limit, _Unset) else self.time_limit
             ),
             limit_key=self.limit,
             attempt_log=[] if self.keeps_attempt_log else None,

@@ -175,7 +175,7 @@ class LiveJobs:
     @staticmethod
     def poll_interval() -> float:
         """Seconds between reads of every watched job (see the module docstring)."""
-        interval = float(conf.get("POLL_INTERVAL"))
+        interval = conf.settings.POLL_INTERVAL
         notifier = hub()
         if notifier.mode == "redis" and notifier.available:
             return max(interval, RESYNC)
@@ -200,7 +200,7 @@ class LiveJobs:
                 except Exception:  # never let one bad read stop every watcher's updates
                     logger.exception("live status: passing on the state of watched jobs failed")
                     self._due.update(due)
-                    await asyncio.sleep(float(conf.get("POLL_INTERVAL")))
+                    await asyncio.sleep(conf.settings.POLL_INTERVAL)
 
     async def _read(self, due: list[str]) -> None:
         new = [job_id for job_id in due if job_id in self._new]
@@ -213,7 +213,7 @@ class LiveJobs:
             logger.exception("reading the state of watched jobs failed; trying again")
             self._new.update(job_id for job_id in new if job_id in self._jobs)
             self._due.update(due)
-            await asyncio.sleep(float(conf.get("POLL_INTERVAL")))
+            await asyncio.sleep(conf.settings.POLL_INTERVAL)
             return
         self.reads += 1
         for job_id in due:

@@ -6,13 +6,13 @@ Every check runs at the call site, before anything is written, and says what to 
 from __future__ import annotations
 
 import difflib
-import re
 import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
 
+from . import conf
 from .exceptions import InvalidJobError
 from .limits import LimitConfigError, rule_for
 
@@ -44,8 +44,8 @@ class _Unset:
 UNSET = _Unset()
 
 #: The longest time limit accepted, in seconds (a week): a longer one is a mistake.
-TIME_LIMIT_MAX = 7 * 86400
-_QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+TIME_LIMIT_MAX = int(conf.WEEK)
+_QUEUE_RE = conf.QUEUE_NAME
 _INT32 = 2**31 - 1
 
 

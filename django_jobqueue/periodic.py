@@ -106,7 +106,7 @@ def inspect_schedules() -> tuple[list[ScheduleSpec], list[Problem]]:
         if schedule is not None:  # checked when decorated
             specs.append(ScheduleSpec(name, name, schedule, source="@job"))
     taken = {spec.name for spec in specs}
-    setting = conf.get("SCHEDULE")
+    setting = conf.settings.SCHEDULE
     if setting is None:
         setting = {}
     if not isinstance(setting, dict):

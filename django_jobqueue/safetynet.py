@@ -113,7 +113,7 @@ class SafetyNet:
     def poll_once(self) -> None:
         """Read the finished jobs among those waited for and hand each waiter its state."""
         job_ids = self.waiting()
-        lost_after = timedelta(seconds=conf.get("NOTIFY_TIMEOUT"))
+        lost_after = timedelta(seconds=conf.settings.NOTIFY_TIMEOUT)
         notifying = hub().available and hub().mode in ("redis", "other")
         for start in range(0, len(job_ids), BATCH):
             states = finished_states(job_ids[start : start + BATCH])
@@ -139,7 +139,7 @@ class SafetyNet:
 def interval() -> float:
     """Seconds between two safety-net polls: ``POLL_INTERVAL``, a quarter of it when only
     polling can answer."""
-    seconds = float(conf.get("POLL_INTERVAL"))
+    seconds = conf.settings.POLL_INTERVAL
     notifier = hub()
     if notifier.mode in ("off", "in-memory") or not notifier.available:
         seconds /= 4

@@ -239,7 +239,7 @@ def _too_big(path: str, limit: int, setting: str) -> SerializationError:
 
 
 def _check(value: Any, path: str, limit: int, setting: str) -> int:
-    max_depth = conf.get_settings()["MAX_DEPTH"]
+    max_depth = conf.settings.MAX_DEPTH
     try:
         size = _size(value, max_depth, limit)
     except _Refused as exc:
@@ -273,7 +273,7 @@ def check_result(value: Any) -> None:
 
 def result_size(value: Any) -> int:
     """:func:`check_result`, returning the value's size as JSON (UTF-8 bytes, about)."""
-    limit = conf.get_settings()["MAX_RESULT_BYTES"]
+    limit = conf.settings.MAX_RESULT_BYTES
     return _check(value, "result", limit, "MAX_RESULT_BYTES")
 
 
@@ -290,9 +290,8 @@ def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any
                 "argument names must be str.",
                 "kwargs",
             )
-    settings = conf.get_settings()
-    max_depth = settings["MAX_DEPTH"]
-    limit = settings["MAX_ARGS_BYTES"]
+    max_depth = conf.settings.MAX_DEPTH
+    limit = conf.settings.MAX_ARGS_BYTES
     positional = args if type(args) is tuple or type(args) is list else list(args)
     keywords = kwargs if type(kwargs) is dict else dict(kwargs)
     size = 0
@@ -320,7 +319,7 @@ def clean_text(text: str, limit: int | None = None) -> str:
     its end around a marker saying how many bytes were cut. Never raises for a str.
     """
     if limit is None:
-        limit = conf.get_settings()["MAX_ERROR_BYTES"]
+        limit = conf.settings.MAX_ERROR_BYTES
     if type(text) is not str:
         text = str.__str__(text) if isinstance(text, str) else str(text)
     if "\x00" in text:

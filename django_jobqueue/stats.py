@@ -285,7 +285,7 @@ def live_workers(*, using: str | None = None, now: datetime | None = None) -> li
     left out here at once, then deleted by a live worker's heartbeat."""
     now = now or timezone.now()
     using = using or router.db_for_read(WorkerHeartbeat)
-    horizon = now - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+    horizon = now - timedelta(seconds=conf.settings.LEASE_SECONDS)
     rows = WorkerHeartbeat.objects.using(using).seen_since(horizon).order_by("name")
     return [
         LiveWorker(

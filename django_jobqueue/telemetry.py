@@ -81,7 +81,7 @@ _instruments: _Instruments | None = None
 
 def metrics_enabled() -> bool:
     """True when prometheus-client is installed and ``JOBQUEUE["METRICS"]`` is true."""
-    return prometheus_client is not None and bool(conf.get("METRICS"))
+    return prometheus_client is not None and conf.settings.METRICS
 
 
 def instruments() -> _Instruments:
@@ -133,7 +133,7 @@ def lease_expired_retry(job: ClaimedJob) -> None:
 
 def tracing_enabled() -> bool:
     """True when opentelemetry-api is installed and ``JOBQUEUE["TRACING"]`` is true."""
-    return trace is not None and bool(conf.get("TRACING"))
+    return trace is not None and conf.settings.TRACING
 
 
 @contextmanager

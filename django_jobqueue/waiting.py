@@ -56,7 +56,7 @@ def refuse_in_atomic(what: str) -> None:
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         return
-    if conf.get("EAGER") and not in_user_atomic(using):
+    if conf.settings.EAGER and not in_user_atomic(using):
         return  # only a TestCase's transaction: the job runs here, at once
     cause = ""
     if connection.settings_dict.get("ATOMIC_REQUESTS"):
@@ -86,7 +86,7 @@ def in_user_atomic(using: str) -> bool:
 def resolve_timeout(value: float | None) -> float:
     """``value`` checked, or ``WAIT_TIMEOUT`` when it is None."""
     if value is None:
-        return float(conf.get("WAIT_TIMEOUT"))
+        return conf.settings.WAIT_TIMEOUT
     checked = check_timeout(value)
     assert checked is not None
     return checked

@@ -30,23 +30,63 @@ def test_jobqueue_must_be_a_dict(settings):
 def test_unknown_key_is_an_error_that_lists_valid_keys(settings):
     settings.JOBQUEUE = {"MAX_ATEMPTS": 5}
     (error,) = check_settings()
-    assert error.id == "django_jobqueue.E001"
+    assert error.id == "django_jobqueue.E003"
     assert "MAX_ATEMPTS" in error.msg and "MAX_ATTEMPTS" in error.hint
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "expected"),
     [
-        ("MAX_ATTEMPTS", 0),
-        ("MAX_ATTEMPTS", "3"),
-        ("LEASE_SECONDS", True),
-        ("POLL_INTERVAL", -1),
-        ("DEFAULT_QUEUE", "has spaces"),
+        ("MAX_ATTEMPTS", 0, "E005"),
+        ("MAX_ATTEMPTS", "3", "E004"),
+        ("LEASE_SECONDS", True, "E004"),
+        ("POLL_INTERVAL", -1, "E005"),
+        ("WAIT_TIMEOUT", 0, "E005"),
+        ("DEFAULT_QUEUE", "has spaces", "E006"),
+        ("DEFAULT_QUEUE", 5, "E004"),
+        ("DEFAULT_QUEUE", None, "E004"),
+        ("CHANNEL_LAYER", 5, "E004"),
+        ("LIMITS_CACHE", ["limits"], "E004"),
+        ("EAGER", "yes", "E004"),
+        ("WORKER_SYNCHRONOUS_COMMIT", 1, "E004"),
+        ("METRICS", 0, "E004"),
+        ("TRACING", "off", "E004"),
     ],
 )
-def test_bad_values_are_errors(settings, key, value):
+def test_bad_values_are_errors(settings, key, value, expected):
     settings.JOBQUEUE = {key: value}
-    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+    messages = check_settings()
+    assert _ids(messages) == [f"django_jobqueue.{expected}"]
+    assert f"JOBQUEUE[{key!r}] is {value!r}" in messages[0].msg
+    assert "; it must be " in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "E005"),
+        (-5, "E005"),
+        (0.0, "E005"),
+        ("abc", "E004"),
+        ("30", "E004"),
+        (True, "E004"),
+        (7 * 86400 + 1, "E011"),
+        (math.nan, "E010"),
+    ],
+)
+def test_a_time_limit_that_cannot_work_is_an_error(settings, value, expected):
+    """Defect: 0, -5 and "abc" passed; every job without a limit of its own was then
+    dead-lettered "ran longer than its time_limit of -5s"."""
+    settings.JOBQUEUE = {"TIME_LIMIT": value}
+    messages = check_settings()
+    assert _ids(messages) == [f"django_jobqueue.{expected}"]
+    assert "or None (no limit)" in messages[0].msg and messages[0].hint
+
+
+@pytest.mark.parametrize("value", [None, 0.001, 1, 30.5, 7 * 86400])
+def test_a_time_limit_that_can_work_passes(settings, value):
+    settings.JOBQUEUE = {"TIME_LIMIT": value}
+    assert check_settings() == []
 
 
 def test_missing_channel_layer_alias_is_an_error(settings):
@@ -112,7 +152,7 @@ def test_pubsub_layer_has_no_blocking_receive_to_time_out(settings):
 @pytest.mark.django_db
 def test_manage_py_check_reports_errors(settings):
     settings.JOBQUEUE = {"POLL_INTERVALL": 1}
-    with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E001"):
+    with pytest.raises(SystemCheckError, match=r"django_jobqueue\.E003"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
 
 
@@ -132,28 +172,15 @@ def test_jobqueue_none_means_defaults(settings):
     assert _ids(check_channel_layer()) == ["django_jobqueue.W001"]  # the default alias is used
 
 
-@pytest.mark.parametrize("value", [0, -1, "5", True])
-def test_bad_heartbeat_interval_is_an_error(settings, value):
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0, "E005"), (-1, "E005"), ("5", "E004"), (True, "E004")]
+)
+def test_bad_heartbeat_interval_is_an_error(settings, value, expected):
     settings.JOBQUEUE = {"HEARTBEAT_INTERVAL": value}
-    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+    assert _ids(check_settings()) == [f"django_jobqueue.{expected}"]
 
 
-NUMBER_KEYS = [
-    "MAX_ATTEMPTS",
-    "RESULT_TTL",
-    "WAIT_TIMEOUT",
-    "LEASE_SECONDS",
-    "POLL_INTERVAL",
-    "RETRY_BACKOFF",
-    "RETRY_BACKOFF_MAX",
-    "NOTIFY_TIMEOUT",
-    "PREFETCH",
-    "MAX_DEPTH",
-    "MAX_ARGS_BYTES",
-    "MAX_RESULT_BYTES",
-    "MAX_ERROR_BYTES",
-    "HEARTBEAT_INTERVAL",
-]
+NUMBER_KEYS = [name for name, key in conf.KEYS.items() if key.kind in (int, float)]
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
@@ -185,6 +212,7 @@ def test_nan_and_infinity_are_errors_for_every_number_setting(settings, key, val
         ("MAX_RESULT_BYTES", 2**31),
         ("MAX_ERROR_BYTES", 2**30),
         ("HEARTBEAT_INTERVAL", 10**6),
+        ("TIME_LIMIT", 10**7),
     ],
 )
 def test_values_above_their_maximum_are_errors(settings, key, value):
@@ -204,6 +232,9 @@ def test_values_above_their_maximum_are_errors(settings, key, value):
         ("MAX_DEPTH", 1),
         ("MAX_ARGS_BYTES", 1024),
         ("PREFETCH", 0),
+        ("TIME_LIMIT", 7 * 86400),
+        ("WAIT_TIMEOUT", 0.001),
+        ("SHORT_JOB_SECONDS", 0),
     ],
 )
 def test_values_at_their_bounds_pass(settings, key, value):
@@ -212,12 +243,17 @@ def test_values_at_their_bounds_pass(settings, key, value):
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
-    [("MAX_DEPTH", 0), ("MAX_DEPTH", 1.5), ("MAX_ARGS_BYTES", 100), ("MAX_ERROR_BYTES", "64k")],
+    ("key", "value", "expected"),
+    [
+        ("MAX_DEPTH", 0, "E005"),
+        ("MAX_DEPTH", 1.5, "E004"),
+        ("MAX_ARGS_BYTES", 100, "E005"),
+        ("MAX_ERROR_BYTES", "64k", "E004"),
+    ],
 )
-def test_limits_below_their_minimum_or_of_the_wrong_type_are_e001(settings, key, value):
+def test_limits_below_their_minimum_or_of_the_wrong_type(settings, key, value, expected):
     settings.JOBQUEUE = {key: value}
-    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+    assert _ids(check_settings()) == [f"django_jobqueue.{expected}"]
 
 
 @pytest.mark.parametrize(
@@ -255,7 +291,7 @@ def test_an_unknown_key_gets_a_did_you_mean_hint(settings):
 
 def test_a_non_str_key_is_reported_not_a_crash(settings):
     settings.JOBQUEUE = {1: 2, "POLL_INTERVAL": 1}
-    assert _ids(check_settings()) == ["django_jobqueue.E001"]
+    assert _ids(check_settings()) == ["django_jobqueue.E003"]
 
 
 def test_every_error_has_a_hint(settings):
@@ -289,6 +325,11 @@ def test_manage_py_check_reports_the_new_ids(settings):
         ("RETRY_BACKOFF_MAX", 1e308),
         ("MAX_DEPTH", "deep"),
         ("NOTIFY_TIMEOUT", -1),
+        ("TIME_LIMIT", -5),
+        ("TIME_LIMIT", 0),
+        ("TIME_LIMIT", "abc"),
+        ("EAGER", "yes"),
+        ("DEFAULT_QUEUE", "has spaces"),
     ],
 )
 def test_at_run_time_a_value_that_cannot_work_falls_back_to_its_default(

@@ -163,5 +163,7 @@ def test_a_non_bool_eager_is_a_check_error(settings):
     from django.core import checks
 
     settings.JOBQUEUE = {"EAGER": "yes"}
-    errors = [e for e in checks.run_checks() if e.id == "django_jobqueue.E001"]
-    assert [e.msg for e in errors] == ["JOBQUEUE['EAGER'] must be True or False."]
+    errors = [e for e in checks.run_checks() if e.id == "django_jobqueue.E004"]
+    assert [e.msg for e in errors] == [
+        "JOBQUEUE['EAGER'] is 'yes' (a str); it must be True or False."
+    ]

@@ -329,7 +329,7 @@ class _RegistryFilter(admin.SimpleListFilter):
 
 def known_queues() -> set[str]:
     """The default queue and the queues of the registered jobs."""
-    queues = {conf.get("DEFAULT_QUEUE")}
+    queues = {conf.settings.DEFAULT_QUEUE}
     queues.update(job.queue for job in map(registry.get, registry.names()) if job.queue)
     return queues
 

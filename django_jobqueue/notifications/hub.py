@@ -167,7 +167,7 @@ def _explicit() -> bool:
 def hub() -> Hub:
     """The process's hub for the layer named by ``JOBQUEUE["CHANNEL_LAYER"]``."""
     global _hub
-    alias = conf.get("CHANNEL_LAYER")
+    alias = conf.settings.CHANNEL_LAYER
     current = _hub
     if current is not None and current.pid == os.getpid() and current.alias == alias:
         return current

@@ -115,7 +115,7 @@ class Link:
             self._calls = asyncio.Semaphore(CALLS_AT_ONCE)
         try:
             async with self._calls:  # waiting for a turn is not the layer's time
-                async with asyncio.timeout(conf.get("NOTIFY_TIMEOUT")):  # no task per call
+                async with asyncio.timeout(conf.settings.NOTIFY_TIMEOUT):  # no task per call
                     await make()
         except Exception as exc:
             if _is_channel_full(exc):

@@ -44,7 +44,7 @@ class ProgressSender:
 
     def _due(self, job_ids: list[str]) -> None:
         loop = asyncio.get_running_loop()
-        interval = float(conf.get("PROGRESS_INTERVAL"))
+        interval = conf.settings.PROGRESS_INTERVAL
         now = time.monotonic()
         send: list[str] = []
         for job_id in job_ids:

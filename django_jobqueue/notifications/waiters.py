@@ -96,7 +96,7 @@ class Subscription:
         """Wait for the join, at most ``NOTIFY_TIMEOUT``; True when notifications are live."""
         if self._future is None:
             return self._link.available
-        concurrent.futures.wait([self._future], timeout=conf.get("NOTIFY_TIMEOUT") + 0.5)
+        concurrent.futures.wait([self._future], timeout=conf.settings.NOTIFY_TIMEOUT + 0.5)
         return self._outcome()
 
     async def aconfirm(self) -> bool:
@@ -105,7 +105,7 @@ class Subscription:
             return self._link.available
         # asyncio.wait: neither its timeout nor our cancellation cancels the shared join.
         await asyncio.wait(
-            [asyncio.wrap_future(self._future)], timeout=conf.get("NOTIFY_TIMEOUT") + 0.5
+            [asyncio.wrap_future(self._future)], timeout=conf.settings.NOTIFY_TIMEOUT + 0.5
         )
         return self._outcome()
 
@@ -242,7 +242,7 @@ class Waiters:
         if self._channel is None:
             try:
                 channel: str = await asyncio.wait_for(
-                    new_process_channel(self._link.layer), timeout=conf.get("NOTIFY_TIMEOUT")
+                    new_process_channel(self._link.layer), timeout=conf.settings.NOTIFY_TIMEOUT
                 )
             except Exception as exc:
                 self._link.degrade("new_channel", exc)
@@ -256,7 +256,7 @@ class Waiters:
 
     async def _receive_loop(self, channel: str) -> None:
         while True:
-            pause = min(DEGRADED_RETRY, conf.get("POLL_INTERVAL"))
+            pause = min(DEGRADED_RETRY, conf.settings.POLL_INTERVAL)
             received, message = await self._link.receive(channel, "finished", pause)
             if received:
                 self.handle(message)

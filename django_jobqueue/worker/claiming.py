@@ -122,7 +122,7 @@ class Claimer:
         wanted = self.concurrency + prefetch - held
         if wanted <= 0 or (held >= self.concurrency and wanted < max(1, prefetch // 2)):
             # Full: no poll is due until a slot frees (a finished job wakes the loop).
-            self.next_poll = max(self.next_poll, now + float(conf.get("POLL_INTERVAL")))
+            self.next_poll = max(self.next_poll, now + conf.settings.POLL_INTERVAL)
             return 0
         if not (self.work_hint or self.more_work or now >= self.next_poll):
             return 0
@@ -131,7 +131,7 @@ class Claimer:
     def claim_wanted(self, wanted: int, now: float) -> bool:
         """Claim ``wanted`` jobs (see :meth:`wanted`); return True if the claim found none."""
         self.work_hint = False
-        self.next_poll = now + float(conf.get("POLL_INTERVAL"))
+        self.next_poll = now + conf.settings.POLL_INTERVAL
         claimed = self.claim(wanted)
         self.more_work = claimed >= wanted
         return not claimed
@@ -141,7 +141,7 @@ class Claimer:
         job durations, at most PREFETCH; none until a job has run (its length is unknown)."""
         if self.avg_duration is None:
             return 0
-        ceiling = int(conf.get("PREFETCH"))
+        ceiling = conf.settings.PREFETCH
         return min(ceiling, int(PREFETCH_SECONDS / max(self.avg_duration, 1e-4)))
 
     def claim(self, wanted: int) -> int:
@@ -149,7 +149,7 @@ class Claimer:
         in the buffer at once and is renewed, run or released from there); return how many."""
         now = clock.now()
         self.claimed_at = now
-        lease_until = now + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        lease_until = now + timedelta(seconds=conf.settings.LEASE_SECONDS)
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
@@ -198,7 +198,7 @@ class Claimer:
             self.limiter = make_limiter(self.using, self.worker)
         keys = self._jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
         self.key_cursor = keys[-1] if len(keys) == KEY_BATCH else ""
-        poll = float(conf.get("POLL_INTERVAL"))
+        poll = conf.settings.POLL_INTERVAL
         if len(self.key_blocked) > 4 * KEY_BATCH:  # many keys (tenants): forget the past
             self.key_blocked = {k: t for k, t in self.key_blocked.items() if t > mono}
         claimed = 0
@@ -225,7 +225,7 @@ class Claimer:
 
     def _limits_configured(self) -> bool:
         """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it
-        as E010) is logged and treated as empty, once per change: jobs without a limit must
+        as E013) is logged and treated as empty, once per change: jobs without a limit must
         keep running, and jobs with one wait."""
         try:
             configured = bool(limits.rules())

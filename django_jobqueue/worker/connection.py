@@ -46,7 +46,7 @@ class Connection:
             return
         table = Job._meta.db_table
         with connection.cursor() as cursor:
-            if not conf.get("WORKER_SYNCHRONOUS_COMMIT"):
+            if not conf.settings.WORKER_SYNCHRONOUS_COMMIT:
                 cursor.execute("SET synchronous_commit TO off")
             cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table])
             row = cursor.fetchone()

@@ -46,7 +46,7 @@ def _writer(using: str) -> Writer:
 
 
 def _lease_until() -> Any:
-    return timezone.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+    return timezone.now() + timedelta(seconds=conf.settings.LEASE_SECONDS)
 
 
 def execute(job: ClaimedJob, writer: Writer) -> Outcome | None:
@@ -133,7 +133,7 @@ def run_ready(queue: str | None = None, *, using: str | None = None) -> int:
 def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
     """``job_enqueued`` receiver while ``EAGER`` is on: run the job at once, or when the
     caller's transaction commits (a ``TestCase``'s own transaction does not count)."""
-    if not conf.get("EAGER"):
+    if not conf.settings.EAGER:
         return
     using = router.db_for_write(Job)
 
@@ -150,7 +150,7 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
 def follow_eager_setting(**kwargs: Any) -> None:
     """Connect the eager receiver while ``JOBQUEUE["EAGER"]`` is on, and only then: without
     it ``job_enqueued`` has no receiver and enqueue sends nothing."""
-    if conf.get("EAGER"):
+    if conf.settings.EAGER:
         signals.job_enqueued.connect(_run_enqueued, dispatch_uid="django_jobqueue.eager")
     else:
         signals.job_enqueued.disconnect(dispatch_uid="django_jobqueue.eager")

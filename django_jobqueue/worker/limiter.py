@@ -183,7 +183,7 @@ class RedisLimiter(Limiter):
         if time.monotonic() < self.retry_at:
             return []
         tokens = [next(self._tokens) for _ in range(wanted.limit)]
-        lease = float(conf.get("LEASE_SECONDS"))
+        lease = conf.settings.LEASE_SECONDS
         try:
             granted = self._reserve(
                 keys=self.keys(key),
@@ -252,7 +252,7 @@ class RedisLimiter(Limiter):
         by_key: dict[str, list[str]] = defaultdict(list)
         for key, token in self.held.values():
             by_key[key].append(token)
-        lease = float(conf.get("LEASE_SECONDS"))
+        lease = conf.settings.LEASE_SECONDS
         try:
             for key, tokens in by_key.items():
                 self._renew(keys=self.keys(key)[:1], args=[lease, *tokens])
@@ -265,7 +265,7 @@ class RedisLimiter(Limiter):
 
 def make_limiter(using: str, worker: str) -> Limiter:
     """The holder ``JOBQUEUE["LIMITS_CACHE"]`` asks for."""
-    alias = conf.get("LIMITS_CACHE")
+    alias = conf.settings.LIMITS_CACHE
     if alias:
         return RedisLimiter(using, worker, str(alias))
     return DatabaseLimiter(using, worker)

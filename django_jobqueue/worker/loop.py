@@ -269,11 +269,11 @@ class Worker:
         due = self._upkeep.due(stopping=self._stopping)
         if not self._stopping:
             due = min(due, self._claimer.next_poll)
-        progress = self._runner.progress_due(float(conf.get("PROGRESS_INTERVAL")))
+        progress = self._runner.progress_due(conf.settings.PROGRESS_INTERVAL)
         if progress is not None:
             due = min(due, progress)
         due = min(due, self._runner.limits.due)  # a deadline, or a thread to count as stuck
-        return max(0.0, min(due - now, float(conf.get("POLL_INTERVAL"))))
+        return max(0.0, min(due - now, conf.settings.POLL_INTERVAL))
 
     def _free_slots(self) -> int:
         return self._claimer.free_slots()
@@ -297,7 +297,7 @@ class Worker:
 
     def _listen_queues(self) -> list[str]:
         registered = (job.queue for job in map(registry.get, registry.names()) if job.queue)
-        return self._claimer.listen_queues(conf.get("DEFAULT_QUEUE"), registered)
+        return self._claimer.listen_queues(conf.settings.DEFAULT_QUEUE, registered)
 
     # -- running and accounting --------------------------------------------------------------
 

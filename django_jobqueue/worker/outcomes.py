@@ -46,8 +46,8 @@ class Outcome:
 
 def backoff(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, with jitter."""
-    base = float(conf.get("RETRY_BACKOFF"))
-    ceiling = float(conf.get("RETRY_BACKOFF_MAX"))
+    base = conf.settings.RETRY_BACKOFF
+    ceiling = conf.settings.RETRY_BACKOFF_MAX
     delay = min(ceiling, base * 2.0 ** min(attempt - 1, 60))  # 2**1024 would overflow
     return delay / 2 + random.uniform(0, delay / 2)
 

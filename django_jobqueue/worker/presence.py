@@ -59,7 +59,7 @@ class Presence:
         rows = WorkerHeartbeat.objects.using(self.using)
         fields = {"last_seen": now, "jobs_running": running, "jobs_done": done}
         if self.written and rows.filter(name=self.row.name).update(**fields):
-            self._delete("last_seen <", now - timedelta(seconds=float(conf.get("LEASE_SECONDS"))))
+            self._delete("last_seen <", now - timedelta(seconds=conf.settings.LEASE_SECONDS))
             return
         for key, value in fields.items():
             setattr(self.row, key, value)

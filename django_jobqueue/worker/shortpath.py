@@ -116,7 +116,7 @@ class ShortPath:
         self.jobs = 0
 
     def bound(self) -> float:
-        return float(conf.get("SHORT_JOB_SECONDS"))
+        return conf.settings.SHORT_JOB_SECONDS
 
     def active(self, now: float) -> bool:
         """Take the short path now? PostgreSQL, enabled, not suspended, and the recent jobs

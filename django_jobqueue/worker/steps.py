@@ -20,7 +20,7 @@ logger = logging.getLogger("django_jobqueue.worker")
 def write_progress(runner: Runner, using: str, now: float) -> None:
     """Write the progress the running jobs reported, each at most every
     ``PROGRESS_INTERVAL`` seconds (nothing at all for jobs that report none)."""
-    taken = runner.take_progress(now, float(conf.get("PROGRESS_INTERVAL")))
+    taken = runner.take_progress(now, conf.settings.PROGRESS_INTERVAL)
     if not taken:
         return
     try:

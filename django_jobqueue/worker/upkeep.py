@@ -81,7 +81,7 @@ class Upkeep:
         clock.sync_if_due(self.using)  # leases and reaping on the database's clock
         self.heartbeat_if_due(now)
         if now >= self.next_reap:
-            self.next_reap = now + max(0.5, min(5.0, float(conf.get("LEASE_SECONDS")) / 2))
+            self.next_reap = now + max(0.5, min(5.0, conf.settings.LEASE_SECONDS / 2))
             self.reap()
         if now >= self.next_prune:
             self.prune_step(now)
@@ -105,7 +105,7 @@ class Upkeep:
         held = list(self.held())
         if not held:
             return
-        lease_until = clock.now() + timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        lease_until = clock.now() + timedelta(seconds=conf.settings.LEASE_SECONDS)
         ours = self._jobs().renew_leases([job.fence for job in held], lease_until)
         lost = [job for job in held if job.id not in ours]
         for job in lost:
@@ -170,17 +170,17 @@ class Upkeep:
         at, without starving claims."""
         started = time.monotonic()
         deleted = self.prune()
-        if deleted >= int(conf.get("PRUNE_BATCH")):
+        if deleted >= conf.settings.PRUNE_BATCH:
             took = time.monotonic() - started
             self.next_prune = time.monotonic() + took * (1 - PRUNE_SHARE) / PRUNE_SHARE
         else:
-            self.next_prune = now + float(conf.get("PRUNE_INTERVAL"))
+            self.next_prune = now + conf.settings.PRUNE_INTERVAL
         return deleted
 
     def prune(self) -> int:
         """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
         with their results; return how many."""
-        deleted = self._jobs().prune(clock.now(), limit=int(conf.get("PRUNE_BATCH")))
+        deleted = self._jobs().prune(clock.now(), limit=conf.settings.PRUNE_BATCH)
         if deleted:
             logger.debug("pruned %d finished jobs past their result_ttl", deleted)
         return deleted

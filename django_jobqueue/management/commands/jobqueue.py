@@ -315,7 +315,7 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"would delete {rows.count()} {what}")
             return
-        batch = int(conf.get("PRUNE_BATCH"))
+        batch = conf.settings.PRUNE_BATCH
         total = 0
         while True:
             deleted = jobs.prune(now, limit=batch, finished_before=before)
