@@ -250,8 +250,10 @@ class LimitStart(models.Model):
 class DeadLetter(models.Model):
     """A job that failed ``max_attempts`` times (or could not run at all), kept for an operator.
 
-    It outlives the job's ``result_ttl``; requeueing it runs the job again with the same id
-    and arguments and deletes the dead letter, in one transaction.
+    It outlives the job's ``result_ttl``; requeueing it runs the job again with the same id,
+    arguments and options and deletes the dead letter, in one transaction. It has a column
+    for each of :data:`~django_jobqueue.base.DEAD_LETTER_FIELDS` (a field added to
+    :class:`~django_jobqueue.base.NewJob` needs one here too, and a migration).
     """
 
     job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH, db_index=True)
@@ -267,6 +269,9 @@ class DeadLetter(models.Model):
     limit_key = models.CharField("limit", max_length=200, null=True, blank=True)  # noqa: DJ001
     attempt_log = models.JSONField(
         null=True, blank=True, help_text="A task's failed attempts (see Job.attempt_log)."
+    )
+    trace_context = models.JSONField(
+        null=True, blank=True, help_text="The producer's OpenTelemetry trace context."
     )
     attempts = models.PositiveIntegerField()
     error = models.TextField()
