@@ -113,12 +113,6 @@ def _count(job: ClaimedJob, ending: Ending, duration: float) -> None:
         metrics.dead_letters.labels(job.queue, job.name).inc()
 
 
-def lease_expired_retry(job: ClaimedJob) -> None:
-    """Count the requeue of a run whose worker stopped renewing its lease."""
-    if metrics_enabled():
-        instruments().retries.labels(job.queue, job.name).inc()
-
-
 # -- tracing ---------------------------------------------------------------------------------
 
 
