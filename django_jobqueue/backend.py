@@ -39,7 +39,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import signals
-from .base import Status
+from .base import FINISHED, Status
 from .context import current_run
 from .decorators import JobFunction
 from .exceptions import InvalidJobError, JobCancelledError
@@ -96,7 +96,8 @@ __all__ = ["FRAMEWORK", "STATUSES", "JobQueueBackend", "TaskJob"]
 
 logger = logging.getLogger("django_jobqueue.backend")
 
-#: A job's status -> its task's status. A cancelled job is a failed task (its last error is
+#: A job's status -> its task's status (every :class:`Status` needs one: a status added
+#: there is added here). A cancelled job is a failed task (its last error is
 #: ``JobCancelledError``): the framework has no cancelled state, and a cancelled job is, like
 #: a failed one, finished for good and never run again within its ``result_ttl``.
 STATUSES: dict[str, Any] = {
@@ -263,7 +264,7 @@ class JobQueueBackend(BaseTaskBackend):
         workers = [str(entry.get("worker", "")) for entry in log if isinstance(entry, dict)]
         workers += [row.worker] * max(0, row.attempts - len(workers))
         first_start = _when(log[0].get("started_at")) if log else None
-        finished = row.status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+        finished = row.status in FINISHED
         result = self._result(
             task,
             row.job_id,

@@ -1,5 +1,28 @@
-"""The vocabulary every layer shares: job statuses and the plain values that travel between
-layers (a job to write, a job's state, a claimed run). No models, no database access.
+"""The vocabulary every layer shares: job statuses, the moves between them and the endings
+of an attempt, and the plain values that travel between layers (a job to write, a job's
+state, a claimed run). No models, no database access.
+
+Each fact is declared here once and derived everywhere else: :class:`Status` (with
+:data:`MOVES`, from which :data:`ACTIVE` and :data:`FINISHED` follow) gives the INSERT's
+initial status, the model's choices and index conditions, the admin's overview columns,
+``jobqueue status`` and the metrics' depth by status; :class:`Ending` gives the worker's log
+line, the ``job_finished`` signal and the outcome counters; :class:`NewJob` gives the INSERT's
+columns, the dead letter's copy of a job and requeue (:data:`DEAD_LETTER_FIELDS`).
+
+Adding a status (workflows' "blocked") is one line in :class:`Status` and its moves in
+:data:`MOVES`, plus a migration (the model's choices, and the index conditions that name
+:data:`ACTIVE`). Everything listed above follows. What does not follow, by design:
+
+* the queries that move a job (claim, complete, retry, cancel; ``querysets/``) name the
+  statuses they move from and to: a move nobody writes does not happen;
+* ``backend.STATUSES`` says what the status is to Django's Tasks framework, and
+  ``admin.display.STATUS_COLOURS`` gives it a colour (grey without one);
+* a status outside :data:`FINISHED` is counted exactly by the overview, ``jobqueue status``
+  and the metrics (one grouped query per status): give it a partial index if it can hold
+  many jobs.
+
+``tests/test_lifecycle.py`` walks every status through those places and fails on one that
+lists statuses by hand.
 """
 
 from __future__ import annotations
@@ -23,14 +46,24 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-#: Statuses of a job that has not finished: it holds its id against a new run.
-ACTIVE: tuple[str, ...] = (Status.QUEUED.value, Status.RUNNING.value)
+#: The moves between statuses: a job in a key's status may next be in one of its values.
+#: A job is written :data:`INITIAL_STATUS`; a status with no move out is an end
+#: (:data:`FINISHED`). ``running -> queued`` is a retry (or an expired lease); requeueing a
+#: dead letter and rerunning a finished job write a new run, they move no status.
+MOVES: dict[str, tuple[str, ...]] = {
+    Status.QUEUED.value: (Status.RUNNING.value, Status.CANCELLED.value),
+    Status.RUNNING.value: (
+        Status.COMPLETED.value,
+        Status.FAILED.value,
+        Status.CANCELLED.value,
+        Status.QUEUED.value,
+    ),
+}
+
 #: Statuses of a job that ended; its outcome is kept for ``result_ttl`` seconds.
-FINISHED: tuple[str, ...] = (
-    Status.COMPLETED.value,
-    Status.FAILED.value,
-    Status.CANCELLED.value,
-)
+FINISHED: tuple[str, ...] = tuple(status for status in Status.values if not MOVES.get(status))
+#: Statuses of a job that has not finished: it holds its id against a new run.
+ACTIVE: tuple[str, ...] = tuple(status for status in Status.values if status not in FINISHED)
 
 
 #: The status a new job is written with (a job with parents will start "blocked").
@@ -43,20 +76,34 @@ class Ending(enum.Enum):
 
     ``status`` is the job's status once the ending is recorded; ``metric`` the ``outcome``
     label of ``jobqueue_jobs_finished_total`` (None: the job has not finished, or another
-    worker owns it now).
+    worker owns it now); ``phrase`` the log line's ``outcome=`` text and ``detailed`` how a
+    detail joins it (:meth:`render`: ``failed, retry in 1.2s``, ``discarded (lease lost)``).
     """
 
     COMPLETED = ("completed", Status.COMPLETED.value, "completed")
-    RETRIED = ("retried", Status.QUEUED.value, None)
+    RETRIED = ("retried", Status.QUEUED.value, None, "failed", "{}, {}")
     DEAD_LETTERED = ("dead-lettered", Status.FAILED.value, "failed")
     CANCELLED = ("cancelled", Status.CANCELLED.value, "cancelled")
     #: The run lost its lease (or its claim was rolled back): its outcome is not recorded.
     DISCARDED = ("discarded", None, None)
 
-    def __init__(self, word: str, status: str | None, metric: str | None) -> None:
+    def __init__(
+        self,
+        word: str,
+        status: str | None,
+        metric: str | None,
+        phrase: str = "",
+        detailed: str = "{} ({})",
+    ) -> None:
         self.word = word
         self.status = status
         self.metric = metric
+        self.phrase = phrase or word
+        self.detailed = detailed
+
+    def render(self, detail: str = "") -> str:
+        """The log line's ``outcome=`` text of this ending, with ``detail`` if any."""
+        return self.detailed.format(self.phrase, detail) if detail else self.phrase
 
     @property
     def finished(self) -> bool:
@@ -94,6 +141,23 @@ class NewJob:
 
 #: The columns of a new job's INSERT, spelled once: the fields of :class:`NewJob`.
 NEW_JOB_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(NewJob))
+
+#: Fields of :class:`NewJob` that only a queued job needs: when it may start and whether
+#: someone waits for it. A dead letter keeps every other one.
+QUEUED_ONLY_FIELDS: frozenset[str] = frozenset({"run_after", "notify"})
+#: The fields of a job its ``DeadLetter`` keeps (one column each), so that requeue can write
+#: the job again: the dead-letter copy, requeue and the dead-letter admin derive from it.
+DEAD_LETTER_FIELDS: tuple[str, ...] = tuple(
+    name for name in NEW_JOB_COLUMNS if name not in QUEUED_ONLY_FIELDS
+)
+#: What requeueing a dead letter writes afresh rather than copies: the job runs at once
+#: (``run_after``), nobody waits for it yet (``notify``), it is enqueued now
+#: (``enqueued_at``), and a task's attempt log starts again (``attempt_log``).
+REQUEUE_FRESH_FIELDS: frozenset[str] = QUEUED_ONLY_FIELDS | {"enqueued_at", "attempt_log"}
+#: The fields requeue copies back from a dead letter: its job's own, as enqueued.
+REQUEUE_FIELDS: tuple[str, ...] = tuple(
+    name for name in DEAD_LETTER_FIELDS if name not in REQUEUE_FRESH_FIELDS
+)
 
 
 @dataclass(slots=True)

@@ -6,9 +6,11 @@ requeue each dead letter exactly once: the second finds it gone and does nothing
 
 For each dead letter, by the state of the job row with the same ``job_id``:
 
-* none, or finished (completed or failed): a fresh job row is queued (attempt 0, same
-  name, queue, arguments, priority, group, ``max_attempts`` and ``result_ttl``), replacing
-  the finished row and its result, and the dead letter is deleted;
+* none, or finished (completed, failed or cancelled): a fresh job row is queued (attempt 0,
+  the fields the dead letter kept of its job, :data:`~django_jobqueue.base.REQUEUE_FIELDS`:
+  name, queue, arguments, priority, group, ``max_attempts``, ``result_ttl``, ``time_limit``,
+  limit key, trace context; enqueued now, to run at once, a task's attempt log started
+  afresh), replacing the finished row and its result, and the dead letter is deleted;
 * queued or running (it was enqueued again meanwhile, or an earlier dead letter of the same id
   was just requeued): nothing happens to it, and the dead letter is kept.
 """
@@ -18,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.db import models, router, transaction
 from django.utils import timezone
 
-from .base import ACTIVE, JobSnapshot, NewJob
+from .base import ACTIVE, REQUEUE_FIELDS, JobSnapshot, NewJob
 from .handles import announce
 from .models import DeadLetter, Job
 
@@ -125,19 +128,13 @@ def _primary_keys(
 
 
 def _row(letter: DeadLetter, now: datetime) -> NewJob:
-    return NewJob(
-        job_id=letter.job_id,
-        name=letter.name,
-        queue=letter.queue,
-        args=letter.args,
-        kwargs=letter.kwargs,
-        priority=letter.priority,
-        group=letter.group,
-        run_after=None,
-        max_attempts=letter.max_attempts,
-        result_ttl=letter.result_ttl,
-        notify=False,
-        enqueued_at=now,
+    """The job ``letter`` kept, to write again: :data:`REQUEUE_FIELDS` copied, the
+    :data:`~django_jobqueue.base.REQUEUE_FRESH_FIELDS` new."""
+    fresh: dict[str, Any] = {
+        "run_after": None,
+        "notify": False,
+        "enqueued_at": now,
         # A requeued task starts a fresh log: its attempts count from 0 again.
-        attempt_log=[] if letter.attempt_log is not None else None,
-    )
+        "attempt_log": [] if letter.attempt_log is not None else None,
+    }
+    return NewJob(**{name: getattr(letter, name) for name in REQUEUE_FIELDS}, **fresh)

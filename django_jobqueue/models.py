@@ -16,11 +16,16 @@ Which index serves which query (names as in the migration):
 * ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
   NULL``: "is an earlier job of this group still queued or running?" in the claim query.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
-* ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed')``: pruning results.
+* ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
+  results.
 * ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
   ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
   second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
   and per status change.
+
+The conditions name the statuses through :mod:`django_jobqueue.base` (``Status``,
+``ACTIVE``, ``FINISHED``), never by hand: a status added there changes them, and
+``makemigrations`` writes the migration.
 
 The partial indexes only hold the rows they serve, so they stay small when millions of
 finished jobs wait to be pruned, and a claim is an index range scan however long the
@@ -35,7 +40,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .base import ACTIVE, FINISHED, JobSnapshot, Status
+from .base import ACTIVE, FINISHED, INITIAL_STATUS, JobSnapshot, Status
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import (
     DeadLetterQuerySet,
@@ -70,7 +75,7 @@ class Job(models.Model):
     queue = models.CharField(max_length=100)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=INITIAL_STATUS)
     priority = models.IntegerField(default=0)
     group = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no group
     run_after = models.DateTimeField(null=True, blank=True, help_text="Empty: run at once.")
@@ -126,29 +131,29 @@ class Job(models.Model):
                 models.F("priority").desc(),
                 "id",
                 name="djq_claim_any",
-                condition=Q(status="queued", limit_key__isnull=True),
+                condition=Q(status=Status.QUEUED, limit_key__isnull=True),
             ),
             models.Index(
                 "queue",
                 models.F("priority").desc(),
                 "id",
                 name="djq_claim_queue",
-                condition=Q(status="queued", limit_key__isnull=True),
+                condition=Q(status=Status.QUEUED, limit_key__isnull=True),
             ),
             models.Index(
                 "limit_key",
                 models.F("priority").desc(),
                 "id",
                 name="djq_limit_queued",
-                condition=Q(status="queued", limit_key__isnull=False),
+                condition=Q(status=Status.QUEUED, limit_key__isnull=False),
             ),
             models.Index(
                 fields=["group", "id"],
                 name="djq_group_active",
-                condition=Q(status__in=["queued", "running"], group__isnull=False),
+                condition=Q(status__in=ACTIVE, group__isnull=False),
             ),
             models.Index(
-                fields=["lease_expires_at"], name="djq_lease", condition=Q(status="running")
+                fields=["lease_expires_at"], name="djq_lease", condition=Q(status=Status.RUNNING)
             ),
             models.Index(
                 fields=["expires_at"],
@@ -245,8 +250,10 @@ class LimitStart(models.Model):
 class DeadLetter(models.Model):
     """A job that failed ``max_attempts`` times (or could not run at all), kept for an operator.
 
-    It outlives the job's ``result_ttl``; requeueing it runs the job again with the same id
-    and arguments and deletes the dead letter, in one transaction.
+    It outlives the job's ``result_ttl``; requeueing it runs the job again with the same id,
+    arguments and options and deletes the dead letter, in one transaction. It has a column
+    for each of :data:`~django_jobqueue.base.DEAD_LETTER_FIELDS` (a field added to
+    :class:`~django_jobqueue.base.NewJob` needs one here too, and a migration).
     """
 
     job_id = models.CharField("job id", max_length=JOB_ID_MAX_LENGTH, db_index=True)
@@ -262,6 +269,9 @@ class DeadLetter(models.Model):
     limit_key = models.CharField("limit", max_length=200, null=True, blank=True)  # noqa: DJ001
     attempt_log = models.JSONField(
         null=True, blank=True, help_text="A task's failed attempts (see Job.attempt_log)."
+    )
+    trace_context = models.JSONField(
+        null=True, blank=True, help_text="The producer's OpenTelemetry trace context."
     )
     attempts = models.PositiveIntegerField()
     error = models.TextField()

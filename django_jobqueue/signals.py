@@ -3,8 +3,11 @@
 * ``job_enqueued(sender=Job, handle)``: a new run was written (inside the caller's
   transaction, if any; not sent for deduplicated calls).
 * ``job_started(sender=Job, job_id, attempt)``: a worker is about to run an attempt.
-* ``job_finished(sender=Job, job_id, ok, error, cancelled)``: an attempt ended (completed,
-  failed, or ``cancelled``: then ``ok`` is False and ``error`` is "Cancelled").
+* ``job_finished(sender=Job, job_id, ok, error, cancelled, ending)``: an attempt ended
+  (completed, failed, or ``cancelled``: then ``ok`` is False and ``error`` is "Cancelled");
+  ``ending`` is how, a :class:`django_jobqueue.base.Ending` (``COMPLETED``, ``RETRIED``,
+  ``DEAD_LETTERED``, ``CANCELLED`` or ``DISCARDED``), the value the worker's log line and
+  metrics are rendered from.
 * ``job_dead_lettered(sender=DeadLetter, dead_letter)``: a job failed for good.
 """
 

@@ -6,9 +6,10 @@ queue overview reads them, and so can a ``status`` command or a metrics exporter
 function is one grouped query whatever the number of queues, and none counts the whole job
 table, which holds millions of finished jobs waiting to be pruned:
 
-* active jobs (queued, running) are counted exactly; they are few and the partial indexes
-  ``djq_claim_queue`` and ``djq_lease`` hold exactly them;
-* finished jobs (completed, failed) are counted up to a cap (:data:`FINISHED_COUNT_CAP`),
+* active jobs (``ACTIVE``: queued, running) are counted exactly; they are few and the
+  partial indexes ``djq_claim_queue`` and ``djq_lease`` hold exactly them;
+* finished jobs (``FINISHED``: completed, failed, cancelled) are counted up to a cap
+  (:data:`FINISHED_COUNT_CAP`),
   and :attr:`QueueCounts.capped` says when the cap was hit;
 * the oldest waiting job is a ``MIN`` over queued jobs only;
 * jobs finished per minute are read through the ``djq_expiry`` index.
@@ -97,8 +98,8 @@ def job_counts(*, cap: int = FINISHED_COUNT_CAP, using: str | None = None) -> li
         parts.append(wrap.format(sql))
         params.extend(part_params)
 
-    # One part per active status, so each matches its partial index's predicate
-    # (djq_claim_queue for queued, djq_lease for running).
+    # One part per status that is not finished, counted exactly, so each matches its partial
+    # index's predicate (djq_claim_queue for queued, djq_lease for running).
     for status in ACTIVE:
         add(jobs.filter(status=status).values("queue", "status").annotate(n=Count("id")))
     # Finished jobs: group at most cap + 1 of them, read in any order (a derived table: an

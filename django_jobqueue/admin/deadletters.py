@@ -16,6 +16,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from ..base import DEAD_LETTER_FIELDS
 from ..deadletters import RequeueReport, requeue_report
 from ..models import DeadLetter, Job
 from .display import (
@@ -38,6 +39,22 @@ from .display import (
 #: The columns the dead-letter list reads; the error only as its first ``ERROR_HEAD``
 #: characters (``djq_error_head``).
 DEAD_LETTER_LIST_FIELDS = ("id", "job_id", "name", "queue", "attempts", "max_attempts", "failed_at")
+
+#: How a dead letter's page shows the fields it kept of its job (``DEAD_LETTER_FIELDS``):
+#: by another name, or ``""`` where another section shows it (the id and attempts first, the
+#: arguments in their own); any other field as it is.
+_KEPT_SHOWN_AS = {
+    "job_id": "",
+    "max_attempts": "",
+    "args": "",
+    "kwargs": "",
+    "result_ttl": "result_ttl_display",
+    "enqueued_at": "enqueued_at_display",
+}
+#: The page's section of the job's fields: every one requeue copies or starts afresh.
+DEAD_LETTER_JOB_FIELDS = tuple(
+    shown for name in DEAD_LETTER_FIELDS if (shown := _KEPT_SHOWN_AS.get(name, name))
+)
 
 #: The large values of a dead letter's page, read at most ``VALUE_CAP`` characters each.
 DEAD_LETTER_LARGE_VALUES = {
@@ -64,21 +81,9 @@ class DeadLetterAdmin(QueueAdminMixin):
     fieldsets = (
         (
             None,
-            {
-                "fields": (
-                    "job_id",
-                    "job_link",
-                    "name",
-                    "queue",
-                    "attempts_display",
-                    "priority",
-                    "group",
-                    "result_ttl_display",
-                    "enqueued_at_display",
-                    "failed_at_display",
-                )
-            },
+            {"fields": ("job_id", "job_link", "attempts_display", "failed_at_display")},
         ),
+        ("The job, as requeue writes it again", {"fields": DEAD_LETTER_JOB_FIELDS}),
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
         ("Failure", {"fields": ("error_display", "traceback_display")}),
     )

@@ -44,6 +44,7 @@ STATUS_COLOURS = {
     Status.RUNNING: "#e6a23c",
     Status.COMPLETED: "#3a9d5d",
     Status.FAILED: "#ba2121",
+    Status.CANCELLED: "#666",
 }
 
 

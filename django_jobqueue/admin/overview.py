@@ -1,6 +1,9 @@
 """The queue overview page: per queue, jobs by status, dead letters, how long the oldest
 ready job waits, and a bar chart of the jobs finished per minute over the last hour.
 
+The status columns (headings and cells) are :class:`~django_jobqueue.base.Status`, in its
+order: a status added there gets its column.
+
 The numbers come from :mod:`django_jobqueue.stats`; this module only shapes them for the
 templates (``admin/django_jobqueue/job/overview.html``, ``overview_row.html`` and
 ``chart.html``, which draws the SVG).
@@ -19,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from .. import stats
-from ..base import FINISHED, Status
+from ..base import ACTIVE, FINISHED, Status
 from .display import STATUS_COLOURS, human_seconds, known_queues
 
 #: Minutes of history in the overview's "finished per minute" charts.
@@ -149,6 +152,12 @@ class Overview:
     #: Queues left out of ``queues`` (their jobs are in the total).
     more: int = 0
 
+    @property
+    def statuses(self) -> list[tuple[str, str]]:
+        """``(status, label)`` of each status column, in the order of every row's
+        :attr:`QueueRow.status_counts`: both are :class:`~django_jobqueue.base.Status`."""
+        return [(str(value), str(label)) for value, label in Status.choices]
+
 
 def build_overview(now: datetime) -> Overview:
     """The overview's rows: the queues with jobs or dead letters, the known ones (default
@@ -159,7 +168,7 @@ def build_overview(now: datetime) -> Overview:
 
         def busy(row: stats.QueueSummary) -> int:
             counts = row.counts
-            return counts.get("queued", 0) + counts.get("running", 0) + row.dead_letters
+            return sum(counts.get(status, 0) for status in ACTIVE) + row.dead_letters
 
         busiest = sorted(shown, key=lambda row: (-busy(row), row.queue))[:OVERVIEW_QUEUES]
         shown = sorted(busiest, key=lambda row: row.queue)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from django.db import transaction
 from django.utils import timezone
 
-from ..base import ClaimedJob, Status
+from ..base import DEAD_LETTER_FIELDS, ClaimedJob, Status
 from .sql import (
     _CANCELLED,
     _COMPLETED,
@@ -227,7 +227,8 @@ class OutcomesQuerySet(SQLQuerySet):
         exception_path: str = DEFAULT_EXCEPTION_PATH,
     ) -> tuple[Any, bool] | None:
         """Fail the run ``job.fence`` for good, in one transaction: status failed, its result
-        row (error and traceback), a ``DeadLetter`` row.
+        row (error and traceback), a ``DeadLetter`` row (the job's
+        :data:`~django_jobqueue.base.DEAD_LETTER_FIELDS`, its attempts and the error).
 
         Returns None if the run is no longer ours (fenced; with ``lease_expired_before``, also
         if its lease did not expire before then) or someone asked it to stop (it ends
@@ -261,20 +262,10 @@ class OutcomesQuerySet(SQLQuerySet):
                 job=row, defaults={"error": error, "traceback": trace, "result": None}
             )
             letter = letters.using(self.db).create(
-                job_id=row.job_id,
-                name=row.name,
-                queue=row.queue,
-                args=row.args,
-                kwargs=row.kwargs,
-                priority=row.priority,
-                group=row.group,
-                max_attempts=row.max_attempts,
-                result_ttl=row.result_ttl,
+                **{name: getattr(row, name) for name in DEAD_LETTER_FIELDS},
                 attempts=row.attempts,
-                attempt_log=row.attempt_log,
                 error=error,
                 traceback=trace,
-                enqueued_at=row.enqueued_at,
                 failed_at=now,
             )
         return letter, bool(row.notify)

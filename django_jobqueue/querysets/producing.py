@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from django.db import transaction
 from django.utils import timezone
 
-from ..base import ACTIVE, NEW_JOB_COLUMNS, NewJob, Status
+from ..base import ACTIVE, INITIAL_STATUS, NEW_JOB_COLUMNS, NewJob, Status
 from .sql import _SQL, SQLQuerySet
 
 #: Rows per INSERT of ``enqueue_many``; well under PostgreSQL's and SQLite's parameter limits.
@@ -20,6 +20,10 @@ INSERT_BATCH = 1000
 JSON_BATCH_CHARS = 64 * 1024 * 1024
 
 _INSERT_COLUMNS = NEW_JOB_COLUMNS
+#: The values of the columns a new job does not choose: its status, no attempt yet, no
+#: worker, no error. Literals, so a row costs ``len(_INSERT_COLUMNS)`` parameters.
+_INITIAL_COLUMNS = "status, attempts, worker, last_error"
+_INITIAL_VALUES = f"'{INITIAL_STATUS}', 0, '', ''"
 
 #: Columns equal in every row of one ``enqueue_many`` call (one job, one options set).
 _UNIFORM_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c not in ("job_id", "args", "kwargs"))
@@ -74,8 +78,7 @@ class ProducingQuerySet(SQLQuerySet):
         columns = ", ".join(
             sql.group if column == "group" else column for column in _INSERT_COLUMNS
         )
-        # Constant columns are literals, so a row costs len(_INSERT_COLUMNS) parameters.
-        row_sql = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ", 'queued', 0, '', '')"
+        row_sql = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + f", {_INITIAL_VALUES})"
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]
             if sql.vendor == "postgresql" and len(batch) > 1 and _uniform(batch):
@@ -85,7 +88,7 @@ class ProducingQuerySet(SQLQuerySet):
             for row in batch:
                 params.extend(sql.prep(column, getattr(row, column)) for column in _INSERT_COLUMNS)
             yield (
-                f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
+                f"INSERT INTO {sql.table} ({columns}, {_INITIAL_COLUMNS}) "
                 f"VALUES {', '.join([row_sql] * len(batch))} "
                 "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
                 params,
@@ -117,8 +120,8 @@ class ProducingQuerySet(SQLQuerySet):
         )
         params = [sql.prep(c, getattr(first, c)) for c in _INSERT_COLUMNS if c in _UNIFORM_COLUMNS]
         yield (
-            f"INSERT INTO {sql.table} ({columns}, status, attempts, worker, last_error) "
-            f"SELECT {select}, 'queued', 0, '', '' "
+            f"INSERT INTO {sql.table} ({columns}, {_INITIAL_COLUMNS}) "
+            f"SELECT {select}, {_INITIAL_VALUES} "
             "FROM jsonb_array_elements(%s::jsonb) AS u(j) "
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
             [*params, document],
@@ -132,8 +135,9 @@ class ProducingQuerySet(SQLQuerySet):
         ``Subscribed.ready_queue`` names the queue to wake again once the lock is gone.
         """
         sql = self._sql()
+        active = ", ".join(["%s"] * len(ACTIVE))
         rows = sql.execute(
-            f"UPDATE {sql.table} SET notify = %s WHERE job_id = %s AND status IN (%s, %s) "
+            f"UPDATE {sql.table} SET notify = %s WHERE job_id = %s AND status IN ({active}) "
             "RETURNING status, queue, (run_after IS NULL OR run_after <= %s)",
             [True, job_id, *ACTIVE, sql.prep("run_after", timezone.now())],
         )

@@ -1,5 +1,6 @@
 """Ending one run at a time: cancelled, or failed for good (a dead letter); and the one log
-line of every finished attempt."""
+line of every finished attempt, rendered (like its metrics and its ``job_finished`` signal)
+from the attempt's :class:`~django_jobqueue.base.Ending`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .. import clock, signals, telemetry
-from ..base import ClaimedJob
+from ..base import ClaimedJob, Ending
 from ..models import DeadLetter, Job
 from ..notifications import hub
 from ..querysets import DEFAULT_EXCEPTION_PATH, JobQuerySet
@@ -16,12 +17,17 @@ from .outcomes import Outcome
 
 logger = logging.getLogger("django_jobqueue.worker")
 
+#: ``log(outcome, *LEASE_LOST)``: the run lost its lease, another worker owns the job now.
+LEASE_LOST: tuple[Ending, str] = (Ending.DISCARDED, "lease lost")
 
-def log(outcome: Outcome, result: str) -> None:
-    """The one log line of a finished attempt: id, name, attempt, duration, outcome;
-    the worker-side metrics count the same outcome (:func:`.telemetry.attempt_ended`)."""
+
+def log(outcome: Outcome, ending: Ending, detail: str = "") -> None:
+    """Record how the attempt ``outcome`` ended: on the outcome (``job_finished`` sends it),
+    in the worker-side metrics (:func:`.telemetry.attempt_ended`) and in the one log line of
+    the attempt (id, name, attempt, duration, ``outcome=`` :meth:`Ending.render`)."""
     job = outcome.job
-    telemetry.attempt_ended(job, result, outcome.duration)
+    outcome.ending = ending
+    telemetry.attempt_ended(job, ending, outcome.duration)
     logger.info(
         "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
         job.job_id,
@@ -30,7 +36,7 @@ def log(outcome: Outcome, result: str) -> None:
         job.attempts,
         job.max_attempts,
         outcome.duration,
-        result,
+        ending.render(detail),
         f" error={outcome.error!r}" if outcome.error else "",
     )
 
@@ -66,11 +72,11 @@ class Endings:
         )
         if notify is None:
             if outcome is not None:
-                log(outcome, "discarded (lease lost)")
+                log(outcome, *LEASE_LOST)
             return False
         if outcome is not None:
             outcome.cancelled = True
-        log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), "cancelled")
+        log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), Ending.CANCELLED)
         if notify and outcome is None:
             hub().job_finished([job.job_id])
         self.forget(job.id)
@@ -107,7 +113,7 @@ class Endings:
         letter, notify = done
         if signals.job_dead_lettered.has_listeners():
             signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
-        log(outcome or Outcome(job, False, 0.0, error=error), "dead-lettered")
+        log(outcome or Outcome(job, False, 0.0, error=error), Ending.DEAD_LETTERED)
         if notify and outcome is None:
             hub().job_finished([job.job_id])
         self.forget(job.id)

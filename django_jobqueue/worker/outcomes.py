@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import conf
-from ..base import ClaimedJob
+from ..base import ClaimedJob, Ending
 from ..serialization import clean_text, result_size
 
 
@@ -42,6 +42,8 @@ class Outcome:
     #: short-job path): the writer only logs it and notifies (``notify``: someone waits).
     committed: bool = False
     notify: bool = False
+    #: How the attempt ended, once recorded (:func:`.endings.log`); ``job_finished`` sends it.
+    ending: Ending | None = None
 
 
 def backoff(attempt: int) -> float:

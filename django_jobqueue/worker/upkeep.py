@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from .. import clock, conf, telemetry
-from ..base import CLAIM_COLUMNS, ClaimedJob, Status
+from ..base import CLAIM_COLUMNS, ClaimedJob, Ending, Status
 from ..models import Job
 from ..notifications import hub
 from ..querysets import JobQuerySet
@@ -153,7 +153,7 @@ class Upkeep:
                 if requeued[1]:
                     hub().job_finished([job.job_id])
             elif requeued:
-                telemetry.lease_expired_retry(job)
+                telemetry.attempt_ended(job, Ending.RETRIED, 0.0)  # it never ended here
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
                     job.job_id,

@@ -17,12 +17,12 @@ from functools import partial
 from django.db import InterfaceError, OperationalError, connections
 
 from .. import clock, signals
-from ..base import Status
+from ..base import Ending, Status
 from ..models import Job
 from ..notifications import hub
 from ..notifications.names import RESULT_IN_MESSAGE_BYTES
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
-from .endings import Endings, log
+from .endings import LEASE_LOST, Endings, log
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -133,7 +133,7 @@ class Writer:
             if outcome.job.fence in self.void:
                 self.void.discard(outcome.job.fence)
                 written.append(outcome)
-                log(outcome, "discarded (its claim was rolled back)")
+                log(outcome, Ending.DISCARDED, "its claim was rolled back")
         return [o for o in outcomes if o not in written]
 
     def flush_until_written(self, lost: Callable[[BaseException], None]) -> None:
@@ -245,9 +245,9 @@ class Writer:
             for o in done:
                 if o.job.id in mine.cancelled:
                     o.cancelled = True
-                    log(o, "cancelled")
+                    log(o, Ending.CANCELLED)
                 else:
-                    log(o, "completed" if o.job.id in mine else "discarded (lease lost)")
+                    log(o, *((Ending.COMPLETED,) if o.job.id in mine else LEASE_LOST))
             self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
             self.between()  # a long write must not outlast the leases it holds
         self._write_failures(outcomes, written, now)
@@ -258,7 +258,7 @@ class Writer:
         for outcome in outcomes:
             if outcome.committed:
                 written.append(outcome)
-                log(outcome, "completed")
+                log(outcome, Ending.COMPLETED)
                 self._after_write([outcome], [outcome.job.job_id] if outcome.notify else [])
         return [o for o in outcomes if not o.committed]
 
@@ -298,10 +298,10 @@ class Writer:
             written.append(outcome)
             if retried is not None and retried[0] == Status.CANCELLED:
                 outcome.cancelled = True
-                log(outcome, "cancelled")
+                log(outcome, Ending.CANCELLED)
                 self._after_write([outcome], [job.job_id] if retried[1] else [])
                 continue
-            log(outcome, f"failed, retry in {delay:.1f}s" if retried else "discarded (lease lost)")
+            log(outcome, *((Ending.RETRIED, f"retry in {delay:.1f}s") if retried else LEASE_LOST))
             self._after_write([outcome], [])
 
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
@@ -330,4 +330,5 @@ class Writer:
                     ok=outcome.ok and not outcome.cancelled,
                     error=CANCELLED_ERROR if outcome.cancelled else outcome.error,
                     cancelled=outcome.cancelled,
+                    ending=outcome.ending,
                 )

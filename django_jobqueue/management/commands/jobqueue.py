@@ -87,7 +87,7 @@ def _declare(parser: CommandParser) -> None:
         "status",
         help="Jobs per queue and status, the oldest waiting job's age, jobs finished per "
         "minute, dead letters, live workers.",
-        description="Jobs per queue and status (queued and running counted exactly, "
+        description=f"Jobs per queue and status ({' and '.join(ACTIVE)} counted exactly, "
         f"finished ones up to {stats.FINISHED_COUNT_CAP:,} over all queues, shown with "
         "'+' past that), how long the oldest ready job of each queue has waited, jobs "
         "finished in the last full minute and so far this minute, dead letters, and live "
@@ -475,7 +475,7 @@ def render_status(report: dict[str, Any]) -> str:
             _table(headers, lines),
             "",
             "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
-            f"queued and running are exact; finished jobs are counted up to {cap:,} ('+': "
-            "more); finished/min is the last full minute.",
+            f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
+            f"{cap:,} ('+': more); finished/min is the last full minute.",
         ]
     )
