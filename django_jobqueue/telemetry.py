@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import conf
-from .base import ClaimedJob, NewJob
+from .base import ClaimedJob, Ending, NewJob
 
 try:
     import prometheus_client
@@ -30,10 +30,6 @@ try:
     from opentelemetry import propagate, trace
 except ImportError:  # pragma: no cover - the otel extra is not installed
     propagate = trace = None  # type: ignore[assignment]
-
-#: The ``outcome`` label of ``jobqueue_jobs_finished_total``, by the first word of the
-#: worker's log line for the attempt (see :func:`worker.endings.log`).
-FINISHED_OUTCOMES = {"completed": "completed", "dead-lettered": "failed", "cancelled": "cancelled"}
 
 #: Buckets of the run time histogram, in seconds: from a no-op job to a long report.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -92,33 +88,28 @@ def instruments() -> _Instruments:
     return _instruments
 
 
-def attempt_ended(job: ClaimedJob, result: str, duration: float) -> None:
-    """Count an attempt the worker recorded as ``result`` (its log line's outcome text:
-    ``completed``, ``failed, retry in ...``, ``dead-lettered``, ``cancelled`` or
-    ``discarded (lease lost)``), and observe its run time if it ran here."""
+def attempt_ended(job: ClaimedJob, ending: Ending, duration: float) -> None:
+    """Count an attempt the worker recorded as ``ending`` (the same value its log line
+    renders), and observe its run time if it ran here."""
     if not metrics_enabled():
         return
     try:
-        _count(job, result, duration)
+        _count(job, ending, duration)
     except Exception:  # a metrics bug must never stop the worker recording outcomes
         logger.exception("metrics: counting the outcome of job %s failed", job.job_id)
 
 
-def _count(job: ClaimedJob, result: str, duration: float) -> None:
+def _count(job: ClaimedJob, ending: Ending, duration: float) -> None:
     metrics = instruments()
-    word = result.split(" ", 1)[0].rstrip(",")
-    if word == "discarded":  # another worker owns the job now: its run counts there
+    if ending is Ending.DISCARDED:  # another worker owns the job now: its run counts there
         return
     if duration > 0:  # 0: it never ran here (an unknown name, an expired lease)
         metrics.duration.labels(job.queue, job.name).observe(duration)
-    if word == "failed":
+    if ending is Ending.RETRIED:
         metrics.retries.labels(job.queue, job.name).inc()
-        return
-    outcome = FINISHED_OUTCOMES.get(word)
-    if outcome is None:
-        return
-    metrics.finished.labels(job.queue, job.name, outcome).inc()
-    if outcome == "failed":
+    if ending.metric is not None:
+        metrics.finished.labels(job.queue, job.name, ending.metric).inc()
+    if ending is Ending.DEAD_LETTERED:
         metrics.dead_letters.labels(job.queue, job.name).inc()
 
 

@@ -1,14 +1,16 @@
-"""Ending one run at a time: cancelled, or failed for good (a dead letter); and the one log
-line of every finished attempt."""
+"""Recording endings, in whatever transaction is open on the job's database: completions
+(:func:`complete`, also written inside an ``@job(atomic=True)`` job's own transaction),
+cancels and dead letters (:class:`Endings`, one run at a time); and the one log line of every
+finished attempt. :class:`~.writer.Writer` calls them, batches, orders and announces."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 from .. import clock, signals, telemetry
-from ..base import ClaimedJob
+from ..base import ClaimedJob, Ending
 from ..models import DeadLetter, Job
 from ..notifications import hub
 from ..querysets import DEFAULT_EXCEPTION_PATH, JobQuerySet
@@ -17,11 +19,17 @@ from .outcomes import Outcome
 logger = logging.getLogger("django_jobqueue.worker")
 
 
-def log(outcome: Outcome, result: str) -> None:
-    """The one log line of a finished attempt: id, name, attempt, duration, outcome;
-    the worker-side metrics count the same outcome (:func:`.telemetry.attempt_ended`)."""
+#: How the log line spells an ending, where it is not the ending's own word.
+_PHRASES = {Ending.RETRIED: "failed, retry in"}
+
+
+def log(outcome: Outcome, ending: Ending, detail: str = "") -> None:
+    """The one log line of a finished attempt: id, name, attempt, duration, ``ending``
+    (and its ``detail``); the worker-side metrics count the same ending
+    (:func:`.telemetry.attempt_ended`)."""
     job = outcome.job
-    telemetry.attempt_ended(job, result, outcome.duration)
+    telemetry.attempt_ended(job, ending, outcome.duration)
+    phrase = _PHRASES.get(ending, ending.word)
     logger.info(
         "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
         job.job_id,
@@ -30,9 +38,36 @@ def log(outcome: Outcome, result: str) -> None:
         job.attempts,
         job.max_attempts,
         outcome.duration,
-        result,
+        f"{phrase} {detail}" if detail else phrase,
         f" error={outcome.error!r}" if outcome.error else "",
     )
+
+
+def complete(using: str, outcomes: Sequence[Outcome], now: datetime) -> list[tuple[Ending, bool]]:
+    """Record the completions of ``outcomes`` (runs of one ``result_ttl``, with their
+    results) in one statement on ``using``, fenced on ``(id, attempts)``; for each, the ending
+    recorded and whether someone waits for it: ``COMPLETED``; ``CANCELLED`` (a cancel request
+    was recorded first: ``outcome.cancelled`` is set); ``DISCARDED`` (the run is not ours
+    any more: nothing written)."""
+    jobs = Job.objects.using(using)
+    fenced = [o.job.fence for o in outcomes]
+    expires = now + timedelta(seconds=outcomes[0].job.result_ttl)
+    results = {o.job.id: o.result for o in outcomes if o.result is not None}
+    if results:
+        mine = jobs.complete_with_results(fenced, results, now=now, expires_at=expires)
+    else:
+        mine = jobs.complete(fenced, now=now, expires_at=expires)
+    endings: list[tuple[Ending, bool]] = []
+    for outcome in outcomes:
+        pk = outcome.job.id
+        if pk not in mine:
+            endings.append((Ending.DISCARDED, False))
+        elif pk in mine.cancelled:
+            outcome.cancelled = True
+            endings.append((Ending.CANCELLED, mine[pk]))
+        else:
+            endings.append((Ending.COMPLETED, mine[pk]))
+    return endings
 
 
 class Endings:
@@ -66,11 +101,11 @@ class Endings:
         )
         if notify is None:
             if outcome is not None:
-                log(outcome, "discarded (lease lost)")
+                log(outcome, Ending.DISCARDED, "(lease lost)")
             return False
         if outcome is not None:
             outcome.cancelled = True
-        log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), "cancelled")
+        log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), Ending.CANCELLED)
         if notify and outcome is None:
             hub().job_finished([job.job_id])
         self.forget(job.id)
@@ -107,7 +142,7 @@ class Endings:
         letter, notify = done
         if signals.job_dead_lettered.has_listeners():
             signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
-        log(outcome or Outcome(job, False, 0.0, error=error), "dead-lettered")
+        log(outcome or Outcome(job, False, 0.0, error=error), Ending.DEAD_LETTERED)
         if notify and outcome is None:
             hub().job_finished([job.job_id])
         self.forget(job.id)

@@ -322,11 +322,11 @@ class Worker:
         """Held jobs ``ids`` were asked to stop: tell the running ones; a buffered one never
         starts and ends ``cancelled``."""
         for job in cancel_held(ids, self._runner, self._claimer, self._running):
-            self._done.append(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
+            self._writer.report(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
 
     def _report(self, outcome: Outcome) -> None:
         """From a job's thread: ``outcome`` is ready to be written."""
-        self._done.append(outcome)
+        self._writer.report(outcome)
         self._wake()
 
     def _finished(self, written: list[Outcome]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,12 @@ class RunningJob:
 
     job: ClaimedJob
     definition: RegisteredJob
+    #: The name of who runs it (``JobContext.worker``), and the job's database (where
+    #: ``@job(atomic=True)`` runs its transaction).
+    worker: str = ""
+    using: str = "default"
+    #: Called (from the job's thread) when it reports progress the worker should write.
+    wake: Callable[[], None] | None = None
     started: float = field(default_factory=time.monotonic)
     #: Set when someone asked the job to stop (``JobContext.cancel_requested`` reads it).
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -32,3 +39,11 @@ class RunningJob:
     progress_pending: bool = False
     #: When (``time.monotonic()``) its progress was last taken for writing.
     progress_written: float = 0.0
+
+    def report_progress(self, progress: Progress) -> None:
+        """From the job's thread: keep ``progress``; wake the worker once per write."""
+        self.progress = progress
+        if not self.progress_pending:
+            self.progress_pending = True
+            if self.wake is not None:
+                self.wake()
