@@ -1,4 +1,4 @@
-"""One attempt while it runs, as the runner, the time limits and the worker reach it."""
+"""One attempt while it runs, as its attempt function, the runner and the time limits see it."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from ..registry import RegisteredJob
 
 @dataclass(slots=True, eq=False)
 class RunningJob:
-    """One attempt while it runs: what the worker may need to reach it from outside its
-    thread (to cancel it, to time it out). Filled in by the thread or task that runs it."""
+    """One attempt while it runs (on a worker, or inline): what :mod:`.attempt` needs to run
+    it, and what the worker may need to reach it from outside its thread (to cancel it, to
+    time it out, to write its progress). Filled in by the thread or task that runs it."""
 
     job: ClaimedJob
     definition: RegisteredJob
     #: The name of who runs it (``JobContext.worker``), and the job's database (where
     #: ``@job(atomic=True)`` runs its transaction).
-    worker: str = ""
-    using: str = "default"
+    worker: str
+    using: str
     #: Called (from the job's thread) when it reports progress the worker should write.
     wake: Callable[[], None] | None = None
     started: float = field(default_factory=time.monotonic)
