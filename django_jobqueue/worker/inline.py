@@ -24,14 +24,13 @@ from django.utils import timezone
 
 from .. import conf, signals
 from ..base import ClaimedJob
-from ..exceptions import JobNotRegistered
 from ..handles import JobHandle
 from ..models import Job
 from ..querysets import JobQuerySet
 from ..registry import registry
 from ..waiting import in_user_atomic
 from .attempt import announce_start, run_here
-from .outcomes import Outcome, describe
+from .outcomes import Outcome
 from .running import RunningJob
 from .writer import Writer
 
@@ -55,7 +54,7 @@ def execute(job: ClaimedJob, writer: Writer) -> Outcome | None:
     """Run the claimed ``job`` here and record its outcome; None if its name is unknown (it
     is dead-lettered, as a worker does)."""
     if job.name not in registry:
-        writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+        writer.not_registered(job)
         return None
     running = RunningJob(job, registry.get(job.name), worker=INLINE_WORKER, using=writer.using)
     announce_start(running)

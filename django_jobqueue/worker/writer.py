@@ -27,6 +27,7 @@ from django.db import InterfaceError, OperationalError, connections, transaction
 
 from .. import clock, signals
 from ..base import ClaimedJob, Ending, Status
+from ..exceptions import JobNotRegistered
 from ..models import Job
 from ..notifications import hub
 from ..notifications.names import RESULT_IN_MESSAGE_BYTES
@@ -100,6 +101,11 @@ class Writer:
     def report(self, outcome: Outcome) -> None:
         """Record ``outcome`` at the next :meth:`flush` (callable from any thread)."""
         self.done.append(outcome)
+
+    def not_registered(self, job: ClaimedJob) -> None:
+        """Dead-letter, now, the claimed run ``job`` whose name no job of this process has
+        (code deployed out of order); its waiters are told."""
+        self.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
 
     @contextmanager
     def in_transaction(self, claimed: Collection[ClaimedJob]) -> Iterator[None]:
