@@ -3,13 +3,14 @@ TestCase-style (non-transactional) tests as well as transactional ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
 from django.test import TestCase, override_settings
 
-from django_jobqueue import JobFailedError, JobQueueError, get_job, signals
+from django_jobqueue import JobFailedError, JobHandle, JobQueueError, get_job, signals
 from django_jobqueue.base import Status
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.testing import INLINE_WORKER, enqueued, run_jobs
@@ -175,23 +176,23 @@ class EagerInATestCase(TestCase):
 # -- the worker's attempt, run here: retry rules, Retry(after=...), progress, time limit ----------
 
 
-def _ran_inline(eager: bool, handle_of: object) -> Job:
-    """Enqueue with ``handle_of()`` and run it the inline way asked (EAGER, or run_jobs());
-    the job's row afterwards."""
-    assert callable(handle_of)
+def _ran_inline(eager: bool, enqueue: Callable[[], JobHandle]) -> tuple[JobHandle, Job]:
+    """Enqueue with ``enqueue()`` and run the job the inline way asked (EAGER, or
+    run_jobs()); its handle (EAGER's as enqueue returned it) and its row afterwards."""
     if eager:
         with override_settings(JOBQUEUE={"EAGER": True}):
-            handle = handle_of()
+            handle = enqueue()
     else:
-        handle = handle_of()
+        handle = enqueue()
         run_jobs()
-    return Job.objects.get(job_id=handle.id)
+        handle.refresh()
+    return handle, Job.objects.get(job_id=handle.id)
 
 
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
 def test_an_error_outside_retry_on_fails_after_one_attempt_as_on_a_worker(eager):
-    row = _ran_inline(eager, lambda: call_partner.enqueue("value"))
-    assert (row.status, row.attempts) == (Status.FAILED, 1)
+    handle, row = _ran_inline(eager, lambda: call_partner.enqueue("value"))
+    assert (handle.status, handle.attempts) == (Status.FAILED, 1)
     letter = DeadLetter.objects.get(job_id=row.job_id)
     assert letter.attempts == 1
     assert "not retried: ValueError is not in retry_on" in letter.error
@@ -200,18 +201,18 @@ def test_an_error_outside_retry_on_fails_after_one_attempt_as_on_a_worker(eager)
 
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
 def test_retry_after_requeues_with_its_delay_and_the_attempt_counted(eager):
-    row = _ran_inline(eager, lambda: retry_later.enqueue(30, "partner busy"))
-    assert (row.status, row.attempts, row.last_error) == (Status.QUEUED, 1, "Retry: partner busy")
+    handle, row = _ran_inline(eager, lambda: retry_later.enqueue(30, "partner busy"))
+    assert (handle.status, handle.attempts) == (Status.QUEUED, 1)
+    assert row.last_error == "Retry: partner busy"
     assert row.run_after - row.started_at >= timedelta(seconds=29)
     assert Execution.objects.filter(tag__startswith="retry-later").count() == 1
 
 
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
 def test_progress_lands_as_a_worker_stores_it(eager):
-    row = _ran_inline(eager, lambda: progress_steps.enqueue(""))
-    assert row.status == Status.COMPLETED
-    handle = get_job(row.job_id)
-    assert handle is not None and handle.progress is not None
+    handle, _ = _ran_inline(eager, lambda: progress_steps.enqueue(""))
+    assert handle.status == Status.COMPLETED
+    assert handle.progress is not None
     assert (handle.progress["current"], handle.progress["message"]) == (3, "done")
 
 
