@@ -15,9 +15,11 @@ The worker's pool (:mod:`.runner`), ``JOBQUEUE["EAGER"]`` and
   ``Retry(after=...)`` sets when to run again), and a run longer than its ``time_limit`` fails
   as it would had the worker's clock stopped it.
 
-It writes nothing: the caller hands the outcome (after :func:`conclude`) to its
-:class:`~.writer.Writer`. Where the attempt runs is the caller's choice: which thread, which
-connection, and whether a clock interrupts it (the worker's :mod:`.timelimits`).
+It records no ending (``atomic=True`` aside, whose completion commits with the job's writes,
+through the writer's own completion statement): the caller hands the outcome (after
+:func:`conclude`) to its :class:`~.writer.Writer`. Where the attempt runs is the caller's
+choice: which thread, which connection, and whether a clock interrupts it (the worker's
+:mod:`.timelimits`).
 """
 
 from __future__ import annotations
