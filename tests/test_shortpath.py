@@ -8,10 +8,15 @@ import threading
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
+from django_jobqueue import signals
+from django_jobqueue.base import ClaimedJob
 from django_jobqueue.models import Job
 from django_jobqueue.worker import Worker
+from django_jobqueue.worker.outcomes import Outcome
 from django_jobqueue.worker.shortpath import MIN_RUNS, Durations
+from django_jobqueue.worker.writer import Writer
 from tests.conftest import requires_postgres, wait_until
 from tests.testapp.jobs import cuts_the_window, noop, waits_for_file
 from tests.testapp.models import Execution
@@ -107,3 +112,55 @@ def test_a_window_that_loses_its_connection_rolls_back_and_drops_its_outcomes(
     assert (row.status, row.attempts) == ("completed", 1)  # the cut run's claim was undone
     assert Execution.objects.filter(tag="cut").count() == 2  # run twice: at least once
     assert "discarded (its claim was rolled back)" in caplog.text
+
+
+# -- the writer's transaction, as the short path chooses it (any database) --------------------
+
+
+def _writer_and_claim() -> tuple[Writer, ClaimedJob, list[str]]:
+    noop.enqueue()
+    now = timezone.now()
+    (claimed,) = Job.objects.claim(queue=None, limit=1, worker="w", now=now, lease_until=now)
+    finished: list[str] = []
+    writer = Writer(
+        "default",
+        "w",
+        finished=lambda done: finished.extend(o.job.job_id for o in done),
+        forget=lambda pk: None,
+    )
+    return writer, claimed, finished
+
+
+def test_in_transaction_records_with_the_block_and_announces_after_the_commit():
+    writer, claimed, _ = _writer_and_claim()
+    sent: list[str] = []
+
+    def receiver(sender: object, job_id: str, **kwargs: object) -> None:
+        sent.append(job_id)
+
+    signals.job_finished.connect(receiver)
+    try:
+        with writer.in_transaction([claimed]):
+            writer.report(Outcome(claimed, True, 0.001))
+            writer.flush()
+            assert sent == []  # not before the commit
+        assert sent == [claimed.job_id]
+    finally:
+        signals.job_finished.disconnect(receiver)
+    assert Job.objects.get(pk=claimed.id).status == "completed"
+
+
+def test_in_transaction_rolled_back_drops_the_blocks_runs_written_or_late(caplog):
+    writer, claimed, finished = _writer_and_claim()
+    with pytest.raises(RuntimeError), writer.in_transaction([claimed]):
+        writer.report(Outcome(claimed, True, 0.001))
+        writer.flush()
+        raise RuntimeError("the window failed")
+    assert Job.objects.get(pk=claimed.id).status == "running"  # the completion rolled back
+    late = Outcome(claimed, True, 0.002)  # the same run reports again: never written
+    writer.report(late)
+    with caplog.at_level("INFO", logger="django_jobqueue.worker"):
+        writer.flush()
+    assert Job.objects.get(pk=claimed.id).status == "running"
+    assert "discarded (its claim was rolled back)" in caplog.text
+    assert finished.count(claimed.job_id) == 2 and not writer.done

@@ -3,14 +3,28 @@ TestCase-style (non-transactional) tests as well as transactional ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
+
 import pytest
 from django.db import transaction
 from django.test import TestCase, override_settings
 
-from django_jobqueue import JobFailedError, JobQueueError, get_job, signals
+from django_jobqueue import JobFailedError, JobHandle, JobQueueError, get_job, signals
+from django_jobqueue.base import Status
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.testing import INLINE_WORKER, enqueued, run_jobs
-from tests.testapp.jobs import add, always_fails, async_add, other_queue, record
+from tests.testapp.jobs import (
+    add,
+    always_fails,
+    async_add,
+    call_partner,
+    naps_limited,
+    other_queue,
+    progress_steps,
+    record,
+    retry_later,
+)
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
@@ -157,6 +171,57 @@ class EagerInATestCase(TestCase):
         record.enqueue("in a TestCase")
         self.assertEqual(run_jobs(), 1)
         self.assertTrue(Execution.objects.filter(tag="in a TestCase").exists())
+
+
+# -- the worker's attempt, run here: retry rules, Retry(after=...), progress, time limit ----------
+
+
+def _ran_inline(eager: bool, enqueue: Callable[[], JobHandle]) -> tuple[JobHandle, Job]:
+    """Enqueue with ``enqueue()`` and run the job the inline way asked (EAGER, or
+    run_jobs()); its handle (EAGER's as enqueue returned it) and its row afterwards."""
+    if eager:
+        with override_settings(JOBQUEUE={"EAGER": True}):
+            handle = enqueue()
+    else:
+        handle = enqueue()
+        run_jobs()
+        handle.refresh()
+    return handle, Job.objects.get(job_id=handle.id)
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
+def test_an_error_outside_retry_on_fails_after_one_attempt_as_on_a_worker(eager):
+    handle, row = _ran_inline(eager, lambda: call_partner.enqueue("value"))
+    assert (handle.status, handle.attempts) == (Status.FAILED, 1)
+    letter = DeadLetter.objects.get(job_id=row.job_id)
+    assert letter.attempts == 1
+    assert "not retried: ValueError is not in retry_on" in letter.error
+    assert Execution.objects.filter(tag="partner-value").count() == 1
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
+def test_retry_after_requeues_with_its_delay_and_the_attempt_counted(eager):
+    handle, row = _ran_inline(eager, lambda: retry_later.enqueue(30, "partner busy"))
+    assert (handle.status, handle.attempts) == (Status.QUEUED, 1)
+    assert row.last_error == "Retry: partner busy"
+    assert row.run_after - row.started_at >= timedelta(seconds=29)
+    assert Execution.objects.filter(tag__startswith="retry-later").count() == 1
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "run_jobs"])
+def test_progress_lands_as_a_worker_stores_it(eager):
+    handle, _ = _ran_inline(eager, lambda: progress_steps.enqueue(""))
+    assert handle.status == Status.COMPLETED
+    assert handle.progress is not None
+    assert (handle.progress["current"], handle.progress["message"]) == (3, "done")
+
+
+def test_a_run_longer_than_its_time_limit_fails_once_it_returns():
+    handle = naps_limited.enqueue("slow", 0.5)  # time_limit=0.3, max_attempts=1
+    assert run_jobs() == 1
+    handle.refresh()
+    assert (handle.status, handle.attempts) == (Status.FAILED, 1)
+    assert "ran longer than its time_limit of 0.3s" in handle.error
 
 
 def test_a_non_bool_eager_is_a_check_error(settings):

@@ -1,8 +1,10 @@
 """``@job(atomic=True)``: an attempt whose writes and completion commit together, or not at all.
 
 The job runs inside ``transaction.atomic`` on the job's database (the worker's ``using``).
-Before that transaction commits, the completion is written in it: an ``UPDATE`` of the job
-row conditioned on the attempt (``status = running AND (id, attempts) = fence``), which locks
+Before that transaction commits, the completion is written in it by the writer's own
+completion statement (:func:`.endings.complete`, the one every completion goes through; here
+the job's transaction is the one it runs in): an ``UPDATE`` of the job row conditioned on the
+attempt (``status = running AND (id, attempts) = fence``), which locks
 the row and checks the fence under that lock. So:
 
 * a worker killed mid-job never commits: the database rolls the job's writes back, the claim
@@ -21,14 +23,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 
 from .. import clock
-from ..base import ClaimedJob
-from ..models import Job
+from ..base import ClaimedJob, Ending
+from .endings import complete
 from .outcomes import Outcome, succeeded
 
 
@@ -44,29 +45,6 @@ class LeaseLost(Exception):
     """The attempt's row is no longer this run's: its writes were rolled back."""
 
 
-def commit_completion(using: str, outcome: Outcome) -> bool | None:
-    """In the open transaction on ``using``: complete the run of ``outcome`` (with its
-    result), fenced. Return whether someone waits for it; None if the run is not ours any
-    more; False with ``outcome.cancelled`` set if it was asked to stop (the caller rolls
-    back)."""
-    job = outcome.job
-    now = clock.now()
-    expires = now + timedelta(seconds=job.result_ttl)
-    jobs = Job.objects.using(using)
-    if outcome.result is not None:
-        mine = jobs.complete_with_results(
-            [job.fence], {job.id: outcome.result}, now=now, expires_at=expires
-        )
-    else:
-        mine = jobs.complete([job.fence], now=now, expires_at=expires)
-    if job.id not in mine:
-        return None
-    if job.id in mine.cancelled:
-        outcome.cancelled = True
-        return False
-    return mine[job.id]
-
-
 def run_atomic(using: str, job: ClaimedJob, call: Callable[[], Any]) -> Outcome:
     """Run ``call`` (the job) and commit its completion in one transaction on ``using``.
 
@@ -80,8 +58,10 @@ def run_atomic(using: str, job: ClaimedJob, call: Callable[[], Any]) -> Outcome:
             outcome = succeeded(job, call(), started)
             if not outcome.ok:
                 raise _RollBack(outcome)
-            notify = commit_completion(using, outcome)
-            if notify is None:
+            # The writer's own completion statement, in the job's transaction: the fence is
+            # checked on the row it locks, just before the job's writes commit.
+            ((ending, notify),) = complete(using, [outcome], clock.now())
+            if ending is Ending.DISCARDED:
                 raise LeaseLost(
                     f"job {job.job_id} attempt {job.attempts} lost its lease before it "
                     "committed: its writes were rolled back"

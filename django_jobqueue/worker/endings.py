@@ -1,12 +1,15 @@
-"""Ending one run at a time: cancelled, or failed for good (a dead letter); and the one log
-line of every finished attempt, rendered (like its metrics and its ``job_finished`` signal)
-from the attempt's :class:`~django_jobqueue.base.Ending`."""
+"""Recording endings, in whatever transaction is open on the job's database: completions
+(:func:`complete`, also written inside an ``@job(atomic=True)`` job's own transaction),
+cancels and dead letters (:class:`Endings`, one run at a time); and the one log line of every
+finished attempt, rendered (like its metrics and its ``job_finished`` signal) from the
+attempt's :class:`~django_jobqueue.base.Ending`. :class:`~.writer.Writer` calls them, batches,
+orders and announces."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 from .. import clock, signals, telemetry
 from ..base import ClaimedJob, Ending
@@ -39,6 +42,33 @@ def log(outcome: Outcome, ending: Ending, detail: str = "") -> None:
         ending.render(detail),
         f" error={outcome.error!r}" if outcome.error else "",
     )
+
+
+def complete(using: str, outcomes: Sequence[Outcome], now: datetime) -> list[tuple[Ending, bool]]:
+    """Record the completions of ``outcomes`` (runs of one ``result_ttl``, with their
+    results) in one statement on ``using``, fenced on ``(id, attempts)``; for each, the ending
+    recorded and whether someone waits for it: ``COMPLETED``; ``CANCELLED`` (a cancel request
+    was recorded first: ``outcome.cancelled`` is set); ``DISCARDED`` (the run is not ours
+    any more: nothing written)."""
+    jobs = Job.objects.using(using)
+    fenced = [o.job.fence for o in outcomes]
+    expires = now + timedelta(seconds=outcomes[0].job.result_ttl)
+    results = {o.job.id: o.result for o in outcomes if o.result is not None}
+    if results:
+        mine = jobs.complete_with_results(fenced, results, now=now, expires_at=expires)
+    else:
+        mine = jobs.complete(fenced, now=now, expires_at=expires)
+    endings: list[tuple[Ending, bool]] = []
+    for outcome in outcomes:
+        pk = outcome.job.id
+        if pk not in mine:
+            endings.append((Ending.DISCARDED, False))
+        elif pk in mine.cancelled:
+            outcome.cancelled = True
+            endings.append((Ending.CANCELLED, mine[pk]))
+        else:
+            endings.append((Ending.COMPLETED, mine[pk]))
+    return endings
 
 
 class Endings:

@@ -1,36 +1,37 @@
 """Running jobs in the calling thread, on its database connection: ``JOBQUEUE["EAGER"]`` and
 :func:`django_jobqueue.testing.run_jobs`.
 
-A job run here goes through the same queue verbs as on a worker: it is claimed (an attempt,
-a lease), run, and its outcome written by a :class:`~.writer.Writer` (completion, retry or
-dead letter, the "finished" notification, ``job_started`` and ``job_finished``). Only the
-thread differs: the caller's, so a job sees the rows of a ``TestCase``'s transaction.
+Only what is specific to running in the caller's process is here: claiming locally (an
+attempt, a lease, under this process's worker name :data:`INLINE_WORKER`) and deciding when
+to stop. The attempt itself is the worker's (:func:`.attempt.run_here`: context, progress,
+``retry_on``, ``Retry(after=...)``, ``atomic=True``, the time limit), and its ending is
+recorded by the worker's :class:`~.writer.Writer` (completion, retry or dead letter, the
+"finished" notification, ``job_started`` and ``job_finished``). Only the thread differs: the
+caller's, so a job sees the rows of a ``TestCase``'s transaction, and no clock interrupts it
+(a run longer than its ``time_limit`` still fails once it returns).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.core.signals import setting_changed
 from django.db import router, transaction
 from django.utils import timezone
 
 from .. import conf, signals
 from ..base import ClaimedJob
-from ..context import JobContext, current_run
-from ..exceptions import JobNotRegistered
 from ..handles import JobHandle
 from ..models import Job
 from ..querysets import JobQuerySet
 from ..registry import registry
 from ..waiting import in_user_atomic
-from .atomic import run_atomic
-from .outcomes import Outcome, describe, failed, succeeded
+from .attempt import announce_start, run_here
+from .outcomes import Outcome
+from .running import RunningJob
 from .writer import Writer
 
 #: The worker name of runs made in this process (``worker_ids`` of a task run here).
@@ -50,49 +51,23 @@ def _lease_until() -> Any:
 
 
 def execute(job: ClaimedJob, writer: Writer) -> Outcome | None:
-    """Run the claimed ``job`` here and write its outcome; None if its name is unknown (it
+    """Run the claimed ``job`` here and record its outcome; None if its name is unknown (it
     is dead-lettered, as a worker does)."""
     if job.name not in registry:
-        writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+        writer.not_registered(job)
         return None
-    definition = registry.get(job.name)
-    if signals.job_started.has_listeners():
-        signals.send_robust(
-            signals.job_started, sender=Job, job_id=job.job_id, attempt=job.attempts
-        )
-    args: list[Any] = list(job.args)
-    if definition.takes_context:
-        context = JobContext(
-            job_id=job.job_id,
-            attempt=job.attempts,
-            max_attempts=job.max_attempts,
-            queue=job.queue,
-            worker=INLINE_WORKER,
-        )
-        args.insert(0, context)
-    token = current_run.set(job)
-    started = time.monotonic()
-    try:
-        if definition.is_async:
-            outcome = succeeded(job, async_to_sync(definition.func)(*args, **job.kwargs), started)
-        elif definition.atomic:  # its writes and completion in one transaction, as on a worker
-            outcome = run_atomic(writer.using, job, lambda: definition.func(*args, **job.kwargs))
-        else:
-            outcome = succeeded(job, definition.func(*args, **job.kwargs), started)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # the job's failure is its outcome, as on a worker
-        outcome = failed(job, started, describe(exc))
-    finally:
-        current_run.reset(token)
-    writer.done.append(outcome)
+    running = RunningJob(job, registry.get(job.name), worker=INLINE_WORKER, using=writer.using)
+    announce_start(running)
+    outcome = run_here(running)  # worker/attempt.py: the attempt a worker runs
+    writer.report(outcome)
     writer.flush()
     return outcome
 
 
 def run_now(job_id: str, *, using: str | None = None) -> int:
     """Run the queued job ``job_id`` here, every attempt at once (no backoff, whatever its
-    ``run_after``), until it completes or fails for good; the number of attempts run."""
+    ``run_after``), until it completes or fails for good, or an attempt asks to be retried
+    later (``Retry(after=...)``: it stays queued until then); the number of attempts run."""
     using = using or router.db_for_write(Job)
     writer = _writer(using)
     attempts = 0
@@ -103,7 +78,9 @@ def run_now(job_id: str, *, using: str | None = None) -> int:
         if claimed is None:
             return attempts
         attempts += 1
-        execute(claimed, writer)
+        outcome = execute(claimed, writer)
+        if outcome is None or outcome.retry_after:
+            return attempts
 
 
 def run_ready(queue: str | None = None, *, using: str | None = None) -> int:

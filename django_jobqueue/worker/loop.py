@@ -25,13 +25,12 @@ from django.db import InterfaceError, OperationalError, router
 
 from .. import conf, periodic
 from ..base import ClaimedJob
-from ..exceptions import JobNotRegistered
 from ..models import Job
 from ..notifications import IdleFlag, hub
 from ..registry import registry
 from .claiming import Claimer
 from .connection import Connection
-from .outcomes import Outcome, describe
+from .outcomes import Outcome
 from .presence import Presence
 from .runner import Runner
 from .shortpath import ShortPath
@@ -308,7 +307,7 @@ class Worker:
         while buffer and len(self._running) - len(self._done) < self.concurrency:
             job = buffer[0]
             if job.name not in registry:  # deployed out of order: quarantine, go on
-                self._writer.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+                self._writer.not_registered(job)
                 buffer.popleft()
                 continue
             buffer.popleft()
@@ -322,11 +321,11 @@ class Worker:
         """Held jobs ``ids`` were asked to stop: tell the running ones; a buffered one never
         starts and ends ``cancelled``."""
         for job in cancel_held(ids, self._runner, self._claimer, self._running):
-            self._done.append(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
+            self._writer.report(Outcome(job, False, 0.0, error="Cancelled", cancelled=True))
 
     def _report(self, outcome: Outcome) -> None:
         """From a job's thread: ``outcome`` is ready to be written."""
-        self._done.append(outcome)
+        self._writer.report(outcome)
         self._wake()
 
     def _finished(self, written: list[Outcome]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import conf
 from ..base import ClaimedJob, Ending
+from ..exceptions import TimeLimitExceeded
 from ..serialization import clean_text, result_size
 
 
@@ -82,3 +83,10 @@ def succeeded(job: ClaimedJob, result: Any, started: float) -> Outcome:
     except Exception as exc:
         return failed(job, started, f"The job returned a value that cannot be stored: {exc}")
     return Outcome(job, True, time.monotonic() - started, result=result, size=size)
+
+
+def timed_out(job: ClaimedJob, duration: float, trace: str) -> Outcome:
+    """The outcome of an attempt that ran ``duration`` seconds, past its ``time_limit``
+    (``trace``: where it was then, if known)."""
+    error = describe(TimeLimitExceeded(job.time_limit))
+    return Outcome(job, False, duration, error=error, traceback=trace)

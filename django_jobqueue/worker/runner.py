@@ -1,7 +1,8 @@
 """Running jobs: sync jobs on a pool of threads, async jobs on one event loop thread.
 
-Each run ends in an :class:`~.outcomes.Outcome` handed to ``report`` (from the job's thread);
-the runner never touches the queue.
+Each run is one attempt (:mod:`.attempt`, the function every way of running a job calls) and
+ends in an :class:`~.outcomes.Outcome` handed to ``report`` (from the job's thread); the
+runner never touches the queue.
 """
 
 from __future__ import annotations
@@ -12,21 +13,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, router
 
-from .. import signals, telemetry
 from ..base import ClaimedJob
-from ..context import JobContext, Progress, current_run
-from ..exceptions import Retry
+from ..context import Progress
 from ..models import Job
 from ..notifications import run_loop
 from ..registry import registry
-from .atomic import run_atomic
-from .outcomes import Outcome, describe, failed, succeeded
+from . import attempt
+from .attempt import announce_start, conclude
+from .outcomes import Outcome
 from .running import RunningJob
 from .timelimits import TimeLimits
 
@@ -75,16 +73,14 @@ class Runner:
 
     def start(self, job: ClaimedJob) -> None:
         """Send ``job_started`` and start ``job`` (registered) on its pool or loop."""
-        definition = registry.get(job.name)
-        if signals.job_started.has_listeners():
-            signals.send_robust(
-                signals.job_started, sender=Job, job_id=job.job_id, attempt=job.attempts
-            )
-        running = RunningJob(job, definition)
+        running = RunningJob(
+            job, registry.get(job.name), worker=self.name, using=self.using, wake=self.wake
+        )
+        announce_start(running)
         self.running[job.id] = running
         if job.time_limit is not None:  # worker/timelimits.py
             self._start_timed(running)
-        elif definition.is_async:
+        elif running.definition.is_async:
             asyncio.run_coroutine_threadsafe(self._run_async(running), self._get_async_loop())
         else:
             assert self._pool is not None
@@ -105,13 +101,7 @@ class Runner:
         if running.job.time_limit is not None and not self.limits.settle(running):
             return  # its time limit passed first: that failure was reported, this is late
         self.running.pop(running.job.id, None)
-        # A completion committed with the job's writes stands; else a cancel request wins.
-        outcome.cancelled = not outcome.committed and (
-            outcome.cancelled or running.cancelled.is_set()
-        )
-        if running.progress_pending:
-            outcome.progress = running.progress  # the last value lands before the outcome
-        self.report(outcome)
+        self.report(conclude(running, outcome))
 
     # -- cancelling and progress (called from the worker's main thread) -------------------
 
@@ -159,44 +149,6 @@ class Runner:
         ]
         return min(due) if due else None
 
-    def _arguments(self, running: RunningJob) -> list[Any]:
-        """The job's positional arguments, a :class:`JobContext` first if it takes one."""
-        job = running.job
-        if not running.definition.takes_context:
-            return job.args
-        context = JobContext(
-            job_id=job.job_id,
-            attempt=job.attempts,
-            max_attempts=job.max_attempts,
-            queue=job.queue,
-            worker=self.name,
-            cancelled=running.cancelled,
-            report=partial(self._report_progress, running),
-        )
-        return [context, *job.args]
-
-    def _report_progress(self, running: RunningJob, progress: Progress) -> None:
-        """From the job's thread: keep ``progress``; wake the worker once per write."""
-        running.progress = progress
-        if not running.progress_pending:
-            running.progress_pending = True
-            if self.wake is not None:
-                self.wake()
-
-    @staticmethod
-    def _failed(running: RunningJob, started: float, exc: BaseException) -> Outcome:
-        """The outcome of an attempt that raised ``exc`` (call it from the ``except`` block):
-        ``Retry`` sets when to run again; an error outside ``retry_on`` is not retried."""
-        outcome = failed(running.job, started, describe(exc))
-        retry_on = running.definition.retry_on
-        if isinstance(exc, Retry):
-            outcome.retry_after = exc.after
-        elif retry_on is not None and not running.definition.retries(exc):
-            outcome.retry = False
-            names = ", ".join(kind.__name__ for kind in retry_on)
-            outcome.error += f" (not retried: {type(exc).__name__} is not in retry_on ({names}))"
-        return outcome
-
     def _get_async_loop(self) -> asyncio.AbstractEventLoop:
         if self._async_loop is None:
             loop = asyncio.new_event_loop()
@@ -208,41 +160,23 @@ class Runner:
         return self._async_loop
 
     def _run_sync(self, running: RunningJob) -> None:
-        job = running.job
-        running.thread_id = threading.get_ident()
         close_old_connections()
-        started = time.monotonic()
-        current_run.set(job)
         try:
-            if running.cancelled.is_set():  # asked to stop before it started
-                raise asyncio.CancelledError
-            call = partial(telemetry.run, job, running.definition.func, self._arguments(running))
-            if running.definition.atomic:
-                outcome = run_atomic(self.using, job, call)  # worker/atomic.py
-            else:
-                outcome = succeeded(job, call(), started)
-        except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
-            outcome = self._failed(running, started, exc)
+            outcome = attempt.run(running)  # worker/attempt.py
         finally:
             close_old_connections()
         self._finish(running, outcome)
 
     async def _run_async(self, running: RunningJob) -> None:
-        job = running.job
         running.task = asyncio.current_task()
-        started = time.monotonic()
-        current_run.set(job)  # this task's own copy of the context
         try:
             # The ORM of async jobs runs on asgiref's one sync thread: drop its connection if
             # it broke or aged, as a sync job's thread does (channels' database_sync_to_async).
             await sync_to_async(close_old_connections)()
-            started = time.monotonic()
-            if running.cancelled.is_set():  # asked to stop before it started
-                raise asyncio.CancelledError
-            result = await telemetry.arun(job, running.definition.func, self._arguments(running))
-            outcome = succeeded(job, result, started)
         except BaseException as exc:
-            outcome = self._failed(running, started, exc)
+            outcome = attempt.failed_with(running, time.monotonic(), exc)
+        else:
+            outcome = await attempt.arun(running)  # worker/attempt.py
         with contextlib.suppress(asyncio.CancelledError):  # a cancel as it ended: recorded
             await sync_to_async(close_old_connections)()
         self._finish(running, outcome)

@@ -50,7 +50,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from .. import conf
 from ..base import ClaimedJob
@@ -146,18 +146,19 @@ class ShortPath:
         wanted = self.claimer.wanted(now)
         if not wanted:
             return False
-        deferred: list[Callable[[], None]] = []
         claimed: list[ClaimedJob] = []
-        self.writer.defer = deferred
         try:
-            with transaction.atomic(using=self.using):
+            # The writer records the window's endings in the transaction of its claims, and
+            # announces them once it commits (worker/writer.py).
+            with self.writer.in_transaction(claimed):
                 before = {job.id for job in self.claimer.buffer}
                 nothing = self.claimer.claim_wanted(wanted, now)
-                claimed = [job for job in self.claimer.buffer if job.id not in before]
+                claimed += [job for job in self.claimer.buffer if job.id not in before]
                 started = self._run(time.monotonic() + WINDOW * self.bound())
                 self.writer.flush()
         except BaseException as exc:
-            self._rolled_back(claimed)
+            # Rolled back: the claims were undone; the writer drops the runs' outcomes.
+            self.claimer.drop({job.id for job in claimed})
             if not isinstance(exc, DatabaseError) or isinstance(
                 exc, OperationalError | InterfaceError
             ):
@@ -171,20 +172,9 @@ class ShortPath:
                 SUSPEND_SECONDS,
             )
             return False
-        finally:
-            self.writer.defer = None
         self.windows += 1
         self.jobs += started
-        for send in deferred:  # committed: now the waiters may read the rows
-            send()
         return nothing
-
-    def _rolled_back(self, claimed: list[ClaimedJob]) -> None:
-        """The window's claims were undone: forget its buffered jobs, void its runs."""
-        ids = {job.id for job in claimed}
-        self.claimer.drop(ids)
-        self.writer.void.update(job.fence for job in claimed)
-        # Outcomes already reported: dropped at the next flush (Writer._drop_void).
 
     def _run(self, deadline: float) -> int:
         """Start the buffered short jobs as threads free up, until they have all reported

@@ -41,7 +41,7 @@ from typing import Any
 from django.db import connections
 
 from ..exceptions import TimeLimitExceeded
-from .outcomes import Outcome, describe
+from .outcomes import Outcome, timed_out
 from .running import RunningJob
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -284,8 +284,7 @@ class TimeLimits:
             job.time_limit,
             how,
         )
-        error = describe(TimeLimitExceeded(job.time_limit))
-        self.report(Outcome(job, False, now - running.started, error=error, traceback=trace))
+        self.report(timed_out(job, now - running.started, trace))
 
 
 def _stack(thread_id: int) -> str:

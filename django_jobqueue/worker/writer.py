@@ -1,8 +1,16 @@
-"""Writing outcomes: batched, fenced completions, retries, dead letters, then notifications
-and the one log line per finished job.
+"""Writing outcomes: the one API that records the ending of an attempt (completed, retried,
+dead-lettered, cancelled, discarded), then its notifications and its one log line.
 
-What was written is done with even if a later write fails; what was not stays for the next
-flush. Fencing on ``(id, attempts)`` makes a late write of a run that lost its lease a no-op.
+Whoever ran an attempt hands its outcome to :meth:`Writer.report`; :meth:`Writer.flush`
+records what was reported: batched, fenced completions (:func:`.endings.complete`), retries,
+dead letters and cancels. What was written is done with even if a later write fails; what was
+not stays for the next flush. Fencing on ``(id, attempts)`` makes a late write of a run that
+lost its lease a no-op.
+
+Each write runs in its own transaction, unless the caller chooses one: the short path records
+in the transaction of its claims (:meth:`Writer.in_transaction`), and ``@job(atomic=True)`` in
+the job's own (:mod:`.atomic`: its completion arrives ``committed``, the writer only logs and
+announces it). Only the writer sets its own state.
 """
 
 from __future__ import annotations
@@ -10,19 +18,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections, transaction
 
 from .. import clock, signals
-from ..base import Ending, Status
+from ..base import ClaimedJob, Ending, Status
+from ..exceptions import JobNotRegistered
 from ..models import Job
 from ..notifications import hub
 from ..notifications.names import RESULT_IN_MESSAGE_BYTES
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
-from .endings import LEASE_LOST, Endings, log
+from .endings import LEASE_LOST, Endings, complete, log
 from .outcomes import Outcome, backoff, describe, failed
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -51,7 +61,7 @@ def _by_size(by_ttl: dict[int, list[Outcome]]) -> list[list[Outcome]]:
 
 
 class Writer:
-    """Records the outcomes in ``done`` (appended to from the jobs' threads).
+    """Records the outcomes reported to it (:meth:`report`, from any thread) when it flushes.
 
     ``finished(written)`` is called with the outcomes a flush recorded; ``forget(id)`` when a
     dead letter ends a run the worker may still count as running.
@@ -74,17 +84,53 @@ class Writer:
         self.between = between
         #: Cancels and dead letters, one run at a time (also used by the worker's upkeep).
         self.endings = Endings(using, name, forget)
+        #: The outcomes reported and not yet written (read it; :meth:`report` appends).
         self.done: deque[Outcome] = deque()
         #: The last write that failed as a lost connection: its outcomes and its error.
         self._failed_write: tuple[frozenset[int], str] | None = None
-        #: While not None, what to send once the open transaction commits (worker/shortpath);
-        #: a write error is then raised at once, for the caller to roll back.
-        self.defer: list[Callable[[], None]] | None = None
-        #: Runs whose claim was rolled back (worker/shortpath): their outcomes are dropped.
-        self.void: set[tuple[int, int]] = set()
+        #: Inside :meth:`in_transaction`: what to send once its transaction commits; a write
+        #: error is then raised at once, for the transaction to roll back.
+        self._deferred: list[Callable[[], None]] | None = None
+        #: Runs whose claim was rolled back (:meth:`in_transaction`): their outcomes are
+        #: dropped, never written.
+        self._void: set[tuple[int, int]] = set()
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
+
+    def report(self, outcome: Outcome) -> None:
+        """Record ``outcome`` at the next :meth:`flush` (callable from any thread)."""
+        self.done.append(outcome)
+
+    def not_registered(self, job: ClaimedJob) -> None:
+        """Dead-letter, now, the claimed run ``job`` whose name no job of this process has
+        (code deployed out of order); its waiters are told."""
+        self.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
+
+    @contextmanager
+    def in_transaction(self, claimed: Collection[ClaimedJob]) -> Iterator[None]:
+        """Record the endings flushed in the block in one transaction on ``using``, with
+        whatever else the block writes there (the short path: its claims); send their
+        notifications and ``job_finished`` once it commits, none if it rolls back.
+
+        In the block a write error is raised at once (no outcome is retried on its own), for
+        the transaction to roll back. Then the runs of ``claimed`` (read at that moment: the
+        block's claims) were never claimed: their job is queued again with the same attempt
+        number, so their outcomes, reported or to come, are dropped, never written (a write
+        fenced on that attempt could land on the next run's).
+        """
+        deferred: list[Callable[[], None]] = []
+        self._deferred = deferred
+        try:
+            with transaction.atomic(using=self.using):
+                yield
+        except BaseException:
+            self._void.update(job.fence for job in claimed)
+            raise
+        finally:
+            self._deferred = None
+        for send in deferred:  # committed: now the waiters may read the rows
+            send()
 
     def flush(self) -> None:
         """Write every outcome reported so far: completions in one statement per result_ttl.
@@ -98,10 +144,10 @@ class Writer:
         while self.done:
             outcomes.append(self.done.popleft())
         written: list[Outcome] = []
-        if self.void:
+        if self._void:
             outcomes = self._drop_void(outcomes, written)
         try:
-            if self.defer is not None:  # in the short path's transaction: it handles errors
+            if self._deferred is not None:  # in_transaction(): its caller handles errors
                 self._write(outcomes, written)
                 return
             try:
@@ -130,8 +176,8 @@ class Writer:
         them: their job is queued again with the same attempt number, so a write fenced on
         it could land on the next run's. Return the others."""
         for outcome in outcomes:
-            if outcome.job.fence in self.void:
-                self.void.discard(outcome.job.fence)
+            if outcome.job.fence in self._void:
+                self._void.discard(outcome.job.fence)
                 written.append(outcome)
                 log(outcome, Ending.DISCARDED, "its claim was rolled back")
         return [o for o in outcomes if o not in written]
@@ -232,23 +278,14 @@ class Writer:
             if outcome.ok and not outcome.cancelled:
                 by_ttl.setdefault(outcome.job.result_ttl, []).append(outcome)
         for done in _by_size(by_ttl):
-            fenced = [o.job.fence for o in done]
-            ttl = done[0].job.result_ttl
-            with_result = [o for o in done if o.result is not None]
-            expires = now + timedelta(seconds=ttl)
-            if with_result:
-                results = {o.job.id: o.result for o in with_result}
-                mine = jobs.complete_with_results(fenced, results, now=now, expires_at=expires)
-            else:
-                mine = jobs.complete(fenced, now=now, expires_at=expires)
+            endings = complete(self.using, done, now)
             written.extend(done)
-            for o in done:
-                if o.job.id in mine.cancelled:
-                    o.cancelled = True
-                    log(o, Ending.CANCELLED)
-                else:
-                    log(o, *((Ending.COMPLETED,) if o.job.id in mine else LEASE_LOST))
-            self._after_write(done, [o.job.job_id for o in done if mine.get(o.job.id)])
+            notify: list[str] = []
+            for o, (ending, waited) in zip(done, endings, strict=True):
+                log(o, *(LEASE_LOST if ending is Ending.DISCARDED else (ending,)))
+                if waited:
+                    notify.append(o.job.job_id)
+            self._after_write(done, notify)
             self.between()  # a long write must not outlast the leases it holds
         self._write_failures(outcomes, written, now)
 
@@ -305,30 +342,32 @@ class Writer:
             self._after_write([outcome], [])
 
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
-        """Notify the waiters of ``notify`` and send ``job_finished``: now, or (inside the
-        short path's transaction, ``defer``) once it commits."""
-        if self.defer is not None:
-            self.defer.append(partial(self._announce, outcomes, notify))
+        """Notify the waiters of ``notify`` and send ``job_finished``: now, or (inside
+        :meth:`in_transaction`) once its transaction commits."""
+        if self._deferred is not None:
+            self._deferred.append(partial(_announce, outcomes, notify))
         else:
-            self._announce(outcomes, notify)
+            _announce(outcomes, notify)
 
-    def _announce(self, outcomes: list[Outcome], notify: list[str]) -> None:
-        if notify:
-            # A small result rides in the "finished" message: its waiters skip their read.
-            completed = {
-                o.job.job_id: (o.job.attempts, o.result)
-                for o in outcomes
-                if o.ok and not o.cancelled and o.size <= RESULT_IN_MESSAGE_BYTES
-            }
-            hub().job_finished(notify, completed)
-        if signals.job_finished.has_listeners():
-            for outcome in outcomes:
-                signals.send_robust(
-                    signals.job_finished,
-                    sender=Job,
-                    job_id=outcome.job.job_id,
-                    ok=outcome.ok and not outcome.cancelled,
-                    error=CANCELLED_ERROR if outcome.cancelled else outcome.error,
-                    cancelled=outcome.cancelled,
-                    ending=outcome.ending,
-                )
+
+def _announce(outcomes: list[Outcome], notify: list[str]) -> None:
+    """Notify the waiters of ``notify``; send ``job_finished`` for each of ``outcomes``."""
+    if notify:
+        # A small result rides in the "finished" message: its waiters skip their read.
+        completed = {
+            o.job.job_id: (o.job.attempts, o.result)
+            for o in outcomes
+            if o.ok and not o.cancelled and o.size <= RESULT_IN_MESSAGE_BYTES
+        }
+        hub().job_finished(notify, completed)
+    if signals.job_finished.has_listeners():
+        for outcome in outcomes:
+            signals.send_robust(
+                signals.job_finished,
+                sender=Job,
+                job_id=outcome.job.job_id,
+                ok=outcome.ok and not outcome.cancelled,
+                error=CANCELLED_ERROR if outcome.cancelled else outcome.error,
+                cancelled=outcome.cancelled,
+                ending=outcome.ending,
+            )
