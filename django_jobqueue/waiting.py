@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 
 from . import conf
-from .base import JobSnapshot, JobState, Status
+from .base import JobState, Status
 from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTimeoutError
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
@@ -39,8 +39,9 @@ from .safetynet import safety_net
 T = TypeVar("T")
 
 #: ``enqueue(written, lock_timeout)``: write the job (calling ``written`` the moment it is
-#: written) and return its snapshot. Given by the caller, so waiting never imports upward.
-Enqueue = Callable[[Callable[[], None], float | None], JobSnapshot]
+#: written) and return its state once announced (finished already when ``EAGER`` ran it).
+#: Given by the caller, so waiting never imports upward.
+Enqueue = Callable[[Callable[[], None], float | None], JobState]
 
 #: Async waiters run their few short queries here, so hundreds of them share a handful of
 #: database connections instead of holding one each while they wait.
@@ -160,15 +161,19 @@ def enqueue_and_wait(
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
     net = safety_net()
-    token = net.add(job_id, waiter.notify)
+    token: int | None = None
     try:
-        wait.state = _enqueue(wait, enqueue, subscription, fixed_id).state
+        wait.state = _enqueue(wait, enqueue, subscription, fixed_id)
+        if wait.finished:  # run by this thread meanwhile (EAGER), or a cached result
+            return wait.state
+        token = net.add(job_id, waiter.notify)
         subscription.confirm()
         if subscription.late and not wait.finished:
             wait.poll()
         return _wait_loop(wait, waiter)
     finally:
-        net.discard(job_id, token)
+        if token is not None:
+            net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -192,9 +197,7 @@ def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> Jo
         notifier.unsubscribe(job_id, waiter)
 
 
-def _enqueue(
-    wait: _Wait, enqueue: Enqueue, subscription: Subscription, fixed_id: bool
-) -> JobSnapshot:
+def _enqueue(wait: _Wait, enqueue: Enqueue, subscription: Subscription, fixed_id: bool) -> JobState:
     lock_timeout = max(0.001, wait.remaining()) if fixed_id else None
     try:
         return enqueue(subscription.mark_written, lock_timeout)
@@ -279,16 +282,19 @@ async def aenqueue_and_wait(
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)  # overlaps the INSERT
     net = safety_net()
-    token = net.add(job_id, waiter.notify)
+    token: int | None = None
     try:
-        snapshot = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
-        wait.state = snapshot.state
+        wait.state = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
+        if wait.finished:
+            return wait.state
+        token = net.add(job_id, waiter.notify)
         await subscription.aconfirm()
         if subscription.late and not wait.finished:
             await _bounded(_db(wait.poll), wait)
         return await _await_loop(wait, waiter)
     finally:
-        net.discard(job_id, token)
+        if token is not None:
+            net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
