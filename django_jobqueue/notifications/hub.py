@@ -25,6 +25,7 @@ class Hub:
 
     def __init__(self, alias: str | None, *, explicit: bool = True) -> None:
         self.alias = alias
+        self._closed = False
         self._link = Link(alias, explicit=explicit)
         self._waiters_of = Waiters(self._link)
         self._wakeups = Wakeups(self._link)
@@ -62,8 +63,8 @@ class Hub:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` ran (or for a hub without a layer, which has no loop)."""
-        return self._link.loop is None
+        """True once :meth:`close` ran."""
+        return self._closed
 
     def describe(self) -> str:
         """The hub's state in a few words, for a log line: "on (RedisChannelLayer)",
@@ -162,4 +163,5 @@ class Hub:
     def close(self) -> None:
         """Stop the hub's loop, leave the groups it is still in and close its connections
         (tests, settings changes)."""
+        self._closed = True
         self._link.close(cleanup=partial(self._waiters_of.leave_leftovers, closing=True))
