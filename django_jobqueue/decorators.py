@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import conf, waiting
-from .base import JobSnapshot, NewJob
+from .base import JobState, NewJob
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
@@ -339,11 +339,12 @@ def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
 
 def _enqueue_waited(
     new: NewJob, written: Callable[[], None], lock_timeout: float | None
-) -> JobSnapshot:
-    """Write one waited-for job (``waiting.Enqueue``); its snapshot."""
+) -> JobState:
+    """Write one waited-for job (``waiting.Enqueue``); its state once announced: a receiver
+    of ``job_enqueued`` (``EAGER``) may have run it to its end meanwhile, in this thread."""
     snapshots = insert_jobs([new], notify=True, lock_timeout=lock_timeout, written=written)
-    announce(snapshots, waited_for=True)
-    return snapshots[0]
+    (handle,) = announce(snapshots, waited_for=True)
+    return JobState(handle.status, handle.attempts, handle.result, handle.error)
 
 
 @overload

@@ -9,10 +9,12 @@ message marks the job as due; one task per loop reads every due job in one query
 ``database_sync_to_async``, so no connection is held between reads) and passes each watcher
 the new state if it differs from the last one it was sent.
 
-The database is the truth: the same task also reads every watched job each
-``POLL_INTERVAL`` when the channel layer cannot carry messages between processes (no layer,
-the in-memory layer, a degraded one), and every :data:`RESYNC` seconds otherwise, so a
-dropped message delays an update, never loses it.
+The database is the truth: the process's one poller for lost notifications (the safety
+net of :mod:`django_jobqueue.notifications.safetynet`) has the same task read every watched
+job each ``POLL_INTERVAL`` when the channel layer cannot carry messages between processes
+(no layer, the in-memory layer, a degraded one), and every
+:data:`~django_jobqueue.notifications.RESYNC` seconds otherwise, so a dropped message
+delays an update, never loses it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,13 +30,10 @@ from channels.db import database_sync_to_async
 from . import conf
 from .base import FINISHED, Status
 from .models import Job
-from .notifications import Hub, Subscription, Waiter, hub
+from .notifications import Hub, Subscription, Waiter, hub, runtime
 
 logger = logging.getLogger("django_jobqueue")
 
-#: Seconds between two reads of every watched job when a Redis layer carries the messages
-#: (at least POLL_INTERVAL): the safety net for a message that was lost.
-RESYNC = 5.0
 #: Job ids per query.
 READ_BATCH = 500
 
@@ -126,7 +123,8 @@ class LiveJobs:
         self._new: set[str] = set()  # not marked as waited for in the database yet
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Reads made so far (one per batch of due jobs): for tests and the bench.
+        self._resync: int | None = None  # the safety net's token while jobs are watched
+        #: Reads made so far (one per batch of due jobs).
         self.reads = 0
 
     @property
@@ -147,6 +145,8 @@ class LiveJobs:
             self._new.add(job_id)
         watched.sent[sink] = None
         self._mark(job_id)
+        if self._resync is None:
+            self._resync = runtime.safety_net.add_resync(self.resync)
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._run(), name="djq-live-jobs")
 
@@ -161,37 +161,40 @@ class LiveJobs:
             self._new.discard(job_id)
             self._due.discard(job_id)
             watched.hub.unsubscribe(job_id, watched.waiter)
+        if not self._jobs:
+            self._wake.set()  # the task ends
+            if self._resync is not None:
+                runtime.safety_net.discard_resync(self._resync)
+                self._resync = None
 
     def poke(self, job_id: str) -> None:
         """Mark ``job_id`` as due for a read (any thread)."""
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody watches
             self._loop.call_soon_threadsafe(self._mark, job_id)
 
+    def resync(self) -> None:
+        """Mark every watched job as due for a read (any thread): the safety net's call."""
+        try:
+            self._loop.call_soon_threadsafe(self._mark_all)
+        except RuntimeError:  # the loop closed: nobody watches any more
+            token, self._resync = self._resync, None
+            if token is not None:
+                runtime.safety_net.discard_resync(token)
+
     def _mark(self, job_id: str) -> None:
         if job_id in self._jobs:
             self._due.add(job_id)
             self._wake.set()
 
-    @staticmethod
-    def poll_interval() -> float:
-        """Seconds between reads of every watched job (see the module docstring)."""
-        interval = conf.settings.POLL_INTERVAL
-        notifier = hub()
-        if notifier.mode == "redis" and notifier.available:
-            return max(interval, RESYNC)
-        return interval
+    def _mark_all(self) -> None:
+        if self._jobs:
+            self._due.update(self._jobs)
+            self._wake.set()
 
     async def _run(self) -> None:
-        next_poll = time.monotonic() + self.poll_interval()
         while self._jobs:
-            timeout = next_poll - time.monotonic()
-            if not self._wake.is_set() and timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._wake.wait()
             self._wake.clear()
-            if time.monotonic() >= next_poll:
-                self._due.update(self._jobs)
-                next_poll = time.monotonic() + self.poll_interval()
             due = sorted(self._due & self._jobs.keys())
             self._due.clear()
             if due:
@@ -200,7 +203,8 @@ class LiveJobs:
                 except Exception:  # never let one bad read stop every watcher's updates
                     logger.exception("live status: passing on the state of watched jobs failed")
                     self._due.update(due)
-                    await asyncio.sleep(conf.settings.POLL_INTERVAL)
+                    await asyncio.sleep(float(conf.get("POLL_INTERVAL")))
+                    self._wake.set()  # try them again now
 
     async def _read(self, due: list[str]) -> None:
         new = [job_id for job_id in due if job_id in self._new]
@@ -213,7 +217,8 @@ class LiveJobs:
             logger.exception("reading the state of watched jobs failed; trying again")
             self._new.update(job_id for job_id in new if job_id in self._jobs)
             self._due.update(due)
-            await asyncio.sleep(conf.settings.POLL_INTERVAL)
+            await asyncio.sleep(float(conf.get("POLL_INTERVAL")))
+            self._wake.set()  # try them again now
             return
         self.reads += 1
         for job_id in due:
@@ -232,15 +237,6 @@ class LiveJobs:
                 logger.exception("passing job %s's state to a watcher failed", watched.job_id)
 
 
-_registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveJobs] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def live_jobs() -> LiveJobs:
-    """The :class:`LiveJobs` of the running event loop."""
-    loop = asyncio.get_running_loop()
-    live = _registries.get(loop)
-    if live is None:
-        live = _registries[loop] = LiveJobs(loop)
-    return live
+    """The :class:`LiveJobs` of the running event loop (owned by the process's runtime)."""
+    return runtime.watchers(asyncio.get_running_loop(), LiveJobs)

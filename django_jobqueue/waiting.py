@@ -1,9 +1,9 @@
 """Request/response over the queue: subscribe, enqueue, wait for "finished", read the database.
 
 A notification only says "look now"; the result always comes from the database, and the
-process's safety-net poll (:mod:`django_jobqueue.safetynet`: one query per interval for
-every job the process waits for, not one per waiter) reads it too, so a lost notification
-(or no channel layer at all) makes an answer slower, never wrong or missing.
+process's safety-net poll (:mod:`django_jobqueue.notifications.safetynet`: one query per
+interval for every job the process waits for, not one per waiter) reads it too, so a lost
+notification (or no channel layer at all) makes an answer slower, never wrong or missing.
 
 ``enqueue_and_wait`` sends the join of the job's group *before* the INSERT and lets the two
 overlap (the join is one Redis round trip, the INSERT a durable commit). If the join was
@@ -19,34 +19,25 @@ missed.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 
 from . import conf
-from .base import JobSnapshot, JobState, Status
+from .base import JobState, Status
 from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTimeoutError
 from .models import Job
-from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub
+from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub, runtime
 from .options import check_timeout
-from .safetynet import safety_net
 
 T = TypeVar("T")
 
 #: ``enqueue(written, lock_timeout)``: write the job (calling ``written`` the moment it is
-#: written) and return its snapshot. Given by the caller, so waiting never imports upward.
-Enqueue = Callable[[Callable[[], None], float | None], JobSnapshot]
-
-#: Async waiters run their few short queries here, so hundreds of them share a handful of
-#: database connections instead of holding one each while they wait.
-_DB_THREADS = 4
-_executor: ThreadPoolExecutor | None = None
-_executor_pid = 0
+#: written) and return its state once announced (finished already when ``EAGER`` ran it).
+#: Given by the caller, so waiting never imports upward.
+Enqueue = Callable[[Callable[[], None], float | None], JobState]
 
 
 def refuse_in_atomic(what: str) -> None:
@@ -159,16 +150,20 @@ def enqueue_and_wait(
     waiter = ThreadWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
-    net = safety_net()
-    token = net.add(job_id, waiter.notify)
+    net = runtime.safety_net
+    token: int | None = None
     try:
-        wait.state = _enqueue(wait, enqueue, subscription, fixed_id).state
+        wait.state = _enqueue(wait, enqueue, subscription, fixed_id)
+        if wait.finished:  # run by this thread meanwhile (EAGER), or a cached result
+            return wait.state
+        token = net.add(job_id, waiter.notify)
         subscription.confirm()
         if subscription.late and not wait.finished:
             wait.poll()
         return _wait_loop(wait, waiter)
     finally:
-        net.discard(job_id, token)
+        if token is not None:
+            net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -181,7 +176,7 @@ def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> Jo
     waiter = ThreadWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
-    net = safety_net()
+    net = runtime.safety_net
     token = net.add(job_id, waiter.notify)
     try:
         subscription.confirm()
@@ -192,9 +187,7 @@ def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> Jo
         notifier.unsubscribe(job_id, waiter)
 
 
-def _enqueue(
-    wait: _Wait, enqueue: Enqueue, subscription: Subscription, fixed_id: bool
-) -> JobSnapshot:
+def _enqueue(wait: _Wait, enqueue: Enqueue, subscription: Subscription, fixed_id: bool) -> JobState:
     lock_timeout = max(0.001, wait.remaining()) if fixed_id else None
     try:
         return enqueue(subscription.mark_written, lock_timeout)
@@ -227,28 +220,10 @@ def _wait_loop(wait: _Wait, waiter: ThreadWaiter) -> JobState:
 
 
 def _db(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    global _executor, _executor_pid
-    if _executor is None or _executor_pid != os.getpid():  # new, or inherited through fork()
-        _executor = ThreadPoolExecutor(_DB_THREADS, thread_name_prefix="django-jobqueue-db")
-        _executor_pid = os.getpid()
-    return asyncio.get_running_loop().run_in_executor(_executor, _retrying, function, *args)
-
-
-def close_db_threads() -> None:
-    """Close the connections of the async waiters' threads and stop them (tests, shutdown)."""
-    global _executor
-    executor, _executor = _executor, None
-    if executor is None:
-        return
-    everyone = threading.Barrier(_DB_THREADS)
-
-    def close() -> None:
-        everyone.wait(timeout=5)
-        connections.close_all()
-
-    for future in [executor.submit(close) for _ in range(_DB_THREADS)]:
-        future.result(timeout=10)
-    executor.shutdown(wait=True)
+    """Run ``function(*args)`` in one of the async waiters' database threads."""
+    return asyncio.get_running_loop().run_in_executor(
+        runtime.db_threads(), _retrying, function, *args
+    )
 
 
 def _retrying(function: Callable[..., T], *args: Any) -> T:
@@ -278,17 +253,20 @@ async def aenqueue_and_wait(
     waiter = AsyncWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)  # overlaps the INSERT
-    net = safety_net()
-    token = net.add(job_id, waiter.notify)
+    net = runtime.safety_net
+    token: int | None = None
     try:
-        snapshot = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
-        wait.state = snapshot.state
+        wait.state = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
+        if wait.finished:
+            return wait.state
+        token = net.add(job_id, waiter.notify)
         await subscription.aconfirm()
         if subscription.late and not wait.finished:
             await _bounded(_db(wait.poll), wait)
         return await _await_loop(wait, waiter)
     finally:
-        net.discard(job_id, token)
+        if token is not None:
+            net.discard(job_id, token)
         notifier.unsubscribe(job_id, waiter)
 
 
@@ -300,7 +278,7 @@ async def await_job(job_id: str, queue: str, state: JobState, timeout: float) ->
     waiter = AsyncWaiter()
     notifier = hub()
     subscription = notifier.start_subscribe(job_id, waiter)
-    net = safety_net()
+    net = runtime.safety_net
     token = net.add(job_id, waiter.notify)
     try:
         await subscription.aconfirm()
@@ -338,7 +316,6 @@ __all__ = [
     "Enqueue",
     "aenqueue_and_wait",
     "await_job",
-    "close_db_threads",
     "enqueue_and_wait",
     "outcome",
     "refuse_in_atomic",

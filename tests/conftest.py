@@ -175,9 +175,9 @@ def _drop_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Ite
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from django_jobqueue.waiting import close_db_threads
+    from django_jobqueue.notifications import runtime
 
-    close_db_threads()
+    runtime.close()
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
     if not POSTGRES:
         return

@@ -326,8 +326,7 @@ def test_cancel_messages_reach_the_listener_and_malformed_ones_are_ignored(setti
         {"job_id": "j"},
     ]
     for message in forged:
-        send = notifier._layer.send(channel, message)
-        asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+        notifier.submit(lambda layer, m=message: layer.send(channel, m)).result(5)
     notifier.request_cancel("host:1:abc", "job-1")
     notifier.request_cancel("host:2:def", "job-2")  # another worker's channel
     wait_until(lambda: heard)
@@ -353,8 +352,8 @@ def test_a_forged_cancel_message_only_makes_the_worker_read_the_flags(
     wait_until(marker.exists)
     lease = _row(handle.id).lease_expires_at
     notifier = hub()
-    send = notifier._layer.send(cancel_channel("w-forged"), cancel_message(handle.id))
-    asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    message = cancel_message(handle.id)
+    notifier.submit(lambda layer: layer.send(cancel_channel("w-forged"), message)).result(5)
     # The message made the worker renew its leases at once (its heartbeat is 300s away)...
     wait_until(lambda: _row(handle.id).lease_expires_at > lease)
     # ...which read no cancel_requested flag: the job goes on.

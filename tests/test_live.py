@@ -211,7 +211,7 @@ async def test_many_watchers_of_one_job_share_one_read_per_change(messages_only)
     for communicator in communicators:
         await communicator.disconnect()
     assert live.watchers == 0 and live.jobs() == []
-    assert hub()._waiters == {}  # the job's hub waiter is gone with its last watcher
+    assert hub().waited_for() == []  # the job's hub waiter is gone with its last watcher
 
 
 @pytest.mark.parametrize("token", ["", "nonsense", "bad:token:value", "x" * 5000])

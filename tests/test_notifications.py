@@ -61,10 +61,10 @@ def test_override_settings_gets_a_fresh_hub():
     with override_settings(CHANNEL_LAYERS=IN_MEMORY):
         inside = hub()
         assert inside is not first
-        assert first._loop is None  # closed
+        assert first.closed
         assert inside.mode == "in-memory"  # the overridden layer, same alias
     after = hub()
-    assert after is not inside and inside._loop is None
+    assert after is not inside and inside.closed
     assert after.mode == ("redis" if REDIS else "in-memory")
     with override_settings(JOBQUEUE={**django_settings.JOBQUEUE, "CHANNEL_LAYER": None}):
         assert hub().mode == "off"
@@ -149,7 +149,7 @@ def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(setting
     settings.JOBQUEUE = {**settings.JOBQUEUE, "CHANNEL_LAYER": "default"}
     reset_hub()
     notifier = hub()
-    layer = notifier._layer
+    layer = notifier.layer
     joining, shared, answer = threading.Event(), threading.Event(), threading.Event()
     original = layer.group_add
 
@@ -197,7 +197,7 @@ def test_one_cancelled_waiter_does_not_undo_the_join_other_waiters_share(setting
     assert outcome["confirm"] is True
     group = group_for(job_id)
     wait_until(lambda: not layer.groups.get(group), timeout=5)
-    assert notifier._joins == {} and notifier._waiters == {}
+    assert notifier.waited_for() == []
 
 
 # -- hostile input -------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def _process_channel(notifier: Any) -> str:
     waiter = ThreadWaiter()
     assert notifier.start_subscribe("warm-up", waiter).confirm()
     notifier.unsubscribe("warm-up", waiter)
-    channel = notifier._waiters_of._channel
+    channel = notifier.process_channel
     assert channel is not None
     return channel
 
@@ -229,9 +229,8 @@ FORGED_DICTS: list[dict[str, Any]] = [
 def test_forged_messages_on_the_process_channel_are_ignored_and_logged(in_memory, caplog):
     notifier = hub()
     channel = _process_channel(notifier)
-    layer = notifier._layer
     for message in FORGED_DICTS:
-        asyncio.run_coroutine_threadsafe(layer.send(channel, message), notifier._loop).result(5)
+        notifier.submit(lambda layer, m=message: layer.send(channel, m)).result(5)
     wait_until(lambda: _ignored(caplog))
     waiter = ThreadWaiter()
     assert notifier.start_subscribe("j1", waiter).confirm()
@@ -249,26 +248,24 @@ def test_forged_work_available_messages_are_ignored_and_logged(in_memory, caplog
     idle = IdleFlag()
     idle.set(True)
     notifier.listen_for_work(lambda: ["forged"], lambda: woken.append(1), idle)
-    layer = notifier._layer
+    channel = work_channel("forged")
     for message in [*FORGED_DICTS, {"type": WORK_TYPE, "extra": 1}]:  # two well-formed
-        send = layer.send(work_channel("forged"), message)
-        asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+        notifier.submit(lambda layer, m=message: layer.send(channel, m)).result(5)
     wait_until(lambda: len(woken) == 2)
     [record] = _ignored(caplog)
     assert "work-available" in record.getMessage()
 
 
-def test_a_receive_loop_that_dies_is_logged_and_started_again(in_memory, caplog):
+def test_a_receive_loop_that_dies_is_logged_and_started_again(in_memory, caplog, monkeypatch):
     notifier = hub()
     _process_channel(notifier)
-    waiters = notifier._waiters_of
-    handle = waiters.handle
+    handle = Waiters.handle
 
-    def broken(message: object) -> None:
-        waiters.handle = handle
+    def broken(self: Waiters, message: object) -> None:
+        monkeypatch.setattr(Waiters, "handle", handle)
         raise RuntimeError("a bug in the handler")
 
-    waiters.handle = broken
+    monkeypatch.setattr(Waiters, "handle", broken)
     waiter = ThreadWaiter()
     assert notifier.start_subscribe("j1", waiter).confirm()
     notifier.job_finished(["j1"])  # taken by the broken handler: the loop dies
@@ -366,7 +363,7 @@ def test_forged_messages_do_not_stop_notifications(worker_processes, settings, c
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
     assert add.using(timeout=20).enqueue_and_wait(1, 1) == 2  # the channels exist now
     notifier = hub()
-    channel = notifier._waiters_of._channel
+    channel = notifier.process_channel
     assert channel is not None
     _forge(alias, channel, settings.CHANNEL_LAYERS[alias]["CONFIG"])
     wait_until(lambda: _ignored(caplog), timeout=10)  # this process and the worker read them
@@ -442,7 +439,7 @@ def test_groups_are_left_while_degraded(settings, monkeypatch):
     meanwhile used to skip their group_discard, leaving their groups in Redis for a day."""
     client, prefix = _redis_and_prefix(settings)
     notifier = hub()
-    layer = notifier._layer
+    layer = notifier.layer
     job_ids = [f"degraded-{i}" for i in range(10)]
     waiters = {job_id: ThreadWaiter() for job_id in job_ids}
     for job_id, waiter in waiters.items():
@@ -466,7 +463,7 @@ def test_a_join_that_timed_out_but_landed_is_left(settings, monkeypatch):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "NOTIFY_TIMEOUT": 0.1}
     client, prefix = _redis_and_prefix(settings)
     notifier = hub()
-    layer = notifier._layer
+    layer = notifier.layer
     original = layer.group_add
 
     async def slow_answer(group: str, channel: str) -> None:
@@ -487,7 +484,7 @@ def test_a_leave_that_failed_is_retried_when_redis_answers_again(settings, monke
     monkeypatch.setattr(link_module, "DEGRADED_RETRY", 0.2)
     client, prefix = _redis_and_prefix(settings)
     notifier = hub()
-    layer = notifier._layer
+    layer = notifier.layer
     original = layer.group_discard
     failed: list[str] = []
 
@@ -547,13 +544,8 @@ def test_a_worker_of_many_queues_holds_a_bounded_number_of_receives(in_memory, c
         tasks = asyncio.all_tasks()
         return sum(1 for task in tasks if task.get_name().startswith("djq-loop-listen-"))
 
-    wait_until(
-        lambda: (
-            asyncio.run_coroutine_threadsafe(receiving(), notifier._loop).result(5)
-            == MAX_LISTENED_QUEUES
-        )
-    )
-    send = notifier._layer.send(work_channel(queues[0]), {"type": WORK_TYPE})
-    asyncio.run_coroutine_threadsafe(send, notifier._loop).result(5)
+    wait_until(lambda: notifier.submit(lambda _: receiving()).result(5) == MAX_LISTENED_QUEUES)
+    channel = work_channel(queues[0])
+    notifier.submit(lambda layer: layer.send(channel, {"type": WORK_TYPE})).result(5)
     wait_until(lambda: woken == [1])
     assert caplog.text.count("finds work in the others by polling") == 1

@@ -17,7 +17,14 @@ from model_bakery import baker
 
 from django_jobqueue import JobFailedError, JobTimeoutError, get_job
 from django_jobqueue.models import Job
-from django_jobqueue.notifications import IdleFlag, group_for, hub, reset_hub, work_channel
+from django_jobqueue.notifications import (
+    IdleFlag,
+    ThreadWaiter,
+    group_for,
+    hub,
+    reset_hub,
+    work_channel,
+)
 from tests.conftest import POSTGRES, free_port, requires_redis, run_concurrently, wait_until
 from tests.testapp.jobs import add, always_fails, async_add, record, sleep_then_record
 from tests.testapp.models import Execution
@@ -183,13 +190,13 @@ def test_a_join_answered_after_the_insert_does_not_miss_the_result(worker_proces
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
     assert add.using(timeout=10).enqueue_and_wait(0, 0) == 0  # the hub and its channel exist
     notifier = hub()
-    assert notifier._loop is not None
+    assert not notifier.closed
     finished = threading.Event()
 
-    def stall() -> None:  # the loop is busy: the join waits its turn
+    async def stall(layer: object) -> None:  # the loop is busy: the join waits its turn
         finished.wait(timeout=5)
 
-    notifier._loop.call_soon_threadsafe(stall)
+    notifier.submit(stall)
 
     def watch() -> None:
         try:
@@ -221,14 +228,20 @@ def test_lateness_of_the_join_is_judged_when_the_job_is_written(worker_processes
     wait_until(lambda: "worker started" in worker_processes.log(proc), timeout=20)
     assert add.using(timeout=10).enqueue_and_wait(0, 0) == 0
     notifier = hub()
-    assert notifier._loop is not None
+    assert not notifier.closed
     release = threading.Event()
-    notifier._loop.call_soon_threadsafe(lambda: release.wait(timeout=5))  # the loop stalls
+
+    async def stall(layer: object) -> None:  # the loop stalls
+        release.wait(timeout=5)
+
+    notifier.submit(stall)
 
     def slow_receiver(sender, handle, **kwargs):  # an audit write, a metrics call...
         wait_until(lambda: Job.objects.filter(status="completed").count() == 2, timeout=10)
         release.set()  # the join goes out now: after the worker's "finished"
-        wait_until(lambda: not notifier._joins or all(j.done() for j in notifier._joins.values()))
+        other = ThreadWaiter()  # shares the waiter's join: confirmed once it is answered
+        assert notifier.start_subscribe(handle.id, other).confirm()
+        notifier.unsubscribe(handle.id, other)
 
     signals.job_enqueued.connect(slow_receiver)
     started = time.monotonic()

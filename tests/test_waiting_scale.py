@@ -102,7 +102,7 @@ async def test_waiters_are_polled_by_one_query_per_interval(settings, monkeypatc
     a quarter of it without), plus one read of each job at its deadline."""
     from django.db.backends.utils import CursorWrapper
 
-    from django_jobqueue.safetynet import interval
+    from django_jobqueue.notifications import runtime
 
     # NOTIFY_TIMEOUT 5 s, as in the bursts above: one of 300 joins made at once can take over
     # the default 0.5 s on a loaded machine, and a degraded link polls four times as often.
@@ -123,7 +123,7 @@ async def test_waiters_are_polled_by_one_query_per_interval(settings, monkeypatc
         return execute(self, sql, params)
 
     monkeypatch.setattr(CursorWrapper, "execute", counting)
-    seconds = await asyncio.to_thread(interval)
+    seconds = await asyncio.to_thread(runtime.safety_net.interval)
     count, timeout = 300, 2.0
     started = asyncio.get_running_loop().time()
     waiters = [

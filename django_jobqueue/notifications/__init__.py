@@ -20,17 +20,25 @@ logs one warning, switches the hub to "degraded" for a few seconds (calls are sk
 poll the database) and it tries again after that. A message that is not exactly one of the
 three above is ignored and logged, never acted upon.
 
+Without notifications (or when one is lost) the database answers anyway: the process's
+safety-net poll (``safetynet``) reads what its waiters wait for and has its watchers read
+what they watch.
+
 Modules, each importing only those before it: ``log``, ``names`` (group and channel names,
 the messages), ``link`` (loop thread, bounded calls, degrade/recover), ``waiters``,
 ``wakeups``, ``cancels`` (a worker's channel for cancel requests), ``progress``, then
-``hub`` composing them.
+``hub`` composing them, ``safetynet`` (the one poller for lost notifications), and
+``process``: ``runtime``, the one object that owns the process's hub, safety net, async
+waiters' threads and watchers, with one fork and reset policy and a public seam for tests.
 """
 
-from .hub import Hub, hub, reset_hub
+from .hub import Hub
 from .link import DEGRADED_RETRY, Link, broadcasts, run_loop
 from .log import logger
 from .names import FINISHED_TYPE, PROGRESS_TYPE, WORK_TYPE, group_for, work_channel
+from .process import Runtime, hub, reset_hub, runtime
 from .progress import ProgressSender
+from .safetynet import RESYNC, SafetyNet
 from .waiters import AsyncWaiter, Subscription, ThreadWaiter, Waiter, Waiters
 from .wakeups import WAKE_SPACING, IdleFlag, Wakeups
 
@@ -38,6 +46,7 @@ __all__ = [
     "DEGRADED_RETRY",
     "FINISHED_TYPE",
     "PROGRESS_TYPE",
+    "RESYNC",
     "WAKE_SPACING",
     "WORK_TYPE",
     "AsyncWaiter",
@@ -45,6 +54,8 @@ __all__ = [
     "IdleFlag",
     "Link",
     "ProgressSender",
+    "Runtime",
+    "SafetyNet",
     "Subscription",
     "ThreadWaiter",
     "Waiter",
@@ -56,5 +67,6 @@ __all__ = [
     "logger",
     "reset_hub",
     "run_loop",
+    "runtime",
     "work_channel",
 ]

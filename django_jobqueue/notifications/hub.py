@@ -1,19 +1,13 @@
-"""The hub: one per process, composing the link, the waiters and the wake-ups."""
+"""The hub: composing the link, the waiters and the wake-ups (the process's one is owned by
+the :class:`~.process.Runtime`)."""
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-from django.conf import settings
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-
-from .. import conf
 from .cancels import Cancels
 from .link import Link, kind_of
 from .names import finished_message, group_for
@@ -21,15 +15,17 @@ from .progress import ProgressSender
 from .waiters import Subscription, Waiter, Waiters
 from .wakeups import IdleFlag, Wakeups
 
+T = TypeVar("T")
+
 _DESCRIPTIONS = {"off": "off (polling)", "in-memory": "in-memory (this process only)"}
 
 
 class Hub:
-    """The process's link to the channel layer. Use :func:`hub` to get it."""
+    """The process's link to the channel layer. Use :func:`~.process.hub` to get it."""
 
     def __init__(self, alias: str | None, *, explicit: bool = True) -> None:
         self.alias = alias
-        self.pid = os.getpid()
+        self._closed = False
         self._link = Link(alias, explicit=explicit)
         self._waiters_of = Waiters(self._link)
         self._wakeups = Wakeups(self._link)
@@ -53,6 +49,23 @@ class Hub:
         (another channel-layer backend) or "off" (polling)."""
         return kind_of(self._link.layer)
 
+    @property
+    def layer(self) -> Any:
+        """The hub's own instance of the channel layer (None without one): its connections
+        live on the hub's loop, so use it through :meth:`submit`."""
+        return self._link.layer
+
+    @property
+    def process_channel(self) -> str | None:
+        """The channel every local waiter of this process is reached through (None until
+        the first join made it)."""
+        return self._waiters_of.channel
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
     def describe(self) -> str:
         """The hub's state in a few words, for a log line: "on (RedisChannelLayer)",
         "in-memory (this process only)", "off (polling)"; ", degraded (polling for now)" is
@@ -74,6 +87,10 @@ class Hub:
     def unsubscribe(self, job_id: str, waiter: Waiter) -> None:
         """Forget ``waiter``; the last local waiter of a job leaves the job's group."""
         self._waiters_of.unsubscribe(job_id, waiter)
+
+    def waited_for(self) -> list[str]:
+        """The ids of the jobs that have local waiters (result waiters and watched jobs)."""
+        return self._waiters_of.waited_for()
 
     # -- workers and producers -------------------------------------------------------------
 
@@ -130,66 +147,21 @@ class Hub:
         ``worker`` arrives; malformed messages are ignored and logged."""
         self._cancels.listen(worker, on_cancel)
 
+    def submit(self, make: Callable[[Any], Awaitable[T]]) -> Future[T] | None:
+        """Run ``make(layer)`` on the hub's loop, with the hub's own instance of the channel
+        layer (its connections live on that loop), and return its future; None when there is
+        no layer. For sending a message by hand: diagnostics, tests."""
+        layer = self._link.layer
+        if self._link.loop is None:
+            return None
+
+        async def run() -> T:
+            return await make(layer)
+
+        return self._link.submit(run())
+
     def close(self) -> None:
         """Stop the hub's loop, leave the groups it is still in and close its connections
         (tests, settings changes)."""
+        self._closed = True
         self._link.close(cleanup=partial(self._waiters_of.leave_leftovers, closing=True))
-
-    # -- for the tests: the pieces' state under the names it always had --------------------
-
-    @property
-    def _loop(self) -> Any:
-        return self._link.loop
-
-    @property
-    def _layer(self) -> Any:
-        return self._link.layer
-
-    @property
-    def _joins(self) -> dict[str, Future[Any]]:
-        return self._waiters_of.joins
-
-    @property
-    def _waiters(self) -> dict[str, set[Waiter]]:
-        return self._waiters_of.waiters
-
-
-_hub: Hub | None = None
-_hub_lock = threading.Lock()
-
-
-def _explicit() -> bool:
-    """True when the project names the channel layer itself (not the embedded default)."""
-    user = getattr(settings, "JOBQUEUE", None)
-    return isinstance(user, dict) and "CHANNEL_LAYER" in user
-
-
-def hub() -> Hub:
-    """The process's hub for the layer named by ``JOBQUEUE["CHANNEL_LAYER"]``."""
-    global _hub
-    alias = conf.settings.CHANNEL_LAYER
-    current = _hub
-    if current is not None and current.pid == os.getpid() and current.alias == alias:
-        return current
-    with _hub_lock:
-        if _hub is None or _hub.pid != os.getpid() or _hub.alias != alias:
-            if _hub is not None and _hub.pid == os.getpid():
-                _hub.close()
-            _hub = Hub(alias, explicit=_explicit())
-        return _hub
-
-
-def reset_hub() -> None:
-    """Close the hub; the next :func:`hub` call makes a new one (tests, settings changes)."""
-    global _hub
-    with _hub_lock:
-        if _hub is not None and _hub.pid == os.getpid():
-            _hub.close()
-        _hub = None
-
-
-@receiver(setting_changed)
-def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    """``override_settings`` of the layers (or of JOBQUEUE) gets a fresh hub."""
-    if setting in ("JOBQUEUE", "CHANNEL_LAYERS"):
-        reset_hub()

@@ -162,6 +162,16 @@ class Waiters:
                     self.joins[job_id] = join
         return Subscription(join, self._link)
 
+    @property
+    def channel(self) -> str | None:
+        """The process channel, once made."""
+        return self._channel
+
+    def waited_for(self) -> list[str]:
+        """The ids of the jobs that have local waiters."""
+        with self._lock:
+            return list(self.waiters)
+
     def unsubscribe(self, job_id: str, waiter: Waiter) -> None:
         """Forget ``waiter``; the last local waiter of a job leaves the job's group."""
         with self._lock:
