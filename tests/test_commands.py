@@ -210,3 +210,31 @@ def test_the_default_concurrency_is_sized_to_the_cpus(monkeypatch):
     assert default_concurrency() == 4
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
     assert default_concurrency() == 32
+
+
+def test_a_worker_started_before_migrate_says_to_run_migrate(tmp_path):
+    """On a database without the queue's tables a worker used to retry "no such table"
+    forever; it now exits at once, non-zero, saying to run ``migrate``, without a
+    traceback."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "runjobworker", "--burst"],
+        cwd=ROOT,
+        env={
+            **env,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DJQ_SQLITE_DIR": str(tmp_path),  # a new, empty SQLite database
+            "PYTHONPATH": str(ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Run 'python manage.py migrate' first" in proc.stderr
+    assert "django_jobqueue.0001_initial" in proc.stderr
+    assert "Traceback" not in proc.stderr

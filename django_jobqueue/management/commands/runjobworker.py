@@ -79,6 +79,31 @@ def _warn_about_connections(concurrency: int) -> None:
         )
 
 
+def _require_migrated() -> None:
+    """Refuse to start where ``migrate`` has not created the queue's tables (or not all of
+    them): a clear error instead of a worker that retries "no such table" for good. An
+    unreachable database is left to the worker, which waits for it."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    alias = router.db_for_write(Job)
+    try:
+        executor = MigrationExecutor(connections[alias])
+        app = Job._meta.app_label
+        plan = executor.migration_plan(
+            [node for node in executor.loader.graph.leaf_nodes() if node[0] == app]
+        )
+    except DatabaseError:
+        return
+    if plan:
+        missing = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:3])
+        more = f" and {len(plan) - 3} more" if len(plan) > 3 else ""
+        raise CommandError(
+            f"the job queue's tables are not ready on database {alias!r}: {len(plan)} "
+            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate' "
+            "first, then start the worker again."
+        )
+
+
 def _port(value: str) -> int:
     try:
         number = int(value)
@@ -193,11 +218,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
+        if options["reload"] and options["burst"]:
+            raise CommandError("--reload and --burst do not go together")
+        _require_migrated()
         if options["metrics_port"] is not None:
             _serve_metrics(options["metrics_addr"], options["metrics_port"])
         if options["reload"]:
-            if options["burst"]:
-                raise CommandError("--reload and --burst do not go together")
             code = self._run_with_reloader(options)
         else:
             try:
