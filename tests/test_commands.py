@@ -128,8 +128,9 @@ def test_reload_refuses_burst():
 @pytest.mark.subprocess
 @pytest.mark.django_db(transaction=True)
 def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
-    """A real ``runjobworker --reload``: touch a module it imported, see the worker stop
-    gracefully and start again; SIGTERM then stops it for good, with exit code 0."""
+    """A real ``runjobworker --reload``, on Django's own autoreloader: touch a module it
+    imported, see the worker stop gracefully and start again; Ctrl-C (SIGINT to the
+    terminal's process group) then stops it for good, gracefully, with exit code 0."""
     if connection.vendor == "sqlite" and connection.settings_dict["NAME"].startswith(
         ("file:memorydb", ":memory:")
     ):
@@ -171,7 +172,7 @@ def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
         first_stop = text.index("worker stopped name=reloader")
         assert text.index("reloading: finishing") < first_stop < text.rindex("worker started")
 
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
         assert proc.wait(timeout=60) == 0, log_path.read_text()
         text = log_path.read_text()
         assert "worker name=reloader stopping: finishing its running jobs first" in text
