@@ -5,19 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    ClassVar,
-    Concatenate,
-    Generic,
-    Literal,
-    ParamSpec,
-    TypeVar,
-    overload,
-)
+from typing import Any, ClassVar, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -109,7 +100,7 @@ class JobFunction(Generic[P, R]):
         raise ``InvalidJobError`` here, before anything is written."""
         return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
 
-    if not TYPE_CHECKING:  # (type checkers keep reporting unknown attributes themselves)
+    if not typing.TYPE_CHECKING:  # (type checkers keep reporting unknown attributes)
 
         def __getattr__(self, attribute: str) -> Any:
             """``add.delay(...)``: an AttributeError that says what this queue calls it."""
