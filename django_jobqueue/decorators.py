@@ -104,6 +104,8 @@ class JobFunction(Generic[P, R]):
 
         def __getattr__(self, attribute: str) -> Any:
             """``add.delay(...)``: an AttributeError that says what this queue calls it."""
+            if attribute.startswith("__"):  # probes by copy, inspect...: no hint, at once
+                raise AttributeError(attribute, name=attribute, obj=self)
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {attribute!r}"
                 + did_you_mean(attribute, [n for n in dir(type(self)) if n[0] != "_"]),
