@@ -42,7 +42,7 @@ from . import signals
 from .base import FINISHED, Status
 from .context import current_run
 from .decorators import JobFunction
-from .exceptions import InvalidJobError, JobCancelledError
+from .exceptions import InvalidJobError, JobCancelledError, SerializationError
 from .handles import announce
 from .models import DeadLetter, Job
 from .options import (
@@ -53,6 +53,7 @@ from .options import (
 )
 from .producing import insert_jobs
 from .registry import registry
+from .serialization import check_result
 
 if django.VERSION >= (6, 0):
     from django.tasks.backends.base import BaseTaskBackend
@@ -400,7 +401,7 @@ def _runner(task: Task) -> Callable[..., Any]:
                 return await func(*args, **kwargs)
             prefix = await sync_to_async(_started)(task, claim.job_id)
             try:
-                value = await func(*prefix, *args, **kwargs)
+                value = _stored(await func(*prefix, *args, **kwargs))
             except BaseException as exc:
                 _finishing[claim.job_id] = (task, exc)
                 raise
@@ -417,7 +418,7 @@ def _runner(task: Task) -> Callable[..., Any]:
             return func(*args, **kwargs)
         prefix = _started(task, claim.job_id)
         try:
-            value = func(*prefix, *args, **kwargs)
+            value = _stored(func(*prefix, *args, **kwargs))
         except BaseException as exc:
             _finishing[claim.job_id] = (task, exc)
             raise
@@ -426,6 +427,17 @@ def _runner(task: Task) -> Callable[..., Any]:
 
     run.__signature__ = signature  # type: ignore[attr-defined]
     return run
+
+
+def _stored(value: Any) -> Any:
+    """``value``, if it can be stored as a task's result; otherwise the attempt fails with a
+    ``TypeError``, as with Django's own backends (whose JSON encoding raises it), with this
+    queue's message (which names Django's "Unsupported type")."""
+    try:
+        check_result(value)
+    except SerializationError as exc:
+        raise TypeError(str(exc)) from None
+    return value
 
 
 def _started(task: Task, job_id: str) -> tuple[Any, ...]:

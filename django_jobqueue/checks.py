@@ -110,7 +110,8 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 @register(Tags.compatibility)
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """E002: the named channel layer does not exist. W001: it cannot cross processes."""
+    """E002: the named channel layer does not exist. W003: its backend cannot be imported.
+    W001: it cannot cross processes. W002: redis-py 8's socket timeout."""
     user = getattr(settings, "JOBQUEUE", None) or {}
     alias = user.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"]) if isinstance(user, dict) else None
     if alias is None:
@@ -128,6 +129,19 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     backend = str(layers[alias].get("BACKEND", ""))
+    unusable = _import_error(backend)
+    if unusable:
+        return [
+            Warning(
+                f"Channel layer {alias!r} has BACKEND {backend!r}, which cannot be imported "
+                f"({unusable}): notifications are off, and workers and waiters poll the "
+                "database every POLL_INTERVAL.",
+                hint="Install the layer's package (channels_redis: pip install "
+                "'django-jobqueue[redis]'), correct BACKEND, or set "
+                "JOBQUEUE['CHANNEL_LAYER'] = None to say polling is intended.",
+                id="django_jobqueue.W003",
+            )
+        ]
     if backend.startswith("channels_redis.core.") and _redis_py_major() >= 8:
         hosts = (layers[alias].get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
         if not all(_blocking_reads_fit(host) for host in hosts):
@@ -153,6 +167,17 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+def _import_error(path: str) -> str | None:
+    """Why the dotted ``path`` cannot be imported, or None when it can."""
+    from django.utils.module_loading import import_string
+
+    try:
+        import_string(path)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _redis_py_major() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
@@ -19,6 +20,7 @@ from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .options import (
+    CELERY_WORDS,
     UNSET,
     USING_OPTIONS,
     _Unset,
@@ -30,6 +32,7 @@ from .options import (
     check_priority,
     check_queue,
     check_time_limit,
+    did_you_mean,
     resolve_run_after,
 )
 from .producing import insert_jobs, new_job_id, new_job_ids
@@ -96,6 +99,19 @@ class JobFunction(Generic[P, R]):
         max_attempts, result_ttl, timeout, time_limit, limit. Unknown options and bad values
         raise ``InvalidJobError`` here, before anything is written."""
         return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+
+    if not typing.TYPE_CHECKING:  # (type checkers keep reporting unknown attributes)
+
+        def __getattr__(self, attribute: str) -> Any:
+            """``add.delay(...)``: an AttributeError that says what this queue calls it."""
+            if attribute.startswith("__"):  # probes by copy, inspect...: no hint, at once
+                raise AttributeError(attribute, name=attribute, obj=self)
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {attribute!r}"
+                + did_you_mean(attribute, [n for n in dir(type(self)) if n[0] != "_"]),
+                name=attribute,
+                obj=self,
+            )
 
     def retries(self, exc: BaseException) -> bool:
         """Whether an attempt that raised ``exc`` may be retried (``retry_on``)."""
@@ -260,6 +276,8 @@ def _check_signature(
         if options:
             given = ", ".join(f"{name}=..." for name in options)
             hint = f" {', '.join(map(repr, options))} is an option: pass it as .using({given})."
+        for word in sorted(set(kwargs) & set(CELERY_WORDS) - set(signature.parameters)):
+            hint += f" {word!r}{did_you_mean(word, ())}."
         raise InvalidJobError(
             f"{job.name}{signature} cannot take these arguments: {exc}.{hint} Nothing was written."
         ) from None
@@ -400,6 +418,7 @@ def job(
     limit: str | None = None,
     schedule: str | None = None,
     atomic: bool = False,
+    **unknown: Any,
 ) -> Any:
     """Register a module-level function (sync or ``async def``) as a job.
 
@@ -423,6 +442,15 @@ def job(
       lost its lease rolls them back, and a failed attempt rolls them back before its
       failure is recorded. Sync functions only.
     """
+
+    if unknown:  # what Python would raise, with a hint (Celery's max_retries, bind...)
+        word = sorted(unknown)[0]
+        valid = [
+            p.name for p in inspect.signature(job).parameters.values() if p.kind is p.KEYWORD_ONLY
+        ]
+        raise TypeError(
+            f"job() got an unexpected keyword argument {word!r}{did_you_mean(word, valid)}"
+        )
 
     def decorate(function: Callable[..., Any]) -> JobFunction[Any, Any]:
         if not callable(function):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,17 +74,31 @@ def _describe(char: str) -> str:
     return f"U+{ord(char):04X}" + (f" {name}" if name else "")
 
 
+#: Celery's words for this queue's options and verbs: where one is used, the error names ours.
+CELERY_WORDS = {
+    "max_retries": "max_attempts, which counts the first attempt too: max_retries=3 is "
+    "max_attempts=4",
+    "bind": "@job(takes_context=True): the first parameter receives a JobContext",
+    "countdown": ".using(run_after=timedelta(seconds=...))",
+    "eta": ".using(run_after=<a datetime>)",
+    "delay": "enqueue(...)",
+    "apply_async": ".using(<options>).enqueue(...)",
+}
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """The hint for an unknown ``name``: what Celery's word is here, or the closest valid one."""
+    if name in CELERY_WORDS:
+        return f" (Celery's {name}; here: {CELERY_WORDS[name]})"
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def unknown_options(given: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(given) - set(valid))
     if not unknown:
         return
-    hints = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, valid, n=1)
-        if close:
-            hints.append(f"{name!r} (did you mean {close[0]!r}?)")
-        else:
-            hints.append(repr(name))
+    hints = [f"{name!r}{did_you_mean(name, valid)}" for name in unknown]
     raise InvalidJobError(
         f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for {where}; "
         f"valid options are: {', '.join(valid)}."

@@ -193,24 +193,27 @@ def _index(container: Sequence[Any], item: Any) -> int:
 
 
 def _unsupported(value: Any) -> str:
+    """Why ``value`` is refused, with Django's Tasks framework's own words in parentheses
+    (``Unsupported type: <class ...>``), so code written against either recognises it."""
     kind = type(value)
     name = kind.__name__
+    django = f"(Unsupported type: {kind})"
     if isinstance(value, Model):
         return (
-            f"is a {kind.__module__}.{name} model instance, which cannot be stored as JSON; "
-            "pass its primary key (obj.pk) and load it in the job."
+            f"is a {kind.__module__}.{name} model instance {django}, which cannot be stored as "
+            "JSON; pass its primary key (obj.pk) and load it in the job."
         )
     if isinstance(value, QuerySet):
         return (
-            "is a QuerySet, which cannot be stored as JSON; pass a list of primary keys "
-            "(list(qs.values_list('pk', flat=True))) and load them in the job."
+            f"is a QuerySet {django}, which cannot be stored as JSON; pass a list of primary "
+            "keys (list(qs.values_list('pk', flat=True))) and load them in the job."
         )
     hint = _HINTS.get(name)
     if hint is None and isinstance(value, Mapping | Sequence):
         hint = "convert it to a dict or a list"
     return (
         f"is a {kind.__module__}.{name}, which is not JSON-serializable without changing "
-        f"it; {hint or 'pass str, int, float, bool, None, lists or str-keyed dicts'}."
+        f"it {django}; {hint or 'pass str, int, float, bool, None, lists or str-keyed dicts'}."
     )
 
 

@@ -212,12 +212,15 @@ def summary(
     now: datetime,
     *,
     queues: Iterable[str] = (),
+    only: bool = False,
     minutes: int = DEFAULT_WINDOW_MINUTES,
     cap: int = FINISHED_COUNT_CAP,
     using: str | None = None,
 ) -> Summary:
     """The four functions above together (three job queries, one dead-letter query), per
-    queue sorted by name, plus a total. ``queues`` are listed even when they are empty."""
+    queue sorted by name, plus a total. ``queues`` are listed even when they are empty;
+    ``only``: no other queue is listed or counted in the total."""
+    queues = list(queues)
     rows: dict[str, QueueSummary] = {queue: QueueSummary(queue) for queue in queues}
 
     def of(queue: str) -> QueueSummary:
@@ -238,6 +241,8 @@ def summary(
     for row in rows.values():
         if row.throughput is None:
             row.throughput = Throughput(row.queue, start, empty.per_minute)
+    if only:
+        rows = {name: rows[name] for name in set(queues)}
     return Summary(now, [rows[name] for name in sorted(rows)], _total(rows.values(), empty))
 
 

@@ -41,6 +41,7 @@ from tests.testapp.tasks import (
     async_add_task,
     context_task,
     failing_task,
+    non_json_result_task,
     record_task,
     send_mail_task,
 )
@@ -180,6 +181,37 @@ def test_bad_arguments_are_refused_and_write_nothing(call, error, message):
         call()
     assert message in str(info.value)
     assert not Job.objects.exists()
+
+
+def test_a_non_json_argument_names_djangos_unsupported_type_too():
+    """Django's tests/tasks expect "Unsupported type" (django.utils.json's wording) in the
+    TypeError; this queue's own message stays, with the path and what to pass instead."""
+    with pytest.raises(TypeError) as info:
+        add_task.enqueue(1, timezone.now())
+    assert "Unsupported type: <class 'datetime.datetime'>" in str(info.value)
+    assert "args[1] is a datetime.datetime" in str(info.value) and "isoformat()" in str(info.value)
+
+
+def test_a_non_json_result_fails_as_with_djangos_backends(run_worker, caplog, settings):
+    """A TypeError attempt (as Django's own backends record one), logged by the framework's
+    logger, whose traceback carries this queue's message and Django's wording."""
+    settings.TASKS = {
+        "default": {
+            "BACKEND": "django_jobqueue.backend.JobQueueBackend",
+            "OPTIONS": {"MAX_ATTEMPTS": 1},
+        }
+    }
+    caplog.set_level(logging.INFO, logger=FRAMEWORK_LOGGER)
+    result = non_json_result_task.enqueue()
+    run_worker()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    (error,) = result.errors
+    assert error.exception_class is TypeError
+    assert "result['when'] is a builtins.set" in error.traceback
+    assert "Unsupported type: <class 'set'>" in error.traceback
+    failures = [r for r in caplog.records if r.name == FRAMEWORK_LOGGER and r.exc_info]
+    assert [r.levelno for r in failures] == [logging.ERROR]
 
 
 @pytest.mark.parametrize("bad_id", ["", "x" * 256, "nul\x00", "\ud800", 42, None, "no-such-id"])

@@ -112,6 +112,25 @@ def test_in_memory_layer_warns(settings):
     assert _ids(check_channel_layer()) == ["django_jobqueue.W001"]
 
 
+@pytest.mark.parametrize(
+    ("backend", "why"),
+    [
+        ("channels_rediss.core.RedisChannelLayer", "No module named 'channels_rediss'"),
+        ("channels.layers.InMemoryChannelLayr", "does not define"),
+        ("", "ImportError"),
+    ],
+)
+def test_a_layer_backend_that_cannot_be_imported_warns(settings, backend, why):
+    """Not an error (the queue still works, by polling), but said at ``check`` time rather
+    than in one worker log line."""
+    settings.JOBQUEUE = {}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": backend}}
+    (warning,) = check_channel_layer()
+    assert warning.id == "django_jobqueue.W003"
+    assert why in warning.msg and "poll the database" in warning.msg
+    assert "django-jobqueue[redis]" in warning.hint
+
+
 def test_redis_layer_with_a_long_socket_timeout_passes(settings):
     settings.JOBQUEUE = {}
     settings.CHANNEL_LAYERS = {

@@ -128,8 +128,9 @@ def test_reload_refuses_burst():
 @pytest.mark.subprocess
 @pytest.mark.django_db(transaction=True)
 def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
-    """A real ``runjobworker --reload``: touch a module it imported, see the worker stop
-    gracefully and start again; SIGTERM then stops it for good, with exit code 0."""
+    """A real ``runjobworker --reload``, on Django's own autoreloader: touch a module it
+    imported, see the worker stop gracefully and start again; Ctrl-C (SIGINT to the
+    terminal's process group) then stops it for good, gracefully, with exit code 0."""
     if connection.vendor == "sqlite" and connection.settings_dict["NAME"].startswith(
         ("file:memorydb", ":memory:")
     ):
@@ -171,7 +172,7 @@ def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
         first_stop = text.index("worker stopped name=reloader")
         assert text.index("reloading: finishing") < first_stop < text.rindex("worker started")
 
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
         assert proc.wait(timeout=60) == 0, log_path.read_text()
         text = log_path.read_text()
         assert "worker name=reloader stopping: finishing its running jobs first" in text
@@ -210,3 +211,31 @@ def test_the_default_concurrency_is_sized_to_the_cpus(monkeypatch):
     assert default_concurrency() == 4
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
     assert default_concurrency() == 32
+
+
+def test_a_worker_started_before_migrate_says_to_run_migrate(tmp_path):
+    """On a database without the queue's tables a worker used to retry "no such table"
+    forever; it now exits at once, non-zero, saying to run ``migrate``, without a
+    traceback."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "runjobworker", "--burst"],
+        cwd=ROOT,
+        env={
+            **env,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DJQ_SQLITE_DIR": str(tmp_path),  # a new, empty SQLite database
+            "PYTHONPATH": str(ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Run 'python manage.py migrate' first" in proc.stderr
+    assert "django_jobqueue.0001_initial" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from django_jobqueue import stats
@@ -52,10 +53,10 @@ def known_sequence(run_worker, settings):
 
 
 def test_status_json_after_a_known_sequence_of_jobs(known_sequence):
-    report = json.loads(jobqueue("status", "--json", "--queue", "empty"))
+    report = json.loads(jobqueue("status", "--json"))
     queues = {entry["queue"]: entry for entry in report["queues"]}
-    assert list(queues) == ["default", "empty", "other"]
-    default, empty, other = queues["default"], queues["empty"], queues["other"]
+    assert list(queues) == ["default", "other"]
+    default, other = queues["default"], queues["other"]
     assert default["counts"] == {
         "queued": 1,
         "running": 0,
@@ -68,7 +69,6 @@ def test_status_json_after_a_known_sequence_of_jobs(known_sequence):
     assert 120 <= other["oldest_waiting_seconds"] < 180
     assert default["finished_last_minute"] + default["finished_this_minute"] == 4
     assert (default["dead_letters"], other["dead_letters"]) == (1, 0)
-    assert empty["counts"] == dict.fromkeys(empty["counts"], 0)
     assert report["total"]["counts"]["queued"] == 2
     assert report["total"]["counts"]["completed"] == 3
     assert 120 <= report["total"]["oldest_waiting_seconds"] < 180
@@ -162,6 +162,32 @@ def test_health_exits_3_when_the_database_is_unreachable():
     )
     assert proc.returncode == 3, proc.stderr
     assert "database unreachable" in proc.stderr
+
+
+def test_status_queue_means_only_this_queue(known_sequence):
+    """``--queue`` means "only this queue" as on every other command (it used to add an
+    empty queue to the full list); an empty queue named is still listed."""
+    report = json.loads(jobqueue("status", "--json", "--queue", "other", "--queue", "empty"))
+    empty, other = report["queues"]
+    assert (empty["queue"], other["queue"]) == ("empty", "other")
+    assert empty["counts"] == dict.fromkeys(empty["counts"], 0)
+    assert report["total"]["counts"]["queued"] == 1  # "other"'s job; not "default"'s
+    assert report["total"]["dead_letters"] == 0
+    assert "default" not in jobqueue("status", "--queue", "other")
+
+
+def test_django_options_work_after_a_subcommand():
+    """``manage.py jobqueue status --settings=...``: Django's own options (``--settings``,
+    ``-v``...) are accepted after the subcommand, where users type them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJQ_TEST_DB": connection.settings_dict["NAME"]}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "jobqueue", "status", "--settings=tests.worker_settings",
+         "-v0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("django-jobqueue at ")
 
 
 def test_every_subcommand_has_help():
@@ -270,7 +296,10 @@ def test_dead_letters_listing_and_requeue_by_name(known_sequence, settings):
     assert listing["latest"][0]["job_id"] == "doomed"
     assert listing["latest"][0]["error"] == "RuntimeError: bad"
     assert "doomed" in jobqueue("dead-letters")
-    assert jobqueue("requeue", "--name", "nope") == "requeued 0 dead letters\n"
+    assert jobqueue("requeue", "--name", "nope") == "no dead letter matches: nothing requeued\n"
+    with pytest.raises(CommandError, match="no dead letter for job id\\(s\\) 'typo'"):
+        jobqueue("requeue", "--job-id", "typo")
+    assert DeadLetter.objects.count() == 1
     assert jobqueue("requeue", "--name", always_fails.name, "--dry-run").startswith(
         "would requeue 1"
     )

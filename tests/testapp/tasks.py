@@ -59,3 +59,8 @@ def failing_task(message="boom"):
 def record_task(tag):
     Execution.objects.create(tag=tag, pid=os.getpid())
     return tag
+
+
+@task
+def non_json_result_task():
+    return {"when": {1, 2}}  # a set: not JSON

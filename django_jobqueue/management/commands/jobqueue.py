@@ -9,6 +9,7 @@ so it does what the worker and the admin do, and none counts the whole job table
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -79,7 +80,7 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _declare(parser: CommandParser) -> None:
+def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
     """The subcommands and their options (each with its own ``--help``)."""
     sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND", required=True)
 
@@ -110,7 +111,7 @@ def _declare(parser: CommandParser) -> None:
     )
     status.add_argument(
         "--queue", dest="queues", action="append", type=_queue, metavar="NAME",
-        help="Always list this queue, even when empty; repeat for several.",
+        help="Only this queue, listed even when empty; repeat for several.",
     )  # fmt: skip
 
     health = sub.add_parser(
@@ -215,6 +216,7 @@ def _declare(parser: CommandParser) -> None:
     cancel.add_argument(
         "--dry-run", action="store_true", help="Count what would be cancelled; change nothing."
     )
+    return sub
 
 
 class Command(BaseCommand):
@@ -226,7 +228,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        _declare(parser)
+        sub = _declare(parser)
+        # Django's own options after a subcommand too: ``jobqueue status --settings=...``.
+        for action in parser._actions:
+            if action.option_strings and action.dest not in ("help", "version", "action"):
+                for subparser in sub.choices.values():
+                    copied = copy.copy(action)
+                    copied.default = argparse.SUPPRESS  # absent: the main parser's value stays
+                    subparser._add_action(copied)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -252,7 +261,7 @@ class Command(BaseCommand):
             return
 
     def _status_once(self, options: dict[str, Any], *, clear: bool) -> None:
-        report = status_report(timezone.now(), queues=options["queues"] or ())
+        report = status_report(timezone.now(), queues=options["queues"])
         if options["json"]:
             self.stdout.write(json.dumps(report, separators=(",", ":")))
             return
@@ -381,19 +390,25 @@ class Command(BaseCommand):
         letters = self._letters(options)
         if options["job_ids"]:
             letters = letters.filter(job_id__in=options["job_ids"])
-        pks = list(letters.order_by("pk").values_list("pk", flat=True))
-        if options["dry_run"]:
+        rows = list(letters.order_by("pk").values_list("pk", "job_id"))
+        pks = [pk for pk, _ in rows]
+        missing = sorted(set(options["job_ids"] or ()) - {job_id for _, job_id in rows})
+        if not pks:
+            self.stdout.write("no dead letter matches: nothing requeued")
+        elif options["dry_run"]:
             self.stdout.write(f"would requeue {len(pks)} dead letters")
-            return
-        requeued = skipped = 0
-        for start in range(0, len(pks), REQUEUE_BATCH):
-            report = requeue_report(pks[start : start + REQUEUE_BATCH])
-            requeued += len(report.requeued)
-            skipped += len(report.skipped)
-        self.stdout.write(
-            f"requeued {requeued} dead letters"
-            + (f"; kept {skipped} whose job is queued or running" if skipped else "")
-        )
+        else:
+            requeued = skipped = 0
+            for start in range(0, len(pks), REQUEUE_BATCH):
+                report = requeue_report(pks[start : start + REQUEUE_BATCH])
+                requeued += len(report.requeued)
+                skipped += len(report.skipped)
+            self.stdout.write(
+                f"requeued {requeued} dead letters"
+                + (f"; kept {skipped} whose job is queued or running" if skipped else "")
+            )
+        if missing:  # an explicit job id that is no dead letter: a mistake worth an exit code
+            raise CommandError(f"no dead letter for job id(s) {', '.join(map(repr, missing))}")
 
     # -- cancel ----------------------------------------------------------------------------
 
@@ -417,10 +432,12 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
     )
 
 
-def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any]:
-    """What ``jobqueue status --json`` prints: plain JSON values, one entry per queue."""
+def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict[str, Any]:
+    """What ``jobqueue status --json`` prints: one entry per queue (``queues``: only those)."""
     cap = stats.FINISHED_COUNT_CAP
-    found = stats.summary(now, queues=queues, minutes=_STATUS_MINUTES, cap=cap)
+    found = stats.summary(
+        now, queues=queues or (), only=queues is not None, minutes=_STATUS_MINUTES, cap=cap
+    )
 
     def entry(row: stats.QueueSummary) -> dict[str, Any]:
         assert row.throughput is not None

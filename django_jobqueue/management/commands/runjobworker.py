@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -76,6 +74,31 @@ def _warn_about_connections(concurrency: int) -> None:
             concurrency,
             needed,
             allowed,
+        )
+
+
+def _require_migrated() -> None:
+    """Refuse to start where ``migrate`` has not created the queue's tables (or not all of
+    them): a clear error instead of a worker that retries "no such table" for good. An
+    unreachable database is left to the worker, which waits for it."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    alias = router.db_for_write(Job)
+    try:
+        executor = MigrationExecutor(connections[alias])
+        app = Job._meta.app_label
+        plan = executor.migration_plan(
+            [node for node in executor.loader.graph.leaf_nodes() if node[0] == app]
+        )
+    except DatabaseError:
+        return
+    if plan:
+        missing = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:3])
+        more = f" and {len(plan) - 3} more" if len(plan) > 3 else ""
+        raise CommandError(
+            f"the job queue's tables are not ready on database {alias!r}: {len(plan)} "
+            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate' "
+            "first, then start the worker again."
         )
 
 
@@ -193,11 +216,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
-        if options["metrics_port"] is not None:
+        if options["reload"] and options["burst"]:
+            raise CommandError("--reload and --burst do not go together")
+        _require_migrated()
+        # With --reload, the first process only restarts the second, which runs the worker.
+        first = options["reload"] and os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true"
+        if options["metrics_port"] is not None and not first:
             _serve_metrics(options["metrics_addr"], options["metrics_port"])
         if options["reload"]:
-            if options["burst"]:
-                raise CommandError("--reload and --burst do not go together")
             code = self._run_with_reloader(options)
         else:
             try:
@@ -223,16 +249,19 @@ class Command(BaseCommand):
             raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
 
     def _run_with_reloader(self, options: dict[str, Any]) -> int:
-        """Django's autoreloader around the worker, with graceful restarts.
+        """Django's autoreloader (``autoreload.run_with_reloader``, as runserver) around the
+        worker, with graceful restarts.
 
-        The first process only restarts the second one (a reload exits with 3, as in
-        runserver); SIGTERM is passed on to it, Ctrl-C reaches it from the terminal. The
-        second one runs Django's file watcher on its main thread and the worker on another;
-        when the watcher exits (a changed file, SIGTERM, Ctrl-C), the worker finishes its
-        running jobs before the process ends.
+        In the first process it only starts the second one again each time that one exits
+        with code 3 (a reload); that process ignores Ctrl-C, which reaches the second one
+        from the terminal. The second one runs Django's file watcher on its main thread and
+        the worker on another; when the watcher exits (a changed file, SIGTERM, Ctrl-C), the
+        worker finishes its running jobs before the process ends.
         """
         if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true":
-            return _restart_with_reloader()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker process's
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # inherited as ignored
         started = threading.Event()
         finished = threading.Event()
         outcome: dict[str, Any] = {"code": 1}
@@ -269,28 +298,3 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
-
-
-def _restart_with_reloader() -> int:
-    """``django.utils.autoreload.restart_with_reloader``, passing SIGTERM on to the child so
-    that it stops gracefully (Ctrl-C reaches the child from the terminal; here it is
-    ignored, so that the child gets it once)."""
-    env = {**os.environ, autoreload.DJANGO_AUTORELOAD_ENV: "true"}
-    args = autoreload.get_child_arguments()
-    while True:
-        child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603 - our own argv
-        previous = {
-            signal.SIGTERM: signal.signal(signal.SIGTERM, functools.partial(_pass_on, child)),
-            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        }
-        try:
-            code = child.wait()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        if code != 3:
-            return code
-
-
-def _pass_on(child: subprocess.Popen[bytes], signum: int, frame: object) -> None:
-    child.send_signal(signum)
