@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import DEFAULTS, KEYS, Fault, Key
+from .conf import DEFAULTS, KEYS, Fault, Key, behind_transaction_pooler
 from .limits import LimitConfigError, parse_rule, rule_for
 from .periodic import inspect_schedules
 from .registry import registry
@@ -285,8 +285,7 @@ def check_pooler(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     server-side cursor, no ``SET``; its advisory locks are transaction-scoped."""
     problems: list[Any] = []
     for alias, database in settings.DATABASES.items():
-        engine = str(database.get("ENGINE", ""))
-        if not engine.endswith("postgresql") or not database.get("DISABLE_SERVER_SIDE_CURSORS"):
+        if not behind_transaction_pooler(database):
             continue
         options = database.get("OPTIONS") or {}
         if options.get("server_side_binding"):

@@ -299,6 +299,16 @@ def get(name: str) -> Any:
     return settings.merged()[name]
 
 
+def behind_transaction_pooler(database: dict[str, Any]) -> bool:
+    """Whether ``database`` (a ``DATABASES`` entry) reaches PostgreSQL through a transaction
+    pooler such as PgBouncer: Django's ``DISABLE_SERVER_SIDE_CURSORS``, which such a site sets,
+    says so. Nothing that lives in a server session may then be used: the next transaction can
+    run on another server connection, and this one's session goes to another client."""
+    return str(database.get("ENGINE", "")).endswith("postgresql") and bool(
+        database.get("DISABLE_SERVER_SIDE_CURSORS")
+    )
+
+
 def heartbeat_interval() -> float:
     """Seconds between lease renewals: HEARTBEAT_INTERVAL, at most half of LEASE_SECONDS
     (a longer one lets leases expire under running jobs, which then run twice at once)."""

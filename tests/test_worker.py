@@ -418,3 +418,27 @@ def test_a_signal_receiver_that_raises_does_not_break_the_worker(run_worker, cap
     assert handle.refresh().status == "completed"
     assert "signal receiver" in caplog.text and "receiver bug" in caplog.text
     assert "discarded" not in caplog.text
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pooled", [False, True])
+def test_the_worker_sets_no_session_parameter_behind_a_transaction_pooler(
+    settings, monkeypatch, pooled
+):
+    """Behind PgBouncer (``DISABLE_SERVER_SIDE_CURSORS``) a session ``SET`` would outlive the
+    worker's transaction and reach the next client of that server connection: its enqueues
+    would commit without waiting for the disk. The worker turns synchronous_commit off on its
+    own session only when no pooler shares it."""
+    from django.db import connection
+
+    from django_jobqueue.worker.connection import Connection
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "WORKER_SYNCHRONOUS_COMMIT": False}
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", pooled)
+    connection.close()
+    Connection("default", "test", lambda seconds: None).prepare()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == ("on" if pooled else "off")
+    connection.close()

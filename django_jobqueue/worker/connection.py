@@ -33,7 +33,10 @@ class Connection:
         * ``synchronous_commit = off`` unless ``WORKER_SYNCHRONOUS_COMMIT``: the worker's own
           writes (claims, completions, leases) skip the wait for the disk. A database crash
           can forget the last fraction of a second of them, which at-least-once absorbs: a
-          forgotten claim or completion runs the job again. Enqueues stay durable.
+          forgotten claim or completion runs the job again. Enqueues stay durable. Not behind
+          a transaction pooler (:func:`.conf.behind_transaction_pooler`): the setting lives in
+          the server session, which the pooler would hand to other clients (their enqueues
+          would stop being durable); there, set it on the worker's own role instead.
         * ``ANALYZE`` of a job table that was never analyzed (a fresh install, before
           autovacuum's first pass), whose plans would sort every queued job per claim.
         """
@@ -46,7 +49,8 @@ class Connection:
             return
         table = Job._meta.db_table
         with connection.cursor() as cursor:
-            if not conf.settings.WORKER_SYNCHRONOUS_COMMIT:
+            pooled = conf.behind_transaction_pooler(connection.settings_dict)
+            if not conf.settings.WORKER_SYNCHRONOUS_COMMIT and not pooled:
                 cursor.execute("SET synchronous_commit TO off")
             cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table])
             row = cursor.fetchone()
