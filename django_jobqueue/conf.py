@@ -47,7 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_BATCH": 1000,  # finished jobs deleted per statement (one short transaction)
     "METRICS": True,  # record Prometheus metrics when prometheus-client is installed
     "TRACING": True,  # OpenTelemetry spans when opentelemetry-api is installed
-    "MAX_WATCHERS": 10_000,  # WebSocket watchers one process serves; more: closed with 1013
+    "MAX_WATCHERS": 10_000,  # WebSocket watchers one process serves; more: closed with 4503
+    "MAX_WATCHERS_PER_TOKEN": 8,  # sockets one watch token may hold; more: closed with 4429
+    "MAX_WATCHERS_PER_CLIENT": 1_000,  # sockets one client address may hold; more: 4429
+    "WATCHER_SEND_TIMEOUT": 10.0,  # seconds a socket may take to take one state; then closed
     # Limits on hostile or accidental input (docs/guide/limits.md).
     "MAX_DEPTH": 64,  # nesting of lists and dicts within one argument or result
     "MAX_ARGS_BYTES": 1_048_576,  # a job's arguments, as JSON (UTF-8 bytes)
@@ -81,6 +84,9 @@ BOUNDS: dict[str, tuple[bool, float, float]] = {
     "PRUNE_INTERVAL": (False, 0.01, DAY),
     "PRUNE_BATCH": (True, 1, 100_000),
     "MAX_WATCHERS": (True, 0, 1_000_000),
+    "MAX_WATCHERS_PER_TOKEN": (True, 1, 1_000_000),
+    "MAX_WATCHERS_PER_CLIENT": (True, 1, 1_000_000),
+    "WATCHER_SEND_TIMEOUT": (False, 0.1, 3600),
 }
 #: HEARTBEAT_INTERVAL (None, or a number of seconds) is bounded by LEASE_SECONDS instead.
 HEARTBEAT_BOUNDS = (0.001, DAY)
