@@ -114,6 +114,7 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
     _closed = False
     _sender: asyncio.Task[None] | None = None
     _expiry: asyncio.TimerHandle | None = None
+    _closing: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         await self.accept()
@@ -188,8 +189,8 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
                 return
 
     def _token_expired(self) -> None:
-        if not self._closed:
-            asyncio.get_running_loop().create_task(self._close(CLOSE_FORBIDDEN))
+        if not self._closed:  # kept: the loop holds only a weak reference to a task
+            self._closing = asyncio.get_running_loop().create_task(self._close(CLOSE_FORBIDDEN))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Nothing a client sends changes anything."""

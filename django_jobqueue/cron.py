@@ -52,10 +52,12 @@ class NoTick(CronError):
     """No tick where one was looked for: before a schedule's first, after its last."""
 
 
-def check_cron(value: Any, now: datetime | None = None) -> str:
+def check_cron(value: Any, now: datetime | None = None, *, ran_is_enough: bool = False) -> str:
     """``value`` if it is a cron expression the scheduler can run: croniter reads it, it has
     no random ``R`` field and it has a tick after ``now`` (default: now); :class:`CronError`
-    otherwise."""
+    otherwise. ``ran_is_enough``: a tick before ``now`` will do (``@job(schedule=...)``, read
+    at import: a module must not stop importing because a year is over; the system check
+    and the worker's start refuse it)."""
     if not isinstance(value, str) or not value.strip():
         raise CronError(f"a cron expression is a non-empty str like '*/15 * * * *', not {value!r}")
     try:
@@ -73,11 +75,18 @@ def check_cron(value: Any, now: datetime | None = None) -> str:
     try:
         next_tick(value, start, UTC)
     except NoTick:
-        raise CronError(
-            f"{value!r} never runs: croniter finds no time it names after "
-            f"{start:%Y-%m-%d %H:%M} UTC (a day that does not exist, such as February 30 or "
-            "April 31, or a year that is past or more than 50 years ahead)"
-        ) from None
+        try:
+            last = latest_tick(value, start, UTC)
+        except NoTick:
+            raise CronError(
+                f"{value!r} never runs: croniter finds no time it names (a day that does not "
+                "exist, such as February 30 or April 31, or a year more than 50 years ahead)"
+            ) from None
+        if not ran_is_enough:
+            raise CronError(
+                f"{value!r} runs no more: the last time it names, {tick_label(last)}, has "
+                "passed (its year is over); remove the schedule or give it a later year"
+            ) from None
     return value
 
 

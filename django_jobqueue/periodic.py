@@ -105,8 +105,14 @@ def inspect_schedules() -> tuple[list[ScheduleSpec], list[Problem]]:
     problems: list[Problem] = []
     for name in registry.names():
         schedule = registry.get(name).schedule
-        if schedule is not None:  # checked when decorated
-            specs.append(ScheduleSpec(name, name, schedule, source="@job"))
+        if schedule is None:
+            continue
+        try:
+            check_cron(schedule)  # checked when decorated, but a year may be over since
+        except CronError as exc:
+            problems.append(_cron_problem(f"@job(schedule=...) of {name}", exc, name))
+            continue
+        specs.append(ScheduleSpec(name, name, schedule, source="@job"))
     taken = {spec.name for spec in specs}
     setting = conf.get("SCHEDULE")
     if setting is None:
@@ -181,15 +187,7 @@ def _entry(  # noqa: C901 - one check per documented key of an entry, in order
     try:
         check_cron(cron)
     except CronError as exc:
-        problems.append(
-            Problem(
-                "django_jobqueue.E021",
-                f"{where}['cron']: {exc}.",
-                "Five fields (minute hour day-of-month month day-of-week), e.g. "
-                "'*/15 * * * *'; a sixth field is seconds, a seventh the year, as croniter "
-                "reads them. It must name a time that exists, and no random 'R' field.",
-            )
-        )
+        problems.append(_cron_problem(f"{where}['cron']", exc))
     if not isinstance(args, list | tuple):
         problems.append(_malformed(f"{where}['args'] must be a list, not {args!r}."))
     if not isinstance(kwargs, dict):
@@ -224,6 +222,17 @@ def _entry(  # noqa: C901 - one check per documented key of an entry, in order
             )
         ]
     return spec, []
+
+
+def _cron_problem(where: str, exc: CronError, name: str | None = None) -> Problem:
+    return Problem(
+        "django_jobqueue.E021",
+        f"{where}: {exc}.",
+        "Five fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *'; a "
+        "sixth field is seconds, a seventh the year, as croniter reads them. It must name a "
+        "time to come, and no random 'R' field.",
+        name,
+    )
 
 
 def _malformed(message: str, hint: str = "See docs/guide/schedules.md.") -> Problem:

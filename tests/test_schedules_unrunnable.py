@@ -15,6 +15,7 @@ import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.utils import timezone
@@ -24,6 +25,8 @@ from django_jobqueue.checks import check_schedules
 from django_jobqueue.exceptions import InvalidJobError
 from django_jobqueue.models import Job, Schedule
 from django_jobqueue.periodic import Scheduler, ScheduleSpec
+from django_jobqueue.registry import registry
+from django_jobqueue.worker import Worker
 from tests.conftest import wait_until
 from tests.testapp.models import Execution
 
@@ -40,7 +43,7 @@ def utc(*args: int) -> datetime:
     [
         ("0 0 30 2 *", "never runs"),
         ("0 0 31 4 *", "never runs"),
-        ("0 0 1 1 * 0 2020", "never runs"),
+        ("0 0 1 1 * 0 2020", "runs no more"),
         ("0 0 1 1 * 0 2099", "never runs"),
         ("R * * * *", "random field"),
         ("0 R(0-5) * * *", "random field"),
@@ -55,8 +58,29 @@ def test_check_refuses_what_can_never_run(settings, cron, text):
     assert "JOBQUEUE['SCHEDULE']['bad']['cron']" in error.msg and error.hint
     with pytest.raises(SystemCheckError, match="E021"):
         call_command("check")
+    if text == "runs no more":
+        return  # @job(schedule=...) takes it: see below
     with pytest.raises(InvalidJobError, match=text):
         job(name="tests.unrunnable.tick", schedule=cron)(lambda: None)
+
+
+@pytest.fixture
+def job_with_a_past_year():
+    """A module with @job(schedule=...) whose last year is over still imports."""
+    definition = job(name="tests.unrunnable.past", schedule="0 0 1 1 * 0 2020")(lambda: None)
+    yield definition
+    registry.unregister(definition.name)
+
+
+@pytest.mark.django_db
+def test_a_job_schedule_whose_year_is_over_imports_but_check_refuses_it(job_with_a_past_year):
+    (error,) = check_schedules()
+    assert error.id == "django_jobqueue.E021"
+    assert "@job(schedule=...) of tests.unrunnable.past" in error.msg
+    assert "runs no more" in error.msg and "2020-01-01T00:00:00Z" in error.msg
+    with pytest.raises(ImproperlyConfigured, match="E021"):
+        Worker()
+    assert Worker(schedule=False).scheduler is None
 
 
 @pytest.mark.parametrize(
