@@ -50,6 +50,7 @@ def utc(*args: int) -> datetime:
         ("R R * * *", "random field"),
     ],
 )
+@pytest.mark.django_db  # call_command("check"): SQLite's features read the database once
 def test_check_refuses_what_can_never_run(settings, cron, text):
     entry = {"job": RECORD, "cron": cron, "args": ["x"]}
     settings.JOBQUEUE = {**settings.JOBQUEUE, "SCHEDULE": {"bad": entry}}
