@@ -221,7 +221,10 @@ class Settings:
     PRUNE_BATCH = Key(1000, int, 1, 100_000)  # finished jobs deleted per statement
     METRICS = Key(True, bool)  # Prometheus metrics when prometheus-client is installed
     TRACING = Key(True, bool)  # OpenTelemetry spans when opentelemetry-api is installed
-    MAX_WATCHERS = Key(10_000, int, 0, 1_000_000)  # WebSocket watchers one process serves
+    MAX_WATCHERS = Key(10_000, int, 0, 1_000_000)  # WebSocket watchers one process serves: 4503
+    MAX_WATCHERS_PER_TOKEN = Key(8, int, 1, 1_000_000)  # sockets one watch token may hold: 4429
+    MAX_WATCHERS_PER_CLIENT = Key(1_000, int, 1, 1_000_000)  # one client address: 4429
+    WATCHER_SEND_TIMEOUT = Key(10.0, float, 0.1, 3600)  # seconds to take one state, then 4408
     # Limits on hostile or accidental input (docs/guide/limits.md).
     MAX_DEPTH = Key(
         64,

@@ -15,36 +15,90 @@ A cron expression names wall-clock times in ``settings.TIME_ZONE``; a tick is th
 
 Ticks are therefore increasing instants and no tick is ever run twice. Five fields are
 minute, hour, day of month, month, day of week; croniter's sixth field is seconds
-(``* * * * * */10``: every 10 seconds); ``@daily``-style aliases work too.
+(``* * * * * */10``: every 10 seconds), a seventh is the year; ``@daily``-style aliases work
+too. croniter's random ``R`` fields are refused: croniter draws them again each time it reads
+the expression, so every worker and every pass would pick another time (a schedule read
+each second ran 24 times in 3 hours instead of 3). An expression that can never run (the
+30th of February, a year that is past or more than croniter's 50-year search ahead) is
+refused too; one whose last tick has passed since (its year is over) makes
+:func:`next_tick` raise :class:`NoTick`.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
-__all__ = ["CronError", "check_cron", "latest_tick", "next_tick", "tick_label"]
+__all__ = ["CronError", "NoTick", "check_cron", "latest_tick", "next_tick", "tick_label"]
 
 _MICRO = timedelta(microseconds=1)
 #: Bound on the ticks stepped over around a repeated hour (a seconds schedule has 3,600).
 _STEPS = 10_000
 
 
+#: A field item that is croniter's random ``R`` (``R``, ``R(0-29)``): no month or day name
+#: starts with an R.
+_RANDOM = re.compile(r"(^|,)\s*R", re.IGNORECASE)
+
+
 class CronError(ValueError):
-    """A cron expression croniter cannot read."""
+    """A cron expression croniter cannot read, or that the scheduler cannot run."""
 
 
-def check_cron(value: Any) -> str:
-    """``value`` if it is a cron expression croniter reads; :class:`CronError` otherwise."""
+class NoTick(CronError):
+    """No tick where one was looked for: before a schedule's first, after its last."""
+
+
+def check_cron(value: Any, now: datetime | None = None, *, ran_is_enough: bool = False) -> str:
+    """``value`` if it is a cron expression the scheduler can run: croniter reads it, it has
+    no random ``R`` field and it has a tick after ``now`` (default: now); :class:`CronError`
+    otherwise. ``ran_is_enough``: a tick before ``now`` will do (``@job(schedule=...)``, read
+    at import: a module must not stop importing because a year is over; the system check
+    and the worker's start refuse it)."""
     if not isinstance(value, str) or not value.strip():
         raise CronError(f"a cron expression is a non-empty str like '*/15 * * * *', not {value!r}")
     try:
         croniter(value)
     except (CroniterError, ValueError, KeyError, TypeError) as exc:
         raise CronError(f"{value!r} is not a valid cron expression: {exc}") from None
+    if any(_RANDOM.search(field) for field in value.split()):
+        raise CronError(
+            f"{value!r} has a random field (croniter's 'R'), which croniter draws again each "
+            "time it reads the expression: each worker and each pass would pick another "
+            "time, so the job would run far more often than once per period. Write the "
+            "time out (e.g. '17 3 * * *' for once a day at 03:17)"
+        )
+    start = now or datetime.now(UTC)
+    try:
+        next_tick(value, start, UTC)
+    except NoTick:
+        try:
+            last = latest_tick(value, start, UTC)
+        except NoTick:
+            raise CronError(
+                f"{value!r} never runs: croniter finds no time it names (a day that does not "
+                "exist, such as February 30 or April 31, or a year more than 50 years ahead)"
+            ) from None
+        if not ran_is_enough:
+            raise CronError(
+                f"{value!r} runs no more: the last time it names, {tick_label(last)}, has "
+                "passed (its year is over); remove the schedule or give it a later year"
+            ) from None
     return value
+
+
+def _step(expression: str, iterator: croniter, forward: bool) -> datetime:
+    """The next (or previous) wall-clock time of ``iterator``; :class:`NoTick` if none."""
+    try:
+        found = iterator.get_next(datetime) if forward else iterator.get_prev(datetime)
+    except CroniterBadDateError:
+        which = "next" if forward else "previous"
+        raise NoTick(f"{expression!r} names no {which} time (croniter finds none)") from None
+    assert isinstance(found, datetime)
+    return found
 
 
 def _wall(instant: datetime, zone: tzinfo) -> tuple[datetime, bool]:
@@ -83,7 +137,8 @@ def _change_between(start: datetime, end: datetime, zone: tzinfo) -> datetime:
 
 
 def latest_tick(expression: str, now: datetime, zone: tzinfo) -> datetime:
-    """The last tick at or before ``now`` (aware), as an aware UTC datetime."""
+    """The last tick at or before ``now`` (aware), as an aware UTC datetime;
+    :class:`NoTick` if the schedule has none yet (its first is still to come)."""
     wall, second_pass = _wall(now, zone)
     if second_pass:
         # During the second pass of a repeated hour, the repeated times already ticked at
@@ -94,18 +149,19 @@ def latest_tick(expression: str, now: datetime, zone: tzinfo) -> datetime:
         wall += offset - later
     iterator = croniter(expression, wall + _MICRO)
     for _ in range(_STEPS):
-        tick = _instant(iterator.get_prev(datetime), zone)
+        tick = _instant(_step(expression, iterator, forward=False), zone)
         if tick <= now:
             return tick
     raise CronError(f"{expression!r}: no tick found before {now.isoformat()}")  # pragma: no cover
 
 
 def next_tick(expression: str, after: datetime, zone: tzinfo) -> datetime:
-    """The first tick strictly after ``after`` (aware), as an aware UTC datetime."""
+    """The first tick strictly after ``after`` (aware), as an aware UTC datetime;
+    :class:`NoTick` if there is none (the schedule's last tick has passed)."""
     wall, _ = _wall(after, zone)
     iterator = croniter(expression, wall)
     for _ in range(_STEPS):
-        tick = _instant(iterator.get_next(datetime), zone)
+        tick = _instant(_step(expression, iterator, forward=True), zone)
         if tick > after:
             return tick
     raise CronError(f"{expression!r}: no tick found after {after.isoformat()}")  # pragma: no cover
@@ -114,10 +170,13 @@ def next_tick(expression: str, after: datetime, zone: tzinfo) -> datetime:
 def ticks_between(expression: str, start: datetime, end: datetime, zone: tzinfo, limit: int) -> int:
     """How many ticks fall in ``(start, end)``, counting at most ``limit``."""
     count = 0
-    tick = next_tick(expression, start, zone)
-    while tick < end and count < limit:
-        count += 1
-        tick = next_tick(expression, tick, zone)
+    try:
+        tick = next_tick(expression, start, zone)
+        while tick < end and count < limit:
+            count += 1
+            tick = next_tick(expression, tick, zone)
+    except NoTick:  # the schedule's last tick came before ``end``
+        pass
     return count
 
 

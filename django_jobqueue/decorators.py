@@ -335,7 +335,7 @@ def _check_schedule(
     if schedule is None:
         return None
     try:
-        cron = check_cron(schedule)
+        cron = check_cron(schedule, ran_is_enough=True)  # a year over: check refuses it
     except CronError as exc:
         raise InvalidJobError(f"@job(schedule=...) of {name}: {exc}.") from None
     signature, _ = _binder(function, bool(takes_context))

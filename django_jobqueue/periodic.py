@@ -28,11 +28,11 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import router, transaction
+from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 
 from . import clock, conf
-from .cron import CronError, check_cron, latest_tick, next_tick, tick_label, ticks_between
+from .cron import CronError, NoTick, check_cron, latest_tick, next_tick, tick_label, ticks_between
 from .exceptions import InvalidJobError, SerializationError
 from .handles import JobHandle, announce
 from .models import Schedule
@@ -75,11 +75,13 @@ class ScheduleSpec:
 
 
 class Problem(NamedTuple):
-    """A schedule that cannot work: the system check id, the message and a hint."""
+    """A schedule that cannot work: the system check id, the message, a hint, and the
+    schedule's name when it has one (the admin shows the problem on its row)."""
 
     id: str
     message: str
     hint: str
+    name: str | None = None
 
 
 def _aware(value: datetime) -> datetime:
@@ -103,8 +105,14 @@ def inspect_schedules() -> tuple[list[ScheduleSpec], list[Problem]]:
     problems: list[Problem] = []
     for name in registry.names():
         schedule = registry.get(name).schedule
-        if schedule is not None:  # checked when decorated
-            specs.append(ScheduleSpec(name, name, schedule, source="@job"))
+        if schedule is None:
+            continue
+        try:
+            check_cron(schedule)  # checked when decorated, but a year may be over since
+        except CronError as exc:
+            problems.append(_cron_problem(f"@job(schedule=...) of {name}", exc, name))
+            continue
+        specs.append(ScheduleSpec(name, name, schedule, source="@job"))
     taken = {spec.name for spec in specs}
     setting = conf.settings.SCHEDULE
     if setting is None:
@@ -121,7 +129,7 @@ def inspect_schedules() -> tuple[list[ScheduleSpec], list[Problem]]:
         return specs, problems
     for name, entry in setting.items():
         spec, found = _entry(name, entry, taken)
-        problems.extend(found)
+        problems.extend(problem._replace(name=name) for problem in found)
         if spec is not None and not found:
             specs.append(spec)
             taken.add(spec.name)
@@ -179,14 +187,7 @@ def _entry(  # noqa: C901 - one check per documented key of an entry, in order
     try:
         check_cron(cron)
     except CronError as exc:
-        problems.append(
-            Problem(
-                "django_jobqueue.E021",
-                f"{where}['cron']: {exc}.",
-                "Five fields (minute hour day-of-month month day-of-week), e.g. "
-                "'*/15 * * * *'; a sixth field is seconds, as croniter reads it.",
-            )
-        )
+        problems.append(_cron_problem(f"{where}['cron']", exc))
     if not isinstance(args, list | tuple):
         problems.append(_malformed(f"{where}['args'] must be a list, not {args!r}."))
     if not isinstance(kwargs, dict):
@@ -221,6 +222,17 @@ def _entry(  # noqa: C901 - one check per documented key of an entry, in order
             )
         ]
     return spec, []
+
+
+def _cron_problem(where: str, exc: CronError, name: str | None = None) -> Problem:
+    return Problem(
+        "django_jobqueue.E021",
+        f"{where}: {exc}.",
+        "Five fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *'; a "
+        "sixth field is seconds, a seventh the year, as croniter reads them. It must name a "
+        "time to come, and no random 'R' field.",
+        name,
+    )
 
 
 def _malformed(message: str, hint: str = "See docs/guide/schedules.md.") -> Problem:
@@ -326,10 +338,16 @@ class Scheduler:
         self.specs = list(specs)
         self.using = using
         self.handled: dict[str, datetime] = {}
+        #: The schedules whose last pass failed, with the error (logged once).
+        self.failing: dict[str, str] = {}
         self.synced = False
 
     def run(self, now: datetime | None = None) -> float:
-        """Enqueue each schedule's latest due tick not yet handled; seconds until the next."""
+        """Enqueue each schedule's latest due tick not yet handled; seconds until the next.
+
+        A schedule that fails (its last tick passed, its job no longer takes its arguments)
+        is logged once and skipped: it never stops the others. A database error is raised
+        (the worker's connection handling retries the pass)."""
         now = _aware(now or clock.now())  # ticks on the database's clock, not this host's
         if not self.synced:
             sync(self.specs, using=self.using)
@@ -337,12 +355,40 @@ class Scheduler:
         tz = zone()
         wait = CHECK_EVERY_MAX
         for spec in self.specs:
-            tick = latest_tick(spec.cron, now, tz)
-            if self.handled.get(spec.name) != tick:
-                enqueue_tick(spec, tick, now, using=self.using)
-                self.handled[spec.name] = tick
-            wait = min(wait, (next_tick(spec.cron, now, tz) - now).total_seconds())
+            try:
+                wait = min(wait, self._run_one(spec, now, tz))
+            except DatabaseError:
+                raise
+            except Exception as exc:  # one schedule that cannot run must not stop the others
+                self._failed(spec, exc)
+            else:
+                self.failing.pop(spec.name, None)
         return max(0.0, wait) + 0.001
+
+    def _run_one(self, spec: ScheduleSpec, now: datetime, tz: tzinfo) -> float:
+        """Enqueue ``spec``'s latest tick if due; the seconds until its next tick."""
+        try:
+            tick: datetime | None = latest_tick(spec.cron, now, tz)
+        except NoTick:
+            tick = None  # its first tick is still to come (a year ahead, for one)
+        if tick is not None and self.handled.get(spec.name) != tick:
+            enqueue_tick(spec, tick, now, using=self.using)
+            self.handled[spec.name] = tick
+        return (next_tick(spec.cron, now, tz) - now).total_seconds()
+
+    def _failed(self, spec: ScheduleSpec, exc: Exception) -> None:
+        """Log ``spec``'s failure, once while it stays the same."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self.failing.get(spec.name) == error:
+            return
+        self.failing[spec.name] = error
+        logger.error(
+            "schedule %s: skipped, it cannot run: %s (the other schedules go on; "
+            "manage.py check says what is wrong with it)",
+            spec.name,
+            error,
+            exc_info=not isinstance(exc, CronError),
+        )
 
 
 # -- the admin's verbs ----------------------------------------------------------------------
@@ -354,7 +400,7 @@ def specs_by_name() -> dict[str, ScheduleSpec]:
 
 
 def next_run(spec: ScheduleSpec, row: Schedule, now: datetime | None = None) -> datetime | None:
-    """When ``spec`` runs next: None while paused."""
+    """When ``spec`` runs next: None while paused; :class:`~.cron.NoTick` if never again."""
     if row.paused:
         return None
     after = max(

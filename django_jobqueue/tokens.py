@@ -41,6 +41,13 @@ def make(job_id: str, max_age: float = DEFAULT_MAX_AGE) -> str:
 def read(token: object) -> str | None:
     """The job id of a valid, unexpired token; None for anything else (missing, forged,
     expired, malformed), without saying which."""
+    found = read_with_expiry(token)
+    return found[0] if found is not None else None
+
+
+def read_with_expiry(token: object) -> tuple[str, int] | None:
+    """:func:`read`, with the time the token expires (seconds since the epoch): a socket
+    opened with it is closed then."""
     if not isinstance(token, str) or not token or len(token) > 4096:
         return None
     try:
@@ -56,4 +63,4 @@ def read(token: object) -> str | None:
         return None
     if expires < time.time():
         return None
-    return job_id
+    return job_id, expires

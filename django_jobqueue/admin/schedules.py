@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import periodic
+from ..cron import CronError
 from ..models import Job, Schedule
 from .display import short_time
 
@@ -52,7 +53,12 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         # Rows for schedules no worker has seen yet (they count ticks from now on).
-        periodic.sync(list(periodic.specs_by_name().values()))
+        specs, problems = periodic.inspect_schedules()
+        periodic.sync(specs)
+        for problem in problems:  # a schedule that cannot run is shown with its error
+            self.message_user(
+                request, f"Cannot run: {problem.message} ({problem.id})", messages.ERROR
+            )
         return super().changelist_view(request, extra_context)
 
     # -- columns ---------------------------------------------------------------------------
@@ -63,18 +69,34 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             specs = self._specs = periodic.specs_by_name()
         return specs.get(row.name)
 
+    def _problem(self, row: Schedule) -> str | None:
+        """Why the configured schedule of ``row`` cannot run (``manage.py check``'s error)."""
+        problems = getattr(self, "_problems", None)
+        if problems is None:
+            problems = self._problems = {
+                p.name: p.message for p in periodic.inspect_schedules()[1] if p.name
+            }
+        return problems.get(row.name)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Schedule]:
-        self._specs = periodic.specs_by_name()  # once per request
+        specs, problems = periodic.inspect_schedules()  # once per request
+        self._specs = {spec.name: spec for spec in specs}
+        self._problems = {p.name: p.message for p in problems if p.name}
         last_job = Job.objects.filter(job_id=OuterRef("last_job_id")).values("pk")[:1]
         queryset: QuerySet[Schedule] = super().get_queryset(request)
         return queryset.annotate(djq_last_job_pk=Subquery(last_job))
 
     @admin.display(description="cron", ordering="cron")
     def cron_display(self, row: Schedule) -> str:
+        problem = self._problem(row)
+        if problem is not None:
+            return f"{row.cron} (cannot run: {problem})"
         return row.cron if self._spec(row) is not None else f"{row.cron} (no longer configured)"
 
     @admin.display(description="state", ordering="paused")
     def state(self, row: Schedule) -> str:
+        if self._problem(row) is not None:
+            return "error"
         if self._spec(row) is None:
             return "removed"
         return "paused" if row.paused else "active"
@@ -99,7 +121,10 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         spec = self._spec(row)
         if spec is None:
             return "-"
-        upcoming = periodic.next_run(spec, row)
+        try:
+            upcoming = periodic.next_run(spec, row)
+        except CronError as exc:  # its last tick has passed (a year that is over)
+            return f"never: {exc}"
         return "paused" if upcoming is None else short_time(upcoming)
 
     # -- actions ---------------------------------------------------------------------------

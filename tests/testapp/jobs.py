@@ -348,3 +348,63 @@ def cuts_the_window(arm_path, tag):
                 "current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
             )
     Execution.objects.create(tag=tag, pid=os.getpid())
+
+
+class _StrRaises(Exception):
+    """An error that formats an attribute set after ``__init__`` (common in client libraries)."""
+
+    def __str__(self):
+        return f"status {self.status}"  # no such attribute: AttributeError
+
+
+class _ReprRaises(Exception):
+    def __str__(self):
+        raise SystemExit("not from str either")
+
+    def __repr__(self):
+        raise RuntimeError("nor repr")
+
+
+class _CauseRaises(Exception):
+    @property
+    def __cause__(self):
+        raise ValueError("no cause to give")
+
+    @property
+    def __notes__(self):
+        raise ValueError("no notes either")
+
+
+class _EndlessContext(Exception):
+    @property
+    def __context__(self):
+        return _EndlessContext()  # a new one each time: a chain that never ends
+
+
+#: The errors that describe themselves badly, by the name :func:`raises_hostile` takes.
+HOSTILE_ERRORS = {
+    "str": _StrRaises,
+    "repr": _ReprRaises,
+    "cause": _CauseRaises,
+    "endless": _EndlessContext,
+}
+
+
+def _raise_hostile(kind):
+    error = HOSTILE_ERRORS[kind]()
+    try:
+        raise RuntimeError("the first failure")
+    except RuntimeError as first:
+        first.__context__ = error  # a loop: error -> first -> error
+        raise error from first
+
+
+@job(max_attempts=1)
+def raises_hostile(kind):
+    _raise_hostile(kind)
+
+
+@job(max_attempts=2)
+async def async_raises_hostile(kind):
+    await asyncio.sleep(0)
+    _raise_hostile(kind)

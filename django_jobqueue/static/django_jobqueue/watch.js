@@ -14,9 +14,10 @@
  * It opens ws(s)://<host>/ws/jobqueue/jobs/<token>/ (django_jobqueue.routing), reconnects
  * with exponential backoff and jitter when the socket drops, and polls the JSON status view
  * (django_jobqueue.urls, mounted at /jobqueue/ unless you pass statusUrl) when the browser has
- * no WebSocket, when the socket cannot be opened after `retries` tries, or when the server is
- * at its JOBQUEUE["MAX_WATCHERS"] (close code 1013). Close code 4403 (no, bad or expired
- * token) and 4404 (job gone) end the watch with onError.
+ * no WebSocket, when the socket cannot be opened after `retries` tries, or at once when the
+ * server is full: close code 4503 (the process serves JOBQUEUE["MAX_WATCHERS"] sockets) or
+ * 4429 (this token or this address holds its share of them). Close code 4403 (no, bad or
+ * expired token) and 4404 (job gone) end the watch with onError.
  *
  * The first argument may also be the socket's URL ("wss://..." or "/ws/jobqueue/jobs/<token>/").
  * Options: socketUrl, statusUrl, pollInterval (ms, 1000), retries (5), maxDelay (ms, 15000),
@@ -28,7 +29,9 @@
   var FINISHED = { completed: true, failed: true, cancelled: true };
   var FORBIDDEN = 4403;
   var GONE = 4404;
-  var TRY_AGAIN = 1013;
+  // The server is full: poll the status view at once instead of reconnecting. 1013 was
+  // sent by versions before 4503, which daphne refused (its clients saw 1011).
+  var FULL = { 4503: true, 4429: true, 1013: true };
   var SOCKET_PATH = "/ws/jobqueue/jobs/";
   var STATUS_PATH = "/jobqueue/jobs/";
 
@@ -127,7 +130,7 @@
         if (ended) return;
         if (event.code === FORBIDDEN) return fail("forbidden", "no, bad or expired watch token");
         if (event.code === GONE) return fail("gone", "the job no longer exists");
-        if (event.code === TRY_AGAIN) return poll();
+        if (FULL[event.code]) return poll();
         failures += 1;
         if (failures > retries) {
           failures = 0;
