@@ -100,8 +100,9 @@ def _heartbeat_errors(user: dict[str, Any]) -> list[Error]:
 @register(Tags.compatibility)
 def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E020: JOBQUEUE['SCHEDULE'] or one of its entries is malformed. E021: a cron
-    expression croniter cannot read, or one that never runs (or runs no more). E022: a schedule names a job that is not registered.
-    E023: the job cannot take the schedule's arguments. Workers refuse to start on each."""
+    expression croniter cannot read, or one that never runs (or runs no more). E022: a
+    schedule names a job that is not registered. E023: the job cannot take the schedule's
+    arguments. Workers refuse to start on each."""
     return [
         Error(problem.message, hint=problem.hint, id=problem.id)
         for problem in inspect_schedules()[1]
