@@ -93,6 +93,8 @@ class Claimer:
         self.unmatched: set[str] = set()
         #: Whether the last claim offered the free slots to jobs with a limit first.
         self.limited_first = False
+        #: When the buffered jobs' queues are next looked up among the paused ones.
+        self.next_pause_check = 0.0
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -116,6 +118,7 @@ class Claimer:
 
     def wanted(self, now: float) -> int:
         """How many jobs a claim would take now (0: no room, or no reason to claim)."""
+        self.release_paused(now)
         self.sync_limits(now)
         prefetch = self.prefetch()
         held = self.running() + len(self.buffer)
@@ -222,6 +225,26 @@ class Claimer:
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
+
+    def release_paused(self, now: float) -> None:
+        """Hand back the buffered (claimed, never started) jobs of queues paused since their
+        claim: looked up at most every ``POLL_INTERVAL``, and only while the buffer holds
+        jobs, so a worker that keeps no jobs ahead pays nothing."""
+        if not self.buffer or now < self.next_pause_check:
+            return
+        self.next_pause_check = now + conf.settings.POLL_INTERVAL
+        paused = self._jobs().paused_among(sorted({job.queue for job in self.buffer}))
+        if not paused:
+            return
+        held = [job for job in self.buffer if job.queue in paused]
+        self._jobs().release([job.fence for job in held])
+        self.drop(job.id for job in held)
+        logger.info(
+            "worker name=%s: handed back %d claimed jobs of paused queues %s",
+            self.worker,
+            len(held),
+            ",".join(sorted(paused)),
+        )
 
     def _limits_configured(self) -> bool:
         """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it

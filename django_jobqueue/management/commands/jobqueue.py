@@ -1,5 +1,6 @@
 """``manage.py jobqueue``: the operator's command. ``status``, ``health``, ``prune``,
-``dead-letters``, ``requeue`` and ``cancel``; ``manage.py jobqueue SUBCOMMAND --help`` for each.
+``dead-letters``, ``requeue``, ``cancel``, ``pause`` and ``resume``;
+``manage.py jobqueue SUBCOMMAND --help`` for each.
 
 Every subcommand reads through :mod:`django_jobqueue.stats` or the library's own verbs
 (:meth:`JobQuerySet.prune`, :func:`deadletters.requeue_report`, :func:`control.cancel_queued`),
@@ -25,6 +26,7 @@ from django_jobqueue import conf, stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.control import cancel_queued
 from django_jobqueue.deadletters import requeue_report
+from django_jobqueue.management import pausing
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.options import check_queue
@@ -215,6 +217,7 @@ def _declare(parser: CommandParser) -> None:
     cancel.add_argument(
         "--dry-run", action="store_true", help="Count what would be cancelled; change nothing."
     )
+    pausing.declare(sub)
 
 
 class Command(BaseCommand):
@@ -222,7 +225,8 @@ class Command(BaseCommand):
         "Operate the job queue: status (counts, oldest waiting job, throughput), health "
         "(an exit code for monitoring), prune (delete finished jobs past their result_ttl), "
         "dead-letters (list them), requeue (dead letters, by name, queue or id), cancel "
-        "(queued jobs of a queue). 'manage.py jobqueue SUBCOMMAND --help' for each."
+        "(queued jobs of a queue), pause and resume (a queue). "
+        "'manage.py jobqueue SUBCOMMAND --help' for each."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -268,10 +272,11 @@ class Command(BaseCommand):
         waiting = stats.oldest_waiting(now)
         wanted = options["queues"]
         limit = options["max_waiting"]
+        paused = pausing.paused_report(now)  # their jobs wait on purpose: not backed up
         late = {
             queue: stats.waited_seconds(since, now) or 0.0
             for queue, since in waiting.items()
-            if (not wanted or queue in wanted)
+            if (not wanted or queue in wanted) and queue not in {p["queue"] for p in paused}
         }
         live = live_workers()
         if live is not None and live < options["min_workers"]:
@@ -293,6 +298,8 @@ class Command(BaseCommand):
             f"healthy: oldest ready job waited {_age(oldest)} (limit {limit:g}s), "
             f"live workers {workers}"
         )
+        for line in pausing.render(paused):
+            self.stdout.write(line)
 
     # -- prune -----------------------------------------------------------------------------
 
@@ -395,6 +402,12 @@ class Command(BaseCommand):
             + (f"; kept {skipped} whose job is queued or running" if skipped else "")
         )
 
+    def _pause(self, options: dict[str, Any]) -> None:
+        pausing.pause(options, self.stdout.write)
+
+    def _resume(self, options: dict[str, Any]) -> None:
+        pausing.resume(options, self.stdout.write)
+
     # -- cancel ----------------------------------------------------------------------------
 
     def _cancel(self, options: dict[str, Any]) -> None:
@@ -420,7 +433,9 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
 def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any]:
     """What ``jobqueue status --json`` prints: plain JSON values, one entry per queue."""
     cap = stats.FINISHED_COUNT_CAP
-    found = stats.summary(now, queues=queues, minutes=_STATUS_MINUTES, cap=cap)
+    paused = pausing.paused_report(now)
+    shown = [*queues, *(p["queue"] for p in paused)]  # a paused queue is listed, even empty
+    found = stats.summary(now, queues=shown, minutes=_STATUS_MINUTES, cap=cap)
 
     def entry(row: stats.QueueSummary) -> dict[str, Any]:
         assert row.throughput is not None
@@ -433,10 +448,11 @@ def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any
             "finished_last_minute": sum(last_minute),
             "finished_this_minute": sum(this_minute),
             "dead_letters": row.dead_letters,
+            "paused": row.queue in {p["queue"] for p in paused},
         }
 
     total = entry(found.total)
-    del total["queue"]
+    del total["queue"], total["paused"]
     return {
         "time": now.isoformat(),
         "queues": [entry(row) for row in found.queues],
@@ -444,6 +460,7 @@ def status_report(now: datetime, *, queues: Iterable[str] = ()) -> dict[str, Any
         "live_workers": live_workers(),
         "finished_count_cap": cap,
         "exact": list(ACTIVE),
+        "paused": paused,
     }
 
 
@@ -465,7 +482,7 @@ def render_status(report: dict[str, Any]) -> str:
         ]
 
     headers = ["queue", *statuses, "oldest waiting", "finished/min", "dead letters"]
-    lines = [row(e["queue"], e) for e in report["queues"]]
+    lines = [row(e["queue"] + (" (paused)" if e["paused"] else ""), e) for e in report["queues"]]
     lines.append(row("(all)", report["total"]))
     live = report["live_workers"]
     cap = report["finished_count_cap"]
@@ -475,6 +492,7 @@ def render_status(report: dict[str, Any]) -> str:
             _table(headers, lines),
             "",
             "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
+            *pausing.render(report["paused"]),
             f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
             f"{cap:,} ('+': more); finished/min is the last full minute.",
         ]
