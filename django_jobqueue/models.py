@@ -120,6 +120,11 @@ class Job(models.Model):
         blank=True,
         help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
     )
+    ttl_by_outcome = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -272,6 +277,11 @@ class DeadLetter(models.Model):
     )
     trace_context = models.JSONField(
         null=True, blank=True, help_text="The producer's OpenTelemetry trace context."
+    )
+    ttl_by_outcome = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
     )
     attempts = models.PositiveIntegerField()
     error = models.TextField()

@@ -18,7 +18,8 @@ from django_jobqueue.pauses import REASON_MAX_LENGTH, pause_queue, paused_queues
 COMMAND_LINE = "manage.py jobqueue"
 
 
-def _queue(value: str) -> str:
+def queue_name(value: str) -> str:
+    """An argparse type: a valid queue name (else a usage error saying why)."""
     try:
         return check_queue(value)
     except InvalidJobError as exc:
@@ -42,7 +43,7 @@ def declare(sub: Any) -> None:
         "use, so a queue no job has used yet can be paused too. Pausing a paused queue "
         "records the new reason.",
     )
-    pause.add_argument("queue", type=_queue, metavar="QUEUE", help="The queue to pause.")
+    pause.add_argument("queue", type=queue_name, metavar="QUEUE", help="The queue to pause.")
     pause.add_argument(
         "--reason", type=_reason, default="", help="Why (shown by status, metrics, admin)."
     )
@@ -58,7 +59,7 @@ def declare(sub: Any) -> None:
         "there is a channel layer). Resuming a queue that is not paused says so and "
         "changes nothing.",
     )
-    resume.add_argument("queue", type=_queue, metavar="QUEUE", help="The queue to resume.")
+    resume.add_argument("queue", type=queue_name, metavar="QUEUE", help="The queue to resume.")
 
 
 def _operator() -> str:

@@ -25,11 +25,12 @@ from django.utils import timezone
 from django_jobqueue import conf, stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.control import cancel_queued
+from django_jobqueue.deadletters import prune as prune_dead_letters
 from django_jobqueue.deadletters import requeue_report
 from django_jobqueue.management import pausing
+from django_jobqueue.management.pausing import queue_name as _queue
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
-from django_jobqueue.options import check_queue
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -62,13 +63,6 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
-
-
-def _queue(value: str) -> str:
-    try:
-        return check_queue(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _age(seconds: float | None) -> str:
@@ -150,9 +144,9 @@ def _declare(parser: CommandParser) -> None:
         help="Delete finished jobs past their result_ttl, with their results.",
         description="Delete finished jobs (completed, failed, cancelled) past their "
         "result_ttl, with their results, in batches of PRUNE_BATCH rows, each in its own "
-        "short transaction, until none is left. Workers do the same continuously; this "
-        "is for catching up or for a deployment without workers running. Dead letters "
-        "are kept.",
+        "short transaction, until none is left; then dead letters past DEAD_LETTER_TTL or "
+        "beyond DEAD_LETTER_MAX, oldest first (kept when both are None). Workers do the "
+        "same continuously; this is for catching up or for a deployment without workers.",
     )
     prune.add_argument(
         "--older-than",
@@ -320,7 +314,9 @@ class Command(BaseCommand):
                 if before is None
                 else rows.filter(finished_at__lte=before)
             )
-            self.stdout.write(f"would delete {rows.count()} {what}")
+            letters = prune_dead_letters(now, dry_run=True)
+            more = "" if letters is None else f", and {letters} dead letters"
+            self.stdout.write(f"would delete {rows.count()} {what}{more}")
             return
         batch = conf.settings.PRUNE_BATCH
         total = 0
@@ -329,7 +325,9 @@ class Command(BaseCommand):
             total += deleted
             if deleted < batch:
                 break
-        self.stdout.write(f"deleted {total} {what}, with their results")
+        letters = prune_dead_letters(now)
+        more = "" if letters is None else f", and {letters} dead letters"
+        self.stdout.write(f"deleted {total} {what}, with their results{more}")
 
     # -- dead letters ----------------------------------------------------------------------
 
