@@ -4,7 +4,7 @@ A pause is a :class:`~django_jobqueue.models.QueuePause` row, and the worker's c
 the queues that have one (in the claim's own statement: see
 :meth:`~django_jobqueue.querysets.claiming.ClaimingQuerySet.claim`), so from the commit of
 the pause no worker on any host claims a job of the queue; a worker hands back the jobs of
-it that it claimed ahead and has not started within ``POLL_INTERVAL``. Jobs keep being
+it that it claimed ahead and has not started within a second. Jobs keep being
 enqueued, and jobs already running finish. Resuming deletes the row and wakes an idle worker
 of the queue (over the channel layer, when there is one).
 

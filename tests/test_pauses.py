@@ -12,6 +12,7 @@ from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -67,17 +68,38 @@ def test_the_claim_keeps_its_index_plan_with_a_pause_row():
 
 def test_a_worker_hands_back_the_jobs_it_claimed_ahead_once_their_queue_is_paused(settings):
     """Jobs prefetched before the pause never start: the buffer is checked against the
-    pauses every POLL_INTERVAL while it holds jobs (here: at once, the first check)."""
+    pauses at most once a second while it holds jobs (here: at once, the first check), and
+    not again before the bound."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 5}
     held = other_queue.enqueue_many([(i,) for i in range(2)])
     free = noop.enqueue()
     worker = Worker(concurrency=1)
     claimer = worker._claimer
     assert claimer.claim(10) == 3
     pause_queue("other")
-    claimer.release_paused(time.monotonic())
+    now = time.monotonic()
+    claimer.release_paused(now)
     assert [job.job_id for job in claimer.buffer] == [free.id]
     rows = Job.objects.filter(job_id__in=[h.id for h in held])
     assert {(row.status, row.attempts, row.worker) for row in rows} == {("queued", 0, "")}
+    pause_queue("default")
+    with CaptureQueriesContext(connection) as queries:
+        claimer.release_paused(now + 0.5)  # not due: no statement, nothing handed back
+    assert not queries.captured_queries and len(claimer.buffer) == 1
+    claimer.release_paused(now + 1.0)
+    assert not claimer.buffer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_loop_hands_back_held_jobs_of_a_paused_queue_before_starting_them():
+    """A worker holding claimed jobs (its prefetch) when their queue is paused starts none."""
+    held = other_queue.enqueue_many([(i,) for i in range(3)])
+    worker = Worker(concurrency=1, burst=True, wait_for_retries=False)
+    assert worker._claimer.claim(10) == 3
+    pause_queue("other")
+    worker.run()
+    assert worker.processed == 0
+    assert _statuses(held) == ["queued"] * 3
 
 
 @pytest.mark.django_db(transaction=True)

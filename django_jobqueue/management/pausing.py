@@ -38,7 +38,7 @@ def declare(sub: Any) -> None:
         "pause",
         help="Pause a queue: workers start none of its jobs until it is resumed.",
         description="Pause QUEUE: from the pause's commit no worker claims one of its "
-        "jobs (workers hand back within POLL_INTERVAL the ones they claimed ahead and did "
+        "jobs (workers hand back within a second the ones they claimed ahead and did "
         "not start); jobs can still be enqueued, and running ones finish. Queues exist by "
         "use, so a queue no job has used yet can be paused too. Pausing a paused queue "
         "records the new reason.",

@@ -25,6 +25,9 @@ PREFETCH_SECONDS = 0.05
 KEY_BATCH = 50
 #: With no ``LIMITS`` configured, how often to look for jobs whose key lost its entry.
 STRANDED_EVERY = 30.0
+#: While it holds claimed jobs it has not started, how often a worker looks their queues up
+#: among the paused ones (a pause must hold within 2 s: DESIGN.md).
+PAUSE_CHECK_SECONDS = 1.0
 
 
 def default_concurrency() -> int:
@@ -118,7 +121,6 @@ class Claimer:
 
     def wanted(self, now: float) -> int:
         """How many jobs a claim would take now (0: no room, or no reason to claim)."""
-        self.release_paused(now)
         self.sync_limits(now)
         prefetch = self.prefetch()
         held = self.running() + len(self.buffer)
@@ -228,11 +230,12 @@ class Claimer:
 
     def release_paused(self, now: float) -> None:
         """Hand back the buffered (claimed, never started) jobs of queues paused since their
-        claim: looked up at most every ``POLL_INTERVAL``, and only while the buffer holds
-        jobs, so a worker that keeps no jobs ahead pays nothing."""
+        claim. The loop calls it before it starts buffered jobs; it looks the pauses up at
+        most every :data:`PAUSE_CHECK_SECONDS` (or ``POLL_INTERVAL``, if shorter), and only
+        while the buffer holds jobs, so a worker that keeps no jobs ahead pays nothing."""
         if not self.buffer or now < self.next_pause_check:
             return
-        self.next_pause_check = now + conf.settings.POLL_INTERVAL
+        self.next_pause_check = now + min(PAUSE_CHECK_SECONDS, conf.settings.POLL_INTERVAL)
         paused = self._jobs().paused_among(sorted({job.queue for job in self.buffer}))
         if not paused:
             return
