@@ -20,9 +20,12 @@ from asgiref.sync import sync_to_async
 from django.db import router, transaction
 from django.utils import timezone
 
-from .models import QueuePause
+from . import conf
+from .base import Status
+from .models import Job, QueuePause
 from .notifications import hub
 from .options import check_queue
+from .registry import registry
 
 logger = logging.getLogger("django_jobqueue.pauses")
 
@@ -66,6 +69,24 @@ def resume_queue(queue: str) -> bool:
     notifier = hub()
     transaction.on_commit(lambda: notifier.wake_workers([queue]), using=using)
     return True
+
+
+def known_queues() -> set[str]:
+    """The queues the code names, known without a query: the default queue and the
+    registered jobs' queues (other queues exist only while jobs use them)."""
+    named = (job.queue for job in map(registry.get, registry.names()) if job.queue)
+    return {conf.settings.DEFAULT_QUEUE, *named}
+
+
+def in_use(queue: str, using: str | None = None) -> bool:
+    """Whether ``queue`` is in use: one of :func:`known_queues`, or one with a queued job
+    (read through the claim indexes: never a scan of the finished jobs)."""
+    if queue in known_queues():
+        return True
+    waiting = Job.objects.using(using or router.db_for_read(Job)).filter(
+        queue=queue, status=Status.QUEUED
+    )
+    return waiting.filter(limit_key__isnull=True).exists() or waiting.exists()
 
 
 def paused_queues(using: str | None = None) -> dict[str, QueuePause]:

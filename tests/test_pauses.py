@@ -201,14 +201,17 @@ def _call(*args: str) -> str:
 
 
 def test_the_command_pauses_says_when_a_queue_is_unknown_and_resumes():
-    text = _call("pause", "emails", "--reason", "provider outage", "--by", "ops")
-    assert "paused queue 'emails'" in text and "by ops" in text
-    assert "no job has used queue 'emails' yet (queues exist by use)" in text
+    text = _call("pause", "partner", "--reason", "provider outage", "--by", "ops")
+    assert "paused queue 'partner'" in text and "by ops" in text
+    assert "no registered job names queue 'partner' and none of its jobs is queued" in text
+    assert "(queues exist by use, so pausing it is allowed)" in text
     assert QueuePause.objects.get().reason == "provider outage"
-    noop.enqueue()
-    assert "no job has used" not in _call("pause", "default")
-    assert _call("resume", "emails") == "resumed queue 'emails'\n"
-    assert "is not paused: nothing to resume" in _call("resume", "emails")
+    assert "note" not in _call("pause", "default")  # the default queue
+    assert "note" not in _call("pause", "other")  # a registered job's queue
+    noop.using(queue="adhoc").enqueue()
+    assert "note" not in _call("pause", "adhoc")  # a queue with a queued job
+    assert _call("resume", "partner") == "resumed queue 'partner'\n"
+    assert "is not paused: nothing to resume" in _call("resume", "partner")
 
 
 def test_the_command_refuses_a_bad_queue_name_and_writes_nothing():

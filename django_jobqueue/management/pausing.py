@@ -10,9 +10,15 @@ from datetime import datetime
 from typing import Any
 
 from django_jobqueue.exceptions import InvalidJobError
-from django_jobqueue.models import Job, QueuePause
+from django_jobqueue.models import QueuePause
 from django_jobqueue.options import check_queue
-from django_jobqueue.pauses import REASON_MAX_LENGTH, pause_queue, paused_queues, resume_queue
+from django_jobqueue.pauses import (
+    REASON_MAX_LENGTH,
+    in_use,
+    pause_queue,
+    paused_queues,
+    resume_queue,
+)
 
 #: Who paused a queue from the command line, when ``--by`` is not given.
 COMMAND_LINE = "manage.py jobqueue"
@@ -74,13 +80,14 @@ def _operator() -> str:
 def pause(options: dict[str, Any], write: Callable[[str], None]) -> None:
     """``jobqueue pause QUEUE``."""
     queue = options["queue"]
-    known = _known(queue)
+    known = in_use(queue)
     row = pause_queue(queue, options["reason"], options["by"] or _operator())
     write(f"paused queue {queue!r} at {row.paused_at.isoformat()[:19]} UTC by {row.paused_by}")
     if not known:
         write(
-            f"note: no job has used queue {queue!r} yet (queues exist by use); its jobs will "
-            "wait until it is resumed"
+            f"note: no registered job names queue {queue!r} and none of its jobs is queued "
+            "(queues exist by use, so pausing it is allowed); its jobs will wait until it is "
+            "resumed"
         )
 
 
@@ -91,10 +98,6 @@ def resume(options: dict[str, Any], write: Callable[[str], None]) -> None:
         write(f"resumed queue {queue!r}")
     else:
         write(f"queue {queue!r} is not paused: nothing to resume")
-
-
-def _known(queue: str) -> bool:
-    return Job.objects.filter(queue=queue).exists()
 
 
 def describe(pause: QueuePause, now: datetime) -> dict[str, Any]:
