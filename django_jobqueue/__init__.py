@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         TimeLimitExceeded,
     )
     from .handles import JobHandle, aget_job, get_job
+    from .pauses import apause_queue, aresume_queue, pause_queue, resume_queue
 
 try:
     __version__ = version("django-jobqueue")
@@ -51,6 +52,10 @@ _EXPORTS = {
     "JobContext": "context",
     "Retry": "exceptions",
     "acancel": "control",
+    "apause_queue": "pauses",
+    "aresume_queue": "pauses",
+    "pause_queue": "pauses",
+    "resume_queue": "pauses",
     "cancel": "control",
     "JobFailedError": "exceptions",
     "JobFunction": "decorators",
@@ -81,9 +86,13 @@ __all__ = [
     "__version__",
     "acancel",
     "aget_job",
+    "apause_queue",
+    "aresume_queue",
     "cancel",
     "get_job",
     "job",
+    "pause_queue",
+    "resume_queue",
 ]
 
 

@@ -134,6 +134,10 @@ class NewJob:
     attempt_log: list[Any] | None = None
     #: The producer's OpenTelemetry context (``traceparent``...), when tracing is on.
     trace_context: dict[str, str] | None = None
+    #: The job sets no ``result_ttl`` of its own and ``RESULT_TTL`` is per outcome: it is
+    #: kept for its outcome's time, decided when it ends (``result_ttl`` holds the
+    #: completed one).
+    ttl_by_outcome: bool = False
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any
 
@@ -22,6 +23,7 @@ FAULT_IDS = {
     Fault.FORM: "django_jobqueue.E006",
     Fault.FINITE: "django_jobqueue.E010",
     Fault.MAXIMUM: "django_jobqueue.E011",
+    Fault.ENTRY: "django_jobqueue.E016",
 }
 
 
@@ -29,7 +31,9 @@ FAULT_IDS = {
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E001: JOBQUEUE is not a dict. E003: an unknown key. E004: a value of the wrong type.
     E005: below its minimum. E006: DEFAULT_QUEUE is not a queue name. E010: NaN or infinite.
-    E011: above its maximum. E012: HEARTBEAT_INTERVAL is not well under LEASE_SECONDS."""
+    E011: above its maximum. E012: HEARTBEAT_INTERVAL is not well under LEASE_SECONDS.
+    E016: a dict (``RESULT_TTL`` per outcome) names an entry the key does not know; its
+    entries are judged as values of the key (E004, E005, E010, E011), one error each."""
     user = getattr(settings, "JOBQUEUE", None)
     if user is None:
         return []
@@ -43,6 +47,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         ]
     errors = [_unknown_key(key) for key in sorted(set(user) - set(KEYS), key=str)]
     for name, key in KEYS.items():
+        if name in user and key.per and isinstance(user[name], dict):
+            errors += [
+                _entry_error(key, user[name], *found) for found in key.entry_faults(user[name])
+            ]
+            continue
         fault = key.fault(user[name]) if name in user else None
         if fault is not None:
             errors.append(_fault_error(key, user[name], fault))
@@ -70,6 +79,28 @@ def _fault_error(key: Key[Any], value: Any, fault: Fault) -> Error:
     return Error(
         f"JOBQUEUE[{key.name!r}] is {value!r}{kind}; it must be {key.requirement()}.",
         hint=fix,
+        id=FAULT_IDS[fault],
+    )
+
+
+def _entry_error(key: Key[Any], value: dict[Any, Any], entry: Any, fault: Fault) -> Error:
+    """One bad entry of a dict of :attr:`Key.per` entries (``RESULT_TTL`` per outcome)."""
+    names = ", ".join(map(repr, key.per))
+    if fault is Fault.ENTRY:
+        close = difflib.get_close_matches(str(entry), key.per, n=1)
+        guess = f"Did you mean {close[0]!r}? " if close else ""
+        return Error(
+            f"JOBQUEUE[{key.name!r}] has the entry {entry!r}, which is not one of {names}.",
+            hint=f"{guess}Use only {names} (a missing one keeps the default, {key.default!r}); "
+            f"or set one number for every outcome. Until fixed, the default applies.",
+            id=FAULT_IDS[fault],
+        )
+    single = dataclasses.replace(key, per=())
+    return Error(
+        f"JOBQUEUE[{key.name!r}][{entry!r}] is {value[entry]!r}; it must be "
+        f"{single.requirement()}.",
+        hint=f"Leave the entry out for the default, {key.default!r}. Until fixed, the "
+        "default applies to every outcome.",
         id=FAULT_IDS[fault],
     )
 

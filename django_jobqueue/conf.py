@@ -18,6 +18,7 @@ docs/reference/settings.md.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -29,6 +30,8 @@ from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .base import FINISHED
+
 logger = logging.getLogger("django_jobqueue")
 
 T = TypeVar("T")
@@ -39,6 +42,8 @@ WEEK = 7 * DAY
 MIB = 2**20
 #: A queue's name: ``DEFAULT_QUEUE``, and every ``queue=`` option (options.py).
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+#: The outcomes ``RESULT_TTL`` may give a time of their own: the finished statuses.
+OUTCOMES: tuple[str, ...] = FINISHED
 
 
 class Fault(enum.Enum):
@@ -49,6 +54,7 @@ class Fault(enum.Enum):
     MINIMUM = "minimum"  # below the minimum (or at it, where the minimum is excluded)
     MAXIMUM = "maximum"  # above the maximum
     FORM = "form"  # a str not of the key's form (a queue name)
+    ENTRY = "entry"  # a dict (where a key takes one per name) with a name it does not know
 
 
 _WORDS = {
@@ -69,6 +75,9 @@ class Key(Generic[T]):
     ``bool`` is never taken for an int); ``object`` accepts anything (``LIMITS``,
     ``SCHEDULE``: their own modules judge them). Both bounds are included, unless ``above``
     says the minimum itself is refused. ``none`` is what ``None`` means, if it is allowed.
+    ``per`` names the entries of a dict the key also accepts, each a value of the kind
+    (``RESULT_TTL`` per outcome); it is read as a dict of every name, the missing ones
+    given the default.
     """
 
     default: T
@@ -82,6 +91,7 @@ class Key(Generic[T]):
     words: str = ""
     #: Why the maximum is where it is (for the check's hint).
     why: str = ""
+    per: tuple[str, ...] = ()
     name: str = field(default="", init=False, compare=False)
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
@@ -99,9 +109,12 @@ class Key(Generic[T]):
         return cast(T, obj.merged()[self.name])
 
     def fault(self, value: Any) -> Fault | None:
-        """Why ``value`` cannot work for this key, or None if it can."""
+        """Why ``value`` cannot work for this key, or None if it can (for a dict of
+        :attr:`per` entries: the first entry's fault, in :meth:`entry_faults`' order)."""
         if self.kind is object:
             return None
+        if self.per and isinstance(value, dict):
+            return next((fault for _, fault in self.entry_faults(value)), None)
         if value is None:
             return None if self.none else Fault.TYPE
         if self.kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
@@ -118,13 +131,25 @@ class Key(Generic[T]):
             return Fault.FORM
         return None
 
+    def entry_faults(self, value: dict[Any, Any]) -> list[tuple[Any, Fault]]:
+        """For a dict of :attr:`per` entries: ``(name, fault)`` of each entry that cannot
+        work, names it does not know first."""
+        one = dataclasses.replace(self, per=())
+        unknown = [(name, Fault.ENTRY) for name in value if name not in self.per]
+        faults = [(name, one.fault(value[name])) for name in self.per if name in value]
+        return unknown + [(name, fault) for name, fault in faults if fault is not None]
+
     def _of_kind(self, value: object) -> bool:
         if isinstance(value, bool) is not (self.kind is bool):  # bool is an int, not a number
             return False
         return isinstance(value, (int, float) if self.kind is float else self.kind)
 
     def read(self, value: Any) -> T:
-        """A valid ``value`` as the key's type (a float for a number)."""
+        """A valid ``value`` as the key's type (a float for a number; a dict of every
+        :attr:`per` name for a dict)."""
+        if self.per and isinstance(value, dict):
+            base = self.read(self.default)
+            return cast(T, {name: self.read(value.get(name, base)) for name in self.per})
         return cast(T, float(value) if self.kind is float and value is not None else value)
 
     def bounds(self) -> tuple[str, str]:
@@ -143,6 +168,8 @@ class Key(Generic[T]):
             text += f", {bounds}"
         if self.none:
             text += f"; or None ({self.none})"
+        if self.per:
+            text += f"; or a dict of {', '.join(map(repr, self.per))} to such values"
         return text
 
 
@@ -167,12 +194,15 @@ class Settings:
     MAX_ATTEMPTS = Key(
         3, int, 1, INT32, why="It is stored in a 32-bit integer column: every enqueue would fail."
     )
-    RESULT_TTL = Key(
+    # Seconds a finished job is kept, or {"completed": s, "failed": s, "cancelled": s}
+    # (read with result_ttl(): a job's own result_ttl option applies to every outcome).
+    RESULT_TTL: Key[int | dict[str, int]] = Key(
         3600,
         int,
         0,
         366 * DAY,
         why="A year at most: results are meant to be collected, not archived.",
+        per=OUTCOMES,
     )
     WAIT_TIMEOUT: Key[float] = Key(30, float, 0, DAY, above=True)
     CHANNEL_LAYER: Key[str | None] = Key(
@@ -219,6 +249,10 @@ class Settings:
     # Operations (docs/guide/operations.md).
     PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)
     PRUNE_BATCH = Key(1000, int, 1, 100_000)  # finished jobs deleted per statement
+    # Dead letters: kept this many seconds after failing, and at most this many (oldest
+    # pruned first) by the workers' pruning and ``jobqueue prune``; None: no bound.
+    DEAD_LETTER_TTL: Key[int | None] = Key(None, int, 0, 10 * 366 * DAY, none="kept until deleted")
+    DEAD_LETTER_MAX: Key[int | None] = Key(None, int, 0, INT32, none="no cap")
     METRICS = Key(True, bool)  # Prometheus metrics when prometheus-client is installed
     TRACING = Key(True, bool)  # OpenTelemetry spans when opentelemetry-api is installed
     MAX_WATCHERS = Key(10_000, int, 0, 1_000_000)  # WebSocket watchers one process serves: 4503
@@ -310,6 +344,19 @@ def behind_transaction_pooler(database: dict[str, Any]) -> bool:
     return str(database.get("ENGINE", "")).endswith("postgresql") and bool(
         database.get("DISABLE_SERVER_SIDE_CURSORS")
     )
+
+
+def result_ttl(outcome: str) -> int:
+    """Seconds a job that sets no ``result_ttl`` of its own is kept once it ended
+    ``outcome`` (a finished status): ``RESULT_TTL``, or its entry for that outcome."""
+    value = settings.RESULT_TTL
+    return value.get(outcome, KEYS["RESULT_TTL"].default) if isinstance(value, dict) else value
+
+
+def ttl_by_outcome() -> bool:
+    """True when ``RESULT_TTL`` is a dict: a job that sets no ``result_ttl`` of its own is
+    then kept for its outcome's time (decided when it ends)."""
+    return isinstance(settings.RESULT_TTL, dict)
 
 
 def heartbeat_interval() -> float:

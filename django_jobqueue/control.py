@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.db import router, transaction
 from django.utils import timezone
 
+from . import conf
 from .base import Status
 from .models import Job
 from .notifications import hub
@@ -62,7 +63,8 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
     """Cancel every queued job of ``queue`` (of the job ``name`` only, if given); return
     how many. Running jobs are left alone.
 
-    In batches of :data:`CANCEL_BATCH`, each one short UPDATE per distinct ``result_ttl``,
+    In batches of :data:`CANCEL_BATCH`, each one short UPDATE per distinct time kept (the
+    job's ``result_ttl``, or ``RESULT_TTL``'s cancelled time with ``ttl_by_outcome``),
     fenced on the status (a job a worker claims meanwhile runs, and is not counted). Their
     waiters are notified, as :func:`cancel` does for one job.
     """
@@ -72,10 +74,14 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
         chosen = chosen.filter(name=name)
     total = 0
     notifier = hub()
+    cancelled_ttl = conf.result_ttl(Status.CANCELLED.value)
     while True:
-        batch = list(
-            chosen.order_by("pk").values_list("pk", "result_ttl", "job_id", "notify")[:CANCEL_BATCH]
-        )
+        batch = [
+            (pk, cancelled_ttl if by_outcome else ttl, job_id, notify)
+            for pk, ttl, job_id, notify, by_outcome in chosen.order_by("pk").values_list(
+                "pk", "result_ttl", "job_id", "notify", "ttl_by_outcome"
+            )[:CANCEL_BATCH]
+        ]
         if not batch:
             return total
         now = timezone.now()

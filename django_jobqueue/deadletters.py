@@ -25,6 +25,7 @@ from typing import Any
 from django.db import models, router, transaction
 from django.utils import timezone
 
+from . import conf
 from .base import ACTIVE, REQUEUE_FIELDS, JobSnapshot, NewJob
 from .handles import announce
 from .models import DeadLetter, Job
@@ -138,3 +139,23 @@ def _row(letter: DeadLetter, now: datetime) -> NewJob:
         "attempt_log": [] if letter.attempt_log is not None else None,
     }
     return NewJob(**{name: getattr(letter, name) for name in REQUEUE_FIELDS}, **fresh)
+
+
+def prune(now: datetime, *, dry_run: bool = False) -> int | None:
+    """Delete every dead letter past ``DEAD_LETTER_TTL`` or beyond ``DEAD_LETTER_MAX``
+    (oldest first), in batches of ``PRUNE_BATCH``, each its own transaction; return how
+    many (with ``dry_run``, how many would go), or None when both settings are None.
+    The workers do the same as they prune finished jobs (``manage.py jobqueue prune``
+    calls this)."""
+    ttl, keep = conf.settings.DEAD_LETTER_TTL, conf.settings.DEAD_LETTER_MAX
+    if ttl is None and keep is None:
+        return None
+    letters = DeadLetter.objects.using(router.db_for_write(DeadLetter))
+    if dry_run:
+        return int(letters.expired(now, ttl=ttl, keep=keep).count())
+    batch, total = conf.settings.PRUNE_BATCH, 0
+    while True:
+        deleted = letters.prune(now, ttl=ttl, keep=keep, limit=batch)
+        total += deleted
+        if deleted < batch:
+            return total

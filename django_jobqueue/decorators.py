@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import conf, waiting
-from .base import JobState, NewJob
+from .base import JobState, NewJob, Status
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
@@ -141,7 +141,9 @@ class JobFunction(Generic[P, R]):
             run_after=resolve_run_after(self.run_after, now),
             max_attempts=self.max_attempts or conf.settings.MAX_ATTEMPTS,
             result_ttl=(
-                self.result_ttl if self.result_ttl is not None else conf.settings.RESULT_TTL
+                self.result_ttl
+                if self.result_ttl is not None
+                else conf.result_ttl(Status.COMPLETED.value)
             ),
             notify=notify,
             enqueued_at=now,
@@ -150,6 +152,7 @@ class JobFunction(Generic[P, R]):
             ),
             limit_key=self.limit,
             attempt_log=[] if self.keeps_attempt_log else None,
+            ttl_by_outcome=self.result_ttl is None and conf.ttl_by_outcome(),
         )
 
     def new_job(

@@ -120,6 +120,11 @@ class Job(models.Model):
         blank=True,
         help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
     )
+    ttl_by_outcome = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -273,6 +278,11 @@ class DeadLetter(models.Model):
     trace_context = models.JSONField(
         null=True, blank=True, help_text="The producer's OpenTelemetry trace context."
     )
+    ttl_by_outcome = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
+    )
     attempts = models.PositiveIntegerField()
     error = models.TextField()
     traceback = models.TextField(blank=True, default="")
@@ -350,3 +360,26 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class QueuePause(models.Model):
+    """A paused queue (``pause_queue()``, ``manage.py jobqueue pause``, the admin's overview).
+
+    While the row exists no worker claims a job of ``queue``: the claim's selection skips
+    queues that have a row here (one anti-join probe of this small table's primary key per
+    job it looks at). Enqueueing goes on, and jobs already running finish. Deleting the row
+    resumes the queue. Queues exist by use, so a queue with no job yet can be paused too.
+    """
+
+    queue = models.CharField(max_length=100, primary_key=True)
+    reason = models.TextField(blank=True, default="")
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    paused_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["queue"]
+        verbose_name = "paused queue"
+        verbose_name_plural = "paused queues"
+
+    def __str__(self) -> str:
+        return self.queue

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from .. import conf
+from .. import pauses
 from ..base import Status
 from ..registry import registry
 
@@ -329,10 +329,8 @@ class _RegistryFilter(admin.SimpleListFilter):
 
 
 def known_queues() -> set[str]:
-    """The default queue and the queues of the registered jobs."""
-    queues = {conf.settings.DEFAULT_QUEUE}
-    queues.update(job.queue for job in map(registry.get, registry.names()) if job.queue)
-    return queues
+    """The default queue and the queues of the registered jobs (:func:`.pauses.known_queues`)."""
+    return pauses.known_queues()
 
 
 class QueueFilter(_RegistryFilter):

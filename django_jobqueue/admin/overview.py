@@ -1,5 +1,6 @@
 """The queue overview page: per queue, jobs by status, dead letters, how long the oldest
-ready job waits, and a bar chart of the jobs finished per minute over the last hour.
+ready job waits, a bar chart of the jobs finished per minute over the last hour, and
+whether the queue is paused (with pause and resume buttons: :mod:`.pausing`).
 
 The status columns (headings and cells) are :class:`~django_jobqueue.base.Status`, in its
 order: a status added there gets its column.
@@ -23,7 +24,9 @@ from django.utils import timezone
 
 from .. import stats
 from ..base import ACTIVE, FINISHED, Status
+from ..models import QueuePause
 from .display import STATUS_COLOURS, human_seconds, known_queues
+from .pausing import can_pause, handle_post, pauses
 
 #: Minutes of history in the overview's "finished per minute" charts.
 CHART_MINUTES = 60
@@ -93,6 +96,8 @@ class QueueRow:
 
     summary: stats.QueueSummary
     now: datetime
+    #: The queue's pause, if it is paused (its reason, who, when).
+    pause: QueuePause | None = None
 
     @property
     def queue(self) -> str:
@@ -161,27 +166,32 @@ class Overview:
 
 def build_overview(now: datetime) -> Overview:
     """The overview's rows: the queues with jobs or dead letters, the known ones (default
-    queue, queues of registered jobs) even when empty, and the total."""
-    summary = stats.summary(now, queues=known_queues(), minutes=CHART_MINUTES)
+    queue, queues of registered jobs) and the paused ones even when empty, and the total."""
+    paused = pauses()
+    summary = stats.summary(now, queues=known_queues() | set(paused), minutes=CHART_MINUTES)
     shown = summary.queues
     if len(shown) > OVERVIEW_QUEUES:  # thousands of queues: a page, not megabytes
 
         def busy(row: stats.QueueSummary) -> int:
             counts = row.counts
-            return sum(counts.get(status, 0) for status in ACTIVE) + row.dead_letters
+            active = sum(counts.get(status, 0) for status in ACTIVE)
+            return active + row.dead_letters + (10**12 if row.queue in paused else 0)
 
         busiest = sorted(shown, key=lambda row: (-busy(row), row.queue))[:OVERVIEW_QUEUES]
         shown = sorted(busiest, key=lambda row: row.queue)
     return Overview(
         now,
-        [QueueRow(queue, now) for queue in shown],
+        [QueueRow(queue, now, paused.get(queue.queue)) for queue in shown],
         QueueRow(summary.total, now),
         more=len(summary.queues) - len(shown),
     )
 
 
 def overview_page(model_admin: ModelAdmin[Any], request: HttpRequest) -> HttpResponse:
-    """The overview, for whoever may view jobs."""
+    """The overview, for whoever may view jobs; a POST pauses or resumes a queue
+    (:func:`.pausing.handle_post`: for whoever may change jobs)."""
+    if request.method == "POST":
+        return handle_post(model_admin, request)
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     context = {
@@ -190,5 +200,6 @@ def overview_page(model_admin: ModelAdmin[Any], request: HttpRequest) -> HttpRes
         "title": "Queue overview",
         "overview": build_overview(timezone.now()),
         "chart_minutes": CHART_MINUTES,
+        "can_pause": can_pause(model_admin, request),
     }
     return TemplateResponse(request, "admin/django_jobqueue/job/overview.html", context)

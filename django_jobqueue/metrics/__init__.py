@@ -11,9 +11,11 @@ Two kinds, from two places:
   web processes of the same host and scrape the view.
 * **Gauges, read from the database at scrape time** by :class:`QueueCollector` (the view
   :func:`django_jobqueue.metrics.views.metrics_view`): ``jobqueue_jobs{queue,status}``,
-  ``jobqueue_oldest_waiting_seconds{queue}``, ``jobqueue_dead_letter_rows{queue}``, and
-  ``jobqueue_live_workers`` once workers record heartbeats. Four grouped queries per scrape
-  (:mod:`django_jobqueue.stats`), none of them a full count: queued and running jobs are
+  ``jobqueue_oldest_waiting_seconds{queue}``, ``jobqueue_dead_letter_rows{queue}``,
+  ``jobqueue_queue_paused{queue}`` (1 for each paused queue, with its ``reason`` and
+  ``paused_by`` in ``jobqueue_queue_paused_info``), and ``jobqueue_live_workers`` once
+  workers record heartbeats. Four grouped queries per scrape (:mod:`django_jobqueue.stats`)
+  and one of the pause table, none of them a full count: queued and running jobs are
   counted exactly through their partial indexes; finished jobs up to
   :data:`FINISHED_COUNT_CAP` (``jobqueue_jobs_capped`` is 1 when the cap was hit).
 """
@@ -29,6 +31,7 @@ from django.utils import timezone
 
 from .. import stats
 from ..base import ACTIVE, Status
+from ..pauses import paused_queues
 
 try:
     import prometheus_client
@@ -101,11 +104,37 @@ class QueueCollector:
         for queue, n in sorted(stats.dead_letter_counts(using=self.using).items()):
             letters.add_metric([queue], n)
         yield letters
+        yield from self._paused(counted, waiting)
         live = live_workers(self.using)
         if live is not None:
             yield GaugeMetricFamily(
                 "jobqueue_live_workers", "Workers with a recent heartbeat.", value=live
             )
+
+    def _paused(self, counted: list[stats.QueueCounts], waiting: dict[str, Any]) -> Iterator[Any]:
+        """``jobqueue_queue_paused``: 1 per paused queue, 0 for every other queue seen (so an
+        alert can fire on ``== 1``), and the pause's reason and author as an info metric."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        pauses = paused_queues(self.using)
+        gauge = GaugeMetricFamily(
+            "jobqueue_queue_paused",
+            "1 if the queue is paused (workers start none of its jobs), else 0.",
+            labels=["queue"],
+        )
+        info = GaugeMetricFamily(
+            "jobqueue_queue_paused_info",
+            "1 per paused queue, with who paused it, why, and when (a Unix time).",
+            labels=["queue", "reason", "paused_by", "paused_at"],
+        )
+        for queue in sorted({row.queue for row in counted} | set(waiting) | set(pauses)):
+            pause = pauses.get(queue)
+            gauge.add_metric([queue], 1 if pause is not None else 0)
+            if pause is not None:
+                at = f"{pause.paused_at.timestamp():.0f}"
+                info.add_metric([queue, pause.reason, pause.paused_by, at], 1)
+        yield gauge
+        yield info
 
 
 def live_workers(using: str | None = None) -> int | None:

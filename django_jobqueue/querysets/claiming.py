@@ -96,13 +96,23 @@ class ClaimingQuerySet(SQLQuerySet):
         limit_key: str | None = None,
     ) -> tuple[str, list[Any]]:
         """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``
-        for jobs without a limit, by ``djq_limit_queued`` for one key's jobs."""
+        for jobs without a limit, by ``djq_limit_queued`` for one key's jobs.
+
+        A job of a paused queue (a ``QueuePause`` row) is never selected. The condition is an
+        uncorrelated ``NOT IN (SELECT ...)``: the database reads the small pause table once
+        per claim (a hashed subplan on PostgreSQL) and filters the rows the claim index
+        yields, so the plan stays the index's whatever that table's statistics say (a
+        correlated ``NOT EXISTS`` becomes an anti-join that PostgreSQL may plan as a hash
+        join over a sequential scan). A pause thus holds from the next claim of every worker
+        and costs no statement of its own."""
         queue_filter = "AND c.queue = %s " if queue is not None else ""
         key_filter = "AND c.limit_key IS NULL " if limit_key is None else "AND c.limit_key = %s "
+        pauses = self._pause_table(sql)
         select = (
             f"SELECT c.id FROM {sql.table} c "
             f"WHERE c.status = {_QUEUED} {key_filter}{queue_filter}"
             "AND (c.run_after IS NULL OR c.run_after <= %s) "
+            f"AND c.queue NOT IN (SELECT p.queue FROM {pauses} p) "
             f"AND (c.{sql.group} IS NULL OR NOT EXISTS ("
             f"SELECT 1 FROM {sql.table} g WHERE g.{sql.group} = c.{sql.group} "
             f"AND g.status IN ({_QUEUED}, {_RUNNING}) "
@@ -112,6 +122,26 @@ class ClaimingQuerySet(SQLQuerySet):
         params: list[Any] = [] if limit_key is None else [limit_key]
         params += [queue] if queue is not None else []
         return select, [*params, sql.prep("run_after", now), limit]
+
+    @staticmethod
+    def _pause_table(sql: _SQL) -> str:
+        """The quoted table of ``QueuePause`` (through the app registry: no import of
+        :mod:`..models` here)."""
+        meta = sql.model._meta
+        model = meta.apps.get_model(meta.app_label, "QueuePause")
+        return str(sql.connection.ops.quote_name(model._meta.db_table))
+
+    def paused_among(self, queues: Sequence[str]) -> set[str]:
+        """Those of ``queues`` that are paused (one primary-key lookup per queue)."""
+        if not queues:
+            return set()
+        sql = self._sql()
+        rows = sql.execute(
+            f"SELECT queue FROM {self._pause_table(sql)} WHERE queue IN "
+            f"({', '.join(['%s'] * len(queues))})",
+            list(queues),
+        )
+        return {str(row[0]) for row in rows}
 
     def explain_claim(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models
@@ -10,6 +10,35 @@ from django.db import models
 
 class DeadLetterQuerySet(models.QuerySet[Any]):
     """Dead letters; requeueing lives in :mod:`django_jobqueue.deadletters`."""
+
+    def prune(self, now: datetime, *, ttl: float | None, keep: int | None, limit: int) -> int:
+        """Delete at most ``limit`` dead letters, oldest first: those that failed ``ttl``
+        seconds or more before ``now``, then those beyond the newest ``keep`` (None: no
+        such bound); return how many. Callers repeat it while it returns ``limit``.
+
+        Read through the ``failed_at`` index: the ``keep`` bound steps over the newest
+        ``keep`` entries of it to find the newest dead letter beyond it. A dead letter is
+        only a record: deleting it never touches a job (a requeued job's dead letter is
+        gone already).
+        """
+        chosen = list(self.expired(now, ttl=ttl, keep=keep).values_list("pk", flat=True)[:limit])
+        if not chosen:
+            return 0
+        deleted, _ = self.filter(pk__in=chosen).order_by().delete()
+        return deleted
+
+    def expired(self, now: datetime, *, ttl: float | None, keep: int | None) -> Any:
+        """The dead letters :meth:`prune` deletes, oldest first (one query for ``keep``)."""
+        doomed = models.Q(pk__in=[])
+        if ttl is not None:
+            doomed |= models.Q(failed_at__lte=now - timedelta(seconds=ttl))
+        if keep is not None:
+            newest = self.order_by("-failed_at", "-id").values_list("failed_at", "id")
+            boundary = list(newest[keep : keep + 1])
+            if boundary:
+                at, pk = boundary[0]
+                doomed |= models.Q(failed_at__lt=at) | models.Q(failed_at=at, id__lte=pk)
+        return self.filter(doomed).order_by("failed_at", "id")
 
 
 class ScheduleQuerySet(models.QuerySet[Any]):

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
+from .. import conf
 from ..base import DEAD_LETTER_FIELDS, ClaimedJob, Status
 from .sql import (
     _CANCELLED,
@@ -23,6 +24,19 @@ from .sql import (
     SQLQuerySet,
     _append_attempt_sql,
 )
+
+#: ``expires_at`` of a job ending with an outcome (two parameters: the expiry by
+#: ``RESULT_TTL``'s time for that outcome, and by the job's own ``result_ttl``): a job with
+#: ``ttl_by_outcome`` is kept for its outcome's time (see :func:`_kept_until`).
+_BY_OUTCOME = "CASE WHEN ttl_by_outcome THEN %s ELSE %s END"
+
+
+def _kept_until(sql: _SQL, outcome: str, now: datetime, result_ttl: int) -> list[Any]:
+    """The parameters of :data:`_BY_OUTCOME` for a job that ends ``outcome`` at ``now``."""
+    return [
+        sql.prep("expires_at", now + timedelta(seconds=conf.result_ttl(outcome))),
+        sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+    ]
 
 
 class Completed(dict[int, bool]):
@@ -50,15 +64,20 @@ def _completion(
 ) -> tuple[str, list[Any]]:
     """The UPDATE that completes the runs ``fenced`` (``RETURNING id, notify, status``):
     :meth:`~OutcomesQuerySet.complete`'s statement, and the first step of
-    :meth:`~OutcomesQuerySet.complete_with_results`' on PostgreSQL."""
+    :meth:`~OutcomesQuerySet.complete_with_results`' on PostgreSQL. ``expires_at`` is the
+    completed runs'; a run that ends ``cancelled`` with ``ttl_by_outcome`` is kept for
+    ``RESULT_TTL``'s cancelled time."""
     where, params = sql.pairs(fenced)
+    cancelled = now + timedelta(seconds=conf.result_ttl(Status.CANCELLED.value))
     return (
-        f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
+        f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = "
+        "CASE WHEN cancel_requested AND ttl_by_outcome THEN %s ELSE %s END, "
         "lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
         f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
         "RETURNING id, notify, status",
         [
             sql.prep("finished_at", now),
+            sql.prep("expires_at", cancelled),
             sql.prep("expires_at", expires_at),
             CANCELLED_ERROR,
             *params,
@@ -144,7 +163,8 @@ class OutcomesQuerySet(SQLQuerySet):
         (``"queued"``) and whether someone waits for it, or None if the run is not ours.
 
         A run someone asked to stop (``cancel_requested``) ends ``cancelled`` instead (its
-        outcome kept ``result_ttl`` seconds from ``now``), in the same statement.
+        outcome kept ``result_ttl`` seconds from ``now``, or ``RESULT_TTL``'s cancelled time
+        with ``ttl_by_outcome``), in the same statement.
         ``lease_expired_before``: only if the run's lease expired before then (reaping a run
         whose worker stopped renewing it, never one that renewed it meanwhile).
         ``exception_path`` and ``traceback`` go to a task's ``attempt_log`` (in the same
@@ -156,7 +176,7 @@ class OutcomesQuerySet(SQLQuerySet):
         params: list[Any] = [
             sql.prep("run_after", run_after),
             sql.prep("finished_at", now),
-            sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+            *_kept_until(sql, Status.CANCELLED.value, now, result_ttl),
             CANCELLED_ERROR,
             error,
             exception_path,
@@ -172,7 +192,7 @@ class OutcomesQuerySet(SQLQuerySet):
             f"status = CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_QUEUED} END, "
             "run_after = CASE WHEN cancel_requested THEN run_after ELSE %s END, "
             "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
-            "expires_at = CASE WHEN cancel_requested THEN %s ELSE expires_at END, "
+            f"expires_at = CASE WHEN cancel_requested THEN {_BY_OUTCOME} ELSE expires_at END, "
             "last_error = CASE WHEN cancel_requested THEN %s ELSE %s END, "
             f"attempt_log = {_append_attempt_sql(sql.vendor)}, "
             "lease_expires_at = NULL, worker = '' "
@@ -196,14 +216,15 @@ class OutcomesQuerySet(SQLQuerySet):
         ``lease_expired_before``, its lease did not expire before then)."""
         sql = self._sql()
         found = sql.execute(
-            f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, expires_at = %s, "
+            f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, "
+            f"expires_at = {_BY_OUTCOME}, "
             "lease_expires_at = NULL, last_error = %s WHERE id = %s AND attempts = %s "
             f"AND status = {_RUNNING} AND cancel_requested"
             + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
             + " RETURNING notify",
             [
                 sql.prep("finished_at", now),
-                sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+                *_kept_until(sql, Status.CANCELLED.value, now, result_ttl),
                 CANCELLED_ERROR,
                 job_id,
                 attempts,
@@ -251,7 +272,15 @@ class OutcomesQuerySet(SQLQuerySet):
             if not rows.update(
                 status=Status.FAILED,
                 finished_at=now,
-                expires_at=now + timedelta(seconds=job.result_ttl),
+                expires_at=models.Case(
+                    models.When(
+                        ttl_by_outcome=True,
+                        then=models.Value(
+                            now + timedelta(seconds=conf.result_ttl(Status.FAILED.value))
+                        ),
+                    ),
+                    default=models.Value(now + timedelta(seconds=job.result_ttl)),
+                ),
                 lease_expires_at=None,
                 last_error=error,
                 attempt_log=AppendAttempt(exception_path, trace or error),
@@ -283,7 +312,7 @@ class OutcomesQuerySet(SQLQuerySet):
             rows = sql.execute(
                 f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
                 "last_error = %s WHERE job_id = %s AND status = %s "
-                "RETURNING id, result_ttl, notify, queue",
+                "RETURNING id, result_ttl, notify, queue, ttl_by_outcome",
                 [
                     Status.CANCELLED,
                     sql.prep("finished_at", now),
@@ -293,7 +322,9 @@ class OutcomesQuerySet(SQLQuerySet):
                 ],
             )
             if rows:
-                pk, ttl, notify, queue = rows[0]
+                pk, ttl, notify, queue, by_outcome = rows[0]
+                if by_outcome:
+                    ttl = conf.result_ttl(Status.CANCELLED.value)
                 self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
                 return Cancelled(job_id, str(queue), bool(notify), running_on=None)
             rows = sql.execute(

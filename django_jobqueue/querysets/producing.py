@@ -38,6 +38,7 @@ _CASTS = {
     "limit_key": "::varchar",
     "attempt_log": "::jsonb",
     "trace_context": "::jsonb",
+    "ttl_by_outcome": "::boolean",
 }
 
 

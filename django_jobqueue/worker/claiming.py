@@ -25,6 +25,9 @@ PREFETCH_SECONDS = 0.05
 KEY_BATCH = 50
 #: With no ``LIMITS`` configured, how often to look for jobs whose key lost its entry.
 STRANDED_EVERY = 30.0
+#: While it holds claimed jobs it has not started, how often a worker looks their queues up
+#: among the paused ones (a pause must hold within 2 s: DESIGN.md).
+PAUSE_CHECK_SECONDS = 1.0
 
 
 def default_concurrency() -> int:
@@ -93,6 +96,8 @@ class Claimer:
         self.unmatched: set[str] = set()
         #: Whether the last claim offered the free slots to jobs with a limit first.
         self.limited_first = False
+        #: When the buffered jobs' queues are next looked up among the paused ones.
+        self.next_pause_check = 0.0
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -222,6 +227,27 @@ class Claimer:
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
+
+    def release_paused(self, now: float) -> None:
+        """Hand back the buffered (claimed, never started) jobs of queues paused since their
+        claim. The loop calls it before it starts buffered jobs; it looks the pauses up at
+        most every :data:`PAUSE_CHECK_SECONDS` (or ``POLL_INTERVAL``, if shorter), and only
+        while the buffer holds jobs, so a worker that keeps no jobs ahead pays nothing."""
+        if not self.buffer or now < self.next_pause_check:
+            return
+        self.next_pause_check = now + min(PAUSE_CHECK_SECONDS, conf.settings.POLL_INTERVAL)
+        paused = self._jobs().paused_among(sorted({job.queue for job in self.buffer}))
+        if not paused:
+            return
+        held = [job for job in self.buffer if job.queue in paused]
+        self._jobs().release([job.fence for job in held])
+        self.drop(job.id for job in held)
+        logger.info(
+            "worker name=%s: handed back %d claimed jobs of paused queues %s",
+            self.worker,
+            len(held),
+            ",".join(sorted(paused)),
+        )
 
     def _limits_configured(self) -> bool:
         """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it

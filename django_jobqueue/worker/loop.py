@@ -215,6 +215,7 @@ class Worker:
                     self._enforce_time_limits(now)
                 connection.prepare()
                 if not self._stopping:
+                    claimer.release_paused(now)  # jobs of a queue paused since their claim
                     self._start_buffered()  # refill finished slots before the writes
                 write_progress(self._runner, self.using, now)
                 self._writer.flush()

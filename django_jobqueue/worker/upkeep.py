@@ -13,7 +13,7 @@ from typing import Protocol
 
 from .. import clock, conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Ending, Status
-from ..models import Job
+from ..models import DeadLetter, Job
 from ..notifications import hub
 from ..querysets import JobQuerySet
 from .outcomes import backoff
@@ -179,8 +179,16 @@ class Upkeep:
 
     def prune(self) -> int:
         """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
-        with their results; return how many."""
-        deleted = self._jobs().prune(clock.now(), limit=conf.settings.PRUNE_BATCH)
+        with their results, and one of dead letters past ``DEAD_LETTER_TTL`` or beyond
+        ``DEAD_LETTER_MAX`` (no statement when both are None); return the larger count."""
+        now, batch = clock.now(), conf.settings.PRUNE_BATCH
+        deleted = self._jobs().prune(now, limit=batch)
         if deleted:
             logger.debug("pruned %d finished jobs past their result_ttl", deleted)
-        return deleted
+        ttl, keep = conf.settings.DEAD_LETTER_TTL, conf.settings.DEAD_LETTER_MAX
+        if ttl is None and keep is None:
+            return deleted
+        letters = DeadLetter.objects.using(self.using).prune(now, ttl=ttl, keep=keep, limit=batch)
+        if letters:
+            logger.info("pruned %d dead letters (DEAD_LETTER_TTL, DEAD_LETTER_MAX)", letters)
+        return max(deleted, letters)

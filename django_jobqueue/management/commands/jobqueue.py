@@ -1,5 +1,6 @@
 """``manage.py jobqueue``: the operator's command. ``status``, ``health``, ``prune``,
-``dead-letters``, ``requeue`` and ``cancel``; ``manage.py jobqueue SUBCOMMAND --help`` for each.
+``dead-letters``, ``requeue``, ``cancel``, ``pause`` and ``resume``;
+``manage.py jobqueue SUBCOMMAND --help`` for each.
 
 Every subcommand reads through :mod:`django_jobqueue.stats` or the library's own verbs
 (:meth:`JobQuerySet.prune`, :func:`deadletters.requeue_report`, :func:`control.cancel_queued`),
@@ -13,8 +14,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,10 +25,15 @@ from django.utils import timezone
 from django_jobqueue import conf, stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.control import cancel_queued
+from django_jobqueue.deadletters import prune as prune_dead_letters
 from django_jobqueue.deadletters import requeue_report
+from django_jobqueue.management import pausing
+from django_jobqueue.management.pausing import queue_name as _queue
+from django_jobqueue.management.statusreport import age as _age
+from django_jobqueue.management.statusreport import render_status, status_report
+from django_jobqueue.management.statusreport import table as _table
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
-from django_jobqueue.options import check_queue
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -38,9 +43,6 @@ NO_LIVE_WORKER = 5
 
 #: Dead letters requeued per transaction by ``jobqueue requeue``.
 REQUEUE_BATCH = 500
-
-#: ``status`` looks at this many minutes of finished jobs: the last full one and this one.
-_STATUS_MINUTES = 2
 
 
 def _seconds(value: str) -> float:
@@ -61,23 +63,6 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
-
-
-def _queue(value: str) -> str:
-    try:
-        return check_queue(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
@@ -149,9 +134,9 @@ def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
         help="Delete finished jobs past their result_ttl, with their results.",
         description="Delete finished jobs (completed, failed, cancelled) past their "
         "result_ttl, with their results, in batches of PRUNE_BATCH rows, each in its own "
-        "short transaction, until none is left. Workers do the same continuously; this "
-        "is for catching up or for a deployment without workers running. Dead letters "
-        "are kept.",
+        "short transaction, until none is left; then dead letters past DEAD_LETTER_TTL or "
+        "beyond DEAD_LETTER_MAX, oldest first (kept when both are None). Workers do the "
+        "same continuously; this is for catching up or for a deployment without workers.",
     )
     prune.add_argument(
         "--older-than",
@@ -216,6 +201,7 @@ def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
     cancel.add_argument(
         "--dry-run", action="store_true", help="Count what would be cancelled; change nothing."
     )
+    pausing.declare(sub)
     return sub
 
 
@@ -224,7 +210,8 @@ class Command(BaseCommand):
         "Operate the job queue: status (counts, oldest waiting job, throughput), health "
         "(an exit code for monitoring), prune (delete finished jobs past their result_ttl), "
         "dead-letters (list them), requeue (dead letters, by name, queue or id), cancel "
-        "(queued jobs of a queue). 'manage.py jobqueue SUBCOMMAND --help' for each."
+        "(queued jobs of a queue), pause and resume (a queue). "
+        "'manage.py jobqueue SUBCOMMAND --help' for each."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -277,10 +264,11 @@ class Command(BaseCommand):
         waiting = stats.oldest_waiting(now)
         wanted = options["queues"]
         limit = options["max_waiting"]
+        paused = pausing.paused_report(now)  # their jobs wait on purpose: not backed up
         late = {
             queue: stats.waited_seconds(since, now) or 0.0
             for queue, since in waiting.items()
-            if (not wanted or queue in wanted)
+            if (not wanted or queue in wanted) and queue not in {p["queue"] for p in paused}
         }
         live = live_workers()
         if live is not None and live < options["min_workers"]:
@@ -302,6 +290,8 @@ class Command(BaseCommand):
             f"healthy: oldest ready job waited {_age(oldest)} (limit {limit:g}s), "
             f"live workers {workers}"
         )
+        for line in pausing.render(paused):
+            self.stdout.write(line)
 
     # -- prune -----------------------------------------------------------------------------
 
@@ -322,7 +312,9 @@ class Command(BaseCommand):
                 if before is None
                 else rows.filter(finished_at__lte=before)
             )
-            self.stdout.write(f"would delete {rows.count()} {what}")
+            letters = prune_dead_letters(now, dry_run=True)
+            more = "" if letters is None else f", and {letters} dead letters"
+            self.stdout.write(f"would delete {rows.count()} {what}{more}")
             return
         batch = conf.settings.PRUNE_BATCH
         total = 0
@@ -331,7 +323,9 @@ class Command(BaseCommand):
             total += deleted
             if deleted < batch:
                 break
-        self.stdout.write(f"deleted {total} {what}, with their results")
+        letters = prune_dead_letters(now)
+        more = "" if letters is None else f", and {letters} dead letters"
+        self.stdout.write(f"deleted {total} {what}, with their results{more}")
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -410,6 +404,12 @@ class Command(BaseCommand):
         if missing:  # an explicit job id that is no dead letter: a mistake worth an exit code
             raise CommandError(f"no dead letter for job id(s) {', '.join(map(repr, missing))}")
 
+    def _pause(self, options: dict[str, Any]) -> None:
+        pausing.pause(options, self.stdout.write)
+
+    def _resume(self, options: dict[str, Any]) -> None:
+        pausing.resume(options, self.stdout.write)
+
     # -- cancel ----------------------------------------------------------------------------
 
     def _cancel(self, options: dict[str, Any]) -> None:
@@ -421,78 +421,3 @@ class Command(BaseCommand):
             return
         cancelled = cancel_queued(options["queue"], name=options["name"])
         self.stdout.write(f"cancelled {cancelled} queued jobs of queue {options['queue']!r}")
-
-
-def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
-    rows = [headers, *rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict[str, Any]:
-    """What ``jobqueue status --json`` prints: one entry per queue (``queues``: only those)."""
-    cap = stats.FINISHED_COUNT_CAP
-    found = stats.summary(
-        now, queues=queues or (), only=queues is not None, minutes=_STATUS_MINUTES, cap=cap
-    )
-
-    def entry(row: stats.QueueSummary) -> dict[str, Any]:
-        assert row.throughput is not None
-        last_minute, this_minute = row.throughput.per_minute[-2:]
-        return {
-            "queue": row.queue,
-            "counts": {status: row.counts.get(status, 0) for status in Status.values},
-            "finished_capped": row.capped,
-            "oldest_waiting_seconds": stats.waited_seconds(row.waiting_since, now),
-            "finished_last_minute": sum(last_minute),
-            "finished_this_minute": sum(this_minute),
-            "dead_letters": row.dead_letters,
-        }
-
-    total = entry(found.total)
-    del total["queue"]
-    return {
-        "time": now.isoformat(),
-        "queues": [entry(row) for row in found.queues],
-        "total": total,
-        "live_workers": live_workers(),
-        "finished_count_cap": cap,
-        "exact": list(ACTIVE),
-    }
-
-
-def render_status(report: dict[str, Any]) -> str:
-    """The text of ``jobqueue status``."""
-    statuses = Status.values
-
-    def row(name: str, entry: dict[str, Any]) -> list[str]:
-        counts = [
-            f"{entry['counts'][s]:,}" + ("+" if entry["finished_capped"] and s in FINISHED else "")
-            for s in statuses
-        ]
-        return [
-            name,
-            *counts,
-            _age(entry["oldest_waiting_seconds"]),
-            f"{entry['finished_last_minute']:,}",
-            f"{entry['dead_letters']:,}",
-        ]
-
-    headers = ["queue", *statuses, "oldest waiting", "finished/min", "dead letters"]
-    lines = [row(e["queue"], e) for e in report["queues"]]
-    lines.append(row("(all)", report["total"]))
-    live = report["live_workers"]
-    cap = report["finished_count_cap"]
-    return "\n".join(
-        [
-            f"django-jobqueue at {report['time'][:19]} UTC",
-            _table(headers, lines),
-            "",
-            "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
-            f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
-            f"{cap:,} ('+': more); finished/min is the last full minute.",
-        ]
-    )

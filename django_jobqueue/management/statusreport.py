@@ -1,0 +1,107 @@
+"""``manage.py jobqueue status``: its report (``--json``) and its text, read through
+:mod:`django_jobqueue.stats` and the pauses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django_jobqueue import stats
+from django_jobqueue.base import ACTIVE, FINISHED, Status
+from django_jobqueue.management import pausing
+from django_jobqueue.metrics import live_workers
+
+#: ``status`` looks at this many minutes of finished jobs: the last full one and this one.
+_STATUS_MINUTES = 2
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def table(headers: list[str], rows: Iterable[list[str]]) -> str:
+    rows = [headers, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict[str, Any]:
+    """What ``jobqueue status --json`` prints: one entry per queue (``queues``: only those)."""
+    cap = stats.FINISHED_COUNT_CAP
+    paused = pausing.paused_report(now)
+    # Every queue (a paused one listed, even empty), or only those asked for.
+    shown = list(queues) if queues is not None else [p["queue"] for p in paused]
+    found = stats.summary(
+        now, queues=shown, only=queues is not None, minutes=_STATUS_MINUTES, cap=cap
+    )
+
+    def entry(row: stats.QueueSummary) -> dict[str, Any]:
+        assert row.throughput is not None
+        last_minute, this_minute = row.throughput.per_minute[-2:]
+        return {
+            "queue": row.queue,
+            "counts": {status: row.counts.get(status, 0) for status in Status.values},
+            "finished_capped": row.capped,
+            "oldest_waiting_seconds": stats.waited_seconds(row.waiting_since, now),
+            "finished_last_minute": sum(last_minute),
+            "finished_this_minute": sum(this_minute),
+            "dead_letters": row.dead_letters,
+            "paused": row.queue in {p["queue"] for p in paused},
+        }
+
+    total = entry(found.total)
+    del total["queue"], total["paused"]
+    return {
+        "time": now.isoformat(),
+        "queues": [entry(row) for row in found.queues],
+        "total": total,
+        "live_workers": live_workers(),
+        "finished_count_cap": cap,
+        "exact": list(ACTIVE),
+        "paused": paused,
+    }
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """The text of ``jobqueue status``."""
+    statuses = Status.values
+
+    def row(name: str, entry: dict[str, Any]) -> list[str]:
+        counts = [
+            f"{entry['counts'][s]:,}" + ("+" if entry["finished_capped"] and s in FINISHED else "")
+            for s in statuses
+        ]
+        return [
+            name,
+            *counts,
+            age(entry["oldest_waiting_seconds"]),
+            f"{entry['finished_last_minute']:,}",
+            f"{entry['dead_letters']:,}",
+        ]
+
+    headers = ["queue", *statuses, "oldest waiting", "finished/min", "dead letters"]
+    lines = [row(e["queue"] + (" (paused)" if e["paused"] else ""), e) for e in report["queues"]]
+    lines.append(row("(all)", report["total"]))
+    live = report["live_workers"]
+    cap = report["finished_count_cap"]
+    return "\n".join(
+        [
+            f"django-jobqueue at {report['time'][:19]} UTC",
+            table(headers, lines),
+            "",
+            "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
+            *pausing.render(report["paused"]),
+            f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
+            f"{cap:,} ('+': more); finished/min is the last full minute.",
+        ]
+    )
