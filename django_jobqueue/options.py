@@ -13,6 +13,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from . import conf
 from .exceptions import InvalidJobError
 from .limits import LimitConfigError, rule_for
 
@@ -179,12 +180,20 @@ def check_run_after(value: Any) -> timedelta | datetime | None:
 
 
 def check_timeout(value: Any) -> float | None:
+    """None (``WAIT_TIMEOUT`` decides) or a positive number of seconds, at most the bound of
+    ``WAIT_TIMEOUT`` (a day): a longer wait is a mistake, and one past what the platform's
+    timers hold (about 1e12 s) would only fail after the job was written."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidJobError(f"timeout must be a positive number of seconds, not {value!r}.")
-    if value != value or value == float("inf"):
-        raise InvalidJobError(f"timeout must be a finite number of seconds, not {value!r}.")
+    maximum = conf.BOUNDS["WAIT_TIMEOUT"][2]
+    if value != value or not value <= maximum:
+        raise InvalidJobError(
+            f"timeout must be a finite number of seconds up to {maximum:g} (a day, as "
+            f"JOBQUEUE['WAIT_TIMEOUT']), not {value!r}; a job that takes longer is better "
+            "enqueued without waiting, and its handle read later."
+        )
     return float(value)
 
 

@@ -1,0 +1,80 @@
+"""Issue 22, the low findings and the partial fixes (items 7 to 17): each test failed on the
+code before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import transaction
+
+from django_jobqueue import InvalidJobError, cancel, get_job
+from django_jobqueue.models import Job
+from django_jobqueue.notifications import hub
+from tests.testapp.jobs import add
+
+pytestmark = pytest.mark.django_db
+
+
+# -- 14: cancel() inside atomic() notifies waiters after the commit ----------------------------
+
+
+def test_cancel_inside_atomic_tells_the_waiters_only_after_the_commit(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    handle = add.enqueue(1, 2)
+    Job.objects.filter(job_id=handle.id).update(notify=True)  # someone waits for it
+    told: list[list[str]] = []
+    monkeypatch.setattr(hub(), "job_finished", lambda ids, completed=None: told.append(list(ids)))
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        assert cancel(handle.id)
+        assert told == []  # a waiter told now would read "queued" (or a rolled-back cancel)
+    assert told == [[handle.id]]
+
+
+def test_a_rolled_back_cancel_tells_no_waiter(monkeypatch, django_capture_on_commit_callbacks):
+    handle = add.enqueue(1, 2)
+    Job.objects.filter(job_id=handle.id).update(notify=True)
+    told: list[list[str]] = []
+    monkeypatch.setattr(hub(), "job_finished", lambda ids, completed=None: told.append(list(ids)))
+    with django_capture_on_commit_callbacks(execute=True):
+        try:
+            with transaction.atomic():
+                assert cancel(handle.id)
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+    assert told == []
+    assert get_job(handle.id).status == "queued"
+
+
+# -- 15: status --watch takes a bounded interval ---------------------------------------------
+
+
+@pytest.mark.parametrize("interval", ["0", "0.01", "1e9"])
+def test_status_watch_refuses_an_interval_out_of_bounds(interval, monkeypatch):
+    def ctrl_c(seconds: float) -> None:  # an interval accepted by mistake: end the loop
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("django_jobqueue.management.commands.jobqueue.time.sleep", ctrl_c)
+    with pytest.raises(CommandError, match=r"from 0\.5 to 86400"):
+        call_command("jobqueue", "status", "--watch", interval)
+
+
+# -- 16: a timeout is bounded at the call site, before anything is written --------------------
+
+
+@pytest.mark.parametrize("timeout", [1e12, 1.7e308, 86_401, float("inf")])
+def test_a_huge_timeout_is_refused_before_the_job_is_written(timeout):
+    with pytest.raises(InvalidJobError, match=r"timeout must be .* up to 86400"):
+        add.using(timeout=timeout).enqueue_and_wait(1, 2)
+    with pytest.raises(InvalidJobError, match=r"up to 86400"):
+        add.using(job_id="calc-huge", timeout=timeout).enqueue_and_wait(1, 2)
+    assert not Job.objects.exists()
+    handle = add.enqueue(1, 2)
+    with pytest.raises(InvalidJobError, match=r"up to 86400"):
+        handle.wait(timeout=timeout)
+
+
+def test_a_day_is_still_a_valid_timeout():
+    assert add.using(timeout=86_400).timeout == 86_400
