@@ -7,6 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.urls import reverse
 
 from django_jobqueue import InvalidJobError, cancel, get_job
 from django_jobqueue.models import Job
@@ -78,3 +79,36 @@ def test_a_huge_timeout_is_refused_before_the_job_is_written(timeout):
 
 def test_a_day_is_still_a_valid_timeout():
     assert add.using(timeout=86_400).timeout == 86_400
+
+
+# -- 17: a NUL in the admin's filters, search and object ids finds nothing ---------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "job/?queue=%00",
+        "job/?name=%00",
+        "job/?q=%00",
+        "job/?queue=a%00b&status=queued",
+        "deadletter/?queue=%00",
+        "deadletter/?name=%00",
+        "deadletter/?q=a%00",
+        "workerheartbeat/?host=%00",
+        "workerheartbeat/?q=%00",
+        "schedule/?q=%00",
+    ],
+)
+def test_a_nul_in_an_admin_filter_or_search_lists_nothing(admin_client, path):
+    add.enqueue(1, 2)
+    response = admin_client.get(reverse("admin:index") + "django_jobqueue/" + path)
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 0
+
+
+@pytest.mark.parametrize("model", ["job", "deadletter"])
+@pytest.mark.parametrize("suffix", ["change/", "delete/", "history/"])
+def test_a_nul_in_an_object_id_is_an_object_that_does_not_exist(admin_client, model, suffix):
+    add.enqueue(1, 2)
+    response = admin_client.get(reverse("admin:index") + f"django_jobqueue/{model}/a%00b/{suffix}")
+    assert response.status_code in (302, 404)  # the admin's answer for a missing object
