@@ -3,15 +3,18 @@ code before its fix."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
 from django.urls import reverse
 
-from django_jobqueue import InvalidJobError, cancel, get_job
+from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job
 from django_jobqueue.models import Job
 from django_jobqueue.notifications import hub
+from django_jobqueue.serialization import check_json
 from tests.testapp.jobs import add
 
 pytestmark = pytest.mark.django_db
@@ -112,3 +115,31 @@ def test_a_nul_in_an_object_id_is_an_object_that_does_not_exist(admin_client, mo
     add.enqueue(1, 2)
     response = admin_client.get(reverse("admin:index") + f"django_jobqueue/{model}/a%00b/{suffix}")
     assert response.status_code in (302, 404)  # the admin's answer for a missing object
+
+
+# -- 11: size limits count the bytes of the JSON sent, escapes included ------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "é" * 400,  # 400 characters, 800 bytes of UTF-8, 2,402 of JSON
+        "\x01" * 300,  # 300 ASCII characters, 1,802 of JSON
+        {"😀" * 100: 1},  # a key of 100 characters, 1,202 of JSON
+        '"\\' * 300,  # 600 characters, 1,202 of JSON
+    ],
+)
+def test_a_size_limit_counts_the_json_sent_not_the_characters(settings, value):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "MAX_ARGS_BYTES": 1024}
+    assert len(json.dumps([value])) > 1024
+    with pytest.raises(SerializationError, match="MAX_ARGS_BYTES"):
+        add.enqueue(value, 1)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["é", {"k\n": 'a"b', "😀": ["\\", "\x7f", "plain", "\u2028"]}, "x"], "é" * 400, [[], {}]],
+)
+def test_the_size_checked_is_that_of_json_dumps(value):
+    assert check_json(value) == len(json.dumps(value))
