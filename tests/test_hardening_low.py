@@ -4,18 +4,22 @@ code before its fix."""
 from __future__ import annotations
 
 import json
+import threading
+from types import SimpleNamespace
 
+import django
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import transaction
+from django.db import connections, transaction
 from django.urls import reverse
 
-from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job
+from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job, signals
 from django_jobqueue.models import Job
 from django_jobqueue.notifications import hub
 from django_jobqueue.serialization import check_json
-from tests.testapp.jobs import add
+from tests.conftest import wait_until
+from tests.testapp.jobs import GATES, Gate, add
 
 pytestmark = pytest.mark.django_db
 
@@ -143,3 +147,41 @@ def test_a_size_limit_counts_the_json_sent_not_the_characters(settings, value):
 )
 def test_the_size_checked_is_that_of_json_dumps(value):
     assert check_json(value) == len(json.dumps(value))
+
+
+# -- 12: a task's thread that returns after its attempt was recorded leaves nothing behind ----
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_returning_after_its_attempt_ended_leaves_no_entry_behind():
+    pytest.importorskip("django.tasks" if django.VERSION >= (6, 0) else "django_tasks")
+    from django_jobqueue import backend
+    from django_jobqueue.context import current_run
+    from django_jobqueue.registry import registry
+    from tests.testapp.tasks import gated_task
+
+    GATES["late"] = gate = Gate()
+    result = gated_task.enqueue("late")
+    run = registry.get(gated_task.module_path).func
+
+    def attempt() -> None:
+        current_run.set(SimpleNamespace(job_id=result.id))  # as the worker's thread does
+        try:
+            run("late")
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: gate.thread is not None)
+        # The attempt timed out: the worker recorded it, and sent job_finished.
+        signals.job_finished.send(
+            sender=Job, job_id=result.id, ok=False, error="timed out", cancelled=False
+        )
+    finally:
+        gate.open()
+        GATES.pop("late")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result.id not in backend._finishing

@@ -59,3 +59,12 @@ def failing_task(message="boom"):
 def record_task(tag):
     Execution.objects.create(tag=tag, pid=os.getpid())
     return tag
+
+
+@task
+def gated_task(gate):
+    """Block until the test opens the gate (tests.testapp.jobs.GATES)."""
+    from tests.testapp.jobs import GATES
+
+    GATES[gate].wait()
+    return gate
