@@ -13,7 +13,6 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import conf
 from .exceptions import InvalidJobError
 from .limits import LimitConfigError, rule_for
 
@@ -44,6 +43,9 @@ class _Unset:
 #: An option that was not given (distinct from None, which can be a value of its own).
 UNSET = _Unset()
 
+#: The longest wait accepted (``timeout``), in seconds: a year, far below what the
+#: platform's timers hold (``threading.TIMEOUT_MAX``, about 292 years on 64-bit Linux).
+TIMEOUT_MAX = 366 * 86400
 #: The longest time limit accepted, in seconds (a week): a longer one is a mistake.
 TIME_LIMIT_MAX = 7 * 86400
 _QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -180,19 +182,17 @@ def check_run_after(value: Any) -> timedelta | datetime | None:
 
 
 def check_timeout(value: Any) -> float | None:
-    """None (``WAIT_TIMEOUT`` decides) or a positive number of seconds, at most the bound of
-    ``WAIT_TIMEOUT`` (a day): a longer wait is a mistake, and one past what the platform's
-    timers hold (about 1e12 s) would only fail after the job was written."""
+    """None (``WAIT_TIMEOUT`` decides) or a positive number of seconds up to
+    :data:`TIMEOUT_MAX`: checked at the call site, as a longer one would only fail (in the
+    platform's timers) after the job was written."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidJobError(f"timeout must be a positive number of seconds, not {value!r}.")
-    maximum = conf.BOUNDS["WAIT_TIMEOUT"][2]
-    if value != value or not value <= maximum:
+    if value != value or not value <= TIMEOUT_MAX:
         raise InvalidJobError(
-            f"timeout must be a finite number of seconds up to {maximum:g} (a day, as "
-            f"JOBQUEUE['WAIT_TIMEOUT']), not {value!r}; a job that takes longer is better "
-            "enqueued without waiting, and its handle read later."
+            f"timeout must be a finite number of seconds up to {TIMEOUT_MAX} (a year), not "
+            f"{value!r}; for a longer job, enqueue it and read its handle later."
         )
     return float(value)
 

@@ -11,14 +11,14 @@ import django
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.urls import reverse
 
 from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job, signals
 from django_jobqueue.models import Job
 from django_jobqueue.notifications import hub
 from django_jobqueue.serialization import check_json
-from tests.conftest import wait_until
+from tests.conftest import requires_postgres, wait_until
 from tests.testapp.jobs import GATES, Gate, add
 
 pytestmark = pytest.mark.django_db
@@ -72,20 +72,20 @@ def test_status_watch_refuses_an_interval_out_of_bounds(interval, monkeypatch):
 # -- 16: a timeout is bounded at the call site, before anything is written --------------------
 
 
-@pytest.mark.parametrize("timeout", [1e12, 1.7e308, 86_401, float("inf")])
+@pytest.mark.parametrize("timeout", [1e12, 1.7e308, 366 * 86400 + 1, float("inf")])
 def test_a_huge_timeout_is_refused_before_the_job_is_written(timeout):
-    with pytest.raises(InvalidJobError, match=r"timeout must be .* up to 86400"):
+    with pytest.raises(InvalidJobError, match=r"timeout must be .* up to 31622400"):
         add.using(timeout=timeout).enqueue_and_wait(1, 2)
-    with pytest.raises(InvalidJobError, match=r"up to 86400"):
+    with pytest.raises(InvalidJobError, match=r"up to 31622400"):
         add.using(job_id="calc-huge", timeout=timeout).enqueue_and_wait(1, 2)
     assert not Job.objects.exists()
     handle = add.enqueue(1, 2)
-    with pytest.raises(InvalidJobError, match=r"up to 86400"):
+    with pytest.raises(InvalidJobError, match=r"up to 31622400"):
         handle.wait(timeout=timeout)
 
 
-def test_a_day_is_still_a_valid_timeout():
-    assert add.using(timeout=86_400).timeout == 86_400
+def test_a_year_is_still_a_valid_timeout():
+    assert add.using(timeout=366 * 86400).timeout == 366 * 86400
 
 
 # -- 17: a NUL in the admin's filters, search and object ids finds nothing ---------------------
@@ -185,3 +185,57 @@ def test_a_task_returning_after_its_attempt_ended_leaves_no_entry_behind():
     thread.join(10)
     assert not thread.is_alive()
     assert result.id not in backend._finishing
+
+
+# -- 13: watching a job writes its row once, not at every WebSocket connect --------------------
+
+
+def _row_writes(job_id: str) -> int:
+    """How many times the job's row was written so far (a fresh tuple per UPDATE on
+    PostgreSQL; the connection's count of changed rows on SQLite, for this connection)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT xmin::text FROM {Job._meta.db_table} WHERE job_id = %s", [job_id]
+            )
+            return int(cursor.fetchone()[0])
+    return connection.connection.total_changes
+
+
+def test_subscribing_a_job_already_waited_for_writes_nothing():
+    handle = add.enqueue(1, 2)
+    assert Job.objects.subscribe(handle.id) is not None  # the first marks it
+    before = _row_writes(handle.id)
+    for _ in range(3):
+        assert Job.objects.subscribe(handle.id) is None
+    assert _row_writes(handle.id) == before
+    assert Job.objects.get(job_id=handle.id).notify
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_each_websocket_connect_leaves_the_job_row_alone():
+    from asgiref.sync import async_to_sync
+    from channels.routing import URLRouter
+    from channels.testing import WebsocketCommunicator
+
+    from django_jobqueue.routing import websocket_urlpatterns
+
+    handle = add.enqueue(1, 2)
+    token = handle.watch_token()
+
+    async def connect_and_leave() -> None:
+        communicator = WebsocketCommunicator(
+            URLRouter(websocket_urlpatterns), f"/ws/jobqueue/jobs/{token}/"
+        )
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected
+        assert (await communicator.receive_json_from(timeout=10))["status"] == "queued"
+        await communicator.disconnect()
+
+    async_to_sync(connect_and_leave)()
+    assert Job.objects.get(job_id=handle.id).notify
+    before = _row_writes(handle.id)
+    for _ in range(3):
+        async_to_sync(connect_and_leave)()
+    assert _row_writes(handle.id) == before
