@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from types import SimpleNamespace
 
 import django
@@ -13,11 +14,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections, transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job, signals
-from django_jobqueue.models import Job
+from django_jobqueue.models import Job, LimitStart
 from django_jobqueue.notifications import hub
 from django_jobqueue.serialization import check_json
+from django_jobqueue.worker.upkeep import Upkeep
 from tests.conftest import requires_postgres, wait_until
 from tests.testapp.jobs import GATES, Gate, add
 
@@ -239,3 +242,20 @@ def test_each_websocket_connect_leaves_the_job_row_alone():
     for _ in range(3):
         async_to_sync(connect_and_leave)()
     assert _row_writes(handle.id) == before
+
+
+# -- 9: rate-limit starts of keys never claimed again are pruned -------------------------------
+
+
+def test_the_worker_prunes_rate_limit_starts_older_than_any_window():
+    now = timezone.now()
+    LimitStart.objects.bulk_create(
+        [LimitStart(key=f"tenant:{i}", started_at=now - timedelta(hours=2)) for i in range(5)]
+        + [LimitStart(key="tenant:live", started_at=now - timedelta(minutes=50))]
+    )
+    upkeep = Upkeep("default", held=list, lost=print, dead_letter=print)  # type: ignore[arg-type]
+    due = upkeep.next_limit_prune
+    upkeep.periodic(due - 1)  # not yet: a minute after the worker started
+    assert LimitStart.objects.count() == 6
+    upkeep.periodic(due)
+    assert list(LimitStart.objects.values_list("key", flat=True)) == ["tenant:live"]

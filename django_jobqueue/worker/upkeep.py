@@ -13,6 +13,7 @@ from typing import Protocol
 
 from .. import clock, conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Status
+from ..limits import LONGEST_RATE_PERIOD
 from ..models import Job
 from ..notifications import hub
 from ..querysets import JobQuerySet
@@ -24,6 +25,9 @@ REAP_BATCH = 100
 #: While finished jobs wait to be pruned, the share of the main loop's time spent deleting
 #: them; the rest stays for claims and completions.
 PRUNE_SHARE = 0.25
+#: Seconds between two deletions of rate-limit starts of keys no claim deletes any more (the
+#: first one this long after the start): they only take room, so rarely is enough.
+LIMIT_PRUNE_INTERVAL = 60.0
 
 
 class DeadLetterer(Protocol):
@@ -66,6 +70,7 @@ class Upkeep:
         self.next_heartbeat = 0.0
         self.next_reap = 0.0
         self.next_prune = 0.0
+        self.next_limit_prune = time.monotonic() + LIMIT_PRUNE_INTERVAL
         self.next_schedule = 0.0 if schedule is not None else math.inf
 
     def _jobs(self) -> JobQuerySet:
@@ -85,6 +90,9 @@ class Upkeep:
             self.reap()
         if now >= self.next_prune:
             self.prune_step(now)
+        if now >= self.next_limit_prune:
+            self.next_limit_prune = now + LIMIT_PRUNE_INTERVAL
+            self.prune_limit_starts()
         if self.schedule is not None and now >= self.next_schedule:
             self.next_schedule = now + 1.0  # a failing pass is retried a second later
             self.next_schedule = now + self.schedule()
@@ -183,4 +191,13 @@ class Upkeep:
         deleted = self._jobs().prune(clock.now(), limit=int(conf.get("PRUNE_BATCH")))
         if deleted:
             logger.debug("pruned %d finished jobs past their result_ttl", deleted)
+        return deleted
+
+    def prune_limit_starts(self) -> int:
+        """Delete one batch (``PRUNE_BATCH``) of rate-limit starts too old to count for any
+        key (older than :data:`LONGEST_RATE_PERIOD`); return how many."""
+        before = clock.now() - timedelta(seconds=LONGEST_RATE_PERIOD)
+        deleted = self._jobs().prune_limit_starts(before, limit=int(conf.get("PRUNE_BATCH")))
+        if deleted:
+            logger.debug("pruned %d rate-limit starts older than any window", deleted)
         return deleted
