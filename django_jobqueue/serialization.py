@@ -311,6 +311,29 @@ def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any
     return list(positional), dict(keywords)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (controls such as ESC or a
+    newline, format characters such as a bidi override, line separators) written as its
+    Python escape (``\\x1b``, ``\\n``, ``\\u202e``): for a value read from a row (a job id,
+    a name, an error) on its way to a terminal or a log line, which it must not split or
+    recolour. Printable text, of any script, is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def clean_text(text: str, limit: int | None = None) -> str:
     """``text`` made storable in a text column: for error messages and tracebacks.
 

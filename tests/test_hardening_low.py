@@ -3,6 +3,7 @@ code before its fix."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from datetime import timedelta
@@ -15,6 +16,7 @@ from django.core.management.base import CommandError
 from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
+from model_bakery import baker
 
 from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job, signals
 from django_jobqueue.models import Job, LimitStart
@@ -259,3 +261,31 @@ def test_the_worker_prunes_rate_limit_starts_older_than_any_window():
     assert LimitStart.objects.count() == 6
     upkeep.periodic(due)
     assert list(LimitStart.objects.values_list("key", flat=True)) == ["tenant:live"]
+
+
+# -- 10: what a row holds is escaped on its way to a terminal or a log line --------------------
+
+HOSTILE = "\x1b[2J\x1b[31mpwned\nFAKE LOG LINE\u202e"
+
+
+def test_dead_letters_print_escapes_instead_of_terminal_controls():
+    error = "ValueError: \x1b[2J\x1b[31mpwned\u202e\x07"  # the last line: what the list shows
+    baker.make_recipe("tests.dead_letter", job_id="id\x1b[31m", error=error)
+    out = io.StringIO()
+    call_command("jobqueue", "dead-letters", stdout=out)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert "\\x1b[2J\\x1b[31mpwned\\u202e\\x07" in text and "id\\x1b[31m" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_logs_ids_and_names_from_rows_escaped(run_worker, caplog):
+    handle = add.enqueue(1, 2)
+    Job.objects.filter(job_id=handle.id).update(job_id=f"row{HOSTILE}")  # raw, not enqueue
+    with caplog.at_level("INFO", logger="django_jobqueue"):
+        run_worker()
+    lines = [record.getMessage() for record in caplog.records if "row" in record.getMessage()]
+    assert lines, caplog.text
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+        assert "row\\x1b[2J" in line

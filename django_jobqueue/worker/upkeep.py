@@ -17,6 +17,7 @@ from ..limits import LONGEST_RATE_PERIOD
 from ..models import Job
 from ..notifications import hub
 from ..querysets import JobQuerySet
+from ..serialization import printable
 from .outcomes import backoff
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -120,8 +121,8 @@ class Upkeep:
             logger.warning(
                 "lease lost id=%s name=%s attempt=%d: another worker may run it; this run's "
                 "outcome will be discarded",
-                job.job_id,
-                job.name,
+                printable(job.job_id),
+                printable(job.name),
                 job.attempts,
             )
         if lost:
@@ -153,8 +154,8 @@ class Upkeep:
             if requeued is not None and requeued[0] == Status.CANCELLED:
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: cancelled (a cancel was requested)",
-                    job.job_id,
-                    job.name,
+                    printable(job.job_id),
+                    printable(job.name),
                     job.attempts,
                     job.max_attempts,
                 )
@@ -164,8 +165,8 @@ class Upkeep:
                 telemetry.lease_expired_retry(job)
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
-                    job.job_id,
-                    job.name,
+                    printable(job.job_id),
+                    printable(job.name),
                     job.attempts,
                     job.max_attempts,
                 )

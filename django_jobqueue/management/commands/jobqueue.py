@@ -28,6 +28,7 @@ from django_jobqueue.deadletters import requeue_report
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.options import check_queue
+from django_jobqueue.serialization import printable
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -426,7 +427,9 @@ class Command(BaseCommand):
 
 
 def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
-    rows = [headers, *rows]
+    """Aligned columns; what a cell read from a row holds is escaped (``printable``), so an
+    ESC or a newline in a job's error cannot reach the terminal."""
+    rows = [headers, *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
