@@ -6,7 +6,8 @@ outcome last; then it closes with 1000. Close codes:
 
 * ``4403``: no token, a forged, malformed or expired one. Nothing else is sent, and the code
   does not say which of these it was. Do not reconnect with the same token.
-* ``4404``: a valid token, but the job is gone (its outcome expired and was pruned).
+* ``4404``: a valid token, but the job is gone (its outcome expired and was pruned), or its
+  id now names a later run than the one the token was made for.
 * ``1013`` ("try again later"): this process already serves ``JOBQUEUE["MAX_WATCHERS"]``
   sockets. ``watch.js`` then polls the JSON status view instead.
 
@@ -23,10 +24,11 @@ import logging
 import threading
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf, tokens
-from .live import Message, is_final, live_jobs
+from .live import Message, is_final, is_run, live_jobs
 
 logger = logging.getLogger("django_jobqueue")
 
@@ -74,10 +76,14 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
     async def connect(self) -> None:
         await self.accept()
         kwargs = self.scope.get("url_route", {}).get("kwargs", {})
-        job_id = tokens.read(kwargs.get("token"))
-        if job_id is None:
+        watch = tokens.read_watch(kwargs.get("token"))
+        if watch is None:
             await self._close(CLOSE_FORBIDDEN)
             return
+        if not await database_sync_to_async(is_run)(watch):  # a later run of the id
+            await self._close(CLOSE_GONE)
+            return
+        job_id = watch.job_id
         if not _take_slot():
             logger.warning(
                 "live status: refused a watcher of job %s: this process serves "

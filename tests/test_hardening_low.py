@@ -289,3 +289,51 @@ def test_the_worker_logs_ids_and_names_from_rows_escaped(run_worker, caplog):
     for line in lines:
         assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
         assert "row\\x1b[2J" in line
+
+
+# -- 8: a watch token names one run of a job, not every run of its id --------------------------
+
+
+def _later_run(job_id: str) -> None:
+    """Finish the run of ``job_id`` with its outcome expired, and enqueue the id again: a new
+    run (a new row) under the same id."""
+    Job.objects.filter(job_id=job_id).update(
+        status="completed", finished_at=timezone.now(), expires_at=timezone.now()
+    )
+    assert add.using(job_id=job_id).enqueue(5, 5).created
+
+
+def test_a_watch_token_does_not_show_a_later_run_of_its_job_id(client):
+    first = add.using(job_id="reused-id").enqueue(1, 2)
+    token = first.watch_token()
+    url = f"/jobqueue/jobs/{token}/"
+    assert client.get(url).json()["status"] == "queued"
+    _later_run(first.id)
+    response = client.get(url)
+    assert response.status_code == 404 and response.json() == {"error": "gone"}
+    later = get_job(first.id).watch_token()  # the later run's own token shows it
+    assert client.get(f"/jobqueue/jobs/{later}/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_with_the_token_of_an_earlier_run_is_closed_gone():
+    from asgiref.sync import async_to_sync
+    from channels.routing import URLRouter
+    from channels.testing import WebsocketCommunicator
+
+    from django_jobqueue.routing import websocket_urlpatterns
+
+    token = add.using(job_id="reused-ws").enqueue(1, 2).watch_token()
+    _later_run("reused-ws")
+
+    async def close_code() -> int:
+        communicator = WebsocketCommunicator(
+            URLRouter(websocket_urlpatterns), f"/ws/jobqueue/jobs/{token}/"
+        )
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected
+        output = await communicator.receive_output(timeout=10)
+        assert output["type"] == "websocket.close", output  # nothing of the later run sent
+        return output["code"]
+
+    assert async_to_sync(close_code)() == 4404
