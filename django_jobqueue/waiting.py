@@ -1,6 +1,8 @@
 """Request/response over the queue: subscribe, enqueue, wait for "finished", read the database.
 
-A notification only says "look now"; the result always comes from the database, and the
+A notification only says "look now" (or, for a small completed result, carries it signed
+with ``SECRET_KEY``: a message without a valid signature is only a "look now"); the result
+otherwise comes from the database, and the
 process's safety-net poll (:mod:`django_jobqueue.safetynet`: one query per interval for
 every job the process waits for, not one per waiter) reads it too, so a lost notification
 (or no channel layer at all) makes an answer slower, never wrong or missing.

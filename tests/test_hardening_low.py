@@ -21,6 +21,7 @@ from model_bakery import baker
 from django_jobqueue import InvalidJobError, SerializationError, cancel, get_job, signals
 from django_jobqueue.models import Job, LimitStart
 from django_jobqueue.notifications import hub
+from django_jobqueue.notifications.names import finished_message
 from django_jobqueue.serialization import check_json
 from django_jobqueue.worker.upkeep import Upkeep
 from tests.conftest import requires_postgres, wait_until
@@ -337,3 +338,45 @@ def test_a_socket_with_the_token_of_an_earlier_run_is_closed_gone():
         return output["code"]
 
     assert async_to_sync(close_code)() == 4404
+
+
+# -- 7: a result in a "finished" message counts only when signed with SECRET_KEY -------------
+
+
+def _delivered(message: dict) -> tuple[bool, object]:
+    """Pass ``message`` to a waiter of its job, as the process channel does: was it woken,
+    and with which final state (None: it reads the database)."""
+    from django_jobqueue.notifications import Link, ThreadWaiter, Waiters
+
+    waiters = Waiters(Link(None))
+    waiter = ThreadWaiter()
+    waiters.start_subscribe(message["job_id"], waiter)
+    waiters.handle(message)
+    return waiter.event.is_set(), waiter.state
+
+
+def test_a_signed_small_result_reaches_the_waiter():
+    woken, state = _delivered(finished_message("job-7", (1, {"total": 3})))
+    assert woken and state.status == "completed" and state.result == {"total": 3}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda m: {**m, "result": json.dumps({"total": 1_000_000})},  # altered result
+        lambda m: {**m, "attempts": 2},
+        lambda m: {**m, "job_id": "another-job"},  # replayed to another job's waiters
+        lambda m: {k: v for k, v in m.items() if k != "signature"},  # unsigned
+        lambda m: {**m, "signature": "0" * 64},
+        lambda m: {**m, "sent": m["sent"] - 3600},  # an hour-old message replayed
+    ],
+)
+def test_a_forged_result_only_makes_the_waiter_read_the_database(forge):
+    woken, state = _delivered(forge(finished_message("job-7", (1, {"total": 3}))))
+    assert woken and state is None
+
+
+def test_a_result_signed_with_another_secret_key_is_not_taken(settings):
+    message = finished_message("job-7", (1, {"total": 3}))
+    settings.SECRET_KEY = "another-project-" + "x" * 50
+    assert _delivered(message) == (True, None)
