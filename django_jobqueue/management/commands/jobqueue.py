@@ -53,8 +53,7 @@ def _seconds(value: str) -> float:
     return number
 
 
-#: ``status --watch SECONDS``: the shortest and longest redraw intervals accepted. Each
-#: report is a handful of queries over the jobs table: a shorter interval only loads it.
+#: ``status --watch SECONDS``: the redraw intervals accepted (each report is a few queries).
 WATCH_SECONDS = (0.5, 86_400.0)
 
 
@@ -427,8 +426,7 @@ class Command(BaseCommand):
 
 
 def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
-    """Aligned columns; what a cell read from a row holds is escaped (``printable``), so an
-    ESC or a newline in a job's error cannot reach the terminal."""
+    """Aligned columns, each cell escaped by ``printable()`` (no ESC from a row escapes)."""
     rows = [headers, *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
