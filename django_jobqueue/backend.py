@@ -118,10 +118,25 @@ OPTIONS: dict[str, Callable[[Any], Any]] = {
 
 _CANCELLED_PATH = f"{JobCancelledError.__module__}.{JobCancelledError.__qualname__}"
 
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Attempt:
+    """An attempt of a task run in this process, from its start to its ``job_finished``."""
+
+    task: Any
+    #: Set when the task's function returned (``exc`` None) or raised.
+    done: bool = False
+    exc: BaseException | None = None
+
+    def end(self, exc: BaseException | None) -> None:
+        self.exc, self.done = exc, True
+
+
 #: Attempts run in this process whose ``task_finished`` waits for their outcome to be written:
-#: job id -> (the task, the exception it raised or None). Filled by the job's thread, emptied
-#: by the worker's ``job_finished``.
-_finishing: dict[str, tuple[Any, BaseException | None]] = {}
+#: job id -> its attempt. Added when the attempt starts, removed by the worker's
+#: ``job_finished`` whatever happens to the function, so a thread that returns after its
+#: attempt timed out (and was recorded) only ends an attempt nobody holds any more.
+_finishing: dict[str, _Attempt] = {}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -399,13 +414,14 @@ def _runner(task: Task) -> Callable[..., Any]:
             claim = current_run.get()
             if claim is None:
                 return await func(*args, **kwargs)
+            attempt = _finishing[claim.job_id] = _Attempt(task)
             prefix = await sync_to_async(_started)(task, claim.job_id)
             try:
                 value = _stored(await func(*prefix, *args, **kwargs))
             except BaseException as exc:
-                _finishing[claim.job_id] = (task, exc)
+                attempt.end(exc)
                 raise
-            _finishing[claim.job_id] = (task, None)
+            attempt.end(None)
             return value
 
         run_async.__signature__ = signature  # type: ignore[attr-defined]
@@ -416,13 +432,14 @@ def _runner(task: Task) -> Callable[..., Any]:
         claim = current_run.get()
         if claim is None:
             return func(*args, **kwargs)
+        attempt = _finishing[claim.job_id] = _Attempt(task)
         prefix = _started(task, claim.job_id)
         try:
             value = _stored(func(*prefix, *args, **kwargs))
         except BaseException as exc:
-            _finishing[claim.job_id] = (task, exc)
+            attempt.end(exc)
             raise
-        _finishing[claim.job_id] = (task, None)
+        attempt.end(None)
         return value
 
     run.__signature__ = signature  # type: ignore[attr-defined]
@@ -454,11 +471,11 @@ def _job_finished(sender: Any, job_id: str, **kwargs: Any) -> None:
     """After the worker wrote an attempt of a task run here: ``task_finished`` with the
     result as stored (one query; none for ``@job`` jobs). A failed attempt's exception is
     the one being handled while it is sent, so the framework's logger logs its traceback."""
-    pending = _finishing.pop(job_id, None)
-    if pending is None:
+    attempt = _finishing.pop(job_id, None)
+    if attempt is None or not attempt.done:  # not a task, or ended without its function
         return
-    task, exc = pending
-    backend = task.get_backend()
+    exc = attempt.exc
+    backend = attempt.task.get_backend()
     try:
         result = backend.get_result(job_id)
     except TaskResultDoesNotExist:  # pragma: no cover - pruned at once (result_ttl 0)

@@ -8,7 +8,8 @@ which every ASGI server passes on; daphne refuses 1013):
 * ``4403``: no token, a forged, malformed or expired one (also when the token expires while
   the socket is open). Nothing else is sent, and the code does not say which of these it
   was. Do not reconnect with the same token.
-* ``4404``: a valid token, but the job is gone (its outcome expired and was pruned).
+* ``4404``: a valid token, but the job is gone (its outcome expired and was pruned), or its
+  id now names a later run than the one the token was made for.
 * ``4408``: the client did not take a state within ``JOBQUEUE["WATCHER_SEND_TIMEOUT"]``
   seconds (it does not read, or reads too slowly for the states it is sent).
 * ``4429``: this watch token already holds ``JOBQUEUE["MAX_WATCHERS_PER_TOKEN"]`` sockets of
@@ -37,10 +38,11 @@ import time
 from collections import Counter
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf, tokens
-from .live import Message, is_final, live_jobs
+from .live import Message, is_final, is_run, live_jobs
 
 logger = logging.getLogger("django_jobqueue")
 
@@ -120,11 +122,14 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
         await self.accept()
         kwargs = self.scope.get("url_route", {}).get("kwargs", {})
         token = kwargs.get("token")
-        found = tokens.read_with_expiry(token)
-        if found is None:
+        watch = tokens.read_watch(token)
+        if watch is None:
             await self._close(CLOSE_FORBIDDEN)
             return
-        job_id, expires = found
+        if not await database_sync_to_async(is_run)(watch):  # a later run of the id
+            await self._close(CLOSE_GONE)
+            return
+        job_id, expires = watch.job_id, watch.expires
         client = self.scope.get("client")
         address = str(client[0]) if client else None
         refused = _take_slot(token, address)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from asgiref.sync import sync_to_async
 from django.db import router, transaction
@@ -40,8 +41,8 @@ def cancel(job_id: str) -> bool:
     notifier = hub()
     if found.running_on is None:
         logger.info("job id=%r cancelled while queued", job_id)
-        if found.notify:
-            notifier.job_finished([job_id])
+        if found.notify:  # after the commit: a waiter told earlier would read "queued"
+            transaction.on_commit(lambda: notifier.job_finished([job_id]), using=using)
     else:
         logger.info("job id=%r: asked worker %r to stop it", job_id, found.running_on)
         worker = found.running_on
@@ -97,5 +98,5 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
             )
         waited = [row[2] for row in batch if row[3]]
         if waited:
-            notifier.job_finished(waited)
+            transaction.on_commit(partial(notifier.job_finished, waited), using=jobs.db)
         logger.info("cancelled up to %d queued jobs of queue=%r name=%r", len(batch), queue, name)

@@ -167,9 +167,13 @@ class JobHandle:
         ``django_jobqueue.urls``. The token is the job id signed with ``SECRET_KEY``
         (``django.core.signing``) and its expiry: it cannot be made from a guessed id, and
         it stops working after ``max_age`` (a socket already open stays open until the
-        job ends). It is signed, not encrypted: the page can read the job id in it.
+        job ends). It is signed, not encrypted: the page can read the job id in it. It names
+        this run of the job: a later run that reuses the id is not shown with it.
         """
-        return tokens.make(self.id, max_age)
+        run = self._pk
+        if run is None:
+            run = Job.objects.filter(job_id=self.id).values_list("pk", flat=True).first()
+        return tokens.make(self.id, max_age, run=run)
 
     def cancel(self) -> bool:
         """Cancel this job (see :func:`django_jobqueue.cancel`) and refresh the handle.

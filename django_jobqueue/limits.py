@@ -21,6 +21,9 @@ from . import conf
 
 _RATE_RE = re.compile(r"\s*(\d+)\s*/\s*([smh])\s*")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: The longest window a ``rate`` can have, in seconds: a recorded start older than this
+#: counts for no key any more, whatever the settings say now.
+LONGEST_RATE_PERIOD = max(_PERIODS.values())
 #: What a key may be made of: printable, no spaces at the ends, at most 200 characters.
 KEY_MAX_LENGTH = 200
 

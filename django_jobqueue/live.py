@@ -31,6 +31,7 @@ from . import conf
 from .base import FINISHED, Status
 from .models import Job
 from .notifications import Hub, Subscription, Waiter, hub, runtime
+from .tokens import Watch
 
 logger = logging.getLogger("django_jobqueue")
 
@@ -77,6 +78,14 @@ def read_states(job_ids: Sequence[str]) -> dict[str, Message]:
 def read_state(job_id: str) -> Message | None:
     """The message of one job, or None if there is no such job (any more)."""
     return read_states([job_id]).get(job_id)
+
+
+def is_run(watch: Watch) -> bool:
+    """True when the job of ``watch`` still is the run its token named (one index lookup);
+    a token made before tokens named runs names whichever run is there."""
+    if watch.run is None:
+        return True
+    return Job.objects.filter(job_id=watch.job_id, pk=watch.run).exists()
 
 
 def _subscribe_and_read(new: Iterable[str], job_ids: Sequence[str]) -> dict[str, Message]:

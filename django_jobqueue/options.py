@@ -44,6 +44,9 @@ class _Unset:
 #: An option that was not given (distinct from None, which can be a value of its own).
 UNSET = _Unset()
 
+#: The longest wait accepted (``timeout``), in seconds: a year, far below what the
+#: platform's timers hold (``threading.TIMEOUT_MAX``, about 292 years on 64-bit Linux).
+TIMEOUT_MAX = 366 * 86400
 #: The longest time limit accepted, in seconds (a week): a longer one is a mistake.
 TIME_LIMIT_MAX = int(conf.WEEK)
 _QUEUE_RE = conf.QUEUE_NAME
@@ -194,12 +197,18 @@ def check_run_after(value: Any) -> timedelta | datetime | None:
 
 
 def check_timeout(value: Any) -> float | None:
+    """None (``WAIT_TIMEOUT`` decides) or a positive number of seconds up to
+    :data:`TIMEOUT_MAX`: checked at the call site, as a longer one would only fail (in the
+    platform's timers) after the job was written."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidJobError(f"timeout must be a positive number of seconds, not {value!r}.")
-    if value != value or value == float("inf"):
-        raise InvalidJobError(f"timeout must be a finite number of seconds, not {value!r}.")
+    if value != value or not value <= TIMEOUT_MAX:
+        raise InvalidJobError(
+            f"timeout must be a finite number of seconds up to {TIMEOUT_MAX} (a year), not "
+            f"{value!r}; for a longer job, enqueue it and read its handle later."
+        )
     return float(value)
 
 

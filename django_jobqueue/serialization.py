@@ -16,6 +16,7 @@ import math
 import reprlib
 import sys
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii as _json_text
 from typing import Any
 
 from django.db.models import Model, QuerySet
@@ -71,7 +72,8 @@ class _Refused(Exception):
 
 
 def _size(value: Any, depth: int, limit: int) -> int:
-    """The size of ``value`` as JSON text in UTF-8 (escapes not counted); raise _Refused.
+    """The size of ``value`` as the JSON text sent to the database (``json.dumps``: ASCII,
+    each escape counted, so ``"é"`` is 8 bytes and ``"\x01"`` 8); raise _Refused.
 
     ``depth``: how many more lists and dicts may nest here. ``limit``: stop counting (raise
     ``_TOO_BIG``) once a container is larger, so even a shared-reference bomb is cheap.
@@ -79,11 +81,7 @@ def _size(value: Any, depth: int, limit: int) -> int:
     # Exact type checks first: they are the hot path for ordinary arguments.
     kind = type(value)
     if kind is str:
-        if value.isascii():
-            if "\x00" in value:
-                raise _Refused(_NUL)
-            return len(value) + 2
-        return _text_size(value) + 2
+        return _text_size(value)
     if kind is int:
         bits = value.bit_length()
         if bits > _INT_BITS and abs(value) >= _INT_LIMIT:
@@ -129,10 +127,7 @@ def _container_size(value: Any, is_dict: bool, depth: int, limit: int) -> int:
     try:
         if is_dict:
             for key, item in value.items():
-                if type(key) is str and key.isascii() and "\x00" not in key:
-                    size += len(key) + 4
-                else:
-                    size += _key_size(key) + 2
+                size += _key_size(key) + 2
                 size += _size(item, depth, limit) + 2
                 if size > limit:
                     raise _Refused(_TOO_BIG, here=True)
@@ -152,13 +147,18 @@ def _container_size(value: Any, is_dict: bool, depth: int, limit: int) -> int:
 
 
 def _text_size(value: str) -> int:
-    """UTF-8 size of a non-ASCII str; refuse NUL and lone surrogates."""
+    """Size of a str as JSON text, quotes and escapes included (``json.dumps`` writes ASCII:
+    up to 6 bytes per character, 12 outside the BMP); refuse NUL and lone surrogates."""
     if "\x00" in value:
         raise _Refused(_NUL)
-    try:
-        return len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise _Refused(_SURROGATE) from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(_SURROGATE) from None
+    elif value.isprintable() and '"' not in value and "\\" not in value:
+        return len(value) + 2  # the common case: nothing to escape
+    return len(_json_text(value))
 
 
 def _key_size(key: Any) -> int:
@@ -169,7 +169,7 @@ def _key_size(key: Any) -> int:
             here=True,
         )
     try:
-        return _text_size(key) + 2
+        return _text_size(key)
     except _Refused as exc:
         exc.segments.append(f" key {_key_repr(key)}")
         exc.here = True
@@ -256,9 +256,9 @@ def check_json(value: Any, path: str = "value", *, max_bytes: int | None = None)
     """Raise :class:`SerializationError` unless ``value`` survives a JSON round trip unchanged.
 
     Also refused: lists and dicts nested deeper than ``JOBQUEUE["MAX_DEPTH"]``, and, if
-    ``max_bytes`` is given, a value whose JSON text is larger. Returns that size (UTF-8
-    bytes, not counting escapes). The error's ``path`` names the offending value, built
-    from ``path``.
+    ``max_bytes`` is given, a value whose JSON text is larger. Returns that size (the
+    ASCII text ``json.dumps`` sends, escapes counted; numbers about). The error's
+    ``path`` names the offending value, built from ``path``.
     """
     return _check(value, path, sys.maxsize if max_bytes is None else max_bytes, "")
 
@@ -275,7 +275,7 @@ def check_result(value: Any) -> None:
 
 
 def result_size(value: Any) -> int:
-    """:func:`check_result`, returning the value's size as JSON (UTF-8 bytes, about)."""
+    """:func:`check_result`, returning the value's size as JSON text (as sent, escapes counted)."""
     limit = conf.settings.MAX_RESULT_BYTES
     return _check(value, "result", limit, "MAX_RESULT_BYTES")
 
@@ -311,6 +311,29 @@ def check_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any
     if size > limit:
         raise _too_big("The arguments", limit, "MAX_ARGS_BYTES")
     return list(positional), dict(keywords)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (controls such as ESC or a
+    newline, format characters such as a bidi override, line separators) written as its
+    Python escape (``\\x1b``, ``\\n``, ``\\u202e``): for a value read from a row (a job id,
+    a name, an error) on its way to a terminal or a log line, which it must not split or
+    recolour. Printable text, of any script, is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def clean_text(text: str, limit: int | None = None) -> str:

@@ -14,17 +14,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import tokens
-from .live import read_state
+from .live import is_run, read_state
 
 
 @never_cache
 @require_GET
 def job_status(request: HttpRequest, token: str) -> JsonResponse:
     """The state of the job named by ``token`` (``handle.watch_token()``)."""
-    job_id = tokens.read(token)
-    if job_id is None:
+    watch = tokens.read_watch(token)
+    if watch is None:
         return JsonResponse({"error": "forbidden"}, status=403)
-    state = read_state(job_id)
-    if state is None:
+    state = read_state(watch.job_id)
+    if state is None or not is_run(watch):  # gone, or the id now names a later run
         return JsonResponse({"error": "gone"}, status=404)
     return JsonResponse(state)

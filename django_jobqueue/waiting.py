@@ -1,9 +1,11 @@
 """Request/response over the queue: subscribe, enqueue, wait for "finished", read the database.
 
-A notification only says "look now"; the result always comes from the database, and the
-process's safety-net poll (:mod:`django_jobqueue.notifications.safetynet`: one query per
-interval for every job the process waits for, not one per waiter) reads it too, so a lost
-notification (or no channel layer at all) makes an answer slower, never wrong or missing.
+A notification only says "look now" (or, for a small completed result, carries it signed
+with ``SECRET_KEY``: a message without a valid signature is only a "look now"); the result
+otherwise comes from the database, and the process's safety-net poll
+(:mod:`django_jobqueue.notifications.safetynet`: one query per interval for every job the
+process waits for, not one per waiter) reads it too, so a lost notification (or no channel
+layer at all) makes an answer slower, never wrong or missing.
 
 ``enqueue_and_wait`` sends the join of the job's group *before* the INSERT and lets the two
 overlap (the join is one Redis round trip, the INSERT a durable commit). If the join was

@@ -362,7 +362,30 @@ def is_changelist(request: HttpRequest) -> bool:
     return bool(match and match.url_name and match.url_name.endswith("_changelist"))
 
 
-class QueueAdminMixin(admin.ModelAdmin):  # type: ignore[type-arg]
+def _has_nul(values: Any) -> bool:
+    return any("\x00" in value for value in values)
+
+
+class NulSafeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A NUL character in a filter, a search or an object id finds nothing (an empty list,
+    "does not exist"): PostgreSQL cannot even compare text with one (it raises), and no row
+    of the queue holds one (the call site refuses NUL in what it stores)."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset: QuerySet[Any] = super().get_queryset(request)
+        if _has_nul(value for values in request.GET.lists() for value in values[1]):
+            return queryset.none()
+        return queryset
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Any:
+        if "\x00" in object_id:
+            return None
+        return super().get_object(request, object_id, from_field)
+
+
+class QueueAdminMixin(NulSafeAdmin):
     """Jobs and dead letters alike: read-only rows made by the queue, found by their public
     job id (search and URLs), long lists that never count or load everything."""
 
@@ -391,7 +414,7 @@ class QueueAdminMixin(admin.ModelAdmin):  # type: ignore[type-arg]
         the public job id, so an id from the API or a log line can be pasted into the URL
         (``/admin/django_jobqueue/job/<job id>/change/``). The newest row of that job id
         when there are several (dead letters)."""
-        if from_field is not None:
+        if from_field is not None or "\x00" in object_id:
             return super().get_object(request, object_id, from_field)
         if object_id.isdigit() and len(object_id) <= 18:
             found = super().get_object(request, object_id)

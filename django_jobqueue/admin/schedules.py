@@ -18,11 +18,11 @@ from django.utils.safestring import SafeString
 from .. import periodic
 from ..cron import CronError
 from ..models import Job, Schedule
-from .display import short_time
+from .display import NulSafeAdmin, short_time
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ScheduleAdmin(NulSafeAdmin):
     list_display = ("name", "job", "cron_display", "state", "last_run", "next_run")
     list_display_links = ("name",)
     list_filter = ("paused",)

@@ -9,11 +9,11 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from ..models import WorkerHeartbeat
-from .display import human_seconds, short_time
+from .display import NulSafeAdmin, human_seconds, short_time
 
 
 @admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class WorkerHeartbeatAdmin(NulSafeAdmin):
     list_display = (
         "name",
         "host",

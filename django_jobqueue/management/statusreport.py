@@ -11,6 +11,7 @@ from django_jobqueue import stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.management import pausing
 from django_jobqueue.metrics import live_workers
+from django_jobqueue.serialization import printable
 
 #: ``status`` looks at this many minutes of finished jobs: the last full one and this one.
 _STATUS_MINUTES = 2
@@ -27,7 +28,8 @@ def age(seconds: float | None) -> str:
 
 
 def table(headers: list[str], rows: Iterable[list[str]]) -> str:
-    rows = [headers, *rows]
+    """Aligned columns, each cell escaped by ``printable()`` (no ESC from a row escapes)."""
+    rows = [headers, *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

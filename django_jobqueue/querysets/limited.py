@@ -116,6 +116,21 @@ class LimitedQuerySet(ClaimingQuerySet):
                 )
         return claimed
 
+    def prune_limit_starts(self, before: datetime, *, limit: int) -> int:
+        """Delete at most ``limit`` recorded starts (:class:`LimitStart`) from ``before`` or
+        earlier; return how many. A key's next claim deletes its own old starts, but a key
+        never claimed again (a tenant gone, a limit removed from the settings) keeps them:
+        the worker's upkeep calls this with ``before`` one :data:`LONGEST_RATE_PERIOD` ago."""
+        sql = self._sql()
+        starts = sql.connection.ops.quote_name(self._limit_start_model()._meta.db_table)
+        with sql.connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {starts} WHERE id IN "
+                f"(SELECT id FROM {starts} WHERE started_at <= %s LIMIT %s)",
+                [sql.prep("run_after", before), limit],
+            )
+            return int(cursor.rowcount)
+
     def _limit_start_model(self) -> type[models.Model]:
         """``LimitStart``, found through the app registry: no import of :mod:`.models` here."""
         meta = self.model._meta

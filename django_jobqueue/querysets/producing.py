@@ -131,16 +131,18 @@ class ProducingQuerySet(SQLQuerySet):
     def subscribe(self, job_id: str) -> Subscribed | None:
         """Mark an active job as waited for (its worker will send "finished").
 
-        Returns None if the job is not queued or running. The UPDATE locks the row until it
-        commits, and a worker claiming at that moment passes over it (``SKIP LOCKED``), so
+        Returns None if the job is not queued or running, or already marked: then nothing
+        is written (each WebSocket connect and each waiter of a job calls this; only the
+        first writes the row). The UPDATE locks the row until it commits, and a worker
+        claiming at that moment passes over it (``SKIP LOCKED``), so
         ``Subscribed.ready_queue`` names the queue to wake again once the lock is gone.
         """
         sql = self._sql()
         active = ", ".join(["%s"] * len(ACTIVE))
         rows = sql.execute(
             f"UPDATE {sql.table} SET notify = %s WHERE job_id = %s AND status IN ({active}) "
-            "RETURNING status, queue, (run_after IS NULL OR run_after <= %s)",
-            [True, job_id, *ACTIVE, sql.prep("run_after", timezone.now())],
+            "AND notify = %s RETURNING status, queue, (run_after IS NULL OR run_after <= %s)",
+            [True, job_id, *ACTIVE, False, sql.prep("run_after", timezone.now())],
         )
         if not rows:
             return None

@@ -16,6 +16,7 @@ from ..base import ClaimedJob, Ending
 from ..models import DeadLetter, Job
 from ..notifications import hub
 from ..querysets import DEFAULT_EXCEPTION_PATH, JobQuerySet
+from ..serialization import printable
 from .outcomes import Outcome
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -33,9 +34,9 @@ def log(outcome: Outcome, ending: Ending, detail: str = "") -> None:
     telemetry.attempt_ended(job, ending, outcome.duration)
     logger.info(
         "job id=%s name=%s queue=%s attempt=%d/%d duration=%.4fs outcome=%s%s",
-        job.job_id,
-        job.name,
-        job.queue,
+        printable(job.job_id),
+        printable(job.name),
+        printable(job.queue),
         job.attempts,
         job.max_attempts,
         outcome.duration,

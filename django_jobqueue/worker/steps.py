@@ -10,6 +10,7 @@ from .. import clock, conf
 from ..base import ClaimedJob
 from ..models import Job
 from ..notifications import hub
+from ..serialization import printable
 from .claiming import Claimer
 from .runner import Runner
 from .timelimits import EXIT_ABANDONED_THREADS
@@ -84,7 +85,11 @@ def cancel_held(
     for pk in runner.cancel(ids):
         job = running.get(pk)
         if job is not None:
-            logger.info("job id=%s name=%s: cancel requested, stopping it", job.job_id, job.name)
+            logger.info(
+                "job id=%s name=%s: cancel requested, stopping it",
+                printable(job.job_id),
+                printable(job.name),
+            )
     buffered = [job for job in claimer.buffer if job.id in ids]
     if buffered:
         claimer.drop(job.id for job in buffered)

@@ -41,6 +41,7 @@ from typing import Any
 from django.db import connections
 
 from ..exceptions import TimeLimitExceeded
+from ..serialization import printable
 from .outcomes import Outcome, timed_out
 from .running import RunningJob
 
@@ -278,8 +279,8 @@ class TimeLimits:
         logger.warning(
             "time limit passed id=%s name=%s attempt=%d time_limit=%gs: %s; its slot is free, "
             "its outcome will be discarded",
-            job.job_id,
-            job.name,
+            printable(job.job_id),
+            printable(job.name),
             job.attempts,
             job.time_limit,
             how,

@@ -13,9 +13,11 @@ from typing import Protocol
 
 from .. import clock, conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Ending, Status
+from ..limits import LONGEST_RATE_PERIOD
 from ..models import DeadLetter, Job
 from ..notifications import hub
 from ..querysets import JobQuerySet
+from ..serialization import printable
 from .outcomes import backoff
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -24,6 +26,9 @@ REAP_BATCH = 100
 #: While finished jobs wait to be pruned, the share of the main loop's time spent deleting
 #: them; the rest stays for claims and completions.
 PRUNE_SHARE = 0.25
+#: Seconds between two deletions of rate-limit starts of keys no claim deletes any more (the
+#: first one this long after the start): they only take room, so rarely is enough.
+LIMIT_PRUNE_INTERVAL = 60.0
 
 
 class DeadLetterer(Protocol):
@@ -66,6 +71,7 @@ class Upkeep:
         self.next_heartbeat = 0.0
         self.next_reap = 0.0
         self.next_prune = 0.0
+        self.next_limit_prune = time.monotonic() + LIMIT_PRUNE_INTERVAL
         self.next_schedule = 0.0 if schedule is not None else math.inf
 
     def _jobs(self) -> JobQuerySet:
@@ -85,6 +91,9 @@ class Upkeep:
             self.reap()
         if now >= self.next_prune:
             self.prune_step(now)
+        if now >= self.next_limit_prune:
+            self.next_limit_prune = now + LIMIT_PRUNE_INTERVAL
+            self.prune_limit_starts()
         if self.schedule is not None and now >= self.next_schedule:
             self.next_schedule = now + 1.0  # a failing pass is retried a second later
             self.next_schedule = now + self.schedule()
@@ -112,8 +121,8 @@ class Upkeep:
             logger.warning(
                 "lease lost id=%s name=%s attempt=%d: another worker may run it; this run's "
                 "outcome will be discarded",
-                job.job_id,
-                job.name,
+                printable(job.job_id),
+                printable(job.name),
                 job.attempts,
             )
         if lost:
@@ -145,8 +154,8 @@ class Upkeep:
             if requeued is not None and requeued[0] == Status.CANCELLED:
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: cancelled (a cancel was requested)",
-                    job.job_id,
-                    job.name,
+                    printable(job.job_id),
+                    printable(job.name),
                     job.attempts,
                     job.max_attempts,
                 )
@@ -156,8 +165,8 @@ class Upkeep:
                 telemetry.attempt_ended(job, Ending.RETRIED, 0.0)  # it never ended here
                 logger.warning(
                     "lease expired id=%s name=%s attempt=%d/%d: requeued",
-                    job.job_id,
-                    job.name,
+                    printable(job.job_id),
+                    printable(job.name),
                     job.attempts,
                     job.max_attempts,
                 )
@@ -192,3 +201,12 @@ class Upkeep:
         if letters:
             logger.info("pruned %d dead letters (DEAD_LETTER_TTL, DEAD_LETTER_MAX)", letters)
         return max(deleted, letters)
+
+    def prune_limit_starts(self) -> int:
+        """Delete one batch (``PRUNE_BATCH``) of rate-limit starts too old to count for any
+        key (older than :data:`LONGEST_RATE_PERIOD`); return how many."""
+        before = clock.now() - timedelta(seconds=LONGEST_RATE_PERIOD)
+        deleted = self._jobs().prune_limit_starts(before, limit=conf.settings.PRUNE_BATCH)
+        if deleted:
+            logger.debug("pruned %d rate-limit starts older than any window", deleted)
+        return deleted

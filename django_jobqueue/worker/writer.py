@@ -32,6 +32,7 @@ from ..models import Job
 from ..notifications import hub
 from ..notifications.names import RESULT_IN_MESSAGE_BYTES
 from ..querysets import CANCELLED_ERROR, DEFAULT_EXCEPTION_PATH, JobQuerySet
+from ..serialization import printable
 from .endings import LEASE_LOST, Endings, complete, log
 from .outcomes import Outcome, backoff, describe, failed
 
@@ -241,8 +242,8 @@ class Writer:
             logger.error(
                 "worker name=%s: cannot record job %s (%s); it runs again after its lease",
                 self.name,
-                outcome.job.job_id,
-                describe(exc)[:300],
+                printable(outcome.job.job_id),
+                printable(describe(exc)[:300]),
                 exc_info=exc,
             )
             written.append(outcome)  # nothing more to try: the lease decides

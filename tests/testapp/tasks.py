@@ -64,3 +64,11 @@ def record_task(tag):
 @task
 def non_json_result_task():
     return {"when": {1, 2}}  # a set: not JSON
+
+
+def gated_task(gate):
+    """Block until the test opens the gate (tests.testapp.jobs.GATES)."""
+    from tests.testapp.jobs import GATES
+
+    GATES[gate].wait()
+    return gate

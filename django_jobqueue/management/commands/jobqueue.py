@@ -55,6 +55,21 @@ def _seconds(value: str) -> float:
     return number
 
 
+#: ``status --watch SECONDS``: the redraw intervals accepted (each report is a few queries).
+WATCH_SECONDS = (0.5, 86_400.0)
+
+
+def _watch_interval(value: str) -> float:
+    number = _seconds(value)
+    low, high = WATCH_SECONDS
+    if not low <= number <= high:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give the seconds between two reports, from {low:g} to {high:g} "
+            "(a day); leave --watch out for one report"
+        )
+    return number
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -83,11 +98,12 @@ def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
     status.add_argument(
         "--watch",
         nargs="?",
-        type=_seconds,
+        type=_watch_interval,
         const=2.0,
         default=None,
         metavar="SECONDS",
-        help="Redraw every SECONDS (default when given without a value: 2) until Ctrl-C.",
+        help="Redraw every SECONDS (0.5 to 86400; default when given without a value: 2) "
+        "until Ctrl-C.",
     )
     status.add_argument(
         "--json",
