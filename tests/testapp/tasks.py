@@ -66,6 +66,7 @@ def non_json_result_task():
     return {"when": {1, 2}}  # a set: not JSON
 
 
+@task
 def gated_task(gate):
     """Block until the test opens the gate (tests.testapp.jobs.GATES)."""
     from tests.testapp.jobs import GATES
