@@ -21,6 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.functional import Promise
 
 from .. import stats
 from ..base import ACTIVE, FINISHED, Status
@@ -85,7 +86,7 @@ def bar_chart(throughput: stats.Throughput) -> Chart:
 @dataclass(frozen=True, slots=True)
 class StatusCount:
     status: str
-    label: str
+    label: str | Promise  # translated when rendered
     count: int
     at_least: bool  # the count was capped: there are more
 
@@ -158,10 +159,10 @@ class Overview:
     more: int = 0
 
     @property
-    def statuses(self) -> list[tuple[str, str]]:
+    def statuses(self) -> list[tuple[str, str | Promise]]:
         """``(status, label)`` of each status column, in the order of every row's
         :attr:`QueueRow.status_counts`: both are :class:`~django_jobqueue.base.Status`."""
-        return [(str(value), str(label)) for value, label in Status.choices]
+        return [(str(value), label) for value, label in Status.choices]
 
 
 def build_overview(now: datetime) -> Overview:
