@@ -18,6 +18,8 @@ Which index serves which query (names as in the migration):
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
   results.
+* ``djq_blocked`` ``(queue) WHERE status='blocked'``: counting the jobs waiting for their
+  parents (workflows) per queue, however many there are.
 * ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
   ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
   second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
@@ -54,6 +56,7 @@ __all__ = [
     "FINISHED",
     "DeadLetter",
     "Job",
+    "JobDependency",
     "JobResult",
     "LimitStart",
     "Schedule",
@@ -120,6 +123,21 @@ class Job(models.Model):
         blank=True,
         help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
     )
+    has_children = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Some job runs after this one (workflows): its ending releases them.",
+    )
+    waiting_for = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Parents of a blocked job that have not ended yet."
+    )
+    parent_failure = models.CharField(
+        max_length=6,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="What this job does when a parent fails: 'cancel' or 'run' (empty: no parents).",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -159,6 +177,9 @@ class Job(models.Model):
                 fields=["expires_at"],
                 name="djq_expiry",
                 condition=Q(status__in=FINISHED),
+            ),
+            models.Index(
+                fields=["queue"], name="djq_blocked", condition=Q(status=Status.BLOCKED)
             ),
             models.Index(
                 fields=["limit_key"],
@@ -209,6 +230,32 @@ class Job(models.Model):
             and self.expires_at is not None
             and self.expires_at <= (now or timezone.now())
         )
+
+
+class JobDependency(models.Model):
+    """``child`` runs after the job ``parent_job_id`` (``using(after=...)``).
+
+    The parent is named by its public id: a parent dead-lettered and requeued is a new row
+    with the same id, and its children follow it. Rows go with their child (pruned, deleted);
+    a parent is kept while a child of it has not finished (pruning skips it).
+    """
+
+    child = models.ForeignKey(
+        Job,
+        on_delete=models.CASCADE,  # by Django's delete(); pruning deletes them with the job
+        related_name="parent_links",
+        db_constraint=False,  # written with the child, deleted with it: no lock for nothing
+    )
+    parent_job_id = models.CharField("parent job id", max_length=JOB_ID_MAX_LENGTH)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["child", "parent_job_id"], name="djq_dependency")
+        ]
+        indexes = [models.Index(fields=["parent_job_id"], name="djq_dependency_parent")]
+
+    def __str__(self) -> str:
+        return f"{self.child_id} after {self.parent_job_id}"
 
 
 class JobResult(models.Model):

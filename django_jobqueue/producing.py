@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from . import telemetry
 from .base import ACTIVE, JobSnapshot, NewJob
-from .exceptions import JobQueueError
+from .exceptions import InvalidJobError, JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
+from .querysets.dependencies import adopt, attach
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -104,6 +105,48 @@ def _insert_jobs(
     if written is not None:
         written()
     return [found[job.job_id] for job in jobs]
+
+
+#: One job of a workflow to write: the job, its parents' ids (maybe none) and its
+#: ``parent_failure``.
+Step = tuple[NewJob, Sequence[str], str]
+
+
+def insert_steps(
+    steps: Sequence[Step],
+    *,
+    notify: bool = False,
+    written: Callable[[], None] | None = None,
+) -> list[JobSnapshot]:
+    """Insert the jobs of ``steps`` in order, in one transaction (a savepoint inside the
+    caller's): each job with parents waits for them (:mod:`.querysets.dependencies`), and a
+    parent may be a job written by an earlier step. Parents must exist already (so a cycle
+    cannot be made): an unknown one raises :class:`InvalidJobError` and nothing is written.
+    One snapshot per step, in order; a job that existed already (deduplication) is left as
+    it is, its parents are not added to it."""
+    using = router.db_for_write(Job)
+    sql = Job.objects.using(using)._sql()
+    snapshots: list[JobSnapshot] = []
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        for new, parents, parent_failure in steps:
+            found = adopt(sql, parents) if parents else {}
+            missing = [parent for parent in parents if parent not in found]
+            if missing:
+                raise InvalidJobError(
+                    f"after= names {len(missing)} job(s) that do not exist: "
+                    f"{', '.join(map(repr, missing[:5]))}. Enqueue a parent before its "
+                    "children (its handle or id), and check the id. Nothing was written."
+                )
+            (snapshot,) = insert_jobs([new], notify=notify)
+            if parents and snapshot.created:
+                snapshot.status = attach(
+                    sql, new.job_id, new.result_ttl, found, parent_failure, now
+                )
+            snapshots.append(snapshot)
+    if written is not None:
+        written()
+    return snapshots
 
 
 def _insert(jobs: Sequence[NewJob], using: str) -> dict[str, JobSnapshot]:

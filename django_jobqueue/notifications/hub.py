@@ -14,6 +14,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .. import conf
+from ..querysets.dependencies import ANNOUNCERS, Released
 from .cancels import Cancels
 from .link import Link, kind_of
 from .names import finished_message, group_for
@@ -193,3 +194,15 @@ def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     """``override_settings`` of the layers (or of JOBQUEUE) gets a fresh hub."""
     if setting in ("JOBQUEUE", "CHANNEL_LAYERS"):
         reset_hub()
+
+
+def _announce_released(released: Released) -> None:
+    """Wake the workers of children a parent's ending queued; tell the waiters of children
+    it cancelled (workflows: :mod:`django_jobqueue.querysets.dependencies`)."""
+    if released.queues:
+        hub().wake_workers(released.queues)
+    if released.finished:
+        hub().job_finished(released.finished)
+
+
+ANNOUNCERS.append(_announce_released)

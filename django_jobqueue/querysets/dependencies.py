@@ -1,0 +1,237 @@
+"""Releasing the children of jobs that ended (workflows), inside the ending's transaction.
+
+Called by every statement that records an ending, only for parents whose row says
+``has_children`` (so a plain job never pays a statement for it), in the same transaction:
+
+* a parent that **completed** takes one off each blocked child's ``waiting_for``; a child
+  at zero moves ``blocked -> queued``;
+* a parent that ended **failed or cancelled** does the same to children with
+  ``parent_failure = 'run'``, and ends those with ``'cancel'`` cancelled, with an error that
+  names the parent (:data:`CANCELLED_BY`); their own children follow, level by level.
+
+``waiting_for`` is a counter on the child row, decremented by an ``UPDATE`` of that row: two
+parents ending at the same moment in two transactions take turns on the row's lock, so the
+last one always sees the other's decrement (a "are all the parents done?" read would not: each
+would see the other still running). Each parent ends once (every ending is fenced), so each
+decrement happens once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from django.db import transaction
+
+from ..base import ACTIVE, Status
+from .sql import _SQL
+
+#: The error of a child cancelled because a parent did not complete; requeueing that parent
+#: finds its children by it (and puts them back to "blocked").
+CANCELLED_BY = "Cancelled: its parent job {} did not complete (parent_failure='cancel')."
+
+
+@dataclass
+class Released:
+    """What releasing children did: queues with a child now queued (wake their workers), and
+    the ids of children now cancelled that someone waits for (notify them)."""
+
+    queues: set[str] = field(default_factory=set)
+    finished: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.queues or self.finished)
+
+
+#: Called with what a release did once its transaction commits (the notification hub
+#: registers itself here: this floor cannot import it): wake workers, notify waiters.
+ANNOUNCERS: list[Callable[[Released], None]] = []
+
+
+def _announce(released: Released) -> None:
+    for announcer in ANNOUNCERS:
+        announcer(released)
+
+
+def dependency_table(sql: _SQL) -> str:
+    model = sql.model._meta.apps.get_model(sql.model._meta.app_label, "JobDependency")
+    return str(sql.connection.ops.quote_name(model._meta.db_table))
+
+
+def release_children(sql: _SQL, ended: Sequence[tuple[str, str]], now: datetime) -> Released:
+    """Release the children of the parents ``ended`` (``(job id, status)`` of jobs that just
+    ended, with ``has_children``): see the module's docstring. Runs in the caller's
+    transaction, which records the parents' endings."""
+    released = Released()
+    completed = [job_id for job_id, status in ended if status == Status.COMPLETED]
+    if completed:
+        _count_down(sql, completed, None, released)
+    failed = [job_id for job_id, status in ended if status != Status.COMPLETED]
+    while failed:
+        _count_down(sql, failed, "run", released)
+        failed = _cancel_children(sql, failed, now, released)
+    if released:
+        transaction.on_commit(lambda: _announce(released), using=sql.connection.alias)
+    return released
+
+
+def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Released) -> None:
+    """One less parent to wait for, for each blocked child of ``parents`` (with ``policy``
+    only, if given); those at zero are queued."""
+    deps = dependency_table(sql)
+    marks = ", ".join(["%s"] * len(parents))
+    ended = f"(SELECT count(*) FROM {deps} d WHERE d.child_id = {sql.table}.id AND d.parent_job_id IN ({marks}))"
+    only = "AND parent_failure = %s " if policy else ""
+    rows = sql.execute(
+        f"UPDATE {sql.table} SET waiting_for = CASE WHEN waiting_for > {ended} "
+        f"THEN waiting_for - {ended} ELSE 0 END, "
+        f"status = CASE WHEN waiting_for > {ended} THEN status ELSE %s END "
+        f"WHERE status = %s {only}AND id IN "
+        f"(SELECT child_id FROM {deps} WHERE parent_job_id IN ({marks})) "
+        "RETURNING status, queue",
+        [
+            *parents,
+            *parents,
+            *parents,
+            Status.QUEUED,
+            Status.BLOCKED,
+            *([policy] if policy else []),
+            *parents,
+        ],
+    )
+    released.queues.update(str(queue) for status, queue in rows if status == Status.QUEUED)
+
+
+def _cancel_children(
+    sql: _SQL, parents: list[str], now: datetime, released: Released
+) -> list[str]:
+    """End the blocked children of ``parents`` with ``parent_failure='cancel'`` cancelled;
+    return those that have children of their own (the next level)."""
+    deps = dependency_table(sql)
+    marks = ", ".join(["%s"] * len(parents))
+    rows = sql.execute(
+        f"SELECT j.id, j.result_ttl, min(d.parent_job_id) "
+        f"FROM {sql.table} j JOIN {deps} d ON d.child_id = j.id "
+        f"WHERE d.parent_job_id IN ({marks}) AND j.status = %s AND j.parent_failure = %s "
+        "GROUP BY j.id, j.result_ttl",
+        [*parents, Status.BLOCKED, "cancel"],
+    )
+    chosen: dict[tuple[int, str], list[int]] = {}
+    for pk, ttl, parent in rows:
+        chosen.setdefault((int(ttl), str(parent)), []).append(pk)
+    nested: list[str] = []
+    for (ttl, parent), pks in chosen.items():
+        ids = ", ".join(["%s"] * len(pks))
+        # Still blocked under the row lock: a child queued or cancelled meanwhile is left.
+        done = sql.execute(
+            f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
+            f"last_error = %s, waiting_for = 0 WHERE id IN ({ids}) AND status = %s "
+            "RETURNING job_id, notify, has_children",
+            [
+                Status.CANCELLED,
+                sql.prep("finished_at", now),
+                sql.prep("expires_at", now + timedelta(seconds=ttl)),
+                CANCELLED_BY.format(parent),
+                *pks,
+                Status.BLOCKED,
+            ],
+        )
+        released.finished.extend(str(job_id) for job_id, notify, _ in done if notify)
+        nested.extend(str(job_id) for job_id, _, has_children in done if has_children)
+    return nested
+
+
+def adopt(sql: _SQL, parents: Sequence[str]) -> dict[str, str]:
+    """Mark ``parents`` (job ids) as having children, locking their rows until the caller's
+    transaction ends (so none of them ends unseen meanwhile); ``{job id: status}`` of those
+    that exist."""
+    marks = ", ".join(["%s"] * len(parents))
+    rows = sql.execute(
+        f"UPDATE {sql.table} SET has_children = %s WHERE job_id IN ({marks}) "
+        "RETURNING job_id, status",
+        [True, *parents],
+    )
+    return {str(job_id): str(status) for job_id, status in rows}
+
+
+def attach(
+    sql: _SQL,
+    child: str,
+    result_ttl: int,
+    parents: dict[str, str],
+    parent_failure: str,
+    now: datetime,
+) -> str:
+    """Make the new job ``child`` wait for ``parents`` (``{job id: status}``, from
+    :func:`adopt`, in the same transaction); return its status.
+
+    A parent that completed counts as done; one that failed or was cancelled applies
+    ``parent_failure`` at once ("cancel": the child ends cancelled, naming it; "run": done);
+    the others are waited for: the child is "blocked" while any is, "queued" otherwise.
+    """
+    ended = [p for p, status in parents.items() if status in (Status.FAILED, Status.CANCELLED)]
+    waiting = sum(1 for status in parents.values() if status in ACTIVE)
+    params: list[Any]
+    if ended and parent_failure == "cancel":
+        status = Status.CANCELLED.value
+        extra = ", finished_at = %s, expires_at = %s, last_error = %s"
+        params = [
+            sql.prep("finished_at", now),
+            sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+            CANCELLED_BY.format(ended[0]),
+        ]
+        waiting = 0
+    else:
+        status = Status.BLOCKED.value if waiting else Status.QUEUED.value
+        extra, params = "", []
+    ((pk,),) = sql.execute(
+        f"UPDATE {sql.table} SET status = %s, waiting_for = %s, parent_failure = %s{extra} "
+        "WHERE job_id = %s RETURNING id",
+        [status, waiting, parent_failure, *params, child],
+    )
+    deps = dependency_table(sql)
+    rows = ", ".join(["(%s, %s)"] * len(parents))
+    sql.execute(
+        f"INSERT INTO {deps} (child_id, parent_job_id) VALUES {rows}",
+        [value for parent in parents for value in (pk, parent)],
+    )
+    return status
+
+
+def revive(sql: _SQL, parents: Sequence[str]) -> None:
+    """``parents`` (job ids) were just written again (a dead letter requeued): mark their
+    new rows as having children, and put the children they cancelled (:data:`CANCELLED_BY`)
+    back to "blocked", waiting for their parents that have not ended, and theirs in turn."""
+    if not parents:
+        return
+    deps = dependency_table(sql)
+    marks = ", ".join(["%s"] * len(parents))
+    sql.execute(
+        f"UPDATE {sql.table} SET has_children = %s WHERE job_id IN ({marks}) AND EXISTS "
+        f"(SELECT 1 FROM {deps} d WHERE d.parent_job_id = {sql.table}.job_id)",
+        [True, *parents],
+    )
+    active = ", ".join(["%s"] * len(ACTIVE))
+    level = list(parents)
+    while level:
+        following: list[str] = []
+        for parent in level:
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, finished_at = NULL, expires_at = NULL, "
+                f"last_error = '', waiting_for = (SELECT count(*) FROM {deps} d "
+                f"JOIN {sql.table} p ON p.job_id = d.parent_job_id "
+                f"WHERE d.child_id = {sql.table}.id AND p.status IN ({active})) "
+                f"WHERE status = %s AND last_error = %s AND id IN "
+                f"(SELECT child_id FROM {deps} WHERE parent_job_id = %s) "
+                "RETURNING job_id, has_children",
+                [
+                    Status.BLOCKED,
+                    *ACTIVE,
+                    Status.CANCELLED,
+                    CANCELLED_BY.format(parent),
+                    parent,
+                ],
+            )
+            following.extend(str(job_id) for job_id, has_children in rows if has_children)
+        level = following
