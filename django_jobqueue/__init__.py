@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .canvas import chain, group
     from .context import JobContext
     from .control import acancel, cancel
     from .decorators import JobFunction, job
@@ -61,6 +62,8 @@ _EXPORTS = {
     "SerializationError": "exceptions",
     "TimeLimitExceeded": "exceptions",
     "aget_job": "handles",
+    "chain": "canvas",
+    "group": "canvas",
     "get_job": "handles",
     "job": "decorators",
 }
@@ -82,7 +85,9 @@ __all__ = [
     "acancel",
     "aget_job",
     "cancel",
+    "chain",
     "get_job",
+    "group",
     "job",
 ]
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from . import conf, waiting
 from .base import JobSnapshot, NewJob
+from .canvas import BoundJob
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
@@ -102,6 +103,11 @@ class JobFunction(Generic[P, R]):
         or "run": what it does when one of them fails). Unknown options and bad values raise
         ``InvalidJobError`` here, before anything is written."""
         return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+
+    def bind(self, *args: P.args, **kwargs: P.kwargs) -> BoundJob:
+        """This job called with these arguments, checked as ``enqueue`` checks them, and not
+        enqueued: for :func:`~django_jobqueue.chain` and :func:`~django_jobqueue.group`."""
+        return BoundJob(self, args, kwargs)
 
     def retries(self, exc: BaseException) -> bool:
         """Whether an attempt that raised ``exc`` may be retried (``retry_on``)."""

@@ -178,9 +178,7 @@ class Job(models.Model):
                 name="djq_expiry",
                 condition=Q(status__in=FINISHED),
             ),
-            models.Index(
-                fields=["queue"], name="djq_blocked", condition=Q(status=Status.BLOCKED)
-            ),
+            models.Index(fields=["queue"], name="djq_blocked", condition=Q(status=Status.BLOCKED)),
             models.Index(
                 fields=["limit_key"],
                 name="djq_limit_running",

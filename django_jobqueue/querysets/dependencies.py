@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
 from django.db import transaction
 
 from ..base import ACTIVE, Status
@@ -81,7 +82,10 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
     only, if given); those at zero are queued."""
     deps = dependency_table(sql)
     marks = ", ".join(["%s"] * len(parents))
-    ended = f"(SELECT count(*) FROM {deps} d WHERE d.child_id = {sql.table}.id AND d.parent_job_id IN ({marks}))"
+    ended = (
+        f"(SELECT count(*) FROM {deps} d WHERE d.child_id = {sql.table}.id "
+        f"AND d.parent_job_id IN ({marks}))"
+    )
     only = "AND parent_failure = %s " if policy else ""
     rows = sql.execute(
         f"UPDATE {sql.table} SET waiting_for = CASE WHEN waiting_for > {ended} "
@@ -103,9 +107,7 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
     released.queues.update(str(queue) for status, queue in rows if status == Status.QUEUED)
 
 
-def _cancel_children(
-    sql: _SQL, parents: list[str], now: datetime, released: Released
-) -> list[str]:
+def _cancel_children(sql: _SQL, parents: list[str], now: datetime, released: Released) -> list[str]:
     """End the blocked children of ``parents`` with ``parent_failure='cancel'`` cancelled;
     return those that have children of their own (the next level)."""
     deps = dependency_table(sql)

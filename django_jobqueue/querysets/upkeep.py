@@ -84,8 +84,7 @@ class UpkeepQuerySet(SQLQuerySet):
                 [*ids, *params],
             )
             cursor.execute(
-                f"DELETE FROM {deps} WHERE child_id IN "
-                f"(SELECT id FROM {sql.table} WHERE {chosen})",
+                f"DELETE FROM {deps} WHERE child_id IN (SELECT id FROM {sql.table} WHERE {chosen})",
                 [*ids, *params],
             )
             cursor.execute(f"DELETE FROM {sql.table} WHERE {chosen}", [*ids, *params])

@@ -33,9 +33,9 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 
 from .. import signals, telemetry
+from ..base import Status
 from ..context import JobContext, current_run
 from ..exceptions import Retry
-from ..base import Status
 from ..models import Job, JobDependency, JobResult
 from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded, timed_out

@@ -348,3 +348,16 @@ def cuts_the_window(arm_path, tag):
                 "current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
             )
     Execution.objects.create(tag=tag, pid=os.getpid())
+
+
+@job(takes_context=True)
+def collects(ctx, tag):
+    """Workflows: record one execution and return its parents' results (sorted by id)."""
+    Execution.objects.create(tag=tag, pid=os.getpid(), started=timezone.now())
+    return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}
+
+
+@job(takes_context=True)
+async def async_collects(ctx, tag):
+    """Workflows: ``collects`` for ``async def`` jobs (no database of its own)."""
+    return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}

@@ -1,0 +1,264 @@
+"""Workflows, in one process: dependencies (``using(after=...)``), the "blocked" status, the
+failure policy, requeue, pruning; children released in the transaction of their parent's
+ending. Real worker processes: ``tests/test_workflows_process.py``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_jobqueue import InvalidJobError, JobQueueError, chain, get_job, group
+from django_jobqueue.backend import STATUSES
+from django_jobqueue.deadletters import requeue
+from django_jobqueue.exceptions import SerializationError
+from django_jobqueue.models import DeadLetter, Job, JobDependency
+from django_jobqueue.querysets.dependencies import CANCELLED_BY
+from django_jobqueue.testing import run_jobs
+from django_jobqueue.worker.inline import run_now
+from tests.testapp.jobs import add, always_fails, async_collects, collects, noop
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _status(handle_or_id) -> str:
+    job_id = getattr(handle_or_id, "id", handle_or_id)
+    return Job.objects.get(job_id=job_id).status
+
+
+def test_a_child_is_blocked_until_its_parent_completed_and_sees_its_result():
+    parent = add.enqueue(1, 2)
+    child = collects.using(after=parent).enqueue("child")
+    assert child.status == "blocked"
+    assert get_job(child.id).status == "blocked"
+    assert STATUSES["blocked"] == STATUSES["queued"]  # READY to django.tasks
+    assert run_now(child.id) == 0  # not claimable while blocked
+    assert run_now(parent.id) == 1
+    assert _status(child) == "queued"
+    run_jobs()
+    assert get_job(child.id).result == {"tag": "child", "parents": {parent.id: 3}}
+
+
+def test_after_takes_ids_and_lists_and_waits_for_every_parent():
+    first, second = add.enqueue(1, 1), add.enqueue(2, 2)
+    child = collects.using(after=[first.id, second]).enqueue("both")
+    assert Job.objects.get(job_id=child.id).waiting_for == 2
+    run_now(first.id)
+    assert _status(child) == "blocked"
+    run_now(second.id)
+    assert _status(child) == "queued"
+    run_jobs()
+    assert get_job(child.id).result["parents"] == {first.id: 2, second.id: 4}
+
+
+def test_an_async_job_reads_its_parent_results():
+    parent = add.enqueue(20, 22)
+    child = async_collects.using(after=parent).enqueue("async")
+    run_jobs()
+    assert get_job(child.id).result == {"tag": "async", "parents": {parent.id: 42}}
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        ("no-such-job", "do not exist: 'no-such-job'"),
+        (42, "not int: 42"),
+        ([{"id": 1}], "not dict"),
+        ([[]], "not list"),
+    ],
+)
+def test_bad_after_is_refused_at_the_call_site_and_writes_nothing(after, message):
+    parent = add.enqueue(1, 2)
+    before = Job.objects.count()
+    with pytest.raises(InvalidJobError, match=message):
+        add.using(after=[parent, after] if after == "no-such-job" else after).enqueue(1, 2)
+    assert Job.objects.count() == before
+    assert not JobDependency.objects.exists()
+    assert not Job.objects.get(job_id=parent.id).has_children  # rolled back
+
+
+def test_a_bad_parent_failure_is_refused():
+    with pytest.raises(InvalidJobError, match="parent_failure must be 'cancel'"):
+        add.using(parent_failure="ignore")
+
+
+def test_a_missing_parent_inside_the_callers_transaction_rolls_back_only_this_call():
+    with transaction.atomic():
+        kept = add.enqueue(1, 2)
+        with pytest.raises(InvalidJobError):
+            add.using(after="missing").enqueue(1, 2)
+    assert list(Job.objects.values_list("job_id", flat=True)) == [kept.id]
+
+
+def test_parents_already_finished_apply_at_enqueue():
+    done = add.enqueue(1, 2)
+    run_now(done.id)
+    failed = always_fails.using(max_attempts=1).enqueue()
+    run_now(failed.id)
+    assert _status(failed) == "failed"
+    assert collects.using(after=done).enqueue("ready").status == "queued"
+    cancelled = collects.using(after=[done, failed]).enqueue("cancelled")
+    assert cancelled.status == "cancelled"
+    assert Job.objects.get(job_id=cancelled.id).last_error == CANCELLED_BY.format(failed.id)
+    runs = collects.using(after=[done, failed], parent_failure="run").enqueue("runs")
+    assert runs.status == "queued"
+    run_jobs()
+    assert get_job(runs.id).result["parents"] == {done.id: 3}
+
+
+def test_a_dead_lettered_parent_cancels_its_children_recursively_and_requeue_revives_them():
+    parent = always_fails.using(max_attempts=1).enqueue()
+    child = collects.using(after=parent).enqueue("child")
+    grandchild = collects.using(after=child).enqueue("grandchild")
+    runner = collects.using(after=parent, parent_failure="run").enqueue("runner")
+    after_runner = collects.using(after=runner).enqueue("after runner")
+    run_now(parent.id)
+    assert _status(parent) == "failed"
+    for handle, name in ((child, parent.id), (grandchild, child.id)):
+        row = Job.objects.get(job_id=handle.id)
+        assert (row.status, row.last_error) == ("cancelled", CANCELLED_BY.format(name))
+    assert _status(runner) == "queued"
+    assert _status(after_runner) == "blocked"
+
+    assert requeue(DeadLetter.objects.all()) == 1
+    assert Job.objects.get(job_id=parent.id).has_children
+    assert _status(child) == "blocked"
+    assert _status(grandchild) == "blocked"
+    # The requeued parent now succeeds: its children run, in order.
+    Job.objects.filter(job_id=parent.id).update(name=noop.name, args=[], kwargs={})
+    run_jobs()
+    assert {_status(h) for h in (parent, child, grandchild, runner, after_runner)} == {"completed"}
+
+
+def test_cancelling_a_blocked_job_cancels_its_children():
+    parent = add.enqueue(1, 2)
+    child = collects.using(after=parent).enqueue("child")
+    grandchild = collects.using(after=child).enqueue("grandchild")
+    assert child.cancel()
+    assert _status(child) == "cancelled"
+    assert _status(grandchild) == "cancelled"
+    run_jobs()
+    assert _status(parent) == "completed"
+    assert not Execution.objects.exists()
+
+
+def test_a_diamond_runs_its_join_once_after_both_branches():
+    a = add.enqueue(1, 1)
+    b = collects.using(after=a).enqueue("b")
+    c = collects.using(after=a).enqueue("c")
+    d = collects.using(after=[b, c]).enqueue("d")
+    run_jobs()
+    assert list(Execution.objects.order_by("id").values_list("tag", flat=True))[-1] == "d"
+    assert Execution.objects.filter(tag="d").count() == 1
+    assert sorted(get_job(d.id).result["parents"]) == sorted([b.id, c.id])
+
+
+def test_a_thousand_children_are_released_by_one_ending_in_a_few_statements():
+    parent = noop.enqueue()
+    add.using(after=parent).enqueue_many([(i, i) for i in range(1000)])
+    assert Job.objects.filter(status="blocked").count() == 1000
+    with CaptureQueriesContext(connection) as queries:
+        assert run_now(parent.id) == 1
+    assert Job.objects.filter(status="queued").count() == 1000
+    assert len(queries) < 12, [q["sql"] for q in queries.captured_queries]
+
+
+def test_a_plain_completion_is_one_statement_and_a_parents_is_recorded_with_its_children():
+    plain, parent = noop.enqueue(), noop.enqueue()
+    child = add.using(after=parent).enqueue(1, 2)
+    for handle, expected in ((plain, 1), (parent, 2)):
+        with CaptureQueriesContext(connection) as queries:
+            run_now(handle.id)
+        sqls = [q["sql"] for q in queries.captured_queries]
+        completions = [s for s in sqls if s.startswith("UPDATE") and "finished_at = " in s]
+        released = [s for s in sqls if "waiting_for = " in s]
+        assert len(completions) == expected, completions
+        assert len(released) == expected - 1, released
+    assert _status(child) == "queued"
+
+
+def test_a_parent_is_not_pruned_before_its_children_finished():
+    parent = add.using(result_ttl=0).enqueue(1, 2)
+    child = collects.using(after=parent, result_ttl=0).enqueue("child")
+    run_now(parent.id)
+    later = timezone.now() + timedelta(seconds=5)
+    assert Job.objects.prune(later) == 0
+    assert Job.objects.filter(job_id=parent.id).exists()
+    run_jobs()
+    assert get_job(child.id).result["parents"] == {parent.id: 3}
+    assert Job.objects.prune(later) == 2
+    assert not JobDependency.objects.exists()
+
+
+def test_dedup_of_a_child_id_keeps_the_existing_job_and_its_parents():
+    parent = add.enqueue(1, 2)
+    first = add.using(job_id="child-1", after=parent).enqueue(1, 2)
+    again = add.using(job_id="child-1", after=parent).enqueue(1, 2)
+    assert (first.created, again.created) == (True, False)
+    assert again.status == "blocked"
+    assert JobDependency.objects.count() == 1
+
+
+# -- chains and groups ---------------------------------------------------------------------
+
+
+def test_bind_checks_the_arguments_and_enqueues_nothing():
+    with pytest.raises(InvalidJobError, match="cannot take these arguments"):
+        add.bind(1)
+    with pytest.raises(SerializationError):
+        add.bind(1, {1, 2})
+    bound = add.bind(1, 2).using(queue="other", priority=3)
+    assert (bound.job.queue, bound.job.priority, bound.args) == ("other", 3, (1, 2))
+    assert not Job.objects.exists()
+
+
+def test_a_chain_runs_each_job_after_the_one_before():
+    handles = chain(collects.bind("one"), collects.bind("two"), collects.bind("three")).enqueue()
+    assert [h.status for h in handles] == ["queued", "blocked", "blocked"]
+    run_jobs()
+    tags = list(Execution.objects.order_by("id").values_list("tag", flat=True))
+    assert tags == ["one", "two", "three"]
+    second = get_job(handles[1].id).result
+    assert get_job(handles[2].id).result["parents"] == {handles[1].id: second}
+
+
+def test_a_chain_of_a_group_runs_the_next_job_after_every_member():
+    handles = chain(group(add.bind(1, 1), add.bind(2, 2)), collects.bind("merge")).enqueue()
+    assert len(handles) == 3
+    run_jobs()
+    assert get_job(handles[2].id).result["parents"] == {handles[0].id: 2, handles[1].id: 4}
+
+
+def test_a_chain_is_written_all_or_none():
+    with pytest.raises(InvalidJobError, match="do not exist"):
+        chain(add.bind(1, 2), add.bind(3, 4).using(after="missing")).enqueue()
+    assert not Job.objects.exists()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        chain(add.bind(1, 2), add.bind(3, 4)).enqueue()
+        raise RuntimeError("roll back")
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [((), "needs at least one job"), ((add,), r"call \.bind"), ((42,), "not int")],
+)
+def test_chain_and_group_refuse_what_is_not_a_bound_job(items, message):
+    for compose in (chain, group):
+        with pytest.raises(InvalidJobError, match=message):
+            compose(*items)
+
+
+def test_a_chain_refuses_to_wait_inside_a_transaction():
+    with transaction.atomic(), pytest.raises(JobQueueError, match="inside"):
+        chain(add.bind(1, 2)).enqueue_and_wait(timeout=1)
+    assert not Job.objects.exists()
+
+
+async def test_the_async_twins_enqueue_a_group():
+    handles = await group(add.bind(1, 2), add.bind(3, 4)).aenqueue()
+    assert [h.status for h in handles] == ["queued", "queued"]
