@@ -13,8 +13,9 @@ Which index serves which query (names as in the migration):
   one key's jobs.
 * ``djq_limit_running`` ``(limit_key) WHERE status='running' AND limit_key IS NOT NULL``: how
   many jobs of a key run (its concurrency, held through the database).
-* ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
-  NULL``: "is an earlier job of this group still queued or running?" in the claim query.
+* ``djq_group_active`` ``(group, id) WHERE status IN ('blocked','queued','running') AND
+  group IS NOT NULL``: "is an earlier job of this group still waiting or running?" in the
+  claim query.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
   results.
