@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import groupby
 
 from django.db import router, transaction
 from django.utils import timezone
@@ -129,7 +130,9 @@ def insert_steps(
     snapshots: list[JobSnapshot] = []
     now = timezone.now()
     with transaction.atomic(using=using):
-        for new, parents, parent_failure in steps:
+        # Steps in a row with the same parents (enqueue_many, a group) are written together.
+        for (parents, parent_failure), run in groupby(steps, key=lambda step: step[1:]):
+            jobs = [new for new, _parents, _failure in run]
             found = adopt(sql, parents) if parents else {}
             missing = [parent for parent in parents if parent not in found]
             if missing:
@@ -138,12 +141,14 @@ def insert_steps(
                     f"{', '.join(map(repr, missing[:5]))}. Enqueue a parent before its "
                     "children (its handle or id), and check the id. Nothing was written."
                 )
-            (snapshot,) = insert_jobs([new], notify=notify)
-            if parents and snapshot.created:
-                snapshot.status = attach(
-                    sql, new.job_id, new.result_ttl, found, parent_failure, now
-                )
-            snapshots.append(snapshot)
+            written_now = insert_jobs(jobs, notify=notify)
+            created = [job for job, snap in zip(jobs, written_now, strict=True) if snap.created]
+            if parents and created:
+                status = attach(sql, created, found, parent_failure, now)
+                for snapshot in written_now:
+                    if snapshot.created:
+                        snapshot.status = status
+            snapshots += written_now
     if written is not None:
         written()
     return snapshots

@@ -262,3 +262,13 @@ def test_a_chain_refuses_to_wait_inside_a_transaction():
 async def test_the_async_twins_enqueue_a_group():
     handles = await group(add.bind(1, 2), add.bind(3, 4)).aenqueue()
     assert [h.status for h in handles] == ["queued", "queued"]
+
+
+def test_eager_runs_a_chain_in_order(settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "EAGER": True}
+    handles = chain(
+        collects.bind("one"), group(collects.bind("two")), collects.bind("three")
+    ).enqueue()
+    assert [h.status for h in handles] == ["completed"] * 3
+    tags = list(Execution.objects.order_by("id").values_list("tag", flat=True))
+    assert tags == ["one", "two", "three"]

@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import transaction
 
-from ..base import ACTIVE, Status
+from ..base import ACTIVE, NewJob, Status
 from .sql import _SQL
 
 #: The error of a child cancelled because a parent did not complete; requeueing that parent
@@ -33,13 +32,19 @@ from .sql import _SQL
 CANCELLED_BY = "Cancelled: its parent job {} did not complete (parent_failure='cancel')."
 
 
+#: Rows per statement when many children are attached at once.
+_CHUNK = 500
+
+
 @dataclass
 class Released:
-    """What releasing children did: queues with a child now queued (wake their workers), and
-    the ids of children now cancelled that someone waits for (notify them)."""
+    """What releasing children did: queues with a child now queued (wake their workers),
+    those children's ids (``EAGER`` runs them), and the ids of children now cancelled that
+    someone waits for (notify them)."""
 
     queues: set[str] = field(default_factory=set)
     finished: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.queues or self.finished)
@@ -93,7 +98,7 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
         f"status = CASE WHEN waiting_for > {ended} THEN status ELSE %s END "
         f"WHERE status = %s {only}AND id IN "
         f"(SELECT child_id FROM {deps} WHERE parent_job_id IN ({marks})) "
-        "RETURNING status, queue",
+        "RETURNING status, queue, job_id",
         [
             *parents,
             *parents,
@@ -104,7 +109,10 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
             *parents,
         ],
     )
-    released.queues.update(str(queue) for status, queue in rows if status == Status.QUEUED)
+    for status, queue, job_id in rows:
+        if status == Status.QUEUED:
+            released.queues.add(str(queue))
+            released.queued.append(str(job_id))
 
 
 def _cancel_children(sql: _SQL, parents: list[str], now: datetime, released: Released) -> list[str]:
@@ -159,45 +167,57 @@ def adopt(sql: _SQL, parents: Sequence[str]) -> dict[str, str]:
 
 def attach(
     sql: _SQL,
-    child: str,
-    result_ttl: int,
+    children: Sequence[NewJob],
     parents: dict[str, str],
     parent_failure: str,
     now: datetime,
 ) -> str:
-    """Make the new job ``child`` wait for ``parents`` (``{job id: status}``, from
-    :func:`adopt`, in the same transaction); return its status.
+    """Make the new jobs ``children`` wait for ``parents`` (``{job id: status}``, from
+    :func:`adopt`, in the same transaction); return their status.
 
     A parent that completed counts as done; one that failed or was cancelled applies
-    ``parent_failure`` at once ("cancel": the child ends cancelled, naming it; "run": done);
-    the others are waited for: the child is "blocked" while any is, "queued" otherwise.
+    ``parent_failure`` at once ("cancel": the children end cancelled, naming it; "run":
+    done); the others are waited for: the children are "blocked" while any is, "queued"
+    otherwise. A few statements, however many children.
     """
     ended = [p for p, status in parents.items() if status in (Status.FAILED, Status.CANCELLED)]
     waiting = sum(1 for status in parents.values() if status in ACTIVE)
-    params: list[Any]
-    if ended and parent_failure == "cancel":
+    cancel = bool(ended) and parent_failure == "cancel"
+    if cancel:
         status = Status.CANCELLED.value
-        extra = ", finished_at = %s, expires_at = %s, last_error = %s"
-        params = [
-            sql.prep("finished_at", now),
-            sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
-            CANCELLED_BY.format(ended[0]),
-        ]
-        waiting = 0
     else:
         status = Status.BLOCKED.value if waiting else Status.QUEUED.value
-        extra, params = "", []
-    ((pk,),) = sql.execute(
-        f"UPDATE {sql.table} SET status = %s, waiting_for = %s, parent_failure = %s{extra} "
-        "WHERE job_id = %s RETURNING id",
-        [status, waiting, parent_failure, *params, child],
-    )
+    by_ttl: dict[int, list[str]] = {}
+    for child in children:
+        by_ttl.setdefault(child.result_ttl if cancel else 0, []).append(child.job_id)
+    pks: list[int] = []
+    for ttl, job_ids in by_ttl.items():
+        for start in range(0, len(job_ids), _CHUNK):
+            chunk = job_ids[start : start + _CHUNK]
+            extra, params = "", []
+            if cancel:
+                extra = ", finished_at = %s, expires_at = %s, last_error = %s"
+                params = [
+                    sql.prep("finished_at", now),
+                    sql.prep("expires_at", now + timedelta(seconds=ttl)),
+                    CANCELLED_BY.format(ended[0]),
+                ]
+            marks = ", ".join(["%s"] * len(chunk))
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, waiting_for = %s, "
+                f"parent_failure = %s{extra} WHERE job_id IN ({marks}) RETURNING id",
+                [status, 0 if cancel else waiting, parent_failure, *params, *chunk],
+            )
+            pks += [pk for (pk,) in rows]
     deps = dependency_table(sql)
-    rows = ", ".join(["(%s, %s)"] * len(parents))
-    sql.execute(
-        f"INSERT INTO {deps} (child_id, parent_job_id) VALUES {rows}",
-        [value for parent in parents for value in (pk, parent)],
-    )
+    links = [(pk, parent) for pk in pks for parent in parents]
+    for start in range(0, len(links), _CHUNK):
+        chunk_links = links[start : start + _CHUNK]
+        sql.execute(
+            f"INSERT INTO {deps} (child_id, parent_job_id) VALUES "
+            + ", ".join(["(%s, %s)"] * len(chunk_links)),
+            [value for link in chunk_links for value in link],
+        )
     return status
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..base import ClaimedJob
 from ..handles import JobHandle
 from ..models import Job
 from ..querysets import JobQuerySet
+from ..querysets.dependencies import ANNOUNCERS, Released
 from ..registry import registry
 from ..waiting import in_user_atomic
 from .attempt import announce_start, run_here
@@ -116,12 +118,34 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
 
     def run() -> None:
         run_now(handle.id, using=using)
+        pending = _released_here()
+        while pending:  # children its completion queued (workflows), and theirs in turn
+            run_now(pending.pop(0), using=using)
         handle.refresh()
 
     if in_user_atomic(using):
         transaction.on_commit(run, using=using)
     else:
         run()
+
+
+_local = threading.local()
+
+
+def _released_here() -> list[str]:
+    """The ids of children queued by endings recorded in this thread, to run (``EAGER``)."""
+    if not hasattr(_local, "released"):
+        _local.released = []
+    released: list[str] = _local.released
+    return released
+
+
+def _eager_released(released: Released) -> None:
+    if conf.settings.EAGER:
+        _released_here().extend(released.queued)
+
+
+ANNOUNCERS.append(_eager_released)
 
 
 def follow_eager_setting(**kwargs: Any) -> None:
