@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .batches import batch, get_batch
     from .canvas import chain, group
     from .context import JobContext
     from .control import acancel, cancel
@@ -62,7 +63,9 @@ _EXPORTS = {
     "SerializationError": "exceptions",
     "TimeLimitExceeded": "exceptions",
     "aget_job": "handles",
+    "batch": "batches",
     "chain": "canvas",
+    "get_batch": "batches",
     "group": "canvas",
     "get_job": "handles",
     "job": "decorators",
@@ -84,8 +87,10 @@ __all__ = [
     "__version__",
     "acancel",
     "aget_job",
+    "batch",
     "cancel",
     "chain",
+    "get_batch",
     "get_job",
     "group",
     "job",

@@ -57,6 +57,7 @@ __all__ = [
     "FINISHED",
     "DeadLetter",
     "Job",
+    "JobBatch",
     "JobDependency",
     "JobResult",
     "LimitStart",
@@ -132,6 +133,13 @@ class Job(models.Model):
     waiting_for = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Parents of a blocked job that have not ended yet."
     )
+    batch_id = models.CharField(  # noqa: DJ001 - NULL: in no batch
+        "batch",
+        max_length=64,
+        null=True,
+        blank=True,
+        help_text="The batch this job joined (workflows): its ending is counted there.",
+    )
     parent_failure = models.CharField(
         max_length=6,
         blank=True,
@@ -180,6 +188,9 @@ class Job(models.Model):
                 condition=Q(status__in=FINISHED),
             ),
             models.Index(fields=["queue"], name="djq_blocked", condition=Q(status=Status.BLOCKED)),
+            models.Index(
+                fields=["batch_id", "id"], name="djq_batch", condition=Q(batch_id__isnull=False)
+            ),
             models.Index(
                 fields=["limit_key"],
                 name="djq_limit_running",
@@ -255,6 +266,37 @@ class JobDependency(models.Model):
 
     def __str__(self) -> str:
         return f"{self.child_id} after {self.parent_job_id}"
+
+
+class JobBatch(models.Model):
+    """A batch of jobs (``with batch(...)``): its counters, updated by each job's ending in
+    the transaction that records it, and its callbacks, enqueued once in the transaction
+    that records the last ending (or seals the batch, if its jobs finished first)."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    name = models.CharField(max_length=200, blank=True, default="")
+    total = models.PositiveIntegerField(default=0, help_text="Jobs in the batch, once sealed.")
+    completed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    sealed = models.BooleanField(default=False, help_text="Its with-block ended: no job joins.")
+    callbacks_done = models.BooleanField(default=False)
+    on_success = models.JSONField(null=True, blank=True, help_text="The callback job's row.")
+    on_complete = models.JSONField(null=True, blank=True, help_text="The callback job's row.")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "job batches"
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def pending(self) -> int:
+        """Jobs not finished yet (of those enqueued so far, before it is sealed)."""
+        return max(0, self.total - self.completed - self.failed - self.cancelled)
 
 
 class JobResult(models.Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from itertools import groupby
 
@@ -20,6 +21,7 @@ from .base import ACTIVE, JobSnapshot, NewJob
 from .exceptions import InvalidJobError, JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
+from .querysets.batches import join
 from .querysets.dependencies import adopt, attach
 
 _REPLACE_ROUNDS = 5
@@ -41,6 +43,10 @@ def new_job_ids(count: int) -> list[str]:
     return [text[start : start + 32] for start in range(0, 32 * count, 32)]
 
 
+#: The batch that the jobs enqueued here join (``with batch(...)``), if any.
+current_batch: ContextVar[str | None] = ContextVar("django_jobqueue_batch", default=None)
+
+
 def insert_jobs(
     jobs: Sequence[NewJob],
     *,
@@ -54,15 +60,27 @@ def insert_jobs(
     INSERT, in autocommit, is the common case; more statements (several batches, or ids to
     resolve against existing jobs) run in one transaction, so a failure writes nothing.
     ``lock_timeout`` (seconds, PostgreSQL) bounds the wait for another transaction's
-    uncommitted job with the same id. ``written`` is called once the rows are written
+    uncommitted job with the same id. Inside ``with batch(...)`` the new jobs join it, in the
+    same transaction. ``written`` is called once the rows are written
     (committed, outside a transaction). Waking workers and ``job_enqueued`` are the caller's
     (:func:`django_jobqueue.handles.announce`), after this returns.
 
     With tracing on (:mod:`.telemetry`) the write is a PRODUCER span, and each new row
     carries its context to the worker.
     """
+    batch_id = current_batch.get()
     with telemetry.enqueue_span(jobs) as traced:
-        return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+        if batch_id is None:
+            return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+        using = router.db_for_write(Job)
+        with transaction.atomic(using=using):  # the jobs and their joining: both or neither
+            snapshots = _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=None)
+            created = [snapshot.id for snapshot in snapshots if snapshot.created]
+            if created:
+                join(Job.objects.using(using)._sql(), batch_id, created)
+    if written is not None:
+        written()
+    return snapshots
 
 
 def _insert_jobs(

@@ -11,7 +11,15 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_jobqueue import InvalidJobError, JobQueueError, chain, get_job, group
+from django_jobqueue import (
+    InvalidJobError,
+    JobQueueError,
+    batch,
+    chain,
+    get_batch,
+    get_job,
+    group,
+)
 from django_jobqueue.backend import STATUSES
 from django_jobqueue.deadletters import requeue
 from django_jobqueue.exceptions import SerializationError
@@ -272,3 +280,87 @@ def test_eager_runs_a_chain_in_order(settings):
     assert [h.status for h in handles] == ["completed"] * 3
     tags = list(Execution.objects.order_by("id").values_list("tag", flat=True))
     assert tags == ["one", "two", "three"]
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+def _callbacks() -> list[str]:
+    return sorted(Job.objects.filter(job_id__startswith="batch:").values_list("job_id", flat=True))
+
+
+def test_a_batch_counts_its_jobs_and_enqueues_its_callbacks_once():
+    with batch(
+        on_success=collects.bind("success"), on_complete=collects.bind("complete"), name="two"
+    ) as b:
+        add.enqueue(1, 2)
+        add.enqueue_many([(3, 4), (5, 6)])
+    counts = get_batch(b.id).counts
+    assert counts == {"pending": 3, "completed": 0, "failed": 0, "cancelled": 0}
+    assert Job.objects.filter(batch_id=b.id).count() == 3
+    run_jobs()
+    handle = get_batch(b.id)
+    assert (handle.name, handle.finished) == ("two", True)
+    assert handle.counts == {"pending": 0, "completed": 3, "failed": 0, "cancelled": 0}
+    assert _callbacks() == [f"batch:{b.id}:on_complete", f"batch:{b.id}:on_success"]
+    assert sorted(Execution.objects.values_list("tag", flat=True)) == ["complete", "success"]
+    assert handle.wait(timeout=1) is not None
+
+
+def test_a_batch_with_a_failure_runs_on_complete_only_and_counts_cancelled_children():
+    with batch(on_success=noop.bind(), on_complete=noop.bind()) as b:
+        parent = always_fails.using(max_attempts=1).enqueue()
+        collects.using(after=parent).enqueue("never")
+        add.enqueue(1, 1)
+    run_jobs()
+    assert get_batch(b.id).counts == {"pending": 0, "completed": 1, "failed": 1, "cancelled": 1}
+    assert _callbacks() == [f"batch:{b.id}:on_complete"]
+
+
+def test_a_batch_whose_jobs_finished_before_it_was_sealed_fires_at_the_seal(settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "EAGER": True}
+    with batch(on_complete=collects.bind("done")) as b:
+        add.enqueue(1, 2)
+        assert _callbacks() == []  # not sealed: more jobs may join
+    assert get_batch(b.id).finished
+    assert list(Execution.objects.values_list("tag", flat=True)) == ["done"]
+
+
+def test_an_empty_batch_finishes_at_once_and_a_batch_rolled_back_leaves_nothing():
+    with batch(on_complete=noop.bind()) as b:
+        pass
+    assert get_batch(b.id).finished and _callbacks() == [f"batch:{b.id}:on_complete"]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with batch(on_complete=noop.bind()) as rolled_back:
+            add.enqueue(1, 2)
+        raise RuntimeError("roll back")
+    assert get_batch(rolled_back.id) is None
+    assert not Job.objects.filter(batch_id=rolled_back.id).exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_success": noop}, r"call \.bind"),
+        ({"on_complete": "x"}, "takes a bound job"),
+        ({"name": 42}, "name"),
+    ],
+)
+def test_bad_batch_arguments_are_refused(options, message):
+    with pytest.raises(InvalidJobError, match=message):
+        batch(**options)
+
+
+def test_a_batch_inside_a_batch_is_refused():
+    with batch(), pytest.raises(InvalidJobError, match="nesting"), batch():
+        pass
+
+
+def test_a_batch_job_that_dead_letters_is_counted_once_even_when_requeued():
+    with batch(on_complete=noop.bind()) as b:
+        always_fails.using(max_attempts=1).enqueue()
+    run_jobs()
+    assert requeue(DeadLetter.objects.all()) == 1
+    run_jobs()
+    assert get_batch(b.id).counts["failed"] == 1
+    assert _callbacks() == [f"batch:{b.id}:on_complete"]

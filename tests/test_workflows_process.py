@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from django_jobqueue import chain, get_job, group
+from django_jobqueue import batch, chain, get_batch, get_job, group
 from django_jobqueue.models import Job
 from django_jobqueue.querysets.dependencies import CANCELLED_BY
 from tests.conftest import wait_until
@@ -79,3 +79,20 @@ def test_a_chain_runs_in_order_and_returns_the_last_result(worker_processes):
     started = dict(Execution.objects.values_list("tag", "started"))
     assert started["first"] <= min(started["left"], started["right"])
     assert started["last"] >= max(started["left"], started["right"])
+
+
+def test_a_batch_on_two_workers_fires_each_callback_exactly_once(worker_processes):
+    worker_processes.start()
+    worker_processes.start()
+    with batch(on_success=collects.bind("success"), on_complete=collects.bind("complete")) as b:
+        for i in range(100):
+            add.enqueue(i, 1)
+        add.enqueue_many([(i, 2) for i in range(200)])
+    assert get_batch(b.id).wait(timeout=120).counts == {
+        "pending": 0,
+        "completed": 300,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    wait_until(lambda: Execution.objects.count() == 2, timeout=60)
+    assert sorted(Execution.objects.values_list("tag", flat=True)) == ["complete", "success"]

@@ -14,7 +14,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .. import conf
-from ..querysets.dependencies import ANNOUNCERS, Released
+from ..querysets.batches import Released
+from ..querysets.dependencies import ANNOUNCERS
 from .cancels import Cancels
 from .link import Link, kind_of
 from .names import finished_message, group_for

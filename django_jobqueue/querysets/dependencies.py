@@ -19,12 +19,13 @@ decrement happens once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from django.db import transaction
 
 from ..base import ACTIVE, NewJob, Status
+from .batches import Released, batch_table, count_in_batches, finish
 from .sql import _SQL
 
 #: The error of a child cancelled because a parent did not complete; requeueing that parent
@@ -35,19 +36,30 @@ CANCELLED_BY = "Cancelled: its parent job {} did not complete (parent_failure='c
 #: Rows per statement when many children are attached at once.
 _CHUNK = 500
 
+#: What an ending statement returns (after its own columns) for :func:`ended`.
+ENDED_COLUMNS = "has_children, job_id, batch_id"
+#: The rows whose ending has no follower: recorded alone, in autocommit, outside a
+#: transaction (the others are recorded again inside one, with their followers).
+PLAIN = "NOT has_children AND batch_id IS NULL"
+FOLLOWED = "(has_children OR batch_id IS NOT NULL)"
 
-@dataclass
-class Released:
-    """What releasing children did: queues with a child now queued (wake their workers),
-    those children's ids (``EAGER`` runs them), and the ids of children now cancelled that
-    someone waits for (notify them)."""
 
-    queues: set[str] = field(default_factory=set)
-    finished: list[str] = field(default_factory=list)
-    queued: list[str] = field(default_factory=list)
+class Ended(NamedTuple):
+    """A job that just ended: its followers are its children and its batch."""
 
-    def __bool__(self) -> bool:
-        return bool(self.queues or self.finished)
+    job_id: str
+    status: str
+    has_children: bool
+    batch_id: str | None
+
+    @property
+    def followed(self) -> bool:
+        return self.has_children or self.batch_id is not None
+
+
+def ended(row: Sequence[Any]) -> Ended:
+    """``(id, notify, status, *ENDED_COLUMNS)`` as an :class:`Ended`."""
+    return Ended(str(row[4]), str(row[2]), bool(row[3]), row[5])
 
 
 #: Called with what a release did once its transaction commits (the notification hub
@@ -65,18 +77,22 @@ def dependency_table(sql: _SQL) -> str:
     return str(sql.connection.ops.quote_name(model._meta.db_table))
 
 
-def release_children(sql: _SQL, ended: Sequence[tuple[str, str]], now: datetime) -> Released:
-    """Release the children of the parents ``ended`` (``(job id, status)`` of jobs that just
-    ended, with ``has_children``): see the module's docstring. Runs in the caller's
-    transaction, which records the parents' endings."""
+def release_children(sql: _SQL, endings: Sequence[Ended], now: datetime) -> Released:
+    """Follow up the jobs that just ended (``endings``): release their children (see the
+    module's docstring) and count them in their batches (:func:`count_in_batches`). Runs in
+    the caller's transaction, which records the endings."""
     released = Released()
-    completed = [job_id for job_id, status in ended if status == Status.COMPLETED]
+    parents = [end for end in endings if end.has_children]
+    completed = [end.job_id for end in parents if end.status == Status.COMPLETED]
     if completed:
         _count_down(sql, completed, None, released)
-    failed = [job_id for job_id, status in ended if status != Status.COMPLETED]
+    failed = [end.job_id for end in parents if end.status != Status.COMPLETED]
+    counted = [end for end in endings if end.batch_id is not None]
     while failed:
         _count_down(sql, failed, "run", released)
-        failed = _cancel_children(sql, failed, now, released)
+        failed = _cancel_children(sql, failed, now, released, counted)
+    if counted:
+        count_in_batches(sql, [(str(end.batch_id), end.status) for end in counted], now, released)
     if released:
         transaction.on_commit(lambda: _announce(released), using=sql.connection.alias)
     return released
@@ -115,9 +131,12 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
             released.queued.append(str(job_id))
 
 
-def _cancel_children(sql: _SQL, parents: list[str], now: datetime, released: Released) -> list[str]:
-    """End the blocked children of ``parents`` with ``parent_failure='cancel'`` cancelled;
-    return those that have children of their own (the next level)."""
+def _cancel_children(
+    sql: _SQL, parents: list[str], now: datetime, released: Released, counted: list[Ended]
+) -> list[str]:
+    """End the blocked children of ``parents`` with ``parent_failure='cancel'`` cancelled
+    (those of a batch join ``counted``); return those that have children of their own (the
+    next level)."""
     deps = dependency_table(sql)
     marks = ", ".join(["%s"] * len(parents))
     rows = sql.execute(
@@ -137,7 +156,7 @@ def _cancel_children(sql: _SQL, parents: list[str], now: datetime, released: Rel
         done = sql.execute(
             f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
             f"last_error = %s, waiting_for = 0 WHERE id IN ({ids}) AND status = %s "
-            "RETURNING job_id, notify, has_children",
+            "RETURNING job_id, notify, has_children, batch_id",
             [
                 Status.CANCELLED,
                 sql.prep("finished_at", now),
@@ -147,8 +166,13 @@ def _cancel_children(sql: _SQL, parents: list[str], now: datetime, released: Rel
                 Status.BLOCKED,
             ],
         )
-        released.finished.extend(str(job_id) for job_id, notify, _ in done if notify)
-        nested.extend(str(job_id) for job_id, _, has_children in done if has_children)
+        for job_id, notify, has_children, batch_id in done:
+            if notify:
+                released.finished.append(str(job_id))
+            if has_children:
+                nested.append(str(job_id))
+            if batch_id is not None:
+                counted.append(Ended(str(job_id), Status.CANCELLED, bool(has_children), batch_id))
     return nested
 
 
@@ -191,6 +215,7 @@ def attach(
     for child in children:
         by_ttl.setdefault(child.result_ttl if cancel else 0, []).append(child.job_id)
     pks: list[int] = []
+    counted: list[tuple[str, str]] = []
     for ttl, job_ids in by_ttl.items():
         for start in range(0, len(job_ids), _CHUNK):
             chunk = job_ids[start : start + _CHUNK]
@@ -205,10 +230,12 @@ def attach(
             marks = ", ".join(["%s"] * len(chunk))
             rows = sql.execute(
                 f"UPDATE {sql.table} SET status = %s, waiting_for = %s, "
-                f"parent_failure = %s{extra} WHERE job_id IN ({marks}) RETURNING id",
+                f"parent_failure = %s{extra} WHERE job_id IN ({marks}) RETURNING id, batch_id",
                 [status, 0 if cancel else waiting, parent_failure, *params, *chunk],
             )
-            pks += [pk for (pk,) in rows]
+            pks += [pk for pk, _batch in rows]
+            if cancel:  # ended at once: counted in their batch now
+                counted += [(str(batch), status) for _pk, batch in rows if batch is not None]
     deps = dependency_table(sql)
     links = [(pk, parent) for pk in pks for parent in parents]
     for start in range(0, len(links), _CHUNK):
@@ -218,6 +245,11 @@ def attach(
             + ", ".join(["(%s, %s)"] * len(chunk_links)),
             [value for link in chunk_links for value in link],
         )
+    if counted:
+        released = Released()
+        count_in_batches(sql, counted, now, released)
+        if released:
+            transaction.on_commit(lambda: _announce(released), using=sql.connection.alias)
     return status
 
 
@@ -257,3 +289,13 @@ def revive(sql: _SQL, parents: Sequence[str]) -> None:
             )
             following.extend(str(job_id) for job_id, has_children in rows if has_children)
         level = following
+
+
+def seal(sql: _SQL, batch_id: str, now: datetime) -> None:
+    """No job joins ``batch_id`` any more: if every job of it ended already, its callbacks
+    are enqueued now (in the caller's transaction), else by its last job's ending."""
+    sql.execute(f"UPDATE {batch_table(sql)} SET sealed = %s WHERE id = %s", [True, batch_id])
+    released = Released()
+    finish(sql, batch_id, now, released)
+    if released:
+        transaction.on_commit(lambda: _announce(released), using=sql.connection.alias)

@@ -10,7 +10,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..base import DEAD_LETTER_FIELDS, FINISHED, ClaimedJob, Status
-from .dependencies import Released, release_children
+from .batches import Released
+from .dependencies import (
+    ENDED_COLUMNS,
+    FOLLOWED,
+    PLAIN,
+    Ended,
+    ended,
+    release_children,
+)
 from .sql import (
     _CANCELLED,
     _COMPLETED,
@@ -34,8 +42,8 @@ class Completed(dict[int, bool]):
     def __init__(self, rows: Sequence[tuple[Any, ...]] = ()) -> None:
         super().__init__((row[0], bool(row[1])) for row in rows)
         self.cancelled: set[int] = {row[0] for row in rows if row[2] == Status.CANCELLED}
-        #: ``(job id, status)`` of the runs recorded whose row has children.
-        self.parents: list[tuple[str, str]] = [(str(row[4]), str(row[2])) for row in rows if row[3]]
+        #: The runs recorded whose ending has followers (children, a batch).
+        self.parents: list[Ended] = [ended(row) for row in rows if row[3] or row[5]]
         self.released = Released()
 
     def merge(self, other: Completed) -> Completed:
@@ -73,8 +81,8 @@ def _completion(
         f"UPDATE {sql.table} SET status = {_DONE_STATUS}, finished_at = %s, expires_at = %s, "
         "lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
         f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
-        + ("AND NOT has_children " if childless else "")
-        + "RETURNING id, notify, status, has_children, job_id",
+        + (f"AND {PLAIN} " if childless else "")
+        + f"RETURNING id, notify, status, {ENDED_COLUMNS}",
         [
             sql.prep("finished_at", now),
             sql.prep("expires_at", expires_at),
@@ -179,7 +187,7 @@ class OutcomesQuerySet(SQLQuerySet):
                     "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
                     f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
                     f"AND done.status = {_COMPLETED}) "
-                    "SELECT id, notify, status, has_children, job_id FROM done",
+                    f"SELECT id, notify, status, {ENDED_COLUMNS} FROM done",
                     [*params, *value_params],
                 )
             )
@@ -241,8 +249,8 @@ class OutcomesQuerySet(SQLQuerySet):
         rows = self._ending(
             lambda childless: sql.execute(
                 statement
-                + ("AND NOT (cancel_requested AND has_children) " if childless else "")
-                + "RETURNING status, notify, has_children, job_id",
+                + (f"AND NOT (cancel_requested AND {FOLLOWED}) " if childless else "")
+                + f"RETURNING status, notify, {ENDED_COLUMNS}",
                 params,
             ),
             now,
@@ -264,9 +272,9 @@ class OutcomesQuerySet(SQLQuerySet):
                 return rows
         with transaction.atomic(using=self.db):
             rows = write(False)
-            ended = [(str(r[3]), str(r[0])) for r in rows if r[2] and r[0] in FINISHED]
-            if ended:
-                release_children(sql, ended, now)
+            endings = [ended((0, row[1], row[0], *row[2:])) for row in rows if row[0] in FINISHED]
+            if any(end.followed for end in endings):
+                release_children(sql, endings, now)
             return rows
 
     def finish_cancelled(
@@ -288,8 +296,8 @@ class OutcomesQuerySet(SQLQuerySet):
                 "expires_at = %s, lease_expires_at = NULL, last_error = %s WHERE id = %s "
                 f"AND attempts = %s AND status = {_RUNNING} AND cancel_requested"
                 + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
-                + (" AND NOT has_children" if childless else "")
-                + " RETURNING status, notify, has_children, job_id",
+                + (f" AND {PLAIN}" if childless else "")
+                + f" RETURNING status, notify, {ENDED_COLUMNS}",
                 [
                     sql.prep("finished_at", now),
                     sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
@@ -359,8 +367,12 @@ class OutcomesQuerySet(SQLQuerySet):
                 traceback=trace,
                 failed_at=now,
             )
-            if row.has_children:
-                release_children(self._sql(), [(row.job_id, Status.FAILED)], now)
+            if row.has_children or row.batch_id:
+                release_children(
+                    self._sql(),
+                    [Ended(row.job_id, Status.FAILED, row.has_children, row.batch_id)],
+                    now,
+                )
         return letter, bool(row.notify)
 
     def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
@@ -377,7 +389,7 @@ class OutcomesQuerySet(SQLQuerySet):
             rows = sql.execute(
                 f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
                 "last_error = %s, waiting_for = 0 WHERE job_id = %s AND status IN (%s, %s) "
-                "RETURNING id, result_ttl, notify, queue, has_children",
+                f"RETURNING id, result_ttl, notify, queue, {ENDED_COLUMNS}",
                 [
                     Status.CANCELLED,
                     sql.prep("finished_at", now),
@@ -388,10 +400,11 @@ class OutcomesQuerySet(SQLQuerySet):
                 ],
             )
             if rows:
-                pk, ttl, notify, queue, has_children = rows[0]
+                pk, ttl, notify, queue, *rest = rows[0]
                 self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
-                if has_children:
-                    release_children(sql, [(job_id, Status.CANCELLED)], now)
+                end = ended((0, 0, Status.CANCELLED, *rest))
+                if end.followed:
+                    release_children(sql, [end], now)
                 return Cancelled(job_id, str(queue), bool(notify), running_on=None)
             rows = sql.execute(
                 f"UPDATE {sql.table} SET cancel_requested = %s WHERE job_id = %s AND status = %s "
