@@ -21,6 +21,7 @@ Which index serves which query (names as in the migration):
   results.
 * ``djq_blocked`` ``(queue) WHERE status='blocked'``: counting the jobs waiting for their
   parents (workflows) per queue, however many there are.
+* ``djq_batch`` ``(batch_id, id) WHERE batch_id IS NOT NULL``: a batch's jobs (workflows).
 * ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
   ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
   second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
