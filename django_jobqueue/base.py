@@ -39,12 +39,13 @@ from django.db import models
 class Status(models.TextChoices):
     """A job's status; the only spelling of these values in the package."""
 
-    BLOCKED = "blocked", "Blocked"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    #: Waiting for its parents (workflows); last, so that columns listed before stay put.
+    BLOCKED = "blocked", "Blocked"
 
 
 #: The moves between statuses: a job in a key's status may next be in one of its values.
