@@ -21,6 +21,7 @@ from django_jobqueue import (
     group,
 )
 from django_jobqueue.backend import STATUSES
+from django_jobqueue.control import cancel_queued
 from django_jobqueue.deadletters import requeue
 from django_jobqueue.exceptions import SerializationError
 from django_jobqueue.models import DeadLetter, Job, JobDependency
@@ -364,3 +365,29 @@ def test_a_batch_job_that_dead_letters_is_counted_once_even_when_requeued():
     run_jobs()
     assert get_batch(b.id).counts["failed"] == 1
     assert _callbacks() == [f"batch:{b.id}:on_complete"]
+
+
+def test_cancelling_a_queue_cancels_the_children_of_its_jobs_and_counts_them_in_their_batch():
+    with batch(on_complete=noop.bind()) as b:
+        parent = add.using(queue="other").enqueue(1, 2)
+    child = collects.using(after=parent).enqueue("child")
+    assert cancel_queued("other") == 1
+    assert _status(child) == "cancelled"
+    assert get_batch(b.id).counts["cancelled"] == 1
+    assert _callbacks() == [f"batch:{b.id}:on_complete"]
+
+
+def test_children_are_released_in_the_transaction_that_records_the_ending():
+    parent = noop.enqueue()
+    child = add.using(after=parent).enqueue(1, 2)
+    now = timezone.now()
+    claimed = Job.objects.claim_job(
+        parent.id, worker="t", now=now, lease_until=now + timedelta(seconds=60)
+    )
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Job.objects.complete([claimed.fence], now=now, expires_at=now)
+        assert _status(child) == "queued"
+        raise RuntimeError("the ending's transaction rolls back")
+    assert (_status(parent), _status(child)) == ("running", "blocked")
+    Job.objects.complete([claimed.fence], now=now, expires_at=now)
+    assert (_status(parent), _status(child)) == ("completed", "queued")

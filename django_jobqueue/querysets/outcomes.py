@@ -375,6 +375,31 @@ class OutcomesQuerySet(SQLQuerySet):
                 )
         return letter, bool(row.notify)
 
+    def cancel_queued_rows(self, pks: Sequence[int], *, result_ttl: int, now: datetime) -> int:
+        """Cancel the jobs ``pks`` that are still queued (their ``result_ttl`` is
+        ``result_ttl``), in one transaction with their followers (children, batches); return
+        how many."""
+        sql = self._sql()
+        marks = ", ".join(["%s"] * len(pks))
+        with transaction.atomic(using=self.db):
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
+                f"lease_expires_at = NULL, last_error = %s WHERE id IN ({marks}) "
+                f"AND status = %s RETURNING notify, {ENDED_COLUMNS}",
+                [
+                    Status.CANCELLED,
+                    sql.prep("finished_at", now),
+                    sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+                    CANCELLED_ERROR,
+                    *pks,
+                    Status.QUEUED,
+                ],
+            )
+            endings = [ended((0, 0, Status.CANCELLED, *row[1:])) for row in rows]
+            if any(end.followed for end in endings):
+                release_children(sql, [end for end in endings if end.followed], now)
+        return len(rows)
+
     def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
         """Cancel ``job_id``: a queued or blocked job at once (it never runs; its children
         follow their ``parent_failure``), a running one by asking its worker to stop
