@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import django
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -391,3 +392,20 @@ def test_children_are_released_in_the_transaction_that_records_the_ending():
     assert (_status(parent), _status(child)) == ("running", "blocked")
     Job.objects.complete([claimed.fence], now=now, expires_at=now)
     assert (_status(parent), _status(child)) == ("completed", "queued")
+
+
+def test_a_task_result_works_in_after_and_a_blocked_task_reads_ready():
+    if django.VERSION < (6, 0):
+        pytest.importorskip("django_tasks", reason="needs the django-tasks backport on Django 5.2")
+    from tests.testapp.tasks import add_task
+
+    parent = add_task.enqueue(1, 2)
+    child = collects.using(after=parent).enqueue("after a task")
+    assert child.status == "blocked"
+    # A task's row that waits for a parent is, to the framework, READY.
+    task_child = add_task.enqueue(3, 4)
+    Job.objects.filter(job_id=task_child.id).update(status="blocked")
+    task_child.refresh()
+    assert task_child.status == add_task.enqueue(0, 0).status  # READY, as a queued task
+    run_jobs()
+    assert get_job(child.id).result["parents"] == {parent.id: 3}
