@@ -409,3 +409,16 @@ def test_a_task_result_works_in_after_and_a_blocked_task_reads_ready():
     assert task_child.status == add_task.enqueue(0, 0).status  # READY, as a queued task
     run_jobs()
     assert get_job(child.id).result["parents"] == {parent.id: 3}
+
+
+def test_the_admin_job_page_links_parents_and_children_with_their_status(admin_client):
+    parent = add.enqueue(1, 2)
+    child = collects.using(after=parent).enqueue("child")
+    pages = {}
+    for handle in (parent, child):
+        pk = Job.objects.get(job_id=handle.id).pk
+        response = admin_client.get(f"/admin/django_jobqueue/job/{pk}/change/")
+        assert response.status_code == 200
+        pages[handle.id] = response.content.decode()
+    assert child.id in pages[parent.id] and "blocked" in pages[parent.id]
+    assert parent.id in pages[child.id] and "Runs after" in pages[child.id]
