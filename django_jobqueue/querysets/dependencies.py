@@ -1,7 +1,9 @@
-"""Releasing the children of jobs that ended (workflows), inside the ending's transaction.
+"""Following up the jobs that ended (workflows), inside the ending's transaction: releasing
+their children, and counting them in their batch (:mod:`.batches`).
 
-Called by every statement that records an ending, only for parents whose row says
-``has_children`` (so a plain job never pays a statement for it), in the same transaction:
+Called by every statement that records an ending, only for jobs whose row says
+``has_children`` or names a batch (so a plain job never pays a statement for it), in the
+same transaction; on commit, :data:`ANNOUNCERS` wake the workers of what it queued:
 
 * a parent that **completed** takes one off each blocked child's ``waiting_for``; a child
   at zero moves ``blocked -> queued``;
@@ -103,15 +105,15 @@ def _count_down(sql: _SQL, parents: list[str], policy: str | None, released: Rel
     only, if given); those at zero are queued."""
     deps = dependency_table(sql)
     marks = ", ".join(["%s"] * len(parents))
-    ended = (
+    gone = (
         f"(SELECT count(*) FROM {deps} d WHERE d.child_id = {sql.table}.id "
         f"AND d.parent_job_id IN ({marks}))"
     )
     only = "AND parent_failure = %s " if policy else ""
     rows = sql.execute(
-        f"UPDATE {sql.table} SET waiting_for = CASE WHEN waiting_for > {ended} "
-        f"THEN waiting_for - {ended} ELSE 0 END, "
-        f"status = CASE WHEN waiting_for > {ended} THEN status ELSE %s END "
+        f"UPDATE {sql.table} SET waiting_for = CASE WHEN waiting_for > {gone} "
+        f"THEN waiting_for - {gone} ELSE 0 END, "
+        f"status = CASE WHEN waiting_for > {gone} THEN status ELSE %s END "
         f"WHERE status = %s {only}AND id IN "
         f"(SELECT child_id FROM {deps} WHERE parent_job_id IN ({marks})) "
         "RETURNING status, queue, job_id",
