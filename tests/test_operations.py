@@ -87,7 +87,7 @@ def test_status_text_names_every_queue_and_says_what_is_exact(known_sequence):
     assert lines["default"][1:7] == ["1", "0", "3", "1", "0", "0"]
     assert lines["other"][1] == "1" and lines["other"][7].endswith("m")
     assert lines["(all)"][1:4] == ["2", "0", "3"]
-    assert "queued and running and blocked are exact" in text
+    assert "queued, running and blocked are exact" in text
 
 
 def test_status_marks_capped_finished_counts(known_sequence, monkeypatch):

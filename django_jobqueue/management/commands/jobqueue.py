@@ -408,6 +408,11 @@ class Command(BaseCommand):
         self.stdout.write(f"cancelled {cancelled} queued jobs of queue {options['queue']!r}")
 
 
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, (", ".join(words[:-1]), words[-1]))) if words else ""
+
+
 def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
     rows = [headers, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
@@ -475,7 +480,7 @@ def render_status(report: dict[str, Any]) -> str:
             _table(headers, lines),
             "",
             "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
-            f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
+            f"{_listed(report['exact'])} are exact; finished jobs are counted up to "
             f"{cap:,} ('+': more); finished/min is the last full minute.",
         ]
     )
