@@ -23,6 +23,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .batches import batch, get_batch
+    from .canvas import chain, group
     from .context import JobContext
     from .control import acancel, cancel
     from .decorators import JobFunction, job
@@ -66,6 +68,10 @@ _EXPORTS = {
     "SerializationError": "exceptions",
     "TimeLimitExceeded": "exceptions",
     "aget_job": "handles",
+    "batch": "batches",
+    "chain": "canvas",
+    "get_batch": "batches",
+    "group": "canvas",
     "get_job": "handles",
     "job": "decorators",
 }
@@ -88,8 +94,12 @@ __all__ = [
     "aget_job",
     "apause_queue",
     "aresume_queue",
+    "batch",
     "cancel",
+    "chain",
+    "get_batch",
     "get_job",
+    "group",
     "job",
     "pause_queue",
     "resume_queue",

@@ -102,6 +102,8 @@ logger = logging.getLogger("django_jobqueue.backend")
 #: ``JobCancelledError``): the framework has no cancelled state, and a cancelled job is, like
 #: a failed one, finished for good and never run again within its ``result_ttl``.
 STATUSES: dict[str, Any] = {
+    # A job waiting for its parents (workflows) is, to the framework, waiting to run.
+    Status.BLOCKED: TaskResultStatus.READY,
     Status.QUEUED: TaskResultStatus.READY,
     Status.RUNNING: TaskResultStatus.RUNNING,
     Status.COMPLETED: TaskResultStatus.SUCCESSFUL,

@@ -45,14 +45,22 @@ class Status(models.TextChoices):
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
+    #: Waiting for its parents (workflows); last, so that columns listed before stay put.
+    BLOCKED = "blocked", _("Blocked")
 
 
 #: The moves between statuses: a job in a key's status may next be in one of its values.
 #: A job is written :data:`INITIAL_STATUS`; a status with no move out is an end
 #: (:data:`FINISHED`). ``running -> queued`` is a retry (or an expired lease); requeueing a
 #: dead letter and rerunning a finished job write a new run, they move no status.
+#: Workflows: a job with parents is written queued and moved, in the same transaction,
+#: ``queued -> blocked`` (or ``cancelled``, a parent failed already); ``blocked -> queued`` is
+#: its last parent's completion, ``blocked -> cancelled`` a parent's failure
+#: (``parent_failure="cancel"``) or a cancel. Requeueing a dead-lettered parent puts the
+#: children it cancelled back to blocked, as requeue writes a new run.
 MOVES: dict[str, tuple[str, ...]] = {
-    Status.QUEUED.value: (Status.RUNNING.value, Status.CANCELLED.value),
+    Status.BLOCKED.value: (Status.QUEUED.value, Status.CANCELLED.value),
+    Status.QUEUED.value: (Status.RUNNING.value, Status.CANCELLED.value, Status.BLOCKED.value),
     Status.RUNNING.value: (
         Status.COMPLETED.value,
         Status.FAILED.value,
@@ -67,8 +75,13 @@ FINISHED: tuple[str, ...] = tuple(status for status in Status.values if not MOVE
 ACTIVE: tuple[str, ...] = tuple(status for status in Status.values if status not in FINISHED)
 
 
-#: The status a new job is written with (a job with parents will start "blocked").
+#: The status a new job is written with (a job with parents then moves to "blocked" in the
+#: same transaction, before anyone can see it: :mod:`django_jobqueue.workflows`).
 INITIAL_STATUS: str = Status.QUEUED.value
+
+#: What a child does when a parent ends failed or cancelled (``using(parent_failure=...)``):
+#: "cancel" (the default) ends it cancelled, "run" runs it without that parent's result.
+PARENT_FAILURE_CHOICES: tuple[str, ...] = ("cancel", "run")
 
 
 class Ending(enum.Enum):
@@ -200,6 +213,8 @@ class ClaimedJob:
     time_limit: float | None = None
     limit_key: str | None = None
     trace_context: dict[str, str] | None = None
+    #: "cancel" or "run" for a job with parents (workflows), "" for one without.
+    parent_failure: str = ""
 
     @property
     def fence(self) -> tuple[int, int]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
@@ -47,6 +48,8 @@ class JobContext:
         "_cancelled",
         "_job_id",
         "_max_attempts",
+        "_parent_results",
+        "_parents",
         "_queue",
         "_report",
         "_worker",
@@ -63,8 +66,11 @@ class JobContext:
         worker: str,
         cancelled: threading.Event | None = None,
         report: Callable[[Progress], None] | None = None,
+        parents: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._job_id = job_id
+        self._parents = parents
+        self._parent_results: MappingProxyType[str, Any] | None = None
         self._attempt = attempt
         self._max_attempts = max_attempts
         self._queue = queue
@@ -98,6 +104,21 @@ class JobContext:
     def worker(self) -> str:
         """The name of the worker running it."""
         return self._worker
+
+    @property
+    def parent_results(self) -> Mapping[str, Any]:
+        """``{parent job id: its result}`` of the jobs this one ran after (``using(after=...)``,
+        chains and groups), read-only; empty for a job without parents. A parent that failed
+        or was cancelled (``parent_failure="run"``) is missing. Read from the database on
+        first use (an ``async def`` job's are read before it starts)."""
+        if self._parent_results is None:
+            self._parent_results = MappingProxyType(self._parents() if self._parents else {})
+        return self._parent_results
+
+    def load_parent_results(self) -> None:
+        """Read :attr:`parent_results` now (before an ``async def`` job starts, on a thread
+        where the database may be used)."""
+        self.parent_results  # noqa: B018 - read for its side effect
 
     @property
     def is_last_attempt(self) -> bool:

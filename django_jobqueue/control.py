@@ -10,7 +10,6 @@ run as ``cancelled`` whatever it returns or raises afterwards.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from functools import partial
 
 from asgiref.sync import sync_to_async
@@ -21,7 +20,6 @@ from . import conf
 from .base import Status
 from .models import Job
 from .notifications import hub
-from .querysets import CANCELLED_ERROR
 
 logger = logging.getLogger("django_jobqueue.control")
 
@@ -87,14 +85,8 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
             return total
         now = timezone.now()
         for ttl in {row[1] for row in batch}:
-            total += jobs.filter(
-                pk__in=[row[0] for row in batch if row[1] == ttl], status=Status.QUEUED
-            ).update(
-                status=Status.CANCELLED,
-                finished_at=now,
-                expires_at=now + timedelta(seconds=ttl),
-                lease_expires_at=None,
-                last_error=CANCELLED_ERROR,
+            total += jobs.cancel_queued_rows(
+                [row[0] for row in batch if row[1] == ttl], result_ttl=ttl, now=now
             )
         waited = [row[2] for row in batch if row[3]]
         if waited:

@@ -11,6 +11,8 @@ For each dead letter, by the state of the job row with the same ``job_id``:
   name, queue, arguments, priority, group, ``max_attempts``, ``result_ttl``, ``time_limit``,
   limit key, trace context; enqueued now, to run at once, a task's attempt log started
   afresh), replacing the finished row and its result, and the dead letter is deleted;
+  The children the job's failure cancelled (workflows, ``parent_failure="cancel"``) are
+  "blocked" again, waiting for it (and theirs for them);
 * queued or running (it was enqueued again meanwhile, or an earlier dead letter of the same id
   was just requeued): nothing happens to it, and the dead letter is kept.
 """
@@ -29,6 +31,7 @@ from . import conf
 from .base import ACTIVE, REQUEUE_FIELDS, JobSnapshot, NewJob
 from .handles import announce
 from .models import DeadLetter, Job
+from .querysets.dependencies import revive
 
 
 @dataclass
@@ -112,6 +115,8 @@ def requeue_report(
         if done:
             letters_table.filter(pk__in=[letter.pk for letter in done]).delete()
             report.requeued.extend(letter.job_id for letter in done)
+            # Workflows: the children a dead-lettered parent cancelled wait for it again.
+            revive(Job.objects.using(using)._sql(), report.requeued)
             announced = [JobSnapshot.of_new(row) for row in rows if row.job_id in inserted]
     if announced:
         # Written: workers are woken on commit, and a raising job_enqueued receiver is

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from . import conf, waiting
 from .base import JobState, NewJob, Status
+from .canvas import BoundJob
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
@@ -35,7 +36,7 @@ from .options import (
     did_you_mean,
     resolve_run_after,
 )
-from .producing import insert_jobs, new_job_id, new_job_ids
+from .producing import insert_jobs, insert_steps, new_job_id, new_job_ids
 from .registry import registry
 from .serialization import check_call
 
@@ -75,6 +76,10 @@ class JobFunction(Generic[P, R]):
     #: Run each attempt inside a transaction on the job's database that also records its
     #: completion, fenced by the attempt (see ``@job(atomic=True)``).
     atomic: bool = False
+    #: Ids of the jobs this one runs after (``using(after=...)``: workflows).
+    after: tuple[str, ...] = ()
+    #: What it does when one of them fails or is cancelled: "cancel" or "run".
+    parent_failure: str = "cancel"
 
     @property
     def is_async(self) -> bool:
@@ -96,9 +101,16 @@ class JobFunction(Generic[P, R]):
 
     def using(self, **options: Any) -> JobFunction[P, R]:
         """Return a copy with other options: job_id, queue, priority, run_after, group,
-        max_attempts, result_ttl, timeout, time_limit, limit. Unknown options and bad values
-        raise ``InvalidJobError`` here, before anything is written."""
+        max_attempts, result_ttl, timeout, time_limit, limit, after (job handles or ids to
+        run after: the job is "blocked" until they completed) and parent_failure ("cancel"
+        or "run": what it does when one of them fails). Unknown options and bad values raise
+        ``InvalidJobError`` here, before anything is written."""
         return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+
+    def bind(self, *args: P.args, **kwargs: P.kwargs) -> BoundJob:
+        """This job called with these arguments, checked as ``enqueue`` checks them, and not
+        enqueued: for :func:`~django_jobqueue.chain` and :func:`~django_jobqueue.group`."""
+        return BoundJob(self, args, kwargs)
 
     if not typing.TYPE_CHECKING:  # (type checkers keep reporting unknown attributes)
 
@@ -176,12 +188,17 @@ class JobFunction(Generic[P, R]):
         Inside ``transaction.atomic()`` the job is written in that transaction: it runs if
         the transaction commits and never existed if it rolls back.
         """
-        return _enqueue([self._new_job(args, kwargs, timezone.now(), notify=False)])[0]
+        return self._enqueue([self._new_job(args, kwargs, timezone.now(), notify=False)])[0]
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Async twin of :meth:`enqueue`."""
         new = self._new_job(args, kwargs, timezone.now(), notify=False)  # validate here
-        return (await sync_to_async(_enqueue)([new]))[0]
+        return (await sync_to_async(self._enqueue)([new]))[0]
+
+    def _enqueue(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
+        if not self.after:
+            return _enqueue(jobs)
+        return announce(insert_steps([(new, self.after, self.parent_failure) for new in jobs]))
 
     def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
         """Queue one run per item of ``calls`` in one statement per 1,000 jobs.
@@ -208,7 +225,7 @@ class JobFunction(Generic[P, R]):
                 )
             job_id = check_job_id(f"{self.job_id}-{index}") if fresh is None else fresh[index]
             jobs.append(self._new_job(args, kwargs, now, notify=False, job_id=job_id))
-        return _enqueue(jobs) if jobs else []
+        return self._enqueue(jobs) if jobs else []
 
     def enqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Queue one run (or join the existing run of the same ``job_id``) and return its result.
@@ -224,7 +241,7 @@ class JobFunction(Generic[P, R]):
         state = waiting.enqueue_and_wait(
             new.job_id,
             new.queue,
-            functools.partial(_enqueue_waited, new),
+            functools.partial(_enqueue_waited, new, self.after, self.parent_failure),
             timeout=timeout,
             fixed_id=self.job_id is not None,
         )
@@ -238,7 +255,7 @@ class JobFunction(Generic[P, R]):
         state = await waiting.aenqueue_and_wait(
             new.job_id,
             new.queue,
-            functools.partial(_enqueue_waited, new),
+            functools.partial(_enqueue_waited, new, self.after, self.parent_failure),
             timeout=timeout,
             fixed_id=self.job_id is not None,
         )
@@ -359,11 +376,19 @@ def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
 
 
 def _enqueue_waited(
-    new: NewJob, written: Callable[[], None], lock_timeout: float | None
+    new: NewJob,
+    after: tuple[str, ...],
+    parent_failure: str,
+    written: Callable[[], None],
+    lock_timeout: float | None,
 ) -> JobState:
-    """Write one waited-for job (``waiting.Enqueue``); its state once announced: a receiver
-    of ``job_enqueued`` (``EAGER``) may have run it to its end meanwhile, in this thread."""
-    snapshots = insert_jobs([new], notify=True, lock_timeout=lock_timeout, written=written)
+    """Write one waited-for job (``waiting.Enqueue``), after its parents if any; its state
+    once announced: a receiver of ``job_enqueued`` (``EAGER``) may have run it to its end
+    meanwhile, in this thread."""
+    if after:
+        snapshots = insert_steps([(new, after, parent_failure)], notify=True, written=written)
+    else:
+        snapshots = insert_jobs([new], notify=True, lock_timeout=lock_timeout, written=written)
     (handle,) = announce(snapshots, waited_for=True)
     return JobState(handle.status, handle.attempts, handle.result, handle.error)
 

@@ -13,11 +13,15 @@ Which index serves which query (names as in the migration):
   one key's jobs.
 * ``djq_limit_running`` ``(limit_key) WHERE status='running' AND limit_key IS NOT NULL``: how
   many jobs of a key run (its concurrency, held through the database).
-* ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
-  NULL``: "is an earlier job of this group still queued or running?" in the claim query.
+* ``djq_group_active`` ``(group, id) WHERE status IN ('blocked','queued','running') AND
+  group IS NOT NULL``: "is an earlier job of this group still waiting or running?" in the
+  claim query.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
   results.
+* ``djq_blocked`` ``(queue) WHERE status='blocked'``: counting the jobs waiting for their
+  parents (workflows) per queue, however many there are.
+* ``djq_batch`` ``(batch_id, id) WHERE batch_id IS NOT NULL``: a batch's jobs (workflows).
 * ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
   ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
   second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
@@ -54,6 +58,8 @@ __all__ = [
     "FINISHED",
     "DeadLetter",
     "Job",
+    "JobBatch",
+    "JobDependency",
     "JobResult",
     "LimitStart",
     "Schedule",
@@ -125,6 +131,28 @@ class Job(models.Model):
         db_default=False,
         help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
     )
+    has_children = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Some job runs after this one (workflows): its ending releases them.",
+    )
+    waiting_for = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Parents of a blocked job that have not ended yet."
+    )
+    batch_id = models.CharField(  # noqa: DJ001 - NULL: in no batch
+        "batch",
+        max_length=64,
+        null=True,
+        blank=True,
+        help_text="The batch this job joined (workflows): its ending is counted there.",
+    )
+    parent_failure = models.CharField(
+        max_length=6,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="What this job does when a parent fails: 'cancel' or 'run' (empty: no parents).",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -164,6 +192,10 @@ class Job(models.Model):
                 fields=["expires_at"],
                 name="djq_expiry",
                 condition=Q(status__in=FINISHED),
+            ),
+            models.Index(fields=["queue"], name="djq_blocked", condition=Q(status=Status.BLOCKED)),
+            models.Index(
+                fields=["batch_id", "id"], name="djq_batch", condition=Q(batch_id__isnull=False)
             ),
             models.Index(
                 fields=["limit_key"],
@@ -214,6 +246,63 @@ class Job(models.Model):
             and self.expires_at is not None
             and self.expires_at <= (now or timezone.now())
         )
+
+
+class JobDependency(models.Model):
+    """``child`` runs after the job ``parent_job_id`` (``using(after=...)``).
+
+    The parent is named by its public id: a parent dead-lettered and requeued is a new row
+    with the same id, and its children follow it. Rows go with their child (pruned, deleted);
+    a parent is kept while a child of it has not finished (pruning skips it).
+    """
+
+    child = models.ForeignKey(
+        Job,
+        on_delete=models.CASCADE,  # by Django's delete(); pruning deletes them with the job
+        related_name="parent_links",
+        db_constraint=False,  # written with the child, deleted with it: no lock for nothing
+    )
+    parent_job_id = models.CharField("parent job id", max_length=JOB_ID_MAX_LENGTH)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["child", "parent_job_id"], name="djq_dependency")
+        ]
+        indexes = [models.Index(fields=["parent_job_id"], name="djq_dependency_parent")]
+
+    def __str__(self) -> str:
+        return f"{self.child_id} after {self.parent_job_id}"
+
+
+class JobBatch(models.Model):
+    """A batch of jobs (``with batch(...)``): its counters, updated by each job's ending in
+    the transaction that records it, and its callbacks, enqueued once in the transaction
+    that records the last ending (or seals the batch, if its jobs finished first)."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    name = models.CharField(max_length=200, blank=True, default="")
+    total = models.PositiveIntegerField(default=0, help_text="Jobs in the batch, once sealed.")
+    completed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    sealed = models.BooleanField(default=False, help_text="Its with-block ended: no job joins.")
+    callbacks_done = models.BooleanField(default=False)
+    on_success = models.JSONField(null=True, blank=True, help_text="The callback job's row.")
+    on_complete = models.JSONField(null=True, blank=True, help_text="The callback job's row.")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "job batches"
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def pending(self) -> int:
+        """Jobs not finished yet (of those enqueued so far, before it is sealed)."""
+        return max(0, self.total - self.completed - self.failed - self.cancelled)
 
 
 class JobResult(models.Model):

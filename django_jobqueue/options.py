@@ -14,6 +14,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import conf
+from .base import PARENT_FAILURE_CHOICES
 from .exceptions import InvalidJobError
 from .limits import LimitConfigError, rule_for
 
@@ -29,6 +30,8 @@ USING_OPTIONS = (
     "timeout",
     "time_limit",
     "limit",
+    "after",
+    "parent_failure",
 )
 
 
@@ -248,6 +251,35 @@ def check_limit(value: Any) -> str | None:
     return value
 
 
+def check_after(value: Any) -> tuple[str, ...]:
+    """``after=``: a job handle (anything with a str ``id``, such as a ``TaskResult``), a job
+    id, or a list or tuple of them; the parents' ids, each once, in order. Whether they exist
+    is checked when the job is enqueued."""
+    items = value if isinstance(value, list | tuple) else [value]
+    ids: list[str] = []
+    for item in items:
+        job_id = item if isinstance(item, str) else getattr(item, "id", None)
+        if not isinstance(job_id, str) or isinstance(item, list | tuple):
+            raise InvalidJobError(
+                f"after= takes a job handle, a job id or a list of them, not "
+                f"{type(item).__name__}: {item!r}. Nothing was written."
+            )
+        check_job_id(job_id)
+        if job_id not in ids:
+            ids.append(job_id)
+    return tuple(ids)
+
+
+def check_parent_failure(value: Any) -> str:
+    """``parent_failure=``: one of :data:`~django_jobqueue.base.PARENT_FAILURE_CHOICES`."""
+    if value not in PARENT_FAILURE_CHOICES or not isinstance(value, str):
+        raise InvalidJobError(
+            f"parent_failure must be 'cancel' (the job is cancelled when a parent fails or is "
+            f"cancelled) or 'run' (it runs anyway), not {value!r}."
+        )
+    return value
+
+
 def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> datetime | None:
     """The absolute time a job may start; None means at once."""
     if value is None:
@@ -278,6 +310,8 @@ CHECKS = {
     "timeout": check_timeout,
     "time_limit": check_time_limit,
     "limit": check_limit,
+    "after": check_after,
+    "parent_failure": check_parent_failure,
 }
 
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import datetime
+from itertools import groupby
 
 from django.db import router, transaction
 from django.utils import timezone
 
 from . import telemetry
 from .base import ACTIVE, JobSnapshot, NewJob
-from .exceptions import JobQueueError
+from .exceptions import InvalidJobError, JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
+from .querysets.batches import join
+from .querysets.dependencies import adopt, attach
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -39,6 +43,10 @@ def new_job_ids(count: int) -> list[str]:
     return [text[start : start + 32] for start in range(0, 32 * count, 32)]
 
 
+#: The batch that the jobs enqueued here join (``with batch(...)``), if any.
+current_batch: ContextVar[str | None] = ContextVar("django_jobqueue_batch", default=None)
+
+
 def insert_jobs(
     jobs: Sequence[NewJob],
     *,
@@ -52,15 +60,27 @@ def insert_jobs(
     INSERT, in autocommit, is the common case; more statements (several batches, or ids to
     resolve against existing jobs) run in one transaction, so a failure writes nothing.
     ``lock_timeout`` (seconds, PostgreSQL) bounds the wait for another transaction's
-    uncommitted job with the same id. ``written`` is called once the rows are written
+    uncommitted job with the same id. Inside ``with batch(...)`` the new jobs join it, in the
+    same transaction. ``written`` is called once the rows are written
     (committed, outside a transaction). Waking workers and ``job_enqueued`` are the caller's
     (:func:`django_jobqueue.handles.announce`), after this returns.
 
     With tracing on (:mod:`.telemetry`) the write is a PRODUCER span, and each new row
     carries its context to the worker.
     """
+    batch_id = current_batch.get()
     with telemetry.enqueue_span(jobs) as traced:
-        return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+        if batch_id is None:
+            return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+        using = router.db_for_write(Job)
+        with transaction.atomic(using=using):  # the jobs and their joining: both or neither
+            snapshots = _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=None)
+            created = [snapshot.id for snapshot in snapshots if snapshot.created]
+            if created:
+                join(Job.objects.using(using)._sql(), batch_id, created)
+    if written is not None:
+        written()
+    return snapshots
 
 
 def _insert_jobs(
@@ -104,6 +124,52 @@ def _insert_jobs(
     if written is not None:
         written()
     return [found[job.job_id] for job in jobs]
+
+
+#: One job of a workflow to write: the job, its parents' ids (maybe none) and its
+#: ``parent_failure``.
+Step = tuple[NewJob, Sequence[str], str]
+
+
+def insert_steps(
+    steps: Sequence[Step],
+    *,
+    notify: bool = False,
+    written: Callable[[], None] | None = None,
+) -> list[JobSnapshot]:
+    """Insert the jobs of ``steps`` in order, in one transaction (a savepoint inside the
+    caller's): each job with parents waits for them (:mod:`.querysets.dependencies`), and a
+    parent may be a job written by an earlier step. Parents must exist already (so a cycle
+    cannot be made): an unknown one raises :class:`InvalidJobError` and nothing is written.
+    One snapshot per step, in order; a job that existed already (deduplication) is left as
+    it is, its parents are not added to it."""
+    using = router.db_for_write(Job)
+    sql = Job.objects.using(using)._sql()
+    snapshots: list[JobSnapshot] = []
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        # Steps in a row with the same parents (enqueue_many, a group) are written together.
+        for (parents, parent_failure), run in groupby(steps, key=lambda step: step[1:]):
+            jobs = [new for new, _parents, _failure in run]
+            found = adopt(sql, parents) if parents else {}
+            missing = [parent for parent in parents if parent not in found]
+            if missing:
+                raise InvalidJobError(
+                    f"after= names {len(missing)} job(s) that do not exist: "
+                    f"{', '.join(map(repr, missing[:5]))}. Enqueue a parent before its "
+                    "children (its handle or id), and check the id. Nothing was written."
+                )
+            written_now = insert_jobs(jobs, notify=notify)
+            created = [job for job, snap in zip(jobs, written_now, strict=True) if snap.created]
+            if parents and created:
+                status = attach(sql, created, found, parent_failure, now)
+                for snapshot in written_now:
+                    if snapshot.created:
+                        snapshot.status = status
+            snapshots += written_now
+    if written is not None:
+        written()
+    return snapshots
 
 
 def _insert(jobs: Sequence[NewJob], using: str) -> dict[str, JobSnapshot]:

@@ -63,6 +63,7 @@ def test_status_json_after_a_known_sequence_of_jobs(known_sequence):
         "completed": 3,
         "failed": 1,
         "cancelled": 0,
+        "blocked": 0,
     }
     # The delayed job is not waiting yet; the "other" job has waited two minutes.
     assert default["oldest_waiting_seconds"] is None
@@ -81,11 +82,12 @@ def test_status_json_after_a_known_sequence_of_jobs(known_sequence):
 def test_status_text_names_every_queue_and_says_what_is_exact(known_sequence):
     text = jobqueue("status")
     lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    # queue, queued, running, completed, failed, cancelled, oldest waiting, per min, letters
-    assert lines["default"][1:6] == ["1", "0", "3", "1", "0"]
-    assert lines["other"][1] == "1" and lines["other"][6].endswith("m")
+    # queue, queued, running, completed, failed, cancelled, blocked, oldest waiting, per min,
+    # letters
+    assert lines["default"][1:7] == ["1", "0", "3", "1", "0", "0"]
+    assert lines["other"][1] == "1" and lines["other"][7].endswith("m")
     assert lines["(all)"][1:4] == ["2", "0", "3"]
-    assert "queued and running are exact" in text
+    assert "queued, running and blocked are exact" in text
 
 
 def test_status_marks_capped_finished_counts(known_sequence, monkeypatch):

@@ -40,6 +40,7 @@ ERROR_HEAD = 500
 ERROR_LINE_CHARS = 90
 
 STATUS_COLOURS = {
+    Status.BLOCKED: "#b39ddb",
     Status.QUEUED: "#79aec8",
     Status.RUNNING: "#e6a23c",
     Status.COMPLETED: "#3a9d5d",

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import pluralize
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from ..base import Status
@@ -36,6 +36,9 @@ from .display import (
 from .overview import overview_page
 
 #: The columns the job list reads (never the arguments, results or errors).
+#: Parents or children linked on a job's page (workflows); more are counted, not listed.
+WORKFLOW_LINKS = 50
+
 JOB_LIST_FIELDS = (
     "id",
     "job_id",
@@ -111,6 +114,10 @@ class JobAdmin(QueueAdminMixin):
             },
         ),
         (
+            "Workflow",
+            {"fields": ("parents_display", "children_display", "batch_id")},
+        ),
+        (
             "Worker",
             {
                 "fields": (
@@ -142,6 +149,42 @@ class JobAdmin(QueueAdminMixin):
             return badge
         shown = progress_display(job.progress)
         return format_html("{}<br>{}", badge, shown) if shown else badge
+
+    @admin.display(description="runs after")
+    def parents_display(self, job: Job) -> SafeString | str:
+        """The jobs this one runs after (workflows), with their status, linked."""
+        ids = list(job.parent_links.values_list("parent_job_id", flat=True)[: WORKFLOW_LINKS + 1])
+        found = {row.job_id: row for row in Job.objects.using(job._state.db).filter(job_id__in=ids)}
+        return self._job_links([found.get(job_id) or job_id for job_id in ids])
+
+    @admin.display(description="runs before")
+    def children_display(self, job: Job) -> SafeString | str:
+        """The jobs that run after this one (workflows), with their status, linked."""
+        if not job.has_children:
+            return "-"
+        children = Job.objects.using(job._state.db).filter(parent_links__parent_job_id=job.job_id)
+        return self._job_links(list(children.order_by("id")[: WORKFLOW_LINKS + 1]))
+
+    def _job_links(self, jobs: list[Job | str]) -> SafeString | str:
+        if not jobs:
+            return "-"
+        shown = [
+            format_html("{} (gone)", item)
+            if isinstance(item, str)
+            else format_html(
+                '<a href="{}">{}</a> {}',
+                reverse(f"{self.admin_site.name}:django_jobqueue_job_change", args=[item.pk]),
+                item.job_id,
+                status_badge(item.status),
+            )
+            for item in jobs[:WORKFLOW_LINKS]
+        ]
+        if len(jobs) > WORKFLOW_LINKS:
+            shown.append(format_html("and more (the first {} shown)", WORKFLOW_LINKS))
+        return format_html(
+            '<ul class="djq-workflow">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((line,) for line in shown)),
+        )
 
     @admin.display(description="progress")
     def progress_display(self, job: Job) -> SafeString | str:

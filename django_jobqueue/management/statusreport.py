@@ -27,6 +27,11 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, (", ".join(words[:-1]), words[-1]))) if words else ""
+
+
 def table(headers: list[str], rows: Iterable[list[str]]) -> str:
     """Aligned columns, each cell escaped by ``printable()`` (no ESC from a row escapes)."""
     rows = [headers, *([printable(cell) for cell in row] for row in rows)]
@@ -103,7 +108,7 @@ def render_status(report: dict[str, Any]) -> str:
             "",
             "live workers: " + ("not recorded by this version" if live is None else f"{live:,}"),
             *pausing.render(report["paused"]),
-            f"{' and '.join(report['exact'])} are exact; finished jobs are counted up to "
+            f"{listed(report['exact'])} are exact; finished jobs are counted up to "
             f"{cap:,} ('+': more); finished/min is the last full minute.",
         ]
     )

@@ -37,6 +37,8 @@ from django.db import connections
 from django.dispatch import receiver
 
 from .. import conf
+from ..querysets.batches import Released
+from ..querysets.dependencies import ANNOUNCERS
 from .hub import Hub
 from .safetynet import SafetyNet
 
@@ -186,3 +188,16 @@ def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     net's next poll comes after the new interval."""
     if setting in SETTINGS:
         runtime.reset()
+
+
+def _announce_released(released: Released) -> None:
+    """Wake the workers of children a parent's ending queued; tell the waiters of children
+    it cancelled (workflows: :mod:`django_jobqueue.querysets.dependencies`), once the ending's
+    transaction committed."""
+    if released.queues:
+        hub().wake_workers(released.queues)
+    if released.finished:
+        hub().job_finished(released.finished)
+
+
+ANNOUNCERS.append(_announce_released)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -10,7 +10,16 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .. import conf
-from ..base import DEAD_LETTER_FIELDS, ClaimedJob, Status
+from ..base import DEAD_LETTER_FIELDS, FINISHED, ClaimedJob, Status
+from .batches import Released
+from .dependencies import (
+    ENDED_COLUMNS,
+    FOLLOWED,
+    PLAIN,
+    Ended,
+    ended,
+    release_children,
+)
 from .sql import (
     _CANCELLED,
     _COMPLETED,
@@ -42,11 +51,21 @@ def _kept_until(sql: _SQL, outcome: str, now: datetime, result_ttl: int) -> list
 class Completed(dict[int, bool]):
     """What :meth:`JobQuerySet.complete` wrote: ``{id: notify}`` of the runs still ours, and
     in ``cancelled`` the ids that ended ``cancelled`` instead (a cancel request was recorded
-    on the row before the completion)."""
+    on the row before the completion); ``released``: what their children did (workflows)."""
 
     def __init__(self, rows: Sequence[tuple[Any, ...]] = ()) -> None:
         super().__init__((row[0], bool(row[1])) for row in rows)
         self.cancelled: set[int] = {row[0] for row in rows if row[2] == Status.CANCELLED}
+        #: The runs recorded whose ending has followers (children, a batch).
+        self.parents: list[Ended] = [ended(row) for row in rows if row[3] or row[5]]
+        self.released = Released()
+
+    def merge(self, other: Completed) -> Completed:
+        self.update(other)
+        self.cancelled |= other.cancelled
+        self.parents += other.parents
+        self.released = other.released
+        return self
 
 
 class Cancelled(NamedTuple):
@@ -60,13 +79,19 @@ class Cancelled(NamedTuple):
 
 
 def _completion(
-    sql: _SQL, fenced: Sequence[tuple[int, int]], now: datetime, expires_at: datetime
+    sql: _SQL,
+    fenced: Sequence[tuple[int, int]],
+    now: datetime,
+    expires_at: datetime,
+    *,
+    childless: bool,
 ) -> tuple[str, list[Any]]:
-    """The UPDATE that completes the runs ``fenced`` (``RETURNING id, notify, status``):
-    :meth:`~OutcomesQuerySet.complete`'s statement, and the first step of
-    :meth:`~OutcomesQuerySet.complete_with_results`' on PostgreSQL. ``expires_at`` is the
-    completed runs'; a run that ends ``cancelled`` with ``ttl_by_outcome`` is kept for
-    ``RESULT_TTL``'s cancelled time."""
+    """The UPDATE that completes the runs ``fenced`` (``RETURNING id, notify, status,
+    has_children, job_id``): :meth:`~OutcomesQuerySet.complete`'s statement, and the first
+    step of :meth:`~OutcomesQuerySet.complete_with_results`' on PostgreSQL. ``childless``:
+    only rows without children (outside a transaction, see :meth:`_recording`).
+    ``expires_at`` is the completed runs'; a run that ends ``cancelled`` with
+    ``ttl_by_outcome`` is kept for ``RESULT_TTL``'s cancelled time."""
     where, params = sql.pairs(fenced)
     cancelled = now + timedelta(seconds=conf.result_ttl(Status.CANCELLED.value))
     return (
@@ -74,7 +99,8 @@ def _completion(
         "CASE WHEN cancel_requested AND ttl_by_outcome THEN %s ELSE %s END, "
         "lease_expires_at = NULL, last_error = CASE WHEN cancel_requested THEN %s "
         f"ELSE last_error END WHERE status = {_RUNNING} AND {where} "
-        "RETURNING id, notify, status",
+        + (f"AND {PLAIN} " if childless else "")
+        + f"RETURNING id, notify, status, {ENDED_COLUMNS}",
         [
             sql.prep("finished_at", now),
             sql.prep("expires_at", cancelled),
@@ -103,7 +129,42 @@ class OutcomesQuerySet(SQLQuerySet):
         if not fenced:
             return Completed()
         sql = self._sql()
-        return Completed(sql.execute(*_completion(sql, fenced, now, expires_at)))
+        return self._recording(
+            fenced,
+            now,
+            lambda runs, childless: Completed(
+                sql.execute(*_completion(sql, runs, now, expires_at, childless=childless))
+            ),
+        )
+
+    def _recording(
+        self,
+        fenced: Sequence[tuple[int, int]],
+        now: datetime,
+        write: Callable[[Sequence[tuple[int, int]], bool], Completed],
+    ) -> Completed:
+        """Record completions with ``write(runs, childless)``, releasing the children of the
+        parents among them in the same transaction (:func:`.dependencies.release_children`).
+
+        Inside a transaction (the short path's, an ``atomic=True`` job's, SQLite's result
+        write) the children are released in it. Outside one, the completion of a job
+        without children stays one statement in autocommit (``childless``: the rows with
+        children are left out), and only the runs it did not record are written again,
+        with their children, in a transaction: a job with children, or a run no longer
+        ours (which matches nothing again).
+        """
+        sql = self._sql()
+        if not sql.connection.in_atomic_block:
+            mine = write(fenced, True)
+            rest = [pair for pair in fenced if pair[0] not in mine]
+            if not rest:
+                return mine
+            with transaction.atomic(using=self.db):
+                return mine.merge(self._recording(rest, now, write))
+        mine = write(fenced, False)
+        if mine.parents:
+            mine.released = release_children(sql, mine.parents, now)
+        return mine
 
     def complete_with_results(
         self,
@@ -130,21 +191,27 @@ class OutcomesQuerySet(SQLQuerySet):
                     if pk in mine and pk not in mine.cancelled
                 )
             return mine
-        update, params = _completion(sql, fenced, now, expires_at)
         result_table = result_model._meta.db_table
         result_field: Any = result_model._meta.get_field("result")
         values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(results))
         value_params: list[Any] = []
         for pk, value in results.items():
             value_params += [pk, result_field.get_db_prep_save(value, sql.connection)]
-        rows = sql.execute(
-            f"WITH done AS ({update}), stored AS (INSERT INTO {result_table} "
-            "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
-            f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
-            f"AND done.status = {_COMPLETED}) SELECT id, notify, status FROM done",
-            [*params, *value_params],
-        )
-        return Completed(rows)
+
+        def write(runs: Sequence[tuple[int, int]], childless: bool) -> Completed:
+            update, params = _completion(sql, runs, now, expires_at, childless=childless)
+            return Completed(
+                sql.execute(
+                    f"WITH done AS ({update}), stored AS (INSERT INTO {result_table} "
+                    "(job_id, result, error, traceback) SELECT v.id, v.result, '', '' "
+                    f"FROM (VALUES {values}) AS v(id, result) JOIN done ON done.id = v.id "
+                    f"AND done.status = {_COMPLETED}) "
+                    f"SELECT id, notify, status, {ENDED_COLUMNS} FROM done",
+                    [*params, *value_params],
+                )
+            )
+
+        return self._recording(fenced, now, write)
 
     def retry(
         self,
@@ -187,7 +254,7 @@ class OutcomesQuerySet(SQLQuerySet):
         if lease_expired_before is not None:
             lease = "AND lease_expires_at < %s "
             params.append(sql.prep("lease_expires_at", lease_expired_before))
-        rows = sql.execute(
+        statement = (
             f"UPDATE {sql.table} SET "
             f"status = CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_QUEUED} END, "
             "run_after = CASE WHEN cancel_requested THEN run_after ELSE %s END, "
@@ -197,10 +264,38 @@ class OutcomesQuerySet(SQLQuerySet):
             f"attempt_log = {_append_attempt_sql(sql.vendor)}, "
             "lease_expires_at = NULL, worker = '' "
             f"WHERE id = %s AND attempts = %s AND status = {_RUNNING} {lease}"
-            "RETURNING status, notify",
-            params,
+        )
+        # A retry that ends cancelled (a cancel request) is an ending: see _ending().
+        rows = self._ending(
+            lambda childless: sql.execute(
+                statement
+                + (f"AND NOT (cancel_requested AND {FOLLOWED}) " if childless else "")
+                + f"RETURNING status, notify, {ENDED_COLUMNS}",
+                params,
+            ),
+            now,
         )
         return (str(rows[0][0]), bool(rows[0][1])) if rows else None
+
+    def _ending(
+        self, write: Callable[[bool], list[tuple[Any, ...]]], now: datetime
+    ) -> list[tuple[Any, ...]]:
+        """Record one run's ending with ``write(childless)`` (``RETURNING status, notify,
+        has_children, job_id``), releasing its children in the same transaction, as
+        :meth:`_recording` does for completions: outside a transaction a run without
+        children is one statement in autocommit, and one that ``childless`` left out is
+        written again, with its children, in a transaction."""
+        sql = self._sql()
+        if not sql.connection.in_atomic_block:
+            rows = write(True)
+            if rows:
+                return rows
+        with transaction.atomic(using=self.db):
+            rows = write(False)
+            endings = [ended((0, row[1], row[0], *row[2:])) for row in rows if row[0] in FINISHED]
+            if any(end.followed for end in endings):
+                release_children(sql, endings, now)
+            return rows
 
     def finish_cancelled(
         self,
@@ -215,27 +310,30 @@ class OutcomesQuerySet(SQLQuerySet):
         return whether someone waits for it, or None if the run is not ours (or, with
         ``lease_expired_before``, its lease did not expire before then)."""
         sql = self._sql()
-        found = sql.execute(
-            f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, "
-            f"expires_at = {_BY_OUTCOME}, "
-            "lease_expires_at = NULL, last_error = %s WHERE id = %s AND attempts = %s "
-            f"AND status = {_RUNNING} AND cancel_requested"
-            + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
-            + " RETURNING notify",
-            [
-                sql.prep("finished_at", now),
-                *_kept_until(sql, Status.CANCELLED.value, now, result_ttl),
-                CANCELLED_ERROR,
-                job_id,
-                attempts,
-                *(
-                    [sql.prep("lease_expires_at", lease_expired_before)]
-                    if lease_expired_before is not None
-                    else []
-                ),
-            ],
+        found = self._ending(
+            lambda childless: sql.execute(
+                f"UPDATE {sql.table} SET status = {_CANCELLED}, finished_at = %s, "
+                f"expires_at = {_BY_OUTCOME}, lease_expires_at = NULL, last_error = %s "
+                f"WHERE id = %s AND attempts = %s AND status = {_RUNNING} AND cancel_requested"
+                + (" AND lease_expires_at < %s" if lease_expired_before is not None else "")
+                + (f" AND {PLAIN}" if childless else "")
+                + f" RETURNING status, notify, {ENDED_COLUMNS}",
+                [
+                    sql.prep("finished_at", now),
+                    *_kept_until(sql, Status.CANCELLED.value, now, result_ttl),
+                    CANCELLED_ERROR,
+                    job_id,
+                    attempts,
+                    *(
+                        [sql.prep("lease_expires_at", lease_expired_before)]
+                        if lease_expired_before is not None
+                        else []
+                    ),
+                ],
+            ),
+            now,
         )
-        return bool(found[0][0]) if found else None
+        return bool(found[0][1]) if found else None
 
     def dead_letter(
         self,
@@ -297,11 +395,43 @@ class OutcomesQuerySet(SQLQuerySet):
                 traceback=trace,
                 failed_at=now,
             )
+            if row.has_children or row.batch_id:
+                release_children(
+                    self._sql(),
+                    [Ended(row.job_id, Status.FAILED, row.has_children, row.batch_id)],
+                    now,
+                )
         return letter, bool(row.notify)
 
+    def cancel_queued_rows(self, pks: Sequence[int], *, result_ttl: int, now: datetime) -> int:
+        """Cancel the jobs ``pks`` that are still queued (their ``result_ttl`` is
+        ``result_ttl``), in one transaction with their followers (children, batches); return
+        how many."""
+        sql = self._sql()
+        marks = ", ".join(["%s"] * len(pks))
+        with transaction.atomic(using=self.db):
+            rows = sql.execute(
+                f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
+                f"lease_expires_at = NULL, last_error = %s WHERE id IN ({marks}) "
+                f"AND status = %s RETURNING notify, {ENDED_COLUMNS}",
+                [
+                    Status.CANCELLED,
+                    sql.prep("finished_at", now),
+                    sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
+                    CANCELLED_ERROR,
+                    *pks,
+                    Status.QUEUED,
+                ],
+            )
+            endings = [ended((0, 0, Status.CANCELLED, *row[1:])) for row in rows]
+            if any(end.followed for end in endings):
+                release_children(sql, [end for end in endings if end.followed], now)
+        return len(rows)
+
     def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
-        """Cancel ``job_id``: a queued job at once (it never runs), a running one by asking
-        its worker to stop (``cancel_requested``). None if there is no such active job.
+        """Cancel ``job_id``: a queued or blocked job at once (it never runs; its children
+        follow their ``parent_failure``), a running one by asking its worker to stop
+        (``cancel_requested``). None if there is no such active job.
 
         Writes before it reads, in one transaction, fenced on the status it changes, so a
         worker claiming or finishing the job at the same moment either sees the cancel or
@@ -311,21 +441,25 @@ class OutcomesQuerySet(SQLQuerySet):
         with transaction.atomic(using=self.db):
             rows = sql.execute(
                 f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
-                "last_error = %s WHERE job_id = %s AND status = %s "
-                "RETURNING id, result_ttl, notify, queue, ttl_by_outcome",
+                "last_error = %s, waiting_for = 0 WHERE job_id = %s AND status IN (%s, %s) "
+                f"RETURNING id, result_ttl, notify, queue, ttl_by_outcome, {ENDED_COLUMNS}",
                 [
                     Status.CANCELLED,
                     sql.prep("finished_at", now),
                     CANCELLED_ERROR,
                     job_id,
                     Status.QUEUED,
+                    Status.BLOCKED,
                 ],
             )
             if rows:
-                pk, ttl, notify, queue, by_outcome = rows[0]
+                pk, ttl, notify, queue, by_outcome, *rest = rows[0]
                 if by_outcome:
                     ttl = conf.result_ttl(Status.CANCELLED.value)
                 self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
+                end = ended((0, 0, Status.CANCELLED, *rest))
+                if end.followed:
+                    release_children(sql, [end], now)
                 return Cancelled(job_id, str(queue), bool(notify), running_on=None)
             rows = sql.execute(
                 f"UPDATE {sql.table} SET cancel_requested = %s WHERE job_id = %s AND status = %s "

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.db import transaction
 
-from ..base import FINISHED
+from ..base import ACTIVE, FINISHED
+from .dependencies import dependency_table
 from .sql import SQLQuerySet
 
 #: Finished jobs deleted per pruning statement (and transaction): short enough that no lock
@@ -43,8 +44,15 @@ class UpkeepQuerySet(SQLQuerySet):
             condition, value = "expires_at <= %s", sql.prep("expires_at", now)
         else:
             condition, value = "finished_at <= %s", sql.prep("finished_at", finished_before)
-        where = f"status IN ({finished}) AND {condition}"
-        params: list[Any] = [*FINISHED, value]
+        deps = dependency_table(sql)
+        active = ", ".join(["%s"] * len(ACTIVE))
+        # A parent is kept while a child of it has not finished (its parent_results).
+        where = (
+            f"status IN ({finished}) AND {condition} AND NOT (has_children AND EXISTS "
+            f"(SELECT 1 FROM {deps} d JOIN {sql.table} c ON c.id = d.child_id "
+            f"WHERE d.parent_job_id = {sql.table}.job_id AND c.status IN ({active})))"
+        )
+        params: list[Any] = [*FINISHED, value, *ACTIVE]
         results = self._result_model()._meta.db_table
         if sql.vendor == "postgresql":
             rows = sql.execute(
@@ -52,7 +60,8 @@ class UpkeepQuerySet(SQLQuerySet):
                 "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED), "
                 f"gone AS (DELETE FROM {sql.table} j USING doomed WHERE j.id = doomed.id "
                 "RETURNING j.id), "
-                f"stored AS (DELETE FROM {results} r USING gone WHERE r.job_id = gone.id) "
+                f"stored AS (DELETE FROM {results} r USING gone WHERE r.job_id = gone.id), "
+                f"links AS (DELETE FROM {deps} d USING gone WHERE d.child_id = gone.id) "
                 "SELECT count(*) FROM gone",
                 [*params, limit],
             )
@@ -72,6 +81,10 @@ class UpkeepQuerySet(SQLQuerySet):
             cursor.execute(
                 f"DELETE FROM {results} WHERE job_id IN "
                 f"(SELECT id FROM {sql.table} WHERE {chosen})",
+                [*ids, *params],
+            )
+            cursor.execute(
+                f"DELETE FROM {deps} WHERE child_id IN (SELECT id FROM {sql.table} WHERE {chosen})",
                 [*ids, *params],
             )
             cursor.execute(f"DELETE FROM {sql.table} WHERE {chosen}", [*ids, *params])

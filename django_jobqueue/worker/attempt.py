@@ -30,12 +30,13 @@ import time
 from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 
 from .. import signals, telemetry
+from ..base import Status
 from ..context import JobContext, current_run
 from ..exceptions import Retry
-from ..models import Job
+from ..models import Job, JobDependency, JobResult
 from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded, timed_out
 from .running import RunningJob
@@ -87,7 +88,10 @@ async def arun(running: RunningJob) -> Outcome:
     try:
         if running.cancelled.is_set():  # asked to stop before it started
             raise asyncio.CancelledError
-        result = await telemetry.arun(job, running.definition.func, arguments(running))
+        args = arguments(running)
+        if args and isinstance(args[0], JobContext) and job.parent_failure:
+            await sync_to_async(args[0].load_parent_results)()  # no database on the loop
+        result = await telemetry.arun(job, running.definition.func, args)
         outcome = succeeded(job, result, started)
     except BaseException as exc:
         outcome = failed_with(running, started, exc)
@@ -126,8 +130,19 @@ def arguments(running: RunningJob) -> list[Any]:
         worker=running.worker,
         cancelled=running.cancelled,
         report=running.report_progress,
+        parents=partial(parent_results, running.using, job.id) if job.parent_failure else None,
     )
     return [context, *job.args]
+
+
+def parent_results(using: str, pk: int) -> dict[str, Any]:
+    """``{parent job id: result}`` of the completed parents of the job row ``pk``."""
+    parents = JobDependency.objects.using(using).filter(child_id=pk).values("parent_job_id")
+    return dict(
+        JobResult.objects.using(using)
+        .filter(job__job_id__in=parents, job__status=Status.COMPLETED)
+        .values_list("job__job_id", "result")
+    )
 
 
 def failed_with(running: RunningJob, started: float, exc: BaseException) -> Outcome:

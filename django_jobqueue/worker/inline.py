@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,8 @@ from ..base import ClaimedJob
 from ..handles import JobHandle
 from ..models import Job
 from ..querysets import JobQuerySet
+from ..querysets.batches import Released
+from ..querysets.dependencies import ANNOUNCERS
 from ..registry import registry
 from ..waiting import in_user_atomic
 from .attempt import announce_start, run_here
@@ -115,13 +118,50 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
     using = router.db_for_write(Job)
 
     def run() -> None:
-        run_now(handle.id, using=using)
+        _run_and_drain(handle.id, using)
         handle.refresh()
 
     if in_user_atomic(using):
         transaction.on_commit(run, using=using)
     else:
         run()
+
+
+_local = threading.local()
+
+
+def _released_here() -> list[str]:
+    """The ids of children queued by endings recorded in this thread, to run (``EAGER``)."""
+    if not hasattr(_local, "released"):
+        _local.released = []
+    released: list[str] = _local.released
+    return released
+
+
+def _run_and_drain(job_id: str | None, using: str) -> None:
+    """Run ``job_id`` (``EAGER``), then the jobs endings queued meanwhile (children, batch
+    callbacks), and theirs in turn; one loop per thread, however deep the workflow."""
+    _local.draining = True
+    try:
+        if job_id is not None:
+            run_now(job_id, using=using)
+        pending = _released_here()
+        while pending:
+            run_now(pending.pop(0), using=using)
+    finally:
+        _local.draining = False
+
+
+def _eager_released(released: Released) -> None:
+    """``ANNOUNCERS`` while ``EAGER`` is on: run the jobs an ending queued (workflows)."""
+    if not conf.settings.EAGER:
+        return
+    _released_here().extend(released.queued)
+    if not getattr(_local, "draining", False):  # e.g. a batch sealed with its jobs done
+        _run_and_drain(None, router.db_for_write(Job))
+
+
+ANNOUNCERS.append(_eager_released)
 
 
 def follow_eager_setting(**kwargs: Any) -> None:

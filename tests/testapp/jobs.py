@@ -408,3 +408,16 @@ def raises_hostile(kind):
 async def async_raises_hostile(kind):
     await asyncio.sleep(0)
     _raise_hostile(kind)
+
+
+@job(takes_context=True)
+def collects(ctx, tag):
+    """Workflows: record one execution and return its parents' results (sorted by id)."""
+    Execution.objects.create(tag=tag, pid=os.getpid(), started=timezone.now())
+    return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}
+
+
+@job(takes_context=True)
+async def async_collects(ctx, tag):
+    """Workflows: ``collects`` for ``async def`` jobs (no database of its own)."""
+    return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}
