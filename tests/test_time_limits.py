@@ -9,18 +9,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from django_jobqueue import Retry, TimeLimitExceeded, job
 from django_jobqueue.models import DeadLetter, Job
+from django_jobqueue.testing import run_jobs
 from django_jobqueue.worker import Worker
 from django_jobqueue.worker.timelimits import EXIT_ABANDONED_THREADS, interrupts_stall_tracers
-from django_jobqueue.testing import run_jobs
 from tests.conftest import wait_until
 from tests.test_commands import _help
 from tests.testapp.jobs import (
