@@ -242,6 +242,7 @@ def test_a_non_bool_eager_is_a_check_error(settings):
     ]
 
 
+@pytest.mark.django_db(transaction=True)  # the async wait writes from another thread
 @pytest.mark.parametrize("wait", ["sync", "async"])
 def test_eager_enqueue_and_wait_of_a_job_deferred_by_retry_after_raises_at_once(settings, wait):
     """``Retry(after=...)`` leaves the job queued and EAGER runs no deferred job: the wait
