@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -195,6 +196,10 @@ class JobState:
         return self.status in FINISHED
 
 
+#: Serials of :attr:`ClaimedJob.claim` (``next()`` on it is atomic under the GIL).
+_CLAIMS = itertools.count(1)
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     """A run a worker holds the lease of; ``attempts`` is the fencing token of this run."""
@@ -215,6 +220,11 @@ class ClaimedJob:
     trace_context: dict[str, str] | None = None
     #: "cancel" or "run" for a job with parents (workflows), "" for one without.
     parent_failure: str = ""
+    #: This claim's serial in this process, not stored: two claims of one job that share
+    #: a fence (a claim rolled back leaves the attempt unchanged) are still told apart.
+    claim: int = dataclasses.field(
+        default_factory=lambda: next(_CLAIMS), init=False, compare=False, repr=False
+    )
 
     @property
     def fence(self) -> tuple[int, int]:
@@ -222,8 +232,10 @@ class ClaimedJob:
         return (self.id, self.attempts)
 
 
-#: The columns a claim returns, in :class:`ClaimedJob`'s order.
-CLAIM_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ClaimedJob))
+#: The columns a claim returns, in :class:`ClaimedJob`'s order (its fields but ``claim``).
+CLAIM_COLUMNS: tuple[str, ...] = tuple(
+    field.name for field in dataclasses.fields(ClaimedJob) if field.init
+)
 
 
 @dataclass(slots=True)

@@ -138,6 +138,21 @@ class _Wait:
 # -- synchronous --------------------------------------------------------------------------
 
 
+def _refuse_deferred_under_eager(job_id: str, state: JobState | None) -> None:
+    """Raise :class:`JobQueueError` if, under ``EAGER``, the job is queued again after an
+    attempt: it asked to run later (``Retry(after=...)``), which ``EAGER`` never does for it,
+    so the wait could only time out."""
+    if state is None or state.status != Status.QUEUED or not state.attempts:
+        return
+    if conf.settings.EAGER:
+        raise JobQueueError(
+            f"Job {job_id} was deferred by Retry(after=...) on attempt {state.attempts} "
+            "and JOBQUEUE['EAGER'] does not run deferred jobs, so waiting for it would only "
+            "time out: call django_jobqueue.testing.run_jobs() once it is due, or test it "
+            "with a worker."
+        )
+
+
 def enqueue_and_wait(
     job_id: str, queue: str, enqueue: Enqueue, *, timeout: float, fixed_id: bool
 ) -> JobState:
@@ -158,6 +173,7 @@ def enqueue_and_wait(
         wait.state = _enqueue(wait, enqueue, subscription, fixed_id)
         if wait.finished:  # run by this thread meanwhile (EAGER), or a cached result
             return wait.state
+        _refuse_deferred_under_eager(wait.job_id, wait.state)
         token = net.add(job_id, waiter.notify)
         subscription.confirm()
         if subscription.late and not wait.finished:
@@ -261,6 +277,7 @@ async def aenqueue_and_wait(
         wait.state = await _bounded(_db(_enqueue, wait, enqueue, subscription, fixed_id), wait)
         if wait.finished:
             return wait.state
+        _refuse_deferred_under_eager(wait.job_id, wait.state)
         token = net.add(job_id, waiter.notify)
         await subscription.aconfirm()
         if subscription.late and not wait.finished:

@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -18,7 +19,8 @@ from django.utils import timezone
 from model_bakery import baker
 
 from tests.conftest import ROOT, wait_until
-from tests.testapp.jobs import add, fails_then_succeeds, other_queue
+from tests.testapp.jobs import add, fails_then_succeeds, other_queue, waits_for_file
+from tests.testapp.models import Execution
 
 
 def _help() -> str:
@@ -125,12 +127,9 @@ def test_reload_refuses_burst():
         call_command("runjobworker", "--reload", "--burst")
 
 
-@pytest.mark.subprocess
-@pytest.mark.django_db(transaction=True)
-def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
-    """A real ``runjobworker --reload``, on Django's own autoreloader: touch a module it
-    imported, see the worker stop gracefully and start again; Ctrl-C (SIGINT to the
-    terminal's process group) then stops it for good, gracefully, with exit code 0."""
+def _start_reloader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start a real ``runjobworker --reload --name reloader`` on the test database, in a
+    session of its own; return it, its log file and its settings module's file."""
     if connection.vendor == "sqlite" and connection.settings_dict["NAME"].startswith(
         ("file:memorydb", ":memory:")
     ):
@@ -156,6 +155,26 @@ def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
         )
     try:
         wait_until(lambda: "worker started name=reloader" in log_path.read_text(), timeout=60)
+    except BaseException:
+        _kill_if_alive(proc)
+        raise
+    return proc, log_path, settings_file
+
+
+def _kill_if_alive(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True)
+def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
+    """A real ``runjobworker --reload``, on Django's own autoreloader: touch a module it
+    imported, see the worker stop gracefully and start again; Ctrl-C (SIGINT to the
+    terminal's process group) then stops it for good, gracefully, with exit code 0."""
+    proc, log_path, settings_file = _start_reloader(tmp_path)
+    try:
         # Django's StatReloader compares modification times about once a second, from its
         # first look onwards: move the file's time on until the reload shows in the log.
         stamp = time.time()
@@ -178,9 +197,29 @@ def test_reload_restarts_the_worker_gracefully_when_a_file_changes(tmp_path):
         assert "worker name=reloader stopping: finishing its running jobs first" in text
         assert text.count("worker stopped name=reloader") == 2
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        _kill_if_alive(proc)
+
+
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True)
+def test_reload_passes_sigterm_on_to_the_worker_which_finishes_its_running_job(tmp_path):
+    """SIGTERM to the first process of ``--reload`` (what a process manager sends): the
+    worker process gets it, stops claiming and finishes the job it runs, then both exit 0."""
+    proc, log_path, _ = _start_reloader(tmp_path)
+    try:
+        gate = tmp_path / "gate"
+        handle = waits_for_file.enqueue(str(gate), "drained")
+        wait_until(lambda: handle.refresh().status == "running", timeout=60)
+        os.kill(proc.pid, signal.SIGTERM)  # the first process only
+        stopping = "worker name=reloader stopping: finishing its running jobs first"
+        wait_until(lambda: stopping in log_path.read_text(), timeout=30)
+        gate.write_text("")
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
+        assert "worker stopped name=reloader" in log_path.read_text()
+        assert handle.refresh().status == "completed"
+        assert Execution.objects.filter(tag="drained").count() == 1
+    finally:
+        _kill_if_alive(proc)
 
 
 @pytest.mark.parametrize("name", ["x" * 201, "", "tab\tname"])

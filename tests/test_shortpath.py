@@ -5,20 +5,25 @@ under its lease; SQLite and first runs keep the lease path."""
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
+from unittest import mock
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from django_jobqueue import signals
-from django_jobqueue.base import ClaimedJob
-from django_jobqueue.models import Job
+from django_jobqueue.base import ClaimedJob, Ending
+from django_jobqueue.models import DeadLetter, Job
+from django_jobqueue.querysets import JobQuerySet
 from django_jobqueue.worker import Worker
 from django_jobqueue.worker.outcomes import Outcome
+from django_jobqueue.worker.runner import Runner
 from django_jobqueue.worker.shortpath import MIN_RUNS, Durations
 from django_jobqueue.worker.writer import Writer
 from tests.conftest import requires_postgres, wait_until
-from tests.testapp.jobs import cuts_the_window, noop, waits_for_file
+from tests.testapp.jobs import cuts_the_window, noop, other_queue, waits_for_file
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -150,17 +155,156 @@ def test_in_transaction_records_with_the_block_and_announces_after_the_commit():
     assert Job.objects.get(pk=claimed.id).status == "completed"
 
 
+def _claim(count: int = 1) -> list[ClaimedJob]:
+    now = timezone.now()
+    return Job.objects.claim(queue=None, limit=count, worker="w", now=now, lease_until=now)
+
+
 def test_in_transaction_rolled_back_drops_the_blocks_runs_written_or_late(caplog):
+    """The runs of the block's claims: one whose outcome was written in the block, one that
+    reports after the rollback; both outcomes are dropped (each ``finished`` once)."""
+    writer, _, finished = _writer_and_claim()  # a run claimed before the block: not touched
+    noop.enqueue()
+    noop.enqueue()
+    started: list[ClaimedJob] = []
+    with pytest.raises(RuntimeError), writer.in_transaction(started):
+        started += _claim(2)
+        written, late = started
+        writer.report(Outcome(written, True, 0.001))
+        writer.flush()
+        raise RuntimeError("the window failed")
+    assert not finished  # nothing is done with before the commit
+    rows = Job.objects.filter(pk__in=[job.id for job in started])
+    assert {(row.status, row.attempts) for row in rows} == {("queued", 0)}  # rolled back
+    writer.report(Outcome(late, True, 0.002))
+    with caplog.at_level("INFO", logger="django_jobqueue.worker"):
+        writer.flush()
+    assert {(row.status, row.attempts) for row in rows} == {("queued", 0)}  # never written
+    assert caplog.text.count("discarded (its claim was rolled back)") == 2
+    assert sorted(finished) == sorted(job.job_id for job in started) and not writer.done
+
+
+def test_a_later_claim_of_a_rolled_back_run_is_written_whoever_reports_first():
+    """A rollback leaves the attempt unchanged: the next claim of the job has the same
+    fence. Its outcome is written, even when it reports before the rolled-back run's."""
+    writer, first, finished = _writer_and_claim()
+    noop.enqueue()
+    started: list[ClaimedJob] = []
+    with pytest.raises(RuntimeError), writer.in_transaction(started):
+        started += _claim()
+        raise RuntimeError("the window failed")
+    (again,) = _claim()
+    assert again.fence == started[0].fence and again.job_id != first.job_id
+    new, old = Outcome(again, True, 0.001), Outcome(started[0], True, 0.001)
+    writer.report(new)
+    writer.report(old)
+    writer.flush()
+    assert (new.ending, old.ending) == (Ending.COMPLETED, Ending.DISCARDED)
+    assert Job.objects.get(pk=again.id).status == "completed"
+    assert finished == [again.job_id, again.job_id]
+
+
+def test_outcomes_of_earlier_claims_written_in_a_rolled_back_block_are_written_after():
+    """A usual-path run (its claim committed before the block) whose outcome the block wrote:
+    the rollback undid the write, so the outcome goes back to ``done``, and ``finished``
+    waits until it is written for good."""
     writer, claimed, finished = _writer_and_claim()
-    with pytest.raises(RuntimeError), writer.in_transaction([claimed]):
+    with pytest.raises(RuntimeError), writer.in_transaction([]):
         writer.report(Outcome(claimed, True, 0.001))
         writer.flush()
         raise RuntimeError("the window failed")
-    assert Job.objects.get(pk=claimed.id).status == "running"  # the completion rolled back
-    late = Outcome(claimed, True, 0.002)  # the same run reports again: never written
-    writer.report(late)
-    with caplog.at_level("INFO", logger="django_jobqueue.worker"):
-        writer.flush()
-    assert Job.objects.get(pk=claimed.id).status == "running"
-    assert "discarded (its claim was rolled back)" in caplog.text
-    assert finished.count(claimed.job_id) == 2 and not writer.done
+    assert Job.objects.get(pk=claimed.id).status == "running" and not finished
+    assert [o.job for o in writer.done] == [claimed]
+    writer.flush()
+    assert Job.objects.get(pk=claimed.id).status == "completed"
+    assert finished == [claimed.job_id]
+
+
+def test_a_window_failing_between_two_claim_statements_leaves_nothing_buffered():
+    """Each claim statement buffers its rows as it goes: a window that fails at its second
+    one rolls back the first one's claims too, which must not stay buffered (to be run while
+    another worker claims the same job with the same fence)."""
+    noop.enqueue()  # queue "default"
+    other_queue.enqueue(1)  # a queue of its own: a second claim statement
+    queues = sorted(Job.objects.values_list("queue", flat=True))
+    worker = Worker(queues, concurrency=2, schedule=False)
+    real = JobQuerySet.claim
+    calls: list[object] = []
+
+    def claim(self: JobQuerySet, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
+        calls.append(kwargs.get("queue"))
+        if len(calls) == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(self, *args, **kwargs)
+
+    with mock.patch.object(JobQuerySet, "claim", claim), pytest.raises(OperationalError):
+        worker._short.window(time.monotonic())
+    assert len(calls) == 2
+    assert not worker._claimer.buffer
+    assert set(Job.objects.values_list("status", flat=True)) == {"queued"}
+
+
+@requires_postgres
+def test_a_claim_of_a_cut_window_that_never_started_is_written_when_claimed_again(
+    settings, tmp_path
+):
+    """The window's connection is cut while one job runs and another, claimed with it but
+    not short (no history), waits in the buffer: the unstarted one is claimed again (same
+    fence) and its outcome is written, not discarded as the rolled-back claim's."""
+    settings.JOBQUEUE = {
+        **settings.JOBQUEUE,
+        "PREFETCH": 0,
+        "LEASE_SECONDS": 60,
+        "SHORT_JOB_SECONDS": 0.05,
+    }
+    unarmed = str(tmp_path / "not-armed")
+    for index in range(MIN_RUNS):
+        cuts_the_window.enqueue(unarmed, f"train-{index}")
+    trainer = Worker(burst=True, concurrency=1, schedule=False)
+    trainer.run()
+    armed = tmp_path / "armed"
+    armed.write_text("")
+    cut = cuts_the_window.enqueue(str(armed), "cut")
+    other = noop.enqueue()
+    worker = Worker(burst=True, concurrency=2, schedule=False)
+    worker._short.durations = trainer._short.durations  # what this process learnt
+    worker._claimer.avg_duration = trainer._claimer.avg_duration
+    worker.run()
+    assert not armed.exists()  # it fired, in a window
+    rows = {row.job_id: (row.status, row.attempts) for row in Job.objects.all()}
+    assert rows[other.id] == ("completed", 1)
+    assert rows[cut.id] == ("completed", 1)
+
+
+def test_in_transaction_sends_job_started_and_job_dead_lettered_after_the_commit():
+    """A receiver never acts on a start or a dead letter its transaction may still roll
+    back: both signals, and the worker forgetting the run, wait for the commit."""
+    noop.enqueue()
+    (claimed,) = _claim()
+    forgotten: list[int] = []
+    writer = Writer("default", "w", finished=lambda done: None, forget=forgotten.append)
+    runner = Runner(1, lambda outcome: None, name="w")
+    runner.after_commit = writer.after_commit  # as the worker sets it
+    sent: list[str] = []
+
+    def started(sender: object, job_id: str, **kwargs: object) -> None:
+        sent.append(f"started {job_id}")
+
+    def dead(sender: object, dead_letter: DeadLetter, **kwargs: object) -> None:
+        sent.append(f"dead-lettered {dead_letter.job_id}")
+
+    signals.job_started.connect(started)
+    signals.job_dead_lettered.connect(dead)
+    runner.open()
+    try:
+        with writer.in_transaction([claimed]):
+            runner.start(claimed)
+            writer.report(Outcome(claimed, False, 0.001, error="boom", retry=False))
+            writer.flush()
+            assert (sent, forgotten) == ([], [])  # not before the commit
+    finally:
+        runner.close()
+        signals.job_started.disconnect(started)
+        signals.job_dead_lettered.disconnect(dead)
+    assert sent == [f"started {claimed.job_id}", f"dead-lettered {claimed.job_id}"]
+    assert forgotten == [claimed.id]

@@ -7,10 +7,18 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.test import TestCase, override_settings
 
-from django_jobqueue import JobFailedError, JobHandle, JobQueueError, get_job, signals
+from django_jobqueue import (
+    JobFailedError,
+    JobHandle,
+    JobQueueError,
+    JobTimeoutError,
+    get_job,
+    signals,
+)
 from django_jobqueue.base import Status
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.testing import INLINE_WORKER, enqueued, run_jobs
@@ -232,3 +240,19 @@ def test_a_non_bool_eager_is_a_check_error(settings):
     assert [e.msg for e in errors] == [
         "JOBQUEUE['EAGER'] is 'yes' (a str); it must be True or False."
     ]
+
+
+@pytest.mark.django_db(transaction=True)  # the async wait writes from another thread
+@pytest.mark.parametrize("wait", ["sync", "async"])
+def test_eager_enqueue_and_wait_of_a_job_deferred_by_retry_after_raises_at_once(settings, wait):
+    """``Retry(after=...)`` leaves the job queued and EAGER runs no deferred job: the wait
+    could only time out, so it says so at once (not JobTimeoutError after WAIT_TIMEOUT)."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "EAGER": True, "WAIT_TIMEOUT": 2}
+    call = retry_later.enqueue_and_wait
+    if wait == "async":
+        call = async_to_sync(retry_later.aenqueue_and_wait)
+    with pytest.raises(JobQueueError, match=r"deferred by Retry\(after=\.\.\.\)") as raised:
+        call(3600, "partner busy")
+    assert not isinstance(raised.value, JobTimeoutError)
+    row = Job.objects.get()
+    assert (row.status, row.attempts) == (Status.QUEUED, 1)  # left as it was, for run_jobs()

@@ -9,12 +9,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
-from django_jobqueue import TimeLimitExceeded
+from django_jobqueue import Retry, TimeLimitExceeded, job
 from django_jobqueue.models import DeadLetter, Job
+from django_jobqueue.testing import run_jobs
 from django_jobqueue.worker import Worker
 from django_jobqueue.worker.timelimits import EXIT_ABANDONED_THREADS, interrupts_stall_tracers
 from tests.conftest import wait_until
@@ -327,3 +330,30 @@ def test_a_time_limit_adds_no_statement_per_job(settings):
     ]
     expected = STATEMENTS[connection.vendor]
     assert len(hot) == count * (expected["no result"] + expected["result"]) + expected["per run"]
+
+
+@pytest.mark.django_db
+def test_a_failure_raised_after_the_limit_keeps_its_retry_rules():
+    """A run that raised after its limit (inline: nothing interrupted it) fails with its own
+    error and retry rules: an error outside ``retry_on`` is not retried, ``Retry(after=)``
+    keeps its time (EAGER's ``run_now`` does not run it again at once)."""
+
+    @job(name="tests.late_refusal", time_limit=0.05, retry_on=(ConnectionError,))
+    def late_refusal() -> None:
+        time.sleep(0.1)  # the run's own duration, past its limit
+        raise ValueError("bad order")
+
+    @job(name="tests.late_retry", time_limit=0.05, max_attempts=3)
+    def late_retry() -> None:
+        time.sleep(0.1)
+        raise Retry(after=3600, reason="partner busy")
+
+    refused = late_refusal.enqueue()
+    deferred = late_retry.enqueue()
+    assert run_jobs() == 2
+    row = Job.objects.get(job_id=refused.id)
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert "not retried: ValueError is not in retry_on" in row.last_error
+    row = Job.objects.get(job_id=deferred.id)
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert row.run_after is not None and row.run_after > timezone.now() + timedelta(minutes=59)

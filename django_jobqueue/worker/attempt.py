@@ -12,8 +12,9 @@ The worker's pool (:mod:`.runner`), ``JOBQUEUE["EAGER"]`` and
   completion (:mod:`.atomic`);
 * turns what happened into the attempt's :class:`~.outcomes.Outcome`: the result, or the
   failure with the retry rules applied (an exception outside ``retry_on`` is not retried,
-  ``Retry(after=...)`` sets when to run again), and a run longer than its ``time_limit`` fails
-  as it would had the worker's clock stopped it.
+  ``Retry(after=...)`` sets when to run again), and a run that returned after its
+  ``time_limit`` fails as it would had the worker's clock stopped it (one that raised keeps
+  its own failure and retry rules).
 
 It records no ending (``atomic=True`` aside, whose completion commits with the job's writes,
 through the writer's own completion statement): the caller hands the outcome (after
@@ -160,10 +161,13 @@ def failed_with(running: RunningJob, started: float, exc: BaseException) -> Outc
 
 
 def _within_limit(running: RunningJob, outcome: Outcome) -> Outcome:
-    """``outcome``, or the time limit's failure if the run took longer than its limit (and
-    did not commit): where no clock stopped it (inline), or it ended as the clock struck."""
+    """``outcome``, or the time limit's failure if the run returned after its limit (and
+    did not commit): where no clock stopped it (inline), or it ended as the clock struck.
+
+    A run that failed keeps its own failure, and so its retry rules (an error outside
+    ``retry_on`` is not retried, ``Retry(after=...)`` keeps its time)."""
     limit = running.job.time_limit
-    if limit is None or outcome.committed or outcome.duration <= limit:
+    if limit is None or not outcome.ok or outcome.committed or outcome.duration <= limit:
         return outcome
     trace = "The attempt returned after its time limit had passed; nothing interrupted it."
     return timed_out(running.job, outcome.duration, trace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 from .. import clock, signals, telemetry
 from ..base import ClaimedJob, Ending
@@ -74,12 +75,22 @@ def complete(using: str, outcomes: Sequence[Outcome], now: datetime) -> list[tup
 
 class Endings:
     """Cancels and dead letters of single runs on ``using``; ``forget(id)`` is called when
-    one ends a run the worker may still count as running."""
+    one ends a run the worker may still count as running. What follows a write (``forget``,
+    notifications, ``job_dead_lettered``) goes through ``after_commit(action)``: the writer
+    defers it until the transaction it writes in commits (by default: done at once)."""
 
-    def __init__(self, using: str, name: str, forget: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        using: str,
+        name: str,
+        forget: Callable[[int], None],
+        *,
+        after_commit: Callable[[Callable[[], None]], None] = lambda action: action(),
+    ) -> None:
         self.using = using
         self.name = name
         self.forget = forget
+        self.after_commit = after_commit
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -108,9 +119,7 @@ class Endings:
         if outcome is not None:
             outcome.cancelled = True
         log(outcome or Outcome(job, False, 0.0, error=error, cancelled=True), Ending.CANCELLED)
-        if notify and outcome is None:
-            hub().job_finished([job.job_id])
-        self.forget(job.id)
+        self.after_commit(partial(self._ended, job, notify and outcome is None))
         return notify
 
     def dead_letter(
@@ -142,10 +151,15 @@ class Endings:
                 job, outcome=outcome, error=error, lease_expired_before=lease_expired_before
             )
         letter, notify = done
-        if signals.job_dead_lettered.has_listeners():
-            signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
         log(outcome or Outcome(job, False, 0.0, error=error), Ending.DEAD_LETTERED)
-        if notify and outcome is None:
+        self.after_commit(partial(self._ended, job, notify and outcome is None, letter))
+        return notify
+
+    def _ended(self, job: ClaimedJob, notify: bool, letter: DeadLetter | None = None) -> None:
+        """Once the ending of ``job`` committed: send ``job_dead_lettered`` for ``letter``,
+        notify the waiters (if ``notify``), forget the run."""
+        if letter is not None and signals.job_dead_lettered.has_listeners():
+            signals.send_robust(signals.job_dead_lettered, sender=DeadLetter, dead_letter=letter)
+        if notify:
             hub().job_finished([job.job_id])
         self.forget(job.id)
-        return notify

@@ -105,6 +105,7 @@ class Worker:
             forget=self._forget,
             between=lambda: self._upkeep.heartbeat_if_due(time.monotonic()),
         )
+        self._runner.after_commit = self._writer.after_commit  # job_started after the claim
         self._short = ShortPath(
             self.using,
             self._claimer,
@@ -331,7 +332,8 @@ class Worker:
 
     def _finished(self, written: list[Outcome]) -> None:
         for outcome in written:
-            self._running.pop(outcome.job.id, None)
+            if self._running.get(outcome.job.id, outcome.job).claim == outcome.job.claim:
+                self._running.pop(outcome.job.id, None)  # not a later claim of the job
             if outcome.job.group is not None:
                 self._claimer.work_hint = True  # the group's next job may be ready now
             self._claimer.record_duration(outcome.duration)

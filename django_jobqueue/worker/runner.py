@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, router
@@ -49,6 +50,9 @@ class Runner:
         self.name = name
         #: Called (from a job's thread) when a job reports progress the worker should write.
         self.wake = wake
+        #: How ``job_started`` is sent (the worker sets its writer's: after the short path's
+        #: transaction, which holds the claim, commits).
+        self.after_commit: Callable[[Callable[[], None]], None] = lambda action: action()
         #: The attempts running now, by job pk (added by start(), removed before report()).
         self.running: dict[int, RunningJob] = {}
         #: The deadlines of attempts with a time limit, and the threads of sync ones.
@@ -76,7 +80,7 @@ class Runner:
         running = RunningJob(
             job, registry.get(job.name), worker=self.name, using=self.using, wake=self.wake
         )
-        announce_start(running)
+        self.after_commit(partial(announce_start, running))
         self.running[job.id] = running
         if job.time_limit is not None:  # worker/timelimits.py
             self._start_timed(running)
@@ -100,7 +104,8 @@ class Runner:
     def _finish(self, running: RunningJob, outcome: Outcome) -> None:
         if running.job.time_limit is not None and not self.limits.settle(running):
             return  # its time limit passed first: that failure was reported, this is late
-        self.running.pop(running.job.id, None)
+        if self.running.get(running.job.id) is running:  # not a later claim of the job
+            del self.running[running.job.id]
         self.report(conclude(running, outcome))
 
     # -- cancelling and progress (called from the worker's main thread) -------------------

@@ -31,15 +31,18 @@ What the transaction changes, and why each is sound:
   not committed) and are locked: other workers' claims skip them, the group check of a
   later job of the same group still sees them (a group keeps its order), and a cancel
   request waits for the commit (milliseconds).
-* Notifications and the ``job_finished`` signal are sent after the commit, never before.
+* Notifications and the ``job_started``, ``job_finished`` and ``job_dead_lettered`` signals
+  are sent after the commit, never before (:meth:`.Writer.after_commit`).
 * A window that fails rolls back: its claims are undone (the jobs are queued again with the
-  same attempt number), so the outcomes of the runs it started are dropped, never written
-  (a write fenced on that attempt could land on the next run's). A lost connection is
-  handled by the loop as always; a write the database refuses (a result it cannot store)
-  suspends the short path for :data:`SUSPEND_SECONDS`, so the usual path, which records
-  such a refusal as the attempt's failure, runs the jobs again. Outcomes of jobs started
-  before the window that were written in it are lost with it: those jobs run again after
-  their lease (at least once).
+  same attempt number), those of a claim statement that failed included, so the claims it
+  had not started leave the buffer, and the outcomes of the runs it started are dropped,
+  never written (a write fenced on that attempt could land on the next run's claim, which
+  has the same fence: the writer tells them apart by :attr:`.ClaimedJob.claim`). A lost
+  connection is handled by the loop as always; a write the database refuses (a result it
+  cannot store) suspends the short path for :data:`SUSPEND_SECONDS`, so the usual path,
+  which records such a refusal as the attempt's failure, runs the jobs again. Outcomes of
+  jobs started before the window that were written in it go back to the writer, written
+  after it.
 
 SQLite keeps the usual path: its one write lock would be held while user code runs.
 """
@@ -146,19 +149,20 @@ class ShortPath:
         wanted = self.claimer.wanted(now)
         if not wanted:
             return False
-        claimed: list[ClaimedJob] = []
+        before = {job.claim for job in self.claimer.buffer}
+        started: list[ClaimedJob] = []
         try:
             # The writer records the window's endings in the transaction of its claims, and
             # announces them once it commits (worker/writer.py).
-            with self.writer.in_transaction(claimed):
-                before = {job.id for job in self.claimer.buffer}
-                nothing = self.claimer.claim_wanted(wanted, now)
-                claimed += [job for job in self.claimer.buffer if job.id not in before]
-                started = self._run(time.monotonic() + WINDOW * self.bound())
+            with self.writer.in_transaction(started):
+                nothing = self.claimer.claim_wanted(wanted, now)  # each statement buffers
+                self._run(time.monotonic() + WINDOW * self.bound(), started)
                 self.writer.flush()
         except BaseException as exc:
-            # Rolled back: the claims were undone; the writer drops the runs' outcomes.
-            self.claimer.drop({job.id for job in claimed})
+            # Rolled back: the claims were undone, those of a claim statement that failed
+            # too. The writer drops the started runs' outcomes; the others never start.
+            unstarted = [job for job in self.claimer.buffer if job.claim not in before]
+            self.claimer.drop(job.id for job in unstarted)
             if not isinstance(exc, DatabaseError) or isinstance(
                 exc, OperationalError | InterfaceError
             ):
@@ -168,18 +172,17 @@ class ShortPath:
                 "worker: a short-path transaction failed (%s); rolled back, its %d jobs run "
                 "again; the short path is off for %.0fs",
                 describe(exc)[:300],
-                len(claimed),
+                len(started) + len(unstarted),
                 SUSPEND_SECONDS,
             )
             return False
         self.windows += 1
-        self.jobs += started
+        self.jobs += len(started)
         return nothing
 
-    def _run(self, deadline: float) -> int:
-        """Start the buffered short jobs as threads free up, until they have all reported
-        or ``deadline`` passes; return how many started."""
-        started: set[int] = set()
+    def _run(self, deadline: float, started: list[ClaimedJob]) -> None:
+        """Start the buffered short jobs as threads free up (appending each to ``started``),
+        until they have all reported or ``deadline`` passes."""
         names: dict[str, bool] = {}  # eligible(name), once per window
 
         def short(job: ClaimedJob) -> bool:
@@ -195,11 +198,13 @@ class ShortPath:
                 if self._free() <= 0:
                     break
                 buffer.remove(job)
-                started.add(job.id)
+                started.append(job)
                 self._start(job)
             left = deadline - time.monotonic()
-            waiting = started - {outcome.job.id for outcome in self.writer.done}
+            # A copy first (one C call, under the GIL): job threads append as they report.
+            reported = {outcome.job.claim for outcome in list(self.writer.done)}
+            waiting = any(job.claim not in reported for job in started)
             more = any(short(job) for job in self.claimer.buffer)
             if left <= 0 or not (waiting or more):
-                return len(started)
+                return
             self._sleep(left)

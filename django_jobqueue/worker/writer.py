@@ -84,17 +84,17 @@ class Writer:
         #: Called between two statements of a large write (the worker renews its leases).
         self.between = between
         #: Cancels and dead letters, one run at a time (also used by the worker's upkeep).
-        self.endings = Endings(using, name, forget)
+        self.endings = Endings(using, name, forget, after_commit=self.after_commit)
         #: The outcomes reported and not yet written (read it; :meth:`report` appends).
         self.done: deque[Outcome] = deque()
         #: The last write that failed as a lost connection: its outcomes and its error.
         self._failed_write: tuple[frozenset[int], str] | None = None
-        #: Inside :meth:`in_transaction`: what to send once its transaction commits; a write
-        #: error is then raised at once, for the transaction to roll back.
-        self._deferred: list[Callable[[], None]] | None = None
-        #: Runs whose claim was rolled back (:meth:`in_transaction`): their outcomes are
-        #: dropped, never written.
-        self._void: set[tuple[int, int]] = set()
+        #: Inside :meth:`in_transaction`: what to do once its transaction commits, and the
+        #: outcomes written in it; a write error is then raised at once, for it to roll back.
+        self._block: _Block | None = None
+        #: Runs (:attr:`ClaimedJob.claim`) whose claim was rolled back
+        #: (:meth:`in_transaction`): their outcomes are dropped, never written.
+        self._void: set[int] = set()
 
     def _jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
@@ -108,30 +108,40 @@ class Writer:
         (code deployed out of order); its waiters are told."""
         self.endings.dead_letter(job, describe(JobNotRegistered(job.name)), "")
 
-    @contextmanager
-    def in_transaction(self, claimed: Collection[ClaimedJob]) -> Iterator[None]:
-        """Record the endings flushed in the block in one transaction on ``using``, with
-        whatever else the block writes there (the short path: its claims); send their
-        notifications and ``job_finished`` once it commits, none if it rolls back.
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Do ``action`` (what others may act on: a notification, a signal) now or, inside
+        :meth:`in_transaction`, once its transaction commits (never if it rolls back)."""
+        if self._block is not None:
+            self._block.deferred.append(action)
+        else:
+            action()
 
-        In the block a write error is raised at once (no outcome is retried on its own), for
-        the transaction to roll back. Then the runs of ``claimed`` (read at that moment: the
-        block's claims) were never claimed: their job is queued again with the same attempt
-        number, so their outcomes, reported or to come, are dropped, never written (a write
-        fenced on that attempt could land on the next run's).
-        """
-        deferred: list[Callable[[], None]] = []
-        self._deferred = deferred
+    @contextmanager
+    def in_transaction(self, started: Collection[ClaimedJob]) -> Iterator[None]:
+        """Record the endings flushed in the block in one transaction on ``using``, with
+        whatever else the block writes there (the short path: its claims); call ``finished``
+        and :meth:`after_commit`'s actions once it commits.
+
+        In the block a write error is raised at once, for the transaction to roll back. Then
+        the runs of ``started`` (read at that moment: the block's claims that started) were
+        never claimed, so their outcomes are dropped, never written (told apart by
+        :attr:`ClaimedJob.claim` from a next claim of the job, which has the same fence);
+        the other outcomes the block wrote go back to :attr:`done`. The block's claims that
+        never started are the caller's to forget."""
+        block = self._block = _Block()
         try:
             with transaction.atomic(using=self.using):
                 yield
         except BaseException:
-            self._void.update(job.fence for job in claimed)
+            self._void.update(job.claim for job in started)
+            self.done.extendleft(reversed(block.written))  # rolled back: not written
             raise
         finally:
-            self._deferred = None
-        for send in deferred:  # committed: now the waiters may read the rows
-            send()
+            self._block = None
+        if block.written:
+            self.finished(block.written)
+        for action in block.deferred:  # committed: now the waiters may read the rows
+            action()
 
     def flush(self) -> None:
         """Write every outcome reported so far: completions in one statement per result_ttl.
@@ -146,9 +156,10 @@ class Writer:
             outcomes.append(self.done.popleft())
         written: list[Outcome] = []
         if self._void:
-            outcomes = self._drop_void(outcomes, written)
+            outcomes = self._drop_void(outcomes)
+        block = self._block
         try:
-            if self._deferred is not None:  # in_transaction(): its caller handles errors
+            if block is not None:  # in_transaction(): its caller handles errors
                 self._write(outcomes, written)
                 return
             try:
@@ -170,18 +181,22 @@ class Writer:
         finally:
             done = {id(o) for o in written}
             self.done.extendleft(reversed([o for o in outcomes if id(o) not in done]))
-            self.finished(written)
+            if block is None:
+                self.finished(written)
+            else:  # once it commits
+                block.written += written
 
-    def _drop_void(self, outcomes: list[Outcome], written: list[Outcome]) -> list[Outcome]:
-        """Account for the outcomes of runs whose claim was rolled back, without writing
-        them: their job is queued again with the same attempt number, so a write fenced on
-        it could land on the next run's. Return the others."""
-        for outcome in outcomes:
-            if outcome.job.fence in self._void:
-                self._void.discard(outcome.job.fence)
-                written.append(outcome)
-                log(outcome, Ending.DISCARDED, "its claim was rolled back")
-        return [o for o in outcomes if o not in written]
+    def _drop_void(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Account for (``finished``) the outcomes of runs whose claim was rolled back, not
+        written: a write fenced on their attempt would land on the next claim's. The rest."""
+        void = [o for o in outcomes if o.job.claim in self._void]
+        for outcome in void:
+            self._void.discard(outcome.job.claim)
+            log(outcome, Ending.DISCARDED, "its claim was rolled back")
+        if void:
+            self.finished(void)
+        gone = {id(o) for o in void}
+        return [o for o in outcomes if id(o) not in gone]
 
     def flush_until_written(self, lost: Callable[[BaseException], None]) -> None:
         """At exit: flush, waiting out lost connections (``lost``), up to 50 tries."""
@@ -345,10 +360,16 @@ class Writer:
     def _after_write(self, outcomes: list[Outcome], notify: list[str]) -> None:
         """Notify the waiters of ``notify`` and send ``job_finished``: now, or (inside
         :meth:`in_transaction`) once its transaction commits."""
-        if self._deferred is not None:
-            self._deferred.append(partial(_announce, outcomes, notify))
-        else:
-            _announce(outcomes, notify)
+        self.after_commit(partial(_announce, outcomes, notify))
+
+
+class _Block:
+    """One :meth:`Writer.in_transaction` block: what to do once it commits (in order), and
+    the outcomes written in it."""
+
+    def __init__(self) -> None:
+        self.deferred: list[Callable[[], None]] = []
+        self.written: list[Outcome] = []
 
 
 def _announce(outcomes: list[Outcome], notify: list[str]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -249,19 +251,18 @@ class Command(BaseCommand):
             raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
 
     def _run_with_reloader(self, options: dict[str, Any]) -> int:
-        """Django's autoreloader (``autoreload.run_with_reloader``, as runserver) around the
+        """Django's autoreloader (``django.utils.autoreload``, as runserver) around the
         worker, with graceful restarts.
 
-        In the first process it only starts the second one again each time that one exits
-        with code 3 (a reload); that process ignores Ctrl-C, which reaches the second one
-        from the terminal. The second one runs Django's file watcher on its main thread and
-        the worker on another; when the watcher exits (a changed file, SIGTERM, Ctrl-C), the
-        worker finishes its running jobs before the process ends.
+        The first process only starts the second one again each time that one exits with
+        code 3 (a reload): :func:`_restart_with_reloader`. The second one runs Django's file
+        watcher on its main thread (``autoreload.run_with_reloader``) and the worker on
+        another; when the watcher exits (a changed file, SIGTERM, Ctrl-C), the worker
+        finishes its running jobs before the process ends.
         """
         if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true":
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker process's
-        else:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # inherited as ignored
+            return _restart_with_reloader()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # inherited as ignored
         started = threading.Event()
         finished = threading.Event()
         outcome: dict[str, Any] = {"code": 1}
@@ -298,3 +299,32 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
+
+
+def _restart_with_reloader() -> int:
+    """The first process of ``--reload``: Django's ``autoreload.restart_with_reloader`` (the
+    same child command line and environment, restarted while it exits with 3), passing
+    SIGTERM on to the worker process, which then drains, instead of exiting at once:
+    ``run_with_reloader`` would turn SIGTERM into ``sys.exit`` here, and its
+    ``subprocess.run`` would kill the worker process. Ctrl-C reaches the worker process from
+    the terminal: ignored here, so that it gets it once."""
+    env = {**os.environ, autoreload.DJANGO_AUTORELOAD_ENV: "true"}
+    args = autoreload.get_child_arguments()
+    while True:
+        child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603 - our own argv
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, functools.partial(_pass_on, child)),
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        }
+        try:
+            code = child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if code != 3:
+            return code
+
+
+def _pass_on(child: subprocess.Popen[bytes], signum: int, frame: object) -> None:
+    """Send the signal ``signum`` that this process received to ``child``."""
+    child.send_signal(signum)
