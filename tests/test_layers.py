@@ -30,3 +30,28 @@ def test_every_module_of_a_container_has_a_layer(contract):
         modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
         modules |= {p.parent.name for p in folder.glob("*/__init__.py")}
         assert modules - placed == set(), f"{container}: not in any layer of {contract['name']!r}"
+
+
+#: The package's size bounds (ARCHITECTURE.md): one module, one concern.
+MODULE_LINES, CLASS_LINES = 500, 300
+
+
+def test_every_module_and_class_stays_small():
+    """Every module of the package has at most 500 lines and every class at most 300
+    (migrations aside): a module that grows past them holds two concerns."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "django_jobqueue").rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        source = path.read_text()
+        name = path.relative_to(ROOT)
+        if (lines := len(source.splitlines())) > MODULE_LINES:
+            too_long.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > CLASS_LINES:
+                    too_long.append(f"{name}:{node.name}: {size} lines")
+    assert too_long == []
