@@ -5,6 +5,7 @@ its pages follow. The settings and checks reference pages have tests of their ow
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import tomllib
@@ -150,6 +151,7 @@ def setting_errors(name: str, value: float) -> list[str]:
     return [str(m) for m in found if m.level >= checks.ERROR and name in f"{m.msg} {m.hint}"]
 
 
+@pytest.mark.django_db
 def test_a_minimum_stated_in_the_guides_is_the_one_check_enforces():
     stated = list(stated_minimums())
     for page, name, minimum in stated:
@@ -252,7 +254,11 @@ def test_every_admin_action_is_documented():
         if model._meta.app_label != "django_jobqueue":
             continue
         for action in model_admin.actions or ():
-            _, name, description = model_admin.get_action(action)
+            found_action = model_admin.get_action(action)
+            if hasattr(found_action, "description"):  # Django 6: an Action
+                name, description = found_action.name, found_action.description
+            else:  # Django 5.2: (function, name, description)
+                _, name, description = found_action
             found += 1
             label = "Delete selected" if name == "delete_selected" else str(description)
             assert f"**{label}**" in text, f"docs/admin.md does not document {label!r}"
@@ -287,3 +293,31 @@ def test_every_extra_is_shown_with_the_right_install_line():
 @pytest.mark.parametrize("extra", sorted(extras()))
 def test_the_quickstart_table_has_every_extra(extra):
     assert f"| `{extra}` |" in read("quickstart.md")
+
+
+# -- the comparison names the peers it measured ----------------------------------------------------
+
+
+def peer_requirements() -> list[str]:
+    """``bench/peers.py``'s PEER_REQUIREMENTS, read without importing the benchmark."""
+    tree = ast.parse((ROOT / "bench" / "peers.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "PEER_REQUIREMENTS"
+            for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("bench/peers.py has no PEER_REQUIREMENTS")
+
+
+def test_the_peers_are_pinned_and_the_comparison_names_their_versions():
+    pinned = {}
+    for requirement in peer_requirements():
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[\w,]+\])?==([\w.]+)", requirement)
+        assert match, f"bench/peers.py: pin {requirement!r} to one version (name==X.Y.Z)"
+        pinned[match.group(1).lower()] = match.group(2)
+    text = read("reference/comparison.md").lower()
+    for peer in ("celery", "dramatiq", "huey", "procrastinate", "django-tasks-db"):
+        assert f"{peer} {pinned[peer]}" in text, (
+            f"comparison.md does not name {peer} {pinned[peer]}"
+        )
