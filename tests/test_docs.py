@@ -220,6 +220,30 @@ def test_each_exception_is_documented_once():
         assert in_tree == expected and in_tree <= 1, f"{name} is {in_tree} times in the tree"
 
 
+def waiting_errors() -> list[str]:
+    """The exceptions a wait raises: those ``django_jobqueue/waiting.py`` imports."""
+    tree = ast.parse((ROOT / "django_jobqueue" / "waiting.py").read_text())
+    return [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "exceptions"
+        for alias in node.names
+    ]
+
+
+def test_every_error_of_a_wait_is_documented_where_waits_are():
+    errors = waiting_errors()
+    assert {"JobTimeoutError", "JobFailedError", "JobCancelledError"} <= set(errors)
+    guide = section(read("guide/waiting.md"), "## Errors")
+    missing = [name for name in errors if f"### `{name}`" not in guide]
+    assert not missing, f"guide/waiting.md's Errors lack {missing}"
+    api = read("reference/api.md")
+    for entry in ("`enqueue_and_wait(*args, **kwargs) -> Any`", "`wait(timeout=None) -> Any`"):
+        text = api.split(entry, 1)[1].split("\n\n", 1)[0]
+        missing = [name for name in errors if f"`{name}`" not in text]
+        assert not missing, f"reference/api.md's {entry} does not say it raises {missing}"
+
+
 # -- statuses: every list of them is whole -------------------------------------------------------
 
 
