@@ -5,13 +5,14 @@
 
 Run it from the repository root with the project's virtualenv (``.venv/bin/python``). It
 makes ``.venv-peers`` (git-ignored) with Celery, Dramatiq, Huey, Procrastinate and
-django-tasks-db on first use: the peers never enter this project's dependencies. Then, for
-every run, every queue (in an order that rotates between runs, so a noisy minute does not
-always hit the same one): a fresh PostgreSQL database and/or Redis database of its own, and
-one driver process (``bench/peerapps/driver.py``, with the queue's interpreter) that measures
-the bare one-row commit rate, enqueue one by one, the drain from launching the worker
-commands, worker start to first job, and the round trip. The table of medians is printed and
-written to ``bench/results/peers.md``; worker logs go to ``bench/results/peers-logs/``.
+django-tasks-db (the pinned versions of ``PEER_REQUIREMENTS``) on first use: the peers
+never enter this project's dependencies. Then, for every run, every queue (in an order
+that rotates between runs, so a noisy minute does not always hit the same one): a fresh
+PostgreSQL database and/or Redis database of its own, and one driver process
+(``bench/peerapps/driver.py``, with the queue's interpreter) that measures the bare one-row
+commit rate, enqueue one by one, the drain from launching the worker commands, worker start
+to first job, and the round trip. The table of medians is printed and written to
+``bench/results/peers.md``; worker logs go to ``bench/results/peers-logs/``.
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust; ``PEERS_PG`` overrides the server
 URL) and Redis at 127.0.0.1:6379 (``PEERS_REDIS``). It drops and recreates the databases
@@ -43,15 +44,20 @@ if str(ROOT) not in sys.path:
 
 from bench.run import cpu_busy  # noqa: E402
 
-#: What .venv-peers gets (newest releases that fit; the table prints the versions used).
+#: What .venv-peers gets, pinned so that two runs compare the same peers (the table prints the
+#: versions used); the published figures (docs/reference/comparison.md) name these versions.
+#: Changing a pin reinstalls the venv on the next run (a stamp holds the list's hash).
 PEER_REQUIREMENTS = [
-    "celery[redis]>=5.4",
-    "dramatiq[redis]>=1.17",
-    "huey>=2.5",
-    "redis>=5",
-    "procrastinate>=3",
-    "psycopg[binary]>=3.2",
-    "django-tasks-db[compat]>=0.13",
+    "celery[redis]==5.7.0",
+    "kombu==5.7.0",
+    "dramatiq[redis]==2.2.1",
+    "huey==3.5.4",
+    "redis==8.2.0",
+    "procrastinate==3.10.0",
+    "psycopg[binary]==3.3.9",
+    "django-tasks-db[compat]==0.13.0",
+    "django-tasks==0.12.0",
+    "Django==5.2.20",
 ]
 
 #: name -> (own PostgreSQL database or None, own Redis database number or None, peer venv?)

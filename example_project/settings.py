@@ -119,6 +119,10 @@ JOBQUEUE = {
     "WAIT_TIMEOUT": 10,
     "RETRY_BACKOFF": 1.0,  # the flaky job's retries come after about 1 s, then 2 s
     "RETRY_BACKOFF_MAX": 30.0,
+    # Leases renewed every 2 s: without Redis a worker hears of a cancel at its next renewal.
+    "HEARTBEAT_INTERVAL": 2.0,
+    # The partner's API takes one call at a time, across every worker (shop.jobs.call_partner).
+    "LIMITS": {"partner-api": {"concurrency": 1}},
 }
 
 # Django's Tasks framework on the same queue (shop/tasks.py): django.tasks on Django 6, the

@@ -22,6 +22,14 @@ urlpatterns = [
     # Retries and dead letters.
     path("api/flaky", shop.flaky, name="flaky"),
     path("api/poison", shop.poison, name="poison"),
+    # The worker's controls: a schedule, cancel, a limit, a time limit, atomic, retry_on.
+    path("api/schedule", shop.schedule, name="schedule"),
+    path("api/exports", shop.export, name="export"),
+    path("api/jobs/<str:token>/cancel", shop.cancel_job, name="cancel-job"),
+    path("api/partner-calls", shop.partner_calls, name="partner-calls"),
+    path("api/crunch", shop.crunch, name="crunch"),
+    path("api/import-orders", shop.import_batch, name="import-orders"),
+    path("api/notify-partner", shop.notify, name="notify-partner"),
     # A job, by the signed token of the status URL its view answered with.
     path("api/jobs/<str:token>", shop.job_status, name="job-status"),
 ]

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,12 @@ class Example:
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
             return db.execute(query, params).fetchall()
+
+    def jobs_written(self) -> list[tuple[Any, ...]]:
+        """How many jobs there are, but the ticks the workers enqueue for the schedule."""
+        return self.sql(
+            "SELECT count(*) FROM django_jobqueue_job WHERE job_id NOT LIKE 'schedule:%'"
+        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -180,6 +188,12 @@ def test_home_page_has_a_button_per_pattern(example):
         "/api/reports": "report",
         "/api/flaky": "flaky",
         "/api/poison": "poison",
+        "/api/schedule": "schedule",
+        "/api/exports": "export",
+        "/api/partner-calls": "partner",
+        "/api/crunch": "crunch",
+        "/api/import-orders": "import",
+        "/api/notify-partner": "notify",
     }
     for form in forms.values():
         assert f'<pre class="result" id="{form}-result"' in html
@@ -188,10 +202,10 @@ def test_home_page_has_a_button_per_pattern(example):
 
 
 def test_posts_without_the_csrf_token_are_refused(example):
-    before = example.sql("SELECT count(*) FROM django_jobqueue_job")
+    before = example.jobs_written()
     status, _ = example.call("POST", "/api/process", {"text": "hello"}, csrf=False)
     assert status == 403
-    assert example.sql("SELECT count(*) FROM django_jobqueue_job") == before
+    assert example.jobs_written() == before
 
 
 # -- API gateway -----------------------------------------------------------------------------
@@ -243,10 +257,10 @@ def test_gateway_failure_is_a_500_with_the_error(example):
     ],
 )
 def test_gateway_rejects_bad_input(example, body, message):
-    before = example.sql("SELECT count(*) FROM django_jobqueue_job")
+    before = example.jobs_written()
     status, answer = example.call("POST", "/api/process", raw=body)
     assert status == 400 and message in answer["error"], answer
-    assert example.sql("SELECT count(*) FROM django_jobqueue_job") == before
+    assert example.jobs_written() == before
 
 
 def test_wrong_method_is_a_405(example):
@@ -358,6 +372,105 @@ def test_poison_job_ends_as_a_dead_letter(example):
     assert answer["dead_letters"] == f"{example.base}/admin/django_jobqueue/deadletter/"
 
 
+# -- the worker's controls ----------------------------------------------------------------------
+
+
+def test_schedule_button_shows_the_last_tick_and_its_job(example):
+    name = "example_project.shop.jobs.refresh_rates"
+
+    def ticked() -> dict[str, Any] | None:
+        status, answer = example.call("POST", "/api/schedule")
+        assert status == 200, answer
+        assert answer["schedule"] == name and answer["cron"] == "* * * * * */10"
+        return answer if "status_url" in answer else None
+
+    answer = wait_until(ticked, timeout=JOB_TIMEOUT, interval=0.5)
+    assert answer["job_id"].startswith(f"schedule:{name}:")
+    assert answer["admin"] == f"{example.base}/admin/django_jobqueue/schedule/"
+    job = example.wait_for_job(answer["status_url"], "completed")
+    assert job["id"] == answer["job_id"] and "refreshed_at" in job["result"]
+    assert example.sql("SELECT job FROM django_jobqueue_schedule WHERE name = ?", name) == [(name,)]
+
+
+def test_export_is_cancelled_while_it_runs(example):
+    status, answer = example.call("POST", "/api/exports")
+    assert status == 202, answer
+    example.wait_for_job(answer["status_url"], "running")
+    status, cancelled = example.call("POST", answer["cancel_url"])
+    assert (status, cancelled) == (200, {"job_id": answer["job_id"], "cancelled": True})
+    job = example.wait_for_job(answer["status_url"], "cancelled", "completed", "failed")
+    assert job["status"] == "cancelled" and job["attempts"] == 1
+    assert "result" not in job  # a cancelled run's result is not stored
+    rows = example.sql(
+        "SELECT progress FROM django_jobqueue_job WHERE job_id = ?", answer["job_id"]
+    )
+    progress = json.loads(rows[0][0])
+    assert progress["total"] == 200 and progress["current"] < 200  # it stopped half-way
+    # A finished job is left as it is; a forged token is no job.
+    status, again = example.call("POST", answer["cancel_url"])
+    assert (status, again["cancelled"]) == (200, False)
+    assert example.call("POST", "/api/jobs/forged/cancel")[0] == 404
+
+
+def test_partner_calls_run_one_at_a_time_under_their_limit(example):
+    status, answer = example.call("POST", "/api/partner-calls")
+    assert status == 202, answer
+    assert answer["status_url"] == answer["status_urls"][-1] and len(answer["jobs"]) == 3
+    jobs = [example.wait_for_job(url, "completed", "failed") for url in answer["status_urls"]]
+    assert [job["status"] for job in jobs] == ["completed"] * 3, jobs
+    assert sorted(job["result"]["call"] for job in jobs) == [1, 2, 3]
+    assert {job["result"]["running_at_once"] for job in jobs} == {1}
+    windows = sorted(
+        (datetime.fromisoformat(job["started_at"]), datetime.fromisoformat(job["finished_at"]))
+        for job in jobs
+    )
+    for (_, first_end), (second_start, _) in pairwise(windows):
+        assert first_end <= second_start, windows  # never two at once
+    keys = example.sql(
+        "SELECT DISTINCT limit_key FROM django_jobqueue_job WHERE name LIKE '%.call_partner'"
+    )
+    assert keys == [("partner-api",)]
+
+
+def test_time_limit_stops_a_long_job(example):
+    status, answer = example.call("POST", "/api/crunch")
+    assert status == 202, answer
+    job = example.wait_for_job(answer["status_url"], "failed", "completed")
+    assert job["status"] == "failed" and job["attempts"] == 1, job
+    assert job["error"] == (
+        "TimeLimitExceeded: the attempt ran longer than its time_limit of 1s"
+    ), job["error"]
+    started = datetime.fromisoformat(job["started_at"])
+    finished = datetime.fromisoformat(job["finished_at"])
+    assert (finished - started).total_seconds() < 4, "stopped well before its 5 s of work"
+    letters = "SELECT count(*) FROM django_jobqueue_deadletter WHERE job_id = ?"
+    assert example.sql(letters, answer["job_id"]) == [(1,)]
+
+
+def test_atomic_import_keeps_no_write_of_its_failed_attempt(example):
+    status, answer = example.call("POST", "/api/import-orders")
+    assert status == 202, answer
+    job = example.wait_for_job(answer["status_url"], "completed", "failed")
+    assert job["status"] == "completed" and job["attempts"] == 2, job
+    assert job["result"] == {"batch": answer["batch"], "orders": 3, "attempt": 2}
+    orders = "SELECT number FROM shop_order WHERE batch = ? ORDER BY number"
+    assert example.sql(orders, answer["batch"]) == [(1,), (2,), (3,)]
+    assert "warehouse hung up" in example.worker_log.read_text()
+
+
+def test_an_error_outside_retry_on_fails_at_once(example):
+    status, answer = example.call("POST", "/api/notify-partner")
+    assert status == 202, answer
+    job = example.wait_for_job(answer["status_url"], "failed", "completed")
+    assert job["status"] == "failed" and job["attempts"] == 2, job  # of max_attempts=5
+    assert job["error"].startswith(f"ValueError: the partner refused order {answer['order']}"), job[
+        "error"
+    ]
+    assert "not retried" in job["error"]
+    letters = "SELECT attempts FROM django_jobqueue_deadletter WHERE job_id = ?"
+    assert example.sql(letters, answer["job_id"]) == [(2,)]
+
+
 # -- status URLs are signed ----------------------------------------------------------------
 
 
@@ -458,6 +571,25 @@ def test_buttons_show_their_results_in_the_browser(example, page):
     assert example.sql(letters, job_id) == [(1,)]
     if os.environ.get("DJQ_SCREENSHOTS") == "1":
         page.screenshot(path=str(ROOT / "docs" / "img" / "example-home.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_control_buttons_show_their_outcomes_in_the_browser(example, page):
+    for form in ("schedule", "export", "partner", "crunch", "import", "notify"):
+        page.click(f"#{form} button[name={form}]")  # all at once: each form follows its job
+    shown = result_of(page, "schedule", '"cron": "* * * * * */10"')
+    assert "POST /api/schedule: HTTP 200" in shown
+    shown = result_of(page, "export", "cancelled (attempt 1)")
+    assert re.search(r"POST cancel URL: HTTP 200 .*\"cancelled\":true", shown), shown
+    assert page.locator("#export-result.error").count() == 1
+    shown = result_of(page, "partner", "completed (attempt 1)")
+    assert '"running_at_once": 1' in shown and '"call": 3' in shown
+    shown = result_of(page, "crunch", "failed (attempt 1)")
+    assert "ran longer than its time_limit of 1s" in shown
+    shown = result_of(page, "import", "completed (attempt 2)")
+    assert '"orders": 3' in shown
+    shown = result_of(page, "notify", "failed (attempt 2)")
+    assert "the partner refused order" in shown
 
 
 def test_a_task_of_djangos_tasks_framework_runs_next_to_the_jobs(example):

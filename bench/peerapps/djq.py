@@ -4,7 +4,8 @@ Settings: ``bench.peerapps.djq_settings`` (``bench/settings.py`` on PostgreSQL +
 ``channels_redis.core.RedisChannelLayer`` and the library's default ``POLL_INTERVAL``, plus
 the app of the benchmark's job). ``BENCH_CHANNEL_LAYER=pubsub`` switches to
 ``RedisPubSubChannelLayer``; ``PEERS_DJQ_CONCURRENCY`` adds ``--concurrency N``. The worker
-command's default is one process of one job thread: the drain starts it twice.
+command's default is one process of 4 job threads per core (8 on 2 cores, see
+``django_jobqueue.worker.default_concurrency``): the drain starts it twice.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ from django.db.models import Count
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from django_jobqueue import job
+from django_jobqueue import JobContext, job
 from django_jobqueue.models import Job
-from django_jobqueue.notifications import hub
 
-from .models import UpstreamCall
+from .models import Order, UpstreamCall
 
 # -- API gateway: a view waits for this one --------------------------------------------------
 
@@ -76,29 +75,17 @@ def build_report(kind, days, delay=2.0):
 # -- live progress: the page shows a bar that moves --------------------------------------------
 
 
-def report_progress(job_id, current, total, message):
-    """Record a job's progress and tell its watchers: what the worker does with
-    ``ctx.set_progress(current, total=total, message=message)`` (``@job(takes_context=True)``).
+@job(queue="reports", result_ttl=24 * 3600, takes_context=True)
+def render_report(ctx: JobContext, pages=20, seconds_per_page=0.15):
+    """Render ``pages`` pages (pretend work), reporting progress after each one.
 
-    A stand-in until this tree's worker writes ``set_progress`` itself: the same UPDATE of
-    the job's ``progress`` column, then the same ``hub().job_progress()`` call.
+    ``takes_context=True`` passes the :class:`JobContext` first (callers never pass it);
+    ``ctx.set_progress()`` keeps the value, and the worker writes it on the job (at most
+    every ``PROGRESS_INTERVAL``, the last one always) and tells the page's watchers.
     """
-    value = {
-        "current": current,
-        "total": total,
-        "message": message,
-        "updated_at": timezone.now().isoformat(),
-    }
-    Job.objects.filter(job_id=job_id).update(progress=value)
-    hub().job_progress([job_id])
-
-
-@job(queue="reports", result_ttl=24 * 3600)
-def render_report(report_id, pages=20, seconds_per_page=0.15):
-    """Render ``pages`` pages (pretend work), reporting progress after each one."""
     for page in range(1, pages + 1):
         time.sleep(seconds_per_page)
-        report_progress(report_id, page, pages, f"rendering page {page} of {pages}")
+        ctx.set_progress(page, total=pages, message=f"rendering page {page} of {pages}")
     return {"pages": pages, "generated_at": timezone.now().isoformat()}
 
 
@@ -140,3 +127,77 @@ def import_feed(url):
     Look for it in the admin under Job queue > Dead letters, then requeue or delete it.
     """
     raise ValueError(f"cannot parse the feed at {url}: it is not XML")
+
+
+# -- the worker's controls: a schedule, cancel, a limit, a time limit, atomic, retry_on ------------
+
+
+@job(schedule="* * * * * */10", result_ttl=600)
+def refresh_rates():
+    """A periodic job: every running worker takes part, and each tick (every 10 seconds: the
+    sixth cron field is seconds) is enqueued once, with the id ``schedule:<name>:<tick>``."""
+    return {"EUR": 1.0, "USD": 1.08, "refreshed_at": timezone.now().isoformat()}
+
+
+@job(queue="reports", takes_context=True)
+def export_orders(ctx: JobContext, rows=200, seconds_per_row=0.1):
+    """A long export that can be cancelled: it looks at ``ctx.cancel_requested`` between rows
+    and stops there. The run then ends "cancelled" whatever it returns."""
+    for row in range(1, rows + 1):
+        if ctx.cancel_requested:
+            return {"exported": row - 1, "stopped": "cancel requested"}
+        time.sleep(seconds_per_row)
+        ctx.set_progress(row, total=rows, message=f"row {row} of {rows}")
+    return {"exported": rows}
+
+
+#: The limit key of the partner's API: JOBQUEUE["LIMITS"] in settings.py allows one call at a
+#: time, across every worker and host.
+PARTNER_API = "partner-api"
+
+
+@job(limit=PARTNER_API, max_attempts=1)
+def call_partner(call, seconds=0.5):
+    """Call the partner's API (pretend). ``running_at_once`` counts the calls running right
+    now, this one included: with the limit it is always 1, though the worker has 4 threads."""
+    running = Job.objects.filter(name=call_partner.name, status="running").count()
+    started = timezone.now()
+    time.sleep(seconds)
+    return {"call": call, "running_at_once": running, "started_at": started.isoformat()}
+
+
+@job(time_limit=1, max_attempts=1)
+def crunch_numbers(seconds=5.0):
+    """Work for ``seconds`` in small steps: its ``time_limit`` of 1 s stops it at the next
+    step (a sync job is interrupted between Python steps, never inside a blocking C call)."""
+    deadline = time.monotonic() + seconds
+    steps = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        steps += 1
+    return {"steps": steps}
+
+
+@job(atomic=True, takes_context=True, max_attempts=2)
+def import_orders(ctx: JobContext, batch, count=3):
+    """Write ``count`` orders of ``batch``; the first attempt fails before the last one.
+
+    ``atomic=True``: each attempt runs in a transaction that also records its completion, so
+    the failed attempt's two orders are rolled back with it and the retry starts clean: the
+    batch ends with ``count`` orders, not ``2 * count - 1``.
+    """
+    for number in range(1, count + 1):
+        if ctx.attempt == 1 and number == count:
+            raise ConnectionError(f"the warehouse hung up before order {number} (attempt 1)")
+        Order.objects.create(batch=batch, number=number)
+    kept = Order.objects.filter(batch=batch).count()
+    return {"batch": batch, "orders": kept, "attempt": ctx.attempt}
+
+
+@job(retry_on=(ConnectionError,), max_attempts=5, takes_context=True)
+def notify_partner(ctx: JobContext, order):
+    """``retry_on=(ConnectionError,)``: a ConnectionError is retried (up to 5 attempts); any
+    other error fails the job at once, without using the attempts left."""
+    if ctx.attempt == 1:
+        raise ConnectionError(f"the partner is unreachable (order {order}, attempt 1)")
+    raise ValueError(f"the partner refused order {order}: it does not know this product")

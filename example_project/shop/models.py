@@ -17,3 +17,13 @@ class UpstreamCall(models.Model):
         cls.objects.get_or_create(order=order)
         cls.objects.filter(order=order).update(calls=F("calls") + 1)
         return cls.objects.get(order=order).calls
+
+
+class Order(models.Model):
+    """An order imported by the ``import_orders`` job (``@job(atomic=True)``), in batches."""
+
+    batch = models.CharField(max_length=100, db_index=True)
+    number = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.batch} #{self.number}"

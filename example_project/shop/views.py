@@ -28,12 +28,19 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 
 from django_jobqueue import JobFailedError, JobHandle, JobTimeoutError, get_job
+from django_jobqueue.models import Schedule
 
 from .jobs import (
     analyse_text,
     build_report,
+    call_partner,
     charge_card,
+    crunch_numbers,
+    export_orders,
     import_feed,
+    import_orders,
+    notify_partner,
+    refresh_rates,
     render_report,
     send_welcome_email,
 )
@@ -96,9 +103,13 @@ def status_url(request: HttpRequest, job_id: str, *, kind: str = "job") -> str:
     The token is the job id signed with SECRET_KEY and a salt per kind, so a job's URL
     cannot be guessed from its id, and a job URL is no report URL.
     """
-    token = signing.dumps(job_id, salt=f"example.status.{kind}", compress=True)
     view = "report-status" if kind == "report" else "job-status"
-    return request.build_absolute_uri(reverse(view, args=[token]))
+    return request.build_absolute_uri(reverse(view, args=[sign(job_id, kind=kind)]))
+
+
+def sign(job_id: str, *, kind: str = "job") -> str:
+    """The token of a status URL: ``job_id`` signed, with a salt per kind."""
+    return signing.dumps(job_id, salt=f"example.status.{kind}", compress=True)
 
 
 def job_for_token(token: str, *, kind: str = "job") -> JobHandle | None:
@@ -279,7 +290,7 @@ def create_live_report(request: HttpRequest) -> JsonResponse:
     if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= 200:
         raise BadRequest("'pages' must be a whole number from 1 to 200")
     report_id = f"live-report-{uuid.uuid4().hex}"
-    handle = render_report.using(job_id=report_id).enqueue(report_id, pages=pages)
+    handle = render_report.using(job_id=report_id).enqueue(pages=pages)
     token = handle.watch_token(max_age=3600)
     return JsonResponse(
         {
@@ -373,6 +384,82 @@ def poison(request: HttpRequest) -> JsonResponse:
         },
         status=202,
     )
+
+
+# -- the worker's controls ---------------------------------------------------------------------
+
+
+def _queued(request: HttpRequest, handle: JobHandle, **extra: Any) -> JsonResponse:
+    """202 with the job's id and status URL (which the page follows), and ``extra``."""
+    answer = {"job_id": handle.id, "status": handle.status, **extra}
+    return JsonResponse({**answer, "status_url": status_url(request, handle.id)}, status=202)
+
+
+@api("POST")
+def schedule(request: HttpRequest) -> JsonResponse:
+    """``refresh_rates``'s schedule: its cron, its last tick and that tick's job, which the
+    page follows; the admin's Schedules list shows its last and next run."""
+    answer: dict[str, Any] = {
+        "schedule": refresh_rates.name,
+        "cron": refresh_rates.schedule,
+        "admin": request.build_absolute_uri("/admin/django_jobqueue/schedule/"),
+    }
+    row = Schedule.objects.filter(name=refresh_rates.name).first()
+    if row is None or not row.last_job_id:
+        answer["last_tick"] = "none yet: a worker enqueues the next one within 10 seconds"
+        return JsonResponse(answer)
+    answer["last_tick"] = row.last_tick.isoformat() if row.last_tick else None
+    answer["job_id"] = row.last_job_id
+    answer["status_url"] = status_url(request, row.last_job_id)
+    return JsonResponse(answer)
+
+
+@api("POST")
+def export(request: HttpRequest) -> JsonResponse:
+    """Queue a 20-second ``export_orders``; ``cancel_url`` cancels it (the page does, 2 s
+    later)."""
+    handle = export_orders.enqueue()
+    cancel_url = request.build_absolute_uri(reverse("cancel-job", args=[sign(handle.id)]))
+    return _queued(request, handle, cancel_url=cancel_url)
+
+
+@api("POST")
+def cancel_job(request: HttpRequest, token: str) -> JsonResponse:
+    """Cancel the job of a status token: a queued job at once, a running one is asked to
+    stop. ``cancelled`` is False for a job that had already finished."""
+    handle = job_for_token(token)
+    if handle is None:
+        return JsonResponse({"error": "no such job (or its result expired)"}, status=404)
+    return JsonResponse({"job_id": handle.id, "cancelled": handle.cancel()})
+
+
+@api("POST")
+def partner_calls(request: HttpRequest) -> JsonResponse:
+    """Queue three ``call_partner`` jobs at once: their limit runs them one at a time."""
+    handles = call_partner.enqueue_many([(1,), (2,), (3,)])
+    urls = [status_url(request, handle.id) for handle in handles]
+    return _queued(request, handles[-1], jobs=[h.id for h in handles], status_urls=urls)
+
+
+@api("POST")
+def crunch(request: HttpRequest) -> JsonResponse:
+    """Queue ``crunch_numbers`` for 5 s: its 1 s time limit fails it (one attempt)."""
+    return _queued(request, crunch_numbers.enqueue(seconds=5.0))
+
+
+@api("POST")
+def import_batch(request: HttpRequest) -> JsonResponse:
+    """Queue ``import_orders`` (``atomic=True``) for a new batch of 3 orders."""
+    batch = f"batch-{uuid.uuid4().hex[:8]}"
+    return _queued(request, import_orders.enqueue(batch), batch=batch)
+
+
+@api("POST")
+def notify(request: HttpRequest) -> JsonResponse:
+    """Queue ``notify_partner`` (``retry_on=(ConnectionError,)``): retried once, then failed
+    at once by an error outside ``retry_on``."""
+    order = f"order-{uuid.uuid4().hex[:8]}"
+    return _queued(request, notify_partner.enqueue(order), order=order)
 
 
 # -- a job, by its signed status URL -------------------------------------------------------------
