@@ -134,6 +134,12 @@ class NewJob:
     attempt_log: list[Any] | None = None
     #: The producer's OpenTelemetry context (``traceparent``...), when tracing is on.
     trace_context: dict[str, str] | None = None
+    #: ``.using(metadata={...})``: the caller's JSON object, kept with the job, never passed
+    #: to it as arguments.
+    metadata: dict[str, Any] | None = None
+    #: What the classes of ``JOBQUEUE["CONTEXT"]`` captured in the caller, by dotted path
+    #: (:mod:`django_jobqueue.propagation`); None: nothing captured.
+    context: dict[str, Any] | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)
@@ -195,6 +201,8 @@ class ClaimedJob:
     time_limit: float | None = None
     limit_key: str | None = None
     trace_context: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
 
     @property
     def fence(self) -> tuple[int, int]:
@@ -226,6 +234,7 @@ class JobSnapshot:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
 
     @classmethod
     def of_new(cls, job: NewJob) -> JobSnapshot:
@@ -237,6 +246,7 @@ class JobSnapshot:
             Status.QUEUED.value,
             created=True,
             enqueued_at=job.enqueued_at,
+            metadata=job.metadata,
         )
 
     @property

@@ -120,6 +120,14 @@ class Job(models.Model):
         blank=True,
         help_text="The producer's OpenTelemetry trace context, carried to the run's span.",
     )
+    metadata = models.JSONField(
+        null=True, blank=True, help_text=".using(metadata={...}): kept with the job, not passed."
+    )
+    context = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What JOBQUEUE['CONTEXT']'s classes captured at enqueue, by dotted path.",
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -200,6 +208,7 @@ class Job(models.Model):
             started_at=self.started_at,
             finished_at=self.finished_at,
             progress=self.progress,
+            metadata=self.metadata,
         )
 
     def is_expired(self, now: Any = None) -> bool:
@@ -272,6 +281,10 @@ class DeadLetter(models.Model):
     )
     trace_context = models.JSONField(
         null=True, blank=True, help_text="The producer's OpenTelemetry trace context."
+    )
+    metadata = models.JSONField(null=True, blank=True, help_text="The job's metadata.")
+    context = models.JSONField(
+        null=True, blank=True, help_text="What JOBQUEUE['CONTEXT'] captured at enqueue."
     )
     attempts = models.PositiveIntegerField()
     error = models.TextField()

@@ -29,7 +29,13 @@ USING_OPTIONS = (
     "timeout",
     "time_limit",
     "limit",
+    "metadata",
+    "on_duplicate",
 )
+#: What enqueueing an id that exists does (docs/guide/uniqueness.md): "return" the existing
+#: job; "replace" a queued one's arguments, ``run_after`` and priority (else as "rerun");
+#: "rerun" a finished one, and queue one more run after a running one.
+ON_DUPLICATE = ("return", "replace", "rerun")
 
 
 class _Unset:
@@ -239,6 +245,14 @@ def check_limit(value: Any) -> str | None:
     return value
 
 
+def check_on_duplicate(value: Any) -> str:
+    if value not in ON_DUPLICATE or not isinstance(value, str):
+        raise InvalidJobError(
+            f"on_duplicate must be one of {', '.join(map(repr, ON_DUPLICATE))}, not {value!r}."
+        )
+    return value
+
+
 def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> datetime | None:
     """The absolute time a job may start; None means at once."""
     if value is None:
@@ -269,6 +283,8 @@ CHECKS = {
     "timeout": check_timeout,
     "time_limit": check_time_limit,
     "limit": check_limit,
+    "metadata": lambda value: value,  # serialization.check_metadata, in using()
+    "on_duplicate": check_on_duplicate,
 }
 
 

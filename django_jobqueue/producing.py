@@ -2,7 +2,19 @@
 
 The deduplication table of the design, enqueue side: an id that is queued or running, or
 finished within its ``result_ttl``, is not run again (the caller gets a handle to it); an id
-finished past its ``result_ttl`` is replaced by a new run.
+finished past its ``result_ttl`` is replaced by a new run. ``on_duplicate`` changes what an
+existing id gets (docs/guide/uniqueness.md):
+
+* ``"return"`` (the default): the table above;
+* ``"replace"``: a queued job takes the new call's arguments, ``run_after`` and priority in
+  place (one ``UPDATE ... WHERE status = 'queued'``: a debounce); one that is no longer
+  queued is treated as ``"rerun"``;
+* ``"rerun"``: a finished job, whatever its ``result_ttl``, is deleted and written again as a
+  new run; a queued or running one is returned.
+
+Every case runs in the transaction that inserts, and an INSERT that loses a race to another
+producer resolves again (:data:`_REPLACE_ROUNDS`), so concurrent producers of one id write
+one run.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ from django.db import router, transaction
 from django.utils import timezone
 
 from . import telemetry
-from .base import ACTIVE, JobSnapshot, NewJob
+from .base import ACTIVE, FINISHED, JobSnapshot, NewJob, Status
 from .exceptions import JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
@@ -45,8 +57,10 @@ def insert_jobs(
     notify: bool = False,
     lock_timeout: float | None = None,
     written: Callable[[], None] | None = None,
+    on_duplicate: str = "return",
 ) -> list[JobSnapshot]:
-    """Insert ``jobs`` and return one snapshot per job, in order (``created`` says which).
+    """Insert ``jobs`` and return one snapshot per job, in order (``created`` says which);
+    ``on_duplicate`` says what a job whose id exists gets (the module's docstring).
 
     With ``notify`` the jobs are marked as waited for, including existing active ones. One
     INSERT, in autocommit, is the common case; more statements (several batches, or ids to
@@ -60,7 +74,13 @@ def insert_jobs(
     carries its context to the worker.
     """
     with telemetry.enqueue_span(jobs) as traced:
-        return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+        return _insert_jobs(
+            traced,
+            notify=notify,
+            lock_timeout=lock_timeout,
+            written=written,
+            on_duplicate=on_duplicate,
+        )
 
 
 def _insert_jobs(
@@ -69,6 +89,7 @@ def _insert_jobs(
     notify: bool,
     lock_timeout: float | None,
     written: Callable[[], None] | None,
+    on_duplicate: str,
 ) -> list[JobSnapshot]:
     using = router.db_for_write(Job)
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
@@ -91,7 +112,9 @@ def _insert_jobs(
             for _round in range(_REPLACE_ROUNDS):
                 if not pending:
                     break
-                pending = _resolve_existing(pending, found, using=using, notify=notify, now=now)
+                pending = _resolve_existing(
+                    pending, found, using=using, notify=notify, now=now, on_duplicate=on_duplicate
+                )
                 if pending:
                     found.update(_insert(pending, using))
                     pending = [job for job in pending if job.job_id not in found]
@@ -119,8 +142,10 @@ def _resolve_existing(
     using: str,
     notify: bool,
     now: datetime,
+    on_duplicate: str = "return",
 ) -> list[NewJob]:
-    """Hand out existing jobs; delete the expired ones and return their rows to insert again."""
+    """Hand out existing jobs (``"replace"``: updated in place); delete the expired ones (and
+    with ``"rerun"`` the finished ones) and return their rows to insert again."""
     existing = {
         job.job_id: job
         for job in Job.objects.using(using)
@@ -133,14 +158,30 @@ def _resolve_existing(
         job = existing.get(new.job_id)
         if job is None:  # pruned or replaced between our INSERT and SELECT
             again.append(new)
-        elif job.is_expired(now):
+        elif job.is_expired(now) or (on_duplicate != "return" and job.status in FINISHED):
             expired.append(job.pk)
             again.append(new)
+        elif on_duplicate == "replace" and job.status == Status.QUEUED:
+            if not _replace(job.pk, new, using):
+                again.append(new)  # claimed meanwhile: its run is left, ours follows it
+                continue
+            job.refresh_from_db(using=using)
+            found[new.job_id] = job.snapshot()
         else:
             subscribe = notify and job.status in ACTIVE and not job.notify
             if subscribe and Job.objects.using(using).subscribe(job.job_id) is None:
                 job.refresh_from_db(using=using)  # it finished meanwhile
             found[new.job_id] = job.snapshot()
     if expired:
-        Job.objects.using(using).filter(pk__in=expired).expired_results(now).delete()
+        Job.objects.using(using).filter(pk__in=expired, status__in=FINISHED).delete()
     return again
+
+
+def _replace(pk: int, new: NewJob, using: str) -> bool:
+    """``"replace"``: a queued job takes ``new``'s arguments, ``run_after`` and priority."""
+    replaced = Job.objects.using(using).filter(pk=pk, status=Status.QUEUED)
+    return bool(
+        replaced.update(
+            args=new.args, kwargs=new.kwargs, run_after=new.run_after, priority=new.priority
+        )
+    )

@@ -38,6 +38,8 @@ _CASTS = {
     "limit_key": "::varchar",
     "attempt_log": "::jsonb",
     "trace_context": "::jsonb",
+    "metadata": "::jsonb",
+    "context": "::jsonb",
 }
 
 

@@ -8,8 +8,9 @@ The worker's pool (:mod:`.runner`), ``JOBQUEUE["EAGER"]`` and
 * gives the job its arguments, a :class:`~django_jobqueue.context.JobContext` first when it
   ``takes_context`` (its ``set_progress`` keeps the progress on the :class:`RunningJob`, for
   the writer to record before the ending; its ``cancel_requested`` reads the run's flag);
-* calls it in its tracing span, and ``@job(atomic=True)`` in a transaction of its own with its
-  completion (:mod:`.atomic`);
+* calls it inside the ``restore(value)`` of each ``JOBQUEUE["CONTEXT"]`` class the job
+  carries a value for (:mod:`django_jobqueue.propagation`), in its tracing span, and
+  ``@job(atomic=True)`` in a transaction of its own with its completion (:mod:`.atomic`);
 * turns what happened into the attempt's :class:`~.outcomes.Outcome`: the result, or the
   failure with the retry rules applied (an exception outside ``retry_on`` is not retried,
   ``Retry(after=...)`` sets when to run again), and a run longer than its ``time_limit`` fails
@@ -36,6 +37,7 @@ from .. import signals, telemetry
 from ..context import JobContext, current_run
 from ..exceptions import Retry
 from ..models import Job
+from ..propagation import restoring
 from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded, timed_out
 from .running import RunningJob
@@ -65,10 +67,11 @@ def run(running: RunningJob) -> Outcome:
         if running.cancelled.is_set():  # asked to stop before it started
             raise asyncio.CancelledError
         call = partial(telemetry.run, job, running.definition.func, arguments(running))
-        if running.definition.atomic:
-            outcome = run_atomic(running.using, job, call)  # worker/atomic.py
-        else:
-            outcome = succeeded(job, call(), started)
+        with restoring(job.context):  # JOBQUEUE["CONTEXT"]
+            if running.definition.atomic:
+                outcome = run_atomic(running.using, job, call)  # worker/atomic.py
+            else:
+                outcome = succeeded(job, call(), started)
     except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
         if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
             raise
@@ -87,7 +90,8 @@ async def arun(running: RunningJob) -> Outcome:
     try:
         if running.cancelled.is_set():  # asked to stop before it started
             raise asyncio.CancelledError
-        result = await telemetry.arun(job, running.definition.func, arguments(running))
+        with restoring(job.context):  # JOBQUEUE["CONTEXT"]
+            result = await telemetry.arun(job, running.definition.func, arguments(running))
         outcome = succeeded(job, result, started)
     except BaseException as exc:
         outcome = failed_with(running, started, exc)
@@ -126,6 +130,7 @@ def arguments(running: RunningJob) -> list[Any]:
         worker=running.worker,
         cancelled=running.cancelled,
         report=running.report_progress,
+        metadata=job.metadata,
     )
     return [context, *job.args]
 
