@@ -217,8 +217,8 @@ class Settings:
     # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
     SCHEDULE: Key[Any] = Key({}, object, words="a dict of name -> entry")  # periodic.py: E020
     #: Context classes (``capture()``/``restore(value)``): propagation.py; E040, E041.
-    CONTEXT: Key[Any] = Key(
-        ["django_jobqueue.context.Locale"], object, words="a list of dotted paths"
+    CONTEXT: Key[list[str]] = Key(
+        ["django_jobqueue.context.Locale"], list, words="a list of dotted paths"
     )
     # Operations (docs/guide/operations.md).
     PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)

@@ -97,6 +97,7 @@ def _insert_jobs(
     pending = [job for job in jobs if job.job_id not in found]
     if not (fast and not pending):
         with transaction.atomic(using=using):
+            Job.objects.using(using).lock_for_writing()
             if lock_timeout is not None and transaction.get_connection(using).vendor == (
                 "postgresql"
             ):

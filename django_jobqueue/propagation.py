@@ -43,11 +43,9 @@ class ContextRestoreError(JobQueueError):
 
 def paths() -> list[str]:
     """The dotted paths of ``JOBQUEUE["CONTEXT"]`` (entries that are not str are skipped:
-    ``check`` reports them, ``django_jobqueue.E041``)."""
-    value = conf.settings.CONTEXT
-    if not isinstance(value, list | tuple):
-        return []
-    return [path for path in value if isinstance(path, str)]
+    ``check`` reports them, ``django_jobqueue.E041``; a value that is not a list is E004,
+    and the default is used)."""
+    return [path for path in conf.settings.CONTEXT if isinstance(path, str)]
 
 
 def load(path: str) -> ContextClass | None:

@@ -96,6 +96,7 @@ class JobAdmin(QueueAdminMixin):
             },
         ),
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
+        ("Metadata and context", {"fields": ("metadata", "context")}),
         ("Outcome", {"fields": ("result_display", "error_display", "traceback_display")}),
         (
             "Timing",

@@ -129,6 +129,15 @@ class ProducingQuerySet(SQLQuerySet):
             [*params, document],
         )
 
+    def lock_for_writing(self) -> None:
+        """SQLite, first in a transaction: take the database's write lock now (waiting up to
+        its busy timeout), so a transaction that reads jobs and then writes them is never
+        refused for a stale snapshot ("database is locked") by another producer. A no-op
+        elsewhere: PostgreSQL locks the rows it writes."""
+        sql = self._sql()
+        if sql.vendor == "sqlite":
+            sql.execute(f"UPDATE {sql.table} SET id = id WHERE 0 = 1", [])
+
     def subscribe(self, job_id: str) -> Subscribed | None:
         """Mark an active job as waited for (its worker will send "finished").
 

@@ -408,3 +408,6 @@ def raises_hostile(kind):
 async def async_raises_hostile(kind):
     await asyncio.sleep(0)
     _raise_hostile(kind)
+
+
+from tests.testapp import unique_jobs  # noqa: E402, F401 - its jobs, for the workers
