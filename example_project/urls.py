@@ -22,6 +22,8 @@ urlpatterns = [
     # Retries and dead letters.
     path("api/flaky", shop.flaky, name="flaky"),
     path("api/poison", shop.poison, name="poison"),
+    # A debounced job: a burst of clicks runs it once, with the last click's arguments.
+    path("api/reindex", shop.reindex, name="reindex"),
     # A job, by the signed token of the status URL its view answered with.
     path("api/jobs/<str:token>", shop.job_status, name="job-status"),
 ]

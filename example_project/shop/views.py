@@ -15,6 +15,7 @@ import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import wraps
 from inspect import iscoroutinefunction
 from typing import Any
@@ -34,6 +35,7 @@ from .jobs import (
     build_report,
     charge_card,
     import_feed,
+    reindex_search,
     render_report,
     send_welcome_email,
 )
@@ -370,6 +372,27 @@ def poison(request: HttpRequest) -> JsonResponse:
             "job_id": handle.id,
             "status_url": status_url(request, handle.id),
             "dead_letters": request.build_absolute_uri("/admin/django_jobqueue/deadletter/"),
+        },
+        status=202,
+    )
+
+
+# -- a debounced job ----------------------------------------------------------------------------
+
+
+@api("POST")
+def reindex(request: HttpRequest) -> JsonResponse:
+    """Queue ``reindex_search`` two seconds from now, or push the queued one back and give it
+    this call's reason (``on_duplicate="replace"``): clicks in a burst run it once."""
+    reason = text_field(json_body(request), "reason", max_length=200, default="")
+    handle = reindex_search.using(on_duplicate="replace", run_after=timedelta(seconds=2)).enqueue(
+        "main", reason=reason
+    )
+    return JsonResponse(
+        {
+            "job_id": handle.id,
+            "created": handle.created,
+            "status_url": status_url(request, handle.id),
         },
         status=202,
     )
