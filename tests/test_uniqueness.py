@@ -315,6 +315,7 @@ def test_a_restore_that_raises_fails_the_attempt_naming_the_class(run_worker):
     assert letter.context == {f"{HERE}.BrokenRestore": 1}
 
 
+@pytest.mark.django_db  # call_command("check") runs the database checks too (Django 6)
 def test_check_reports_a_context_class_that_cannot_be_imported():
     with (
         override_settings(JOBQUEUE={"CONTEXT": ["nowhere.Missing", LOCALE]}),
