@@ -15,6 +15,8 @@ Which index serves which query (names as in the migration):
   many jobs of a key run (its concurrency, held through the database).
 * ``djq_group_active`` ``(group, id) WHERE status IN ('queued','running') AND group IS NOT
   NULL``: "is an earlier job of this group still queued or running?" in the claim query.
+* ``djq_rerun`` ``(id) WHERE rerun IS NOT NULL``: finished jobs with one more run to queue
+  (``on_duplicate="rerun"``); empty but for them.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
   results.
@@ -128,6 +130,14 @@ class Job(models.Model):
         blank=True,
         help_text="What JOBQUEUE['CONTEXT']'s classes captured at enqueue, by dotted path.",
     )
+    rerun = models.JSONField(
+        null=True,
+        blank=True,
+        help_text=(
+            "One more run asked for while this one ran (on_duplicate='rerun'): its args, "
+            "kwargs and priority. Queued once this run has finished."
+        ),
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -147,6 +157,11 @@ class Job(models.Model):
                 "id",
                 name="djq_claim_queue",
                 condition=Q(status=Status.QUEUED, limit_key__isnull=True),
+            ),
+            models.Index(
+                "id",
+                name="djq_rerun",
+                condition=Q(rerun__isnull=False),
             ),
             models.Index(
                 "limit_key",

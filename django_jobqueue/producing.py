@@ -10,7 +10,9 @@ existing id gets (docs/guide/uniqueness.md):
   place (one ``UPDATE ... WHERE status = 'queued'``: a debounce); one that is no longer
   queued is treated as ``"rerun"``;
 * ``"rerun"``: a finished job, whatever its ``result_ttl``, is deleted and written again as a
-  new run; a queued or running one is returned.
+  new run; a queued one is returned; a running one gets one more run, pending on its row
+  (``Job.rerun``: the call's arguments and priority; at most one: later calls return the
+  job as it is), which a worker queues once the run has finished (:func:`start_reruns`).
 
 Every case runs in the transaction that inserts, and an INSERT that loses a race to another
 producer resolves again (:data:`_REPLACE_ROUNDS`), so concurrent producers of one id write
@@ -27,7 +29,7 @@ from django.db import router, transaction
 from django.utils import timezone
 
 from . import telemetry
-from .base import ACTIVE, FINISHED, JobSnapshot, NewJob, Status
+from .base import ACTIVE, FINISHED, NEW_JOB_COLUMNS, JobSnapshot, NewJob, Status
 from .exceptions import JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
@@ -162,6 +164,13 @@ def _resolve_existing(
         elif job.is_expired(now) or (on_duplicate != "return" and job.status in FINISHED):
             expired.append(job.pk)
             again.append(new)
+        elif on_duplicate != "return" and job.status == Status.RUNNING:
+            if not _pend(job.pk, new, using):
+                job.refresh_from_db(using=using)
+                if job.status in FINISHED:  # it finished meanwhile: run it again
+                    again.append(new)
+                    continue
+            found[new.job_id] = job.snapshot()
         elif on_duplicate == "replace" and job.status == Status.QUEUED:
             if not _replace(job.pk, new, using):
                 again.append(new)  # claimed meanwhile: its run is left, ours follows it
@@ -186,3 +195,49 @@ def _replace(pk: int, new: NewJob, using: str) -> bool:
             args=new.args, kwargs=new.kwargs, run_after=new.run_after, priority=new.priority
         )
     )
+
+
+def _pend(pk: int, new: NewJob, using: str) -> bool:
+    """``"rerun"`` of a running job: one more run, with ``new``'s arguments and priority, to
+    queue once this one has finished; False if one is pending already or it is not running."""
+    pending = Job.objects.using(using).filter(pk=pk, status=Status.RUNNING, rerun__isnull=True)
+    rerun = {"args": new.args, "kwargs": new.kwargs, "priority": new.priority}
+    return bool(pending.update(rerun=rerun))
+
+
+#: Pending reruns queued per :func:`start_reruns` call.
+RERUN_BATCH = 100
+
+
+def start_reruns(using: str, *, limit: int = RERUN_BATCH) -> list[JobSnapshot]:
+    """Queue the pending run (``Job.rerun``) of finished jobs: each finished row is replaced
+    by a new run of the same id, with the pending arguments and priority and the job's other
+    fields, in one transaction (the row is read ``SKIP LOCKED`` on PostgreSQL, under the
+    write lock on SQLite, so two workers never queue one twice). The worker calls it with
+    its upkeep; announce the snapshots returned (``handles.announce``)."""
+    jobs = Job.objects.using(using)
+    pending = jobs.filter(status__in=FINISHED, rerun__isnull=False)
+    if not pending.exists():  # the common case: one read of an empty index, no lock
+        return []
+    with transaction.atomic(using=using):
+        jobs.lock_for_writing()
+        rows = pending.order_by("id")
+        if transaction.get_connection(using).features.has_select_for_update_skip_locked:
+            rows = rows.select_for_update(skip_locked=True)
+        finished = list(rows[:limit])
+        if not finished:
+            return []
+        now = timezone.now()
+        runs = [_next_run(row, now) for row in finished]
+        jobs.filter(pk__in=[row.pk for row in finished]).delete()
+        inserted = jobs.insert_new(runs)
+    return [JobSnapshot.of_new(run) for run in runs if run.job_id in inserted]
+
+
+def _next_run(row: Job, now: datetime) -> NewJob:
+    """The pending run of the finished ``row``: its job's fields, the pending arguments."""
+    fields = {name: getattr(row, name) for name in NEW_JOB_COLUMNS}
+    fields.update(row.rerun or {}, run_after=None, notify=False, enqueued_at=now)
+    if fields["attempt_log"] is not None:
+        fields["attempt_log"] = []
+    return NewJob(**fields)

@@ -16,7 +16,10 @@ from django.utils import timezone, translation
 
 from django_jobqueue import InvalidJobError, JobQueueError, get_job, job
 from django_jobqueue.models import DeadLetter, Job
-from tests.conftest import run_concurrently
+from django_jobqueue.producing import start_reruns
+from tests.conftest import run_concurrently, wait_until
+from tests.testapp.jobs import waits_for_file
+from tests.testapp.models import Execution
 from tests.testapp.unique_jobs import (
     active_language,
     hourly_report,
@@ -327,3 +330,56 @@ def test_check_reports_a_context_class_that_cannot_be_imported():
         pytest.raises(SystemCheckError, match=r"django_jobqueue\.E041"),
     ):
         call_command("check")
+
+
+# -- "rerun" of a running job: one more run, pending on its row ---------------------------
+
+
+@pytest.mark.django_db
+def test_rerun_of_a_running_job_pends_one_more_run_queued_once_it_finished():
+    first = sync_account.enqueue(8, since="first")
+    Job.objects.filter(job_id=first.id).update(status="running", attempts=1)
+    handles = [
+        sync_account.using(on_duplicate="rerun", priority=n).enqueue(8, since=n) for n in range(100)
+    ]
+    assert {(h.id, h.status, h.created) for h in handles} == {(first.id, "running", False)}
+    row = Job.objects.get()
+    assert row.rerun == {"args": [8], "kwargs": {"since": 0}, "priority": 0}
+    assert start_reruns("default") == []  # still running: nothing to queue
+    past = timezone.now() - timedelta(seconds=1)
+    Job.objects.filter(pk=row.pk).update(status="completed", finished_at=past, expires_at=past)
+    assert Job.objects.prune(timezone.now()) == 0  # kept until its next run is queued
+    (snapshot,) = start_reruns("default")
+    assert (snapshot.id, snapshot.status, snapshot.created) == (first.id, "queued", True)
+    again = Job.objects.get()
+    assert again.pk != row.pk and again.rerun is None and again.attempts == 0
+    assert (again.args, again.kwargs, again.priority) == ([8], {"since": 0}, 0)
+    assert again.metadata == row.metadata and again.queue == row.queue
+    assert start_reruns("default") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hundred_reruns_during_a_run_give_exactly_one_more_run(worker_processes, tmp_path):
+    gate = tmp_path / "gate"
+    job_id = "rerun-gate"
+    first = waits_for_file.using(job_id=job_id).enqueue(str(gate), "gated")
+    worker_processes.start()
+    wait_until(lambda: Job.objects.get(job_id=job_id).status == "running", timeout=30)
+
+    def produce(n):
+        def calls():
+            rerun = waits_for_file.using(job_id=job_id, on_duplicate="rerun")
+            return [rerun.enqueue(str(gate), f"rerun-{n}").created for _ in range(25)]
+
+        return calls
+
+    created = run_concurrently(*(produce(n) for n in range(4)))  # 100 calls, 4 producers
+    assert not any(flag for calls in created for flag in calls)
+    pending = Job.objects.get(job_id=job_id).rerun
+    gate.touch()
+    wait_until(lambda: Execution.objects.count() == 2, timeout=30)
+    wait_until(lambda: Job.objects.get(job_id=job_id).status == "completed", timeout=30)
+    row = Job.objects.get(job_id=job_id)
+    assert row.rerun is None and row.pk != first._pk
+    tags = sorted(Execution.objects.values_list("tag", flat=True))
+    assert tags == sorted(["gated", pending["args"][1]])

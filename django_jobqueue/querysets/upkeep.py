@@ -29,7 +29,8 @@ class UpkeepQuerySet(SQLQuerySet):
         at or before ``now``), with their results, in one short transaction; return how many.
 
         ``finished_before``: instead, finished jobs that finished at or before then, whatever
-        their ``result_ttl`` (``manage.py jobqueue prune --older-than``).
+        their ``result_ttl`` (``manage.py jobqueue prune --older-than``). A job with one more
+        run to queue (``rerun``) is kept until that run is queued.
 
         The oldest expiries first, read through the ``djq_expiry`` index. On PostgreSQL one
         statement that skips rows another transaction holds (a requeue, a deduplicating
@@ -43,7 +44,7 @@ class UpkeepQuerySet(SQLQuerySet):
             condition, value = "expires_at <= %s", sql.prep("expires_at", now)
         else:
             condition, value = "finished_at <= %s", sql.prep("finished_at", finished_before)
-        where = f"status IN ({finished}) AND {condition}"
+        where = f"status IN ({finished}) AND {condition} AND rerun IS NULL"
         params: list[Any] = [*FINISHED, value]
         results = self._result_model()._meta.db_table
         if sql.vendor == "postgresql":
