@@ -383,3 +383,13 @@ def test_a_hundred_reruns_during_a_run_give_exactly_one_more_run(worker_processe
     assert row.rerun is None and row.pk != first._pk
     tags = sorted(Execution.objects.values_list("tag", flat=True))
     assert tags == sorted(["gated", pending["args"][1]])
+
+
+@pytest.mark.django_db
+def test_replace_of_a_job_no_longer_queued_pends_a_run_as_rerun_does():
+    first = sync_account.enqueue(11, since="first")
+    Job.objects.filter(job_id=first.id).update(status="running", attempts=1)
+    handle = sync_account.using(on_duplicate="replace").enqueue(11, since="second")
+    assert (handle.status, handle.created) == ("running", False)
+    row = Job.objects.get()
+    assert row.kwargs == {"since": "first"} and row.rerun["kwargs"] == {"since": "second"}
