@@ -17,11 +17,14 @@ from django.utils import timezone, translation
 from django_jobqueue import InvalidJobError, JobQueueError, get_job, job
 from django_jobqueue.models import DeadLetter, Job
 from django_jobqueue.producing import start_reruns
+from django_jobqueue.testing import run_jobs
 from tests.conftest import run_concurrently, wait_until
 from tests.testapp.jobs import waits_for_file
 from tests.testapp.models import Execution
 from tests.testapp.unique_jobs import (
+    RERUNS,
     active_language,
+    asks_for_a_rerun,
     hourly_report,
     refresh_account,
     shows_metadata,
@@ -393,3 +396,11 @@ def test_replace_of_a_job_no_longer_queued_pends_a_run_as_rerun_does():
     assert (handle.status, handle.created) == ("running", False)
     row = Job.objects.get()
     assert row.kwargs == {"since": "first"} and row.rerun["kwargs"] == {"since": "second"}
+
+
+@pytest.mark.django_db
+def test_run_jobs_runs_the_runs_asked_for_while_a_job_ran():
+    RERUNS.clear()
+    handle = asks_for_a_rerun.enqueue(3)
+    assert run_jobs() == 3
+    assert get_job(handle.id).result == 3 and Job.objects.get().rerun is None

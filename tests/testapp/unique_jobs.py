@@ -21,6 +21,18 @@ def hourly_report(account_id):
     return account_id
 
 
+RERUNS: list[int] = []
+
+
+@job(unique=True)
+def asks_for_a_rerun(times):
+    """Enqueues itself while it runs (a running duplicate) until it ran ``times`` times."""
+    RERUNS.append(len(RERUNS))
+    if len(RERUNS) < times:
+        asks_for_a_rerun.using(on_duplicate="rerun").enqueue(times)
+    return len(RERUNS)
+
+
 @job(takes_context=True)
 def shows_metadata(ctx, *args, **kwargs):
     return {"metadata": ctx.metadata, "args": list(args), "kwargs": kwargs}
