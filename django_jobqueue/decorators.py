@@ -254,7 +254,7 @@ class JobFunction(Generic[P, R]):
             new.queue,
             functools.partial(_enqueue_waited, new, self.on_duplicate),
             timeout=timeout,
-            fixed_id=self.job_id is not None,
+            fixed_id=self.job_id is not None or bool(self.unique),
         )
         return waiting.outcome(new.job_id, state)
 
@@ -268,7 +268,7 @@ class JobFunction(Generic[P, R]):
             new.queue,
             functools.partial(_enqueue_waited, new, self.on_duplicate),
             timeout=timeout,
-            fixed_id=self.job_id is not None,
+            fixed_id=self.job_id is not None or bool(self.unique),
         )
         return waiting.outcome(new.job_id, state)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -404,3 +405,13 @@ def test_run_jobs_runs_the_runs_asked_for_while_a_job_ran():
     handle = asks_for_a_rerun.enqueue(3)
     assert run_jobs() == 3
     assert get_job(handle.id).result == 3 and Job.objects.get().rerun is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_enqueue_path_derives_the_same_id(settings):
+    expected = _expected(NAME, {"account_id": 12, "full": False})
+    assert asyncio.run(refresh_account.aenqueue(12)).id == expected
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "EAGER": True}
+    assert refresh_account.enqueue_and_wait(13, full=False) == 13
+    ran = _expected(NAME, {"account_id": 13, "full": False})
+    assert Job.objects.get(job_id=ran).status == "completed"
