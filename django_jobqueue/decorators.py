@@ -230,8 +230,11 @@ class JobFunction(Generic[P, R]):
                     f"enqueue_many() item {index} is of type {type(call).__name__}; pass a "
                     "tuple or list of positional arguments or a dict of keyword arguments."
                 )
-            job_id = fresh[index] if fresh is not None else self.job_id and f"{self.job_id}-{index}"
-            job_id = check_job_id(job_id) if job_id and fresh is None else job_id
+            job_id: str | None = None  # unique: derived from the item's arguments
+            if fresh is not None:
+                job_id = fresh[index]
+            elif self.job_id:
+                job_id = check_job_id(f"{self.job_id}-{index}")
             jobs.append(self._new_job(args, kwargs, now, False, job_id, context))
         return self._enqueue(jobs) if jobs else []
 
