@@ -8,7 +8,8 @@ A context class has two methods (called on the class; static or class methods):
 
 The values are stored on the job, in its ``context`` column (``{dotted path: value}``; None
 when nothing was captured), and kept through dead letters and requeue. A class that cannot
-be imported is reported by ``manage.py check`` (``django_jobqueue.E040``) and skipped; a
+be imported is reported by ``manage.py check`` (``django_jobqueue.E040``) and skipped (logged
+once per process: the classes are imported once per value of the setting); a
 ``capture()`` that raises, or returns a value that is not JSON, is logged and skipped: the job
 is enqueued all the same, never lost. A ``restore()`` that raises fails that attempt, like any
 error of the job, with a message that names the class (:class:`ContextRestoreError`).
@@ -16,6 +17,7 @@ error of the job, with a message that names the class (:class:`ContextRestoreErr
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -48,6 +50,17 @@ def paths() -> list[str]:
     return [path for path in conf.settings.CONTEXT if isinstance(path, str)]
 
 
+def classes() -> tuple[tuple[str, ContextClass], ...]:
+    """The classes of ``JOBQUEUE["CONTEXT"]`` that can be imported, with their paths, in
+    order; imported once per value of the setting (and a failure logged once)."""
+    return _classes(tuple(paths()))
+
+
+@functools.lru_cache(maxsize=8)
+def _classes(paths: tuple[str, ...]) -> tuple[tuple[str, ContextClass], ...]:
+    return tuple((path, cls) for path in paths if (cls := load(path)) is not None)
+
+
 def load(path: str) -> ContextClass | None:
     """The class at ``path``, or None (logged) if it cannot be imported."""
     try:
@@ -63,10 +76,7 @@ def capture() -> dict[str, Any] | None:
     """What every class of ``JOBQUEUE["CONTEXT"]`` captures now, by dotted path; None if
     nothing. Never raises: a class that fails is logged and left out."""
     captured: dict[str, Any] = {}
-    for path in paths():
-        cls = load(path)
-        if cls is None:
-            continue
+    for path, cls in classes():
         try:
             value = cls.capture()
             if value is not None:
@@ -90,11 +100,8 @@ def restoring(context: Mapping[str, Any] | None) -> Iterator[None]:
         yield
         return
     with ExitStack() as stack:
-        for path in paths():
+        for path, cls in classes():
             if path not in context:
-                continue
-            cls = load(path)
-            if cls is None:
                 continue
             try:
                 stack.enter_context(cls.restore(context[path]))
