@@ -231,6 +231,7 @@ def test_metadata_is_searchable_and_shown_in_the_admin(admin_client):
     assert listing.context["cl"].result_count == 1
     page = admin_client.get(f"/admin/django_jobqueue/job/{handle.id}/change/")
     assert "acme-corp" in page.content.decode()
+    assert "Metadata, context, pending run" in page.content.decode()
 
 
 # -- context propagation ------------------------------------------------------------------
