@@ -153,6 +153,12 @@ class NewJob:
     #: kept for its outcome's time, decided when it ends (``result_ttl`` holds the
     #: completed one).
     ttl_by_outcome: bool = False
+    #: ``.using(metadata={...})``: the caller's JSON object, kept with the job, never passed
+    #: to it as arguments.
+    metadata: dict[str, Any] | None = None
+    #: What the classes of ``JOBQUEUE["CONTEXT"]`` captured in the caller, by dotted path
+    #: (:mod:`django_jobqueue.propagation`); None: nothing captured.
+    context: dict[str, Any] | None = None
 
     def with_id(self, job_id: str) -> NewJob:
         return dataclasses.replace(self, job_id=job_id)
@@ -220,6 +226,8 @@ class ClaimedJob:
     trace_context: dict[str, str] | None = None
     #: "cancel" or "run" for a job with parents (workflows), "" for one without.
     parent_failure: str = ""
+    metadata: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
     #: This claim's serial in this process, not stored: two claims of one job that share
     #: a fence (a claim rolled back leaves the attempt unchanged) are still told apart.
     claim: int = dataclasses.field(
@@ -258,6 +266,7 @@ class JobSnapshot:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
 
     @classmethod
     def of_new(cls, job: NewJob) -> JobSnapshot:
@@ -269,6 +278,7 @@ class JobSnapshot:
             Status.QUEUED.value,
             created=True,
             enqueued_at=job.enqueued_at,
+            metadata=job.metadata,
         )
 
     @property

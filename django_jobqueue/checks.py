@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from . import conf
 from .conf import DEFAULTS, KEYS, Fault, Key, behind_transaction_pooler
 from .limits import LimitConfigError, parse_rule, rule_for
 from .periodic import inspect_schedules
@@ -347,3 +348,32 @@ def check_pooler(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
     return problems
+
+
+@register(Tags.compatibility)
+def check_context(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """E041: an entry of ``JOBQUEUE["CONTEXT"]`` is not a dotted path (a value that is not a
+    list is E004). E040: one of its classes cannot be imported (enqueues skip it and log
+    why)."""
+    value = conf.settings.CONTEXT  # the default when it is not a list (E004)
+    if not all(isinstance(p, str) for p in value):
+        return [
+            Error(
+                f"JOBQUEUE['CONTEXT'] must be a list of dotted paths of classes, not {value!r}.",
+                hint='For example JOBQUEUE["CONTEXT"] = ["django_jobqueue.context.Locale"].',
+                id="django_jobqueue.E041",
+            )
+        ]
+    errors = []
+    for path in value:
+        reason = _import_error(path)
+        if reason is not None:
+            errors.append(
+                Error(
+                    f"JOBQUEUE['CONTEXT'] names {path!r}, which cannot be imported: {reason}.",
+                    hint="Fix the dotted path or remove it; until then jobs are enqueued "
+                    "without what it would capture.",
+                    id="django_jobqueue.E040",
+                )
+            )
+    return errors

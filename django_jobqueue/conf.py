@@ -246,6 +246,10 @@ class Settings:
     PROGRESS_INTERVAL: Key[float] = Key(0.5, float, 0.01, 3600)
     # Periodic jobs (docs/guide/schedules.md): name -> {"job", "cron", "args", "kwargs", "queue"}.
     SCHEDULE: Key[Any] = Key({}, object, words="a dict of name -> entry")  # periodic.py: E020
+    #: Context classes (``capture()``/``restore(value)``): propagation.py; E040, E041.
+    CONTEXT: Key[list[str]] = Key(
+        ["django_jobqueue.context.Locale"], list, words="a list of dotted paths"
+    )
     # Operations (docs/guide/operations.md).
     PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)
     PRUNE_BATCH = Key(1000, int, 1, 100_000)  # finished jobs deleted per statement

@@ -5,6 +5,9 @@ The worker makes one per attempt and hands it to jobs declared ``@job(takes_cont
 It reads no database itself: the worker gives it a ``cancelled`` flag it sets when a cancel
 request arrives, and a ``report`` callback that keeps the latest progress for the worker to
 write (throttled; the last value always lands).
+
+It also holds the built-in context class :class:`Locale` of ``JOBQUEUE["CONTEXT"]``
+(:mod:`django_jobqueue.propagation`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from .exceptions import InvalidJobError
 
@@ -48,6 +52,7 @@ class JobContext:
         "_cancelled",
         "_job_id",
         "_max_attempts",
+        "_metadata",
         "_parent_results",
         "_parents",
         "_queue",
@@ -67,6 +72,7 @@ class JobContext:
         cancelled: threading.Event | None = None,
         report: Callable[[Progress], None] | None = None,
         parents: Callable[[], dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self._job_id = job_id
         self._parents = parents
@@ -77,6 +83,7 @@ class JobContext:
         self._worker = worker
         self._cancelled = cancelled if cancelled is not None else threading.Event()
         self._report = report
+        self._metadata = metadata
         #: The last value given to :meth:`set_progress` (None before the first call).
         self.progress: Progress | None = None
 
@@ -119,6 +126,11 @@ class JobContext:
         """Read :attr:`parent_results` now (before an ``async def`` job starts, on a thread
         where the database may be used)."""
         self.parent_results  # noqa: B018 - read for its side effect
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The job's ``.using(metadata={...})``, or None."""
+        return self._metadata
 
     @property
     def is_last_attempt(self) -> bool:
@@ -164,3 +176,17 @@ class JobContext:
 
 def _number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+class Locale:
+    """A ``JOBQUEUE["CONTEXT"]`` class: the caller's active language
+    (``translation.get_language()``), active around the job's run
+    (``translation.override``)."""
+
+    @staticmethod
+    def capture() -> str | None:
+        return translation.get_language()
+
+    @staticmethod
+    def restore(value: Any) -> AbstractContextManager[Any]:
+        return translation.override(value if isinstance(value, str) else None)

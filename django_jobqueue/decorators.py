@@ -21,9 +21,7 @@ from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .options import (
-    CELERY_WORDS,
     UNSET,
-    USING_OPTIONS,
     _Unset,
     check_group,
     check_job_id,
@@ -37,8 +35,17 @@ from .options import (
     resolve_run_after,
 )
 from .producing import insert_jobs, insert_steps, new_job_id, new_job_ids
+from .propagation import capture
 from .registry import registry
-from .serialization import check_call
+from .serialization import check_call, check_metadata
+from .uniqueness import (
+    Unique,
+    binder,
+    check_signature,
+    check_unique,
+    check_unique_period,
+    unique_job_id,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +87,14 @@ class JobFunction(Generic[P, R]):
     after: tuple[str, ...] = ()
     #: What it does when one of them fails or is cancelled: "cancel" or "run".
     parent_failure: str = "cancel"
+    #: Derive the job id from the arguments (all, or these): see :mod:`.uniqueness`.
+    unique: Unique = False
+    #: Seconds: a unique job runs once per key per period, finished or not.
+    unique_period: int | None = None
+    #: ``.using(metadata=...)``: kept with each job, never passed as arguments.
+    metadata: dict[str, Any] | None = None
+    #: What an enqueue of an id that exists does: "return", "replace" or "rerun".
+    on_duplicate: str = "return"
 
     @property
     def is_async(self) -> bool:
@@ -102,10 +117,20 @@ class JobFunction(Generic[P, R]):
     def using(self, **options: Any) -> JobFunction[P, R]:
         """Return a copy with other options: job_id, queue, priority, run_after, group,
         max_attempts, result_ttl, timeout, time_limit, limit, after (job handles or ids to
-        run after: the job is "blocked" until they completed) and parent_failure ("cancel"
-        or "run": what it does when one of them fails). Unknown options and bad values raise
-        ``InvalidJobError`` here, before anything is written."""
-        return dataclasses.replace(self, **check_options(options, f"{self.name}.using()"))
+        run after: the job is "blocked" until they completed), parent_failure ("cancel" or
+        "run": what it does when one of them fails), metadata and on_duplicate. Unknown
+        options and bad values raise ``InvalidJobError`` here, before anything is written."""
+        checked = check_options(options, f"{self.name}.using()")
+        if "metadata" in checked:
+            checked["metadata"] = check_metadata(checked["metadata"])
+        changed = dataclasses.replace(self, **checked)
+        if changed.after and changed.on_duplicate != "return":
+            raise InvalidJobError(
+                f"{self.name}.using(): on_duplicate={changed.on_duplicate!r} cannot be combined "
+                "with after= (a job with parents is enqueued once, with them); use one or the "
+                "other. Nothing was written."
+            )
+        return changed
 
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> BoundJob:
         """This job called with these arguments, checked as ``enqueue`` checks them, and not
@@ -138,10 +163,15 @@ class JobFunction(Generic[P, R]):
         now: datetime,
         notify: bool,
         job_id: str | None = None,
+        context: dict[str, Any] | None = None,
     ) -> NewJob:
-        """The row to write for one call, validated here, in the caller."""
+        """The row to write for one call, validated here, in the caller: its id is ``job_id``,
+        else the ``job_id`` option, else derived from the arguments (``unique``), else new;
+        ``context`` is what ``JOBQUEUE["CONTEXT"]`` captured (None: capture it now)."""
         call_args, call_kwargs = check_call(args, kwargs)
-        _check_signature(self, args, kwargs)
+        check_signature(self.name, self.func, self.takes_context, args, kwargs)
+        if not (job_id or self.job_id) and self.unique:
+            job_id = unique_job_id(self, call_args, call_kwargs, now)
         return NewJob(
             job_id=job_id or self.job_id or new_job_id(),
             name=self.name,
@@ -165,6 +195,8 @@ class JobFunction(Generic[P, R]):
             limit_key=self.limit,
             attempt_log=[] if self.keeps_attempt_log else None,
             ttl_by_outcome=self.result_ttl is None and conf.ttl_by_outcome(),
+            metadata=self.metadata,
+            context=capture() if context is None else context or None,
         )
 
     def new_job(
@@ -195,24 +227,21 @@ class JobFunction(Generic[P, R]):
         new = self._new_job(args, kwargs, timezone.now(), notify=False)  # validate here
         return (await sync_to_async(self._enqueue)([new]))[0]
 
-    def _enqueue(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
-        if not self.after:
-            return _enqueue(jobs)
-        return announce(insert_steps([(new, self.after, self.parent_failure) for new in jobs]))
-
     def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
         """Queue one run per item of ``calls`` in one statement per 1,000 jobs.
 
         Each item is a tuple or list of positional arguments, or a dict of keyword
         arguments. Every item is validated before anything is written. With a fixed
-        ``job_id`` option each job gets ``"<job_id>-<index>"``; otherwise fresh ids.
+        ``job_id`` option each job gets ``"<job_id>-<index>"``; a ``unique`` job's ids are
+        derived from each item's arguments; otherwise fresh ids.
         """
         now = timezone.now()
         jobs = []
         args: Sequence[Any]
         kwargs: Mapping[str, Any]
         calls = calls if isinstance(calls, Sequence) else list(calls)
-        fresh = None if self.job_id else new_job_ids(len(calls))
+        fresh = None if self.job_id or self.unique else new_job_ids(len(calls))
+        context = capture() or {}  # once for the whole call
         for index, call in enumerate(calls):
             if isinstance(call, Mapping):
                 args, kwargs = (), call
@@ -223,9 +252,19 @@ class JobFunction(Generic[P, R]):
                     f"enqueue_many() item {index} is of type {type(call).__name__}; pass a "
                     "tuple or list of positional arguments or a dict of keyword arguments."
                 )
-            job_id = check_job_id(f"{self.job_id}-{index}") if fresh is None else fresh[index]
-            jobs.append(self._new_job(args, kwargs, now, notify=False, job_id=job_id))
+            job_id: str | None = None  # unique: derived from the item's arguments
+            if fresh is not None:
+                job_id = fresh[index]
+            elif self.job_id:
+                job_id = check_job_id(f"{self.job_id}-{index}")
+            jobs.append(self._new_job(args, kwargs, now, False, job_id, context))
         return self._enqueue(jobs) if jobs else []
+
+    def _enqueue(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
+        if self.after:
+            steps = [(new, self.after, self.parent_failure) for new in jobs]
+            return announce(insert_steps(steps))
+        return announce(insert_jobs(jobs, on_duplicate=self.on_duplicate))
 
     def enqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Queue one run (or join the existing run of the same ``job_id``) and return its result.
@@ -241,9 +280,11 @@ class JobFunction(Generic[P, R]):
         state = waiting.enqueue_and_wait(
             new.job_id,
             new.queue,
-            functools.partial(_enqueue_waited, new, self.after, self.parent_failure),
+            functools.partial(
+                _enqueue_waited, new, self.after, self.parent_failure, self.on_duplicate
+            ),
             timeout=timeout,
-            fixed_id=self.job_id is not None,
+            fixed_id=self.job_id is not None or bool(self.unique),
         )
         return waiting.outcome(new.job_id, state)
 
@@ -255,52 +296,13 @@ class JobFunction(Generic[P, R]):
         state = await waiting.aenqueue_and_wait(
             new.job_id,
             new.queue,
-            functools.partial(_enqueue_waited, new, self.after, self.parent_failure),
+            functools.partial(
+                _enqueue_waited, new, self.after, self.parent_failure, self.on_duplicate
+            ),
             timeout=timeout,
-            fixed_id=self.job_id is not None,
+            fixed_id=self.job_id is not None or bool(self.unique),
         )
         return waiting.outcome(new.job_id, state)
-
-
-@functools.cache
-def _binder(
-    func: Callable[..., Any], takes_context: bool
-) -> tuple[inspect.Signature | None, int | None]:
-    """``func``'s signature (less the context parameter), and its number of parameters when
-    a call with exactly that many positional arguments and no keywords is certain to fit."""
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # a callable whose signature cannot be read: no check
-        return None, None
-    params = list(signature.parameters.values())
-    if takes_context:
-        params = params[1:]
-        signature = signature.replace(parameters=params)
-    simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
-    return signature, len(params) if simple else None
-
-
-def _check_signature(
-    job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> None:
-    """Refuse a call that does not fit the function, before anything is written: a worker
-    would only fail it ``max_attempts`` times with the same TypeError."""
-    signature, positional = _binder(job.func, job.takes_context)
-    if signature is None or (positional == len(args) and not kwargs):
-        return
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        hint = ""
-        options = sorted(set(kwargs) & set(USING_OPTIONS) - set(signature.parameters))
-        if options:
-            given = ", ".join(f"{name}=..." for name in options)
-            hint = f" {', '.join(map(repr, options))} is an option: pass it as .using({given})."
-        for word in sorted(set(kwargs) & set(CELERY_WORDS) - set(signature.parameters)):
-            hint += f" {word!r}{did_you_mean(word, ())}."
-        raise InvalidJobError(
-            f"{job.name}{signature} cannot take these arguments: {exc}.{hint} Nothing was written."
-        ) from None
 
 
 def _check_takes_context(function: Callable[..., Any], takes_context: Any) -> bool:
@@ -358,7 +360,7 @@ def _check_schedule(
         cron = check_cron(schedule, ran_is_enough=True)  # a year over: check refuses it
     except CronError as exc:
         raise InvalidJobError(f"@job(schedule=...) of {name}: {exc}.") from None
-    signature, _ = _binder(function, bool(takes_context))
+    signature, _ = binder(function, bool(takes_context))
     if signature is not None:
         try:
             signature.bind()
@@ -371,14 +373,11 @@ def _check_schedule(
     return cron
 
 
-def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
-    return announce(insert_jobs(jobs))
-
-
 def _enqueue_waited(
     new: NewJob,
     after: tuple[str, ...],
     parent_failure: str,
+    on_duplicate: str,
     written: Callable[[], None],
     lock_timeout: float | None,
 ) -> JobState:
@@ -388,7 +387,13 @@ def _enqueue_waited(
     if after:
         snapshots = insert_steps([(new, after, parent_failure)], notify=True, written=written)
     else:
-        snapshots = insert_jobs([new], notify=True, lock_timeout=lock_timeout, written=written)
+        snapshots = insert_jobs(
+            [new],
+            notify=True,
+            lock_timeout=lock_timeout,
+            written=written,
+            on_duplicate=on_duplicate,
+        )
     (handle,) = announce(snapshots, waited_for=True)
     return JobState(handle.status, handle.attempts, handle.result, handle.error)
 
@@ -411,6 +416,8 @@ def job(
     limit: str | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
+    unique: bool | tuple[str, ...] = ...,
+    unique_period: int | None = ...,
 ) -> Callable[[Callable[Concatenate[JobContext, P], R]], JobFunction[P, R]]: ...
 
 
@@ -428,6 +435,8 @@ def job(
     limit: str | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
+    unique: bool | tuple[str, ...] = ...,
+    unique_period: int | None = ...,
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -446,6 +455,8 @@ def job(
     limit: str | None = None,
     schedule: str | None = None,
     atomic: bool = False,
+    unique: bool | tuple[str, ...] = False,
+    unique_period: int | None = None,
     **unknown: Any,
 ) -> Any:
     """Register a module-level function (sync or ``async def``) as a job.
@@ -469,6 +480,9 @@ def job(
       fenced by the attempt: a worker killed mid-job leaves none of its writes, a run that
       lost its lease rolls them back, and a failed attempt rolls them back before its
       failure is recorded. Sync functions only.
+    * ``unique=True`` (or a tuple of parameter names): the job id is derived from the name
+      and the arguments (or those named), so equal calls are one job; ``unique_period=S``:
+      one run per key per ``S`` seconds, finished or not (docs/guide/uniqueness.md).
     """
 
     if unknown:  # what Python would raise, with a hint (Celery's max_retries, bind...)
@@ -513,6 +527,8 @@ def job(
             retry_on=_check_retry_on(retry_on),
             schedule=_check_schedule(function, job_name, schedule, takes_context),
             atomic=_check_atomic(function, job_name, atomic),
+            unique=(unique_on := check_unique(function, job_name, unique, takes_context)),
+            unique_period=check_unique_period(unique_period, job_name, unique_on),
         )
         registry.register(definition)
         return definition

@@ -36,6 +36,7 @@ class JobHandle:
         "error",
         "finished_at",
         "id",
+        "metadata",
         "name",
         "progress",
         "queue",
@@ -60,6 +61,7 @@ class JobHandle:
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
         progress: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self.id = id
         self._pk = pk
@@ -76,6 +78,8 @@ class JobHandle:
         #: The job's last reported progress: ``{"current", "total", "message",
         #: "updated_at"}``, or None (see ``JobContext.set_progress``).
         self.progress = progress
+        #: ``.using(metadata={...})`` of the job, or None.
+        self.metadata = metadata
 
     @classmethod
     def from_snapshot(cls, snapshot: JobSnapshot) -> JobHandle:
@@ -93,6 +97,7 @@ class JobHandle:
             started_at=snapshot.started_at,
             finished_at=snapshot.finished_at,
             progress=snapshot.progress,
+            metadata=snapshot.metadata,
         )
 
     @classmethod
@@ -107,6 +112,7 @@ class JobHandle:
         self.started_at = snapshot.started_at
         self.finished_at = snapshot.finished_at
         self.progress = snapshot.progress
+        self.metadata = snapshot.metadata
         self._apply(snapshot.state)
 
     def _apply(self, state: JobState) -> None:

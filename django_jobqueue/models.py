@@ -16,6 +16,8 @@ Which index serves which query (names as in the migration):
 * ``djq_group_active`` ``(group, id) WHERE status IN ('blocked','queued','running') AND
   group IS NOT NULL``: "is an earlier job of this group still waiting or running?" in the
   claim query.
+* ``djq_rerun`` ``(id) WHERE rerun IS NOT NULL``: finished jobs with one more run to queue
+  (``on_duplicate="rerun"``); empty but for them.
 * ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
 * ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
   results.
@@ -153,6 +155,22 @@ class Job(models.Model):
         db_default="",
         help_text="What this job does when a parent fails: 'cancel' or 'run' (empty: no parents).",
     )
+    metadata = models.JSONField(
+        null=True, blank=True, help_text=".using(metadata={...}): kept with the job, not passed."
+    )
+    context = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What JOBQUEUE['CONTEXT']'s classes captured at enqueue, by dotted path.",
+    )
+    rerun = models.JSONField(
+        null=True,
+        blank=True,
+        help_text=(
+            "One more run asked for while this one ran (on_duplicate='rerun'): its args, "
+            "kwargs and priority. Queued once this run has finished."
+        ),
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -172,6 +190,11 @@ class Job(models.Model):
                 "id",
                 name="djq_claim_queue",
                 condition=Q(status=Status.QUEUED, limit_key__isnull=True),
+            ),
+            models.Index(
+                "id",
+                name="djq_rerun",
+                condition=Q(rerun__isnull=False),
             ),
             models.Index(
                 "limit_key",
@@ -237,6 +260,7 @@ class Job(models.Model):
             started_at=self.started_at,
             finished_at=self.finished_at,
             progress=self.progress,
+            metadata=self.metadata,
         )
 
     def is_expired(self, now: Any = None) -> bool:
@@ -371,6 +395,10 @@ class DeadLetter(models.Model):
         default=False,
         db_default=False,
         help_text="Kept for RESULT_TTL's time of its outcome (result_ttl: the completed one).",
+    )
+    metadata = models.JSONField(null=True, blank=True, help_text="The job's metadata.")
+    context = models.JSONField(
+        null=True, blank=True, help_text="What JOBQUEUE['CONTEXT'] captured at enqueue."
     )
     attempts = models.PositiveIntegerField()
     error = models.TextField()

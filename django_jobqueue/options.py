@@ -32,7 +32,13 @@ USING_OPTIONS = (
     "limit",
     "after",
     "parent_failure",
+    "metadata",
+    "on_duplicate",
 )
+#: What enqueueing an id that exists does (docs/guide/uniqueness.md): "return" the existing
+#: job; "replace" a queued one's arguments, ``run_after`` and priority (else as "rerun");
+#: "rerun" a finished one, and queue one more run after a running one.
+ON_DUPLICATE = ("return", "replace", "rerun")
 
 
 class _Unset:
@@ -280,6 +286,14 @@ def check_parent_failure(value: Any) -> str:
     return value
 
 
+def check_on_duplicate(value: Any) -> str:
+    if value not in ON_DUPLICATE or not isinstance(value, str):
+        raise InvalidJobError(
+            f"on_duplicate must be one of {', '.join(map(repr, ON_DUPLICATE))}, not {value!r}."
+        )
+    return value
+
+
 def resolve_run_after(value: timedelta | datetime | None, now: datetime) -> datetime | None:
     """The absolute time a job may start; None means at once."""
     if value is None:
@@ -312,6 +326,8 @@ CHECKS = {
     "limit": check_limit,
     "after": check_after,
     "parent_failure": check_parent_failure,
+    "metadata": lambda value: value,  # serialization.check_metadata, in using()
+    "on_duplicate": check_on_duplicate,
 }
 
 

@@ -2,7 +2,21 @@
 
 The deduplication table of the design, enqueue side: an id that is queued or running, or
 finished within its ``result_ttl``, is not run again (the caller gets a handle to it); an id
-finished past its ``result_ttl`` is replaced by a new run.
+finished past its ``result_ttl`` is replaced by a new run. ``on_duplicate`` changes what an
+existing id gets (docs/guide/uniqueness.md):
+
+* ``"return"`` (the default): the table above;
+* ``"replace"``: a queued job takes the new call's arguments, ``run_after`` and priority in
+  place (one ``UPDATE ... WHERE status = 'queued'``: a debounce); one that is no longer
+  queued is treated as ``"rerun"``;
+* ``"rerun"``: a finished job, whatever its ``result_ttl``, is deleted and written again as a
+  new run; a queued one is returned; a running one gets one more run, pending on its row
+  (``Job.rerun``: the call's arguments and priority; at most one: later calls return the
+  job as it is), which a worker queues once the run has finished (:func:`start_reruns`).
+
+Every case runs in the transaction that inserts, and an INSERT that loses a race to another
+producer resolves again (:data:`_REPLACE_ROUNDS`), so concurrent producers of one id write
+one run.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from django.db import router, transaction
 from django.utils import timezone
 
 from . import telemetry
-from .base import ACTIVE, JobSnapshot, NewJob
+from .base import ACTIVE, FINISHED, NEW_JOB_COLUMNS, JobSnapshot, NewJob, Status
 from .exceptions import InvalidJobError, JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
@@ -53,8 +67,10 @@ def insert_jobs(
     notify: bool = False,
     lock_timeout: float | None = None,
     written: Callable[[], None] | None = None,
+    on_duplicate: str = "return",
 ) -> list[JobSnapshot]:
-    """Insert ``jobs`` and return one snapshot per job, in order (``created`` says which).
+    """Insert ``jobs`` and return one snapshot per job, in order (``created`` says which);
+    ``on_duplicate`` says what a job whose id exists gets (the module's docstring).
 
     With ``notify`` the jobs are marked as waited for, including existing active ones. One
     INSERT, in autocommit, is the common case; more statements (several batches, or ids to
@@ -71,10 +87,22 @@ def insert_jobs(
     batch_id = current_batch.get()
     with telemetry.enqueue_span(jobs) as traced:
         if batch_id is None:
-            return _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=written)
+            return _insert_jobs(
+                traced,
+                notify=notify,
+                lock_timeout=lock_timeout,
+                written=written,
+                on_duplicate=on_duplicate,
+            )
         using = router.db_for_write(Job)
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
-            snapshots = _insert_jobs(traced, notify=notify, lock_timeout=lock_timeout, written=None)
+            snapshots = _insert_jobs(
+                traced,
+                notify=notify,
+                lock_timeout=lock_timeout,
+                written=None,
+                on_duplicate=on_duplicate,
+            )
             created = [snapshot.id for snapshot in snapshots if snapshot.created]
             if created:
                 join(Job.objects.using(using)._sql(), batch_id, created)
@@ -89,6 +117,7 @@ def _insert_jobs(
     notify: bool,
     lock_timeout: float | None,
     written: Callable[[], None] | None,
+    on_duplicate: str,
 ) -> list[JobSnapshot]:
     using = router.db_for_write(Job)
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
@@ -96,6 +125,7 @@ def _insert_jobs(
     pending = [job for job in jobs if job.job_id not in found]
     if not (fast and not pending):
         with transaction.atomic(using=using):
+            Job.objects.using(using).lock_for_writing()
             if lock_timeout is not None and transaction.get_connection(using).vendor == (
                 "postgresql"
             ):
@@ -111,7 +141,9 @@ def _insert_jobs(
             for _round in range(_REPLACE_ROUNDS):
                 if not pending:
                     break
-                pending = _resolve_existing(pending, found, using=using, notify=notify, now=now)
+                pending = _resolve_existing(
+                    pending, found, using=using, notify=notify, now=now, on_duplicate=on_duplicate
+                )
                 if pending:
                     found.update(_insert(pending, using))
                     pending = [job for job in pending if job.job_id not in found]
@@ -185,8 +217,10 @@ def _resolve_existing(
     using: str,
     notify: bool,
     now: datetime,
+    on_duplicate: str = "return",
 ) -> list[NewJob]:
-    """Hand out existing jobs; delete the expired ones and return their rows to insert again."""
+    """Hand out existing jobs (``"replace"``: updated in place); delete the expired ones (and
+    with ``"rerun"`` the finished ones) and return their rows to insert again."""
     existing = {
         job.job_id: job
         for job in Job.objects.using(using)
@@ -199,14 +233,83 @@ def _resolve_existing(
         job = existing.get(new.job_id)
         if job is None:  # pruned or replaced between our INSERT and SELECT
             again.append(new)
-        elif job.is_expired(now):
+        elif job.is_expired(now) or (on_duplicate != "return" and job.status in FINISHED):
             expired.append(job.pk)
             again.append(new)
+        elif on_duplicate != "return" and job.status == Status.RUNNING:
+            if not _pend(job.pk, new, using):
+                job.refresh_from_db(using=using)
+                if job.status in FINISHED:  # it finished meanwhile: run it again
+                    again.append(new)
+                    continue
+            found[new.job_id] = job.snapshot()
+        elif on_duplicate == "replace" and job.status == Status.QUEUED:
+            if not _replace(job.pk, new, using):
+                again.append(new)  # claimed meanwhile: its run is left, ours follows it
+                continue
+            job.refresh_from_db(using=using)
+            found[new.job_id] = job.snapshot()
         else:
             subscribe = notify and job.status in ACTIVE and not job.notify
             if subscribe and Job.objects.using(using).subscribe(job.job_id) is None:
                 job.refresh_from_db(using=using)  # it finished meanwhile
             found[new.job_id] = job.snapshot()
     if expired:
-        Job.objects.using(using).filter(pk__in=expired).expired_results(now).delete()
+        Job.objects.using(using).filter(pk__in=expired, status__in=FINISHED).delete()
     return again
+
+
+def _replace(pk: int, new: NewJob, using: str) -> bool:
+    """``"replace"``: a queued job takes ``new``'s arguments, ``run_after`` and priority."""
+    replaced = Job.objects.using(using).filter(pk=pk, status=Status.QUEUED)
+    return bool(
+        replaced.update(
+            args=new.args, kwargs=new.kwargs, run_after=new.run_after, priority=new.priority
+        )
+    )
+
+
+def _pend(pk: int, new: NewJob, using: str) -> bool:
+    """``"rerun"`` of a running job: one more run, with ``new``'s arguments and priority, to
+    queue once this one has finished; False if one is pending already or it is not running."""
+    pending = Job.objects.using(using).filter(pk=pk, status=Status.RUNNING, rerun__isnull=True)
+    rerun = {"args": new.args, "kwargs": new.kwargs, "priority": new.priority}
+    return bool(pending.update(rerun=rerun))
+
+
+#: Pending reruns queued per :func:`start_reruns` call.
+RERUN_BATCH = 100
+
+
+def start_reruns(using: str, *, limit: int = RERUN_BATCH) -> list[JobSnapshot]:
+    """Queue the pending run (``Job.rerun``) of finished jobs: each finished row is replaced
+    by a new run of the same id, with the pending arguments and priority and the job's other
+    fields, in one transaction (the row is read ``SKIP LOCKED`` on PostgreSQL, under the
+    write lock on SQLite, so two workers never queue one twice). The worker calls it with
+    its upkeep; announce the snapshots returned (``handles.announce``)."""
+    jobs = Job.objects.using(using)
+    pending = jobs.filter(status__in=FINISHED, rerun__isnull=False)
+    if not pending.exists():  # the common case: one read of an empty index, no lock
+        return []
+    with transaction.atomic(using=using):
+        jobs.lock_for_writing()
+        rows = pending.order_by("id")
+        if transaction.get_connection(using).features.has_select_for_update_skip_locked:
+            rows = rows.select_for_update(skip_locked=True)
+        finished = list(rows[:limit])
+        if not finished:
+            return []
+        now = timezone.now()
+        runs = [_next_run(row, now) for row in finished]
+        jobs.filter(pk__in=[row.pk for row in finished]).delete()
+        inserted = jobs.insert_new(runs)
+    return [JobSnapshot.of_new(run) for run in runs if run.job_id in inserted]
+
+
+def _next_run(row: Job, now: datetime) -> NewJob:
+    """The pending run of the finished ``row``: its job's fields, the pending arguments."""
+    fields = {name: getattr(row, name) for name in NEW_JOB_COLUMNS}
+    fields.update(row.rerun or {}, run_after=None, notify=False, enqueued_at=now)
+    if fields["attempt_log"] is not None:
+        fields["attempt_log"] = []
+    return NewJob(**fields)

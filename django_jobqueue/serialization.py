@@ -372,3 +372,19 @@ def clean_text(text: str, limit: int | None = None) -> str:
 
 def _marker(cut: int) -> str:
     return f"\n[... {cut} bytes cut by django-jobqueue (JOBQUEUE['MAX_ERROR_BYTES']) ...]\n"
+
+
+def check_metadata(value: Any) -> dict[str, Any] | None:
+    """``.using(metadata=...)``: None, or a JSON object with str keys within
+    ``JOBQUEUE["MAX_ARGS_BYTES"]``, like a job's arguments; return it as a plain dict."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SerializationError(
+            f"metadata must be a dict with str keys, such as {{'tenant': 'acme'}}, not "
+            f"{type(value).__name__}: {_short.repr(value)}.",
+            "metadata",
+        )
+    metadata = dict(value)
+    _check(metadata, "metadata", conf.settings.MAX_ARGS_BYTES, "MAX_ARGS_BYTES")
+    return metadata

@@ -30,6 +30,8 @@ urlpatterns = [
     path("api/crunch", shop.crunch, name="crunch"),
     path("api/import-orders", shop.import_batch, name="import-orders"),
     path("api/notify-partner", shop.notify, name="notify-partner"),
+    # A debounced job: a burst of clicks runs it once, with the last click's arguments.
+    path("api/reindex", shop.reindex, name="reindex"),
     # A job, by the signed token of the status URL its view answered with.
     path("api/jobs/<str:token>", shop.job_status, name="job-status"),
 ]

@@ -194,6 +194,7 @@ def test_home_page_has_a_button_per_pattern(example):
         "/api/crunch": "crunch",
         "/api/import-orders": "import",
         "/api/notify-partner": "notify",
+        "/api/reindex": "reindex",
     }
     for form in forms.values():
         assert f'<pre class="result" id="{form}-result"' in html
@@ -351,6 +352,15 @@ def test_flaky_job_fails_twice_then_succeeds(example):
     assert job["result"] == {"order": answer["order"], "charged": True, "calls": 3}
     log = example.worker_log.read_text()
     assert f"id={answer['job_id']}" in log and "retry in" in log
+
+
+def test_a_burst_of_reindex_clicks_runs_once_with_the_last_reason(example):
+    answers = [example.call("POST", "/api/reindex", {"reason": f"edit {n}"}) for n in range(5)]
+    assert {status for status, _ in answers} == {202}
+    assert len({answer["job_id"] for _, answer in answers}) == 1
+    assert [answer["created"] for _, answer in answers] == [True, False, False, False, False]
+    job = example.wait_for_job(answers[0][1]["status_url"], "completed", "failed")
+    assert job["result"] == {"shop": "main", "reason": "edit 4"} and job["attempts"] == 1
 
 
 def test_poison_job_ends_as_a_dead_letter(example):

@@ -92,8 +92,10 @@ def _hot_path(sqls: list[str]) -> tuple[list[str], list[str]]:
     table = connection.ops.quote_name(Job._meta.db_table)
     # Upkeep on timers: the reap on the first pass (again after 5s of a slow run), a lease
     # renewal only after HEARTBEAT_INTERVAL (20s here).
+    # With the reap, the look for pending reruns (on_duplicate="rerun"), one read.
     reap = f"ORDER BY {table}.{connection.ops.quote_name('lease_expires_at')}"
-    reaps = [s for s in statements if reap in s]
+    rerun = f"{table}.{connection.ops.quote_name('rerun')} IS NOT NULL"
+    reaps = [s for s in statements if reap in s or rerun in s]
     renewals = [s for s in statements if s.startswith(f"UPDATE {table} SET lease_expires_at")]
     assert reaps, statements
     # The heartbeat row: written on the first pass, deleted at exit, never per job.

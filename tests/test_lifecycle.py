@@ -286,6 +286,8 @@ def _every_field_set(job_id: str) -> NewJob:
         "attempt_log": [],
         "trace_context": {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
         "ttl_by_outcome": True,
+        "metadata": {"tenant": "acme", "n": [1, 2]},
+        "context": {"django_jobqueue.context.Locale": "fr"},
     }
     assert set(values) == {field.name for field in dataclasses.fields(NewJob)}
     return NewJob(**values)

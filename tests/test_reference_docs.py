@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_PAGE = (ROOT / "docs" / "reference" / "settings.md").read_text()
 CHECKS_PAGE = (ROOT / "docs" / "reference" / "checks.md").read_text()
 ID = re.compile(r"\b([EW]\d{3})\b")
-KINDS = {int: "int", float: "number", bool: "bool", str: "str", object: "dict"}
+KINDS = {int: "int", float: "number", bool: "bool", str: "str", object: "dict", list: "list"}
 
 
 def _literal(value: Any) -> str:

@@ -394,8 +394,8 @@ class QueueAdminMixin(NulSafeAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-    search_fields = ("job_id__exact", "name")
-    search_help_text = "A job id (exact) or part of a job name."
+    search_fields = ("job_id__exact", "name", "metadata")
+    search_help_text = "A job id (exact), or part of a job name or of its metadata."
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str

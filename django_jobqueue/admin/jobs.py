@@ -99,6 +99,7 @@ class JobAdmin(QueueAdminMixin):
             },
         ),
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
+        ("Metadata, context, pending run", {"fields": ("metadata", "context", "rerun")}),
         ("Outcome", {"fields": ("result_display", "error_display", "traceback_display")}),
         (
             "Timing",

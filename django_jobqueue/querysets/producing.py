@@ -39,6 +39,8 @@ _CASTS = {
     "attempt_log": "::jsonb",
     "trace_context": "::jsonb",
     "ttl_by_outcome": "::boolean",
+    "metadata": "::jsonb",
+    "context": "::jsonb",
 }
 
 
@@ -127,6 +129,15 @@ class ProducingQuerySet(SQLQuerySet):
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
             [*params, document],
         )
+
+    def lock_for_writing(self) -> None:
+        """SQLite, first in a transaction: take the database's write lock now (waiting up to
+        its busy timeout), so a transaction that reads jobs and then writes them is never
+        refused for a stale snapshot ("database is locked") by another producer. A no-op
+        elsewhere: PostgreSQL locks the rows it writes."""
+        sql = self._sql()
+        if sql.vendor == "sqlite":
+            sql.execute(f"UPDATE {sql.table} SET id = id WHERE 0 = 1", [])
 
     def subscribe(self, job_id: str) -> Subscribed | None:
         """Mark an active job as waited for (its worker will send "finished").

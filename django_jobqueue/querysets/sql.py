@@ -23,7 +23,11 @@ _CANCELLED = f"'{Status.CANCELLED.value}'"
 #: A completion's status: ``cancelled`` when a cancel request reached the row before it.
 _DONE_STATUS = f"CASE WHEN cancel_requested THEN {_CANCELLED} ELSE {_COMPLETED} END"
 
-_JSON_COLUMNS = frozenset({"args", "kwargs", "progress", "attempt_log", "trace_context"})
+_JSON_COLUMNS = frozenset(
+    {"args", "kwargs", "progress", "attempt_log", "trace_context", "metadata", "context"}
+)
+#: The JSON columns a claim may return as NULL.
+_NULLABLE_CLAIM_JSON = ("trace_context", "metadata", "context")
 
 #: The exception class recorded for a failed attempt that raised nothing (a lost lease, a
 #: job name no worker knows).
@@ -143,8 +147,9 @@ class _SQL:
         values = dict(zip(CLAIM_COLUMNS, row, strict=True))
         values["args"] = self.load_json("args", values["args"])
         values["kwargs"] = self.load_json("kwargs", values["kwargs"])
-        if values["trace_context"] is not None:
-            values["trace_context"] = self.load_json("trace_context", values["trace_context"])
+        for column in _NULLABLE_CLAIM_JSON:
+            if values[column] is not None:
+                values[column] = self.load_json(column, values[column])
         return ClaimedJob(**values)
 
     def pairs(self, items: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:

@@ -30,7 +30,8 @@ class UpkeepQuerySet(SQLQuerySet):
         at or before ``now``), with their results, in one short transaction; return how many.
 
         ``finished_before``: instead, finished jobs that finished at or before then, whatever
-        their ``result_ttl`` (``manage.py jobqueue prune --older-than``).
+        their ``result_ttl`` (``manage.py jobqueue prune --older-than``). A job with one more
+        run to queue (``rerun``) is kept until that run is queued.
 
         The oldest expiries first, read through the ``djq_expiry`` index. On PostgreSQL one
         statement that skips rows another transaction holds (a requeue, a deduplicating
@@ -48,8 +49,9 @@ class UpkeepQuerySet(SQLQuerySet):
         active = ", ".join(["%s"] * len(ACTIVE))
         # A parent is kept while a child of it has not finished (its parent_results).
         where = (
-            f"status IN ({finished}) AND {condition} AND NOT (has_children AND EXISTS "
-            f"(SELECT 1 FROM {deps} d JOIN {sql.table} c ON c.id = d.child_id "
+            f"status IN ({finished}) AND {condition} AND rerun IS NULL "
+            f"AND NOT (has_children AND EXISTS (SELECT 1 FROM {deps} d "
+            f"JOIN {sql.table} c ON c.id = d.child_id "
             f"WHERE d.parent_job_id = {sql.table}.job_id AND c.status IN ({active})))"
         )
         params: list[Any] = [*FINISHED, value, *ACTIVE]

@@ -8,8 +8,9 @@ The worker's pool (:mod:`.runner`), ``JOBQUEUE["EAGER"]`` and
 * gives the job its arguments, a :class:`~django_jobqueue.context.JobContext` first when it
   ``takes_context`` (its ``set_progress`` keeps the progress on the :class:`RunningJob`, for
   the writer to record before the ending; its ``cancel_requested`` reads the run's flag);
-* calls it in its tracing span, and ``@job(atomic=True)`` in a transaction of its own with its
-  completion (:mod:`.atomic`);
+* calls it inside the ``restore(value)`` of each ``JOBQUEUE["CONTEXT"]`` class the job
+  carries a value for (:mod:`django_jobqueue.propagation`), in its tracing span, and
+  ``@job(atomic=True)`` in a transaction of its own with its completion (:mod:`.atomic`);
 * turns what happened into the attempt's :class:`~.outcomes.Outcome`: the result, or the
   failure with the retry rules applied (an exception outside ``retry_on`` is not retried,
   ``Retry(after=...)`` sets when to run again), and a run that returned after its
@@ -38,6 +39,7 @@ from ..base import Status
 from ..context import JobContext, current_run
 from ..exceptions import Retry
 from ..models import Job, JobDependency, JobResult
+from ..propagation import restoring
 from .atomic import run_atomic
 from .outcomes import Outcome, describe, failed, succeeded, timed_out
 from .running import RunningJob
@@ -67,10 +69,11 @@ def run(running: RunningJob) -> Outcome:
         if running.cancelled.is_set():  # asked to stop before it started
             raise asyncio.CancelledError
         call = partial(telemetry.run, job, running.definition.func, arguments(running))
-        if running.definition.atomic:
-            outcome = run_atomic(running.using, job, call)  # worker/atomic.py
-        else:
-            outcome = succeeded(job, call(), started)
+        with restoring(job.context):  # JOBQUEUE["CONTEXT"]
+            if running.definition.atomic:
+                outcome = run_atomic(running.using, job, call)  # worker/atomic.py
+            else:
+                outcome = succeeded(job, call(), started)
     except BaseException as exc:  # a job's failure, whatever it is, is the job's outcome
         if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
             raise
@@ -92,7 +95,8 @@ async def arun(running: RunningJob) -> Outcome:
         args = arguments(running)
         if args and isinstance(args[0], JobContext) and job.parent_failure:
             await sync_to_async(args[0].load_parent_results)()  # no database on the loop
-        result = await telemetry.arun(job, running.definition.func, args)
+        with restoring(job.context):  # JOBQUEUE["CONTEXT"]
+            result = await telemetry.arun(job, running.definition.func, args)
         outcome = succeeded(job, result, started)
     except BaseException as exc:
         outcome = failed_with(running, started, exc)
@@ -132,6 +136,7 @@ def arguments(running: RunningJob) -> list[Any]:
         cancelled=running.cancelled,
         report=running.report_progress,
         parents=partial(parent_results, running.using, job.id) if job.parent_failure else None,
+        metadata=job.metadata,
     )
     return [context, *job.args]
 

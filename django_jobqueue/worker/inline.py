@@ -27,6 +27,7 @@ from .. import conf, signals
 from ..base import ClaimedJob
 from ..handles import JobHandle
 from ..models import Job
+from ..producing import start_reruns
 from ..querysets import JobQuerySet
 from ..querysets.batches import Released
 from ..querysets.dependencies import ANNOUNCERS
@@ -88,7 +89,8 @@ def run_now(job_id: str, *, using: str | None = None) -> int:
 
 def run_ready(queue: str | None = None, *, using: str | None = None) -> int:
     """Run the jobs of ``queue`` (None: every queue) that are ready, one at a time in claim
-    order (priority, then enqueue order; groups respected), until none is; how many ran."""
+    order (priority, then enqueue order; groups respected), until none is, including the
+    runs a job's duplicates asked for while it ran (``on_duplicate="rerun"``); how many ran."""
     using = using or router.db_for_write(Job)
     writer = _writer(using)
     ran = 0
@@ -101,6 +103,8 @@ def run_ready(queue: str | None = None, *, using: str | None = None) -> int:
             lease_until=_lease_until(),
         )
         if not claimed:
+            if start_reruns(using):  # runs asked for while a job ran (on_duplicate="rerun")
+                continue
             return ran
         for job in claimed:
             ran += 1

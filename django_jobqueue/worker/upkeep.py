@@ -13,9 +13,11 @@ from typing import Protocol
 
 from .. import clock, conf, telemetry
 from ..base import CLAIM_COLUMNS, ClaimedJob, Ending, Status
+from ..handles import announce
 from ..limits import LONGEST_RATE_PERIOD
 from ..models import DeadLetter, Job
 from ..notifications import hub
+from ..producing import start_reruns
 from ..querysets import JobQuerySet
 from ..serialization import printable
 from .outcomes import backoff
@@ -89,6 +91,7 @@ class Upkeep:
         if now >= self.next_reap:
             self.next_reap = now + max(0.5, min(5.0, conf.settings.LEASE_SECONDS / 2))
             self.reap()
+            self.start_reruns()
         if now >= self.next_prune:
             self.prune_step(now)
         if now >= self.next_limit_prune:
@@ -129,6 +132,11 @@ class Upkeep:
             self.lost({job.id for job in lost})
         if ours.cancel_requested and self.cancel is not None:
             self.cancel(set(ours.cancel_requested))
+
+    def start_reruns(self) -> None:
+        """Queue the runs asked for while a job ran (``on_duplicate="rerun"``) of jobs that
+        have finished since: one indexed read when there are none (``djq_rerun``)."""
+        announce(start_reruns(self.using))
 
     def reap(self) -> None:
         """Requeue (or dead-letter) running jobs whose worker stopped renewing their lease."""

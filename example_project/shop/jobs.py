@@ -105,6 +105,17 @@ def send_welcome_email(user_id):
     return {"to": user.email}
 
 
+# -- a debounced job: many clicks, one run with the last arguments --------------------------------
+
+
+@job(unique=("shop",), result_ttl=60)
+def reindex_search(shop, reason=""):
+    """Rebuild a shop's search index: one job per shop (``unique``), enqueued with
+    ``on_duplicate="replace"`` and a delay, so a burst of edits runs it once, with the last
+    edit's reason."""
+    return {"shop": shop, "reason": reason}
+
+
 # -- retries and dead letters ---------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import wraps
 from inspect import iscoroutinefunction
 from typing import Any
@@ -41,6 +42,7 @@ from .jobs import (
     import_orders,
     notify_partner,
     refresh_rates,
+    reindex_search,
     render_report,
     send_welcome_email,
 )
@@ -460,6 +462,27 @@ def notify(request: HttpRequest) -> JsonResponse:
     at once by an error outside ``retry_on``."""
     order = f"order-{uuid.uuid4().hex[:8]}"
     return _queued(request, notify_partner.enqueue(order), order=order)
+
+
+# -- a debounced job ----------------------------------------------------------------------------
+
+
+@api("POST")
+def reindex(request: HttpRequest) -> JsonResponse:
+    """Queue ``reindex_search`` two seconds from now, or push the queued one back and give it
+    this call's reason (``on_duplicate="replace"``): clicks in a burst run it once."""
+    reason = text_field(json_body(request), "reason", max_length=200, default="")
+    handle = reindex_search.using(on_duplicate="replace", run_after=timedelta(seconds=2)).enqueue(
+        "main", reason=reason
+    )
+    return JsonResponse(
+        {
+            "job_id": handle.id,
+            "created": handle.created,
+            "status_url": status_url(request, handle.id),
+        },
+        status=202,
+    )
 
 
 # -- a job, by its signed status URL -------------------------------------------------------------

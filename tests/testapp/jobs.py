@@ -421,3 +421,6 @@ def collects(ctx, tag):
 async def async_collects(ctx, tag):
     """Workflows: ``collects`` for ``async def`` jobs (no database of its own)."""
     return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}
+
+
+from tests.testapp import unique_jobs  # noqa: E402, F401 - its jobs, for the workers
