@@ -14,7 +14,7 @@ from datetime import timedelta
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import conf
@@ -22,6 +22,7 @@ from .base import Status
 from .models import Job
 from .notifications import hub
 from .querysets import CANCELLED_ERROR
+from .routers import queue_database
 
 logger = logging.getLogger("django_jobqueue.control")
 
@@ -34,7 +35,7 @@ def cancel(job_id: str) -> bool:
     """
     if not isinstance(job_id, str):
         return False
-    using = router.db_for_write(Job)
+    using = queue_database()
     found = Job.objects.using(using).cancel(job_id, now=timezone.now())
     if found is None:
         return False
@@ -69,7 +70,7 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
     fenced on the status (a job a worker claims meanwhile runs, and is not counted). Their
     waiters are notified, as :func:`cancel` does for one job.
     """
-    jobs = Job.objects.using(router.db_for_write(Job))
+    jobs = Job.objects.using(queue_database())
     chosen = jobs.filter(status=Status.QUEUED, queue=queue)
     if name is not None:
         chosen = chosen.filter(name=name)

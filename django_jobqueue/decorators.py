@@ -18,7 +18,7 @@ from .base import JobState, NewJob, Status
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
-from .handles import JobHandle, announce
+from .handles import JobHandle, announce, enqueue_jobs
 from .options import (
     CELERY_WORDS,
     UNSET,
@@ -173,8 +173,8 @@ class JobFunction(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue one run and return its handle at once.
 
-        Inside ``transaction.atomic()`` the job is written in that transaction: it runs if
-        the transaction commits and never existed if it rolls back.
+        Inside ``transaction.atomic()`` the job is written in that transaction (on another
+        database than the queue's: once it commits); it never exists if that rolls back.
         """
         return _enqueue([self._new_job(args, kwargs, timezone.now(), notify=False)])[0]
 
@@ -355,7 +355,7 @@ def _check_schedule(
 
 
 def _enqueue(jobs: Sequence[NewJob]) -> list[JobHandle]:
-    return announce(insert_jobs(jobs))
+    return enqueue_jobs(jobs)
 
 
 def _enqueue_waited(
@@ -440,10 +440,10 @@ def job(
       workers enqueue the job, with no arguments, once per tick (a schedule named after the
       job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).
     * ``atomic=True``: on a worker, each attempt runs inside a transaction on the job's
-      database (the ``Job`` model's, by the routers) that also records its completion,
+      database (the queue's, ``JOBQUEUE["DATABASE"]``) that also records its completion,
       fenced by the attempt: a worker killed mid-job leaves none of its writes, a run that
       lost its lease rolls them back, and a failed attempt rolls them back before its
-      failure is recorded. Sync functions only.
+      failure is recorded (writes to another database are not fenced). Sync functions only.
     """
 
     if unknown:  # what Python would raise, with a hint (Celery's max_retries, bind...)

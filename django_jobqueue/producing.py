@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import telemetry
@@ -19,6 +19,7 @@ from .base import ACTIVE, JobSnapshot, NewJob
 from .exceptions import JobQueueError
 from .models import Job
 from .querysets import INSERT_BATCH
+from .routers import queue_database
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -70,7 +71,7 @@ def _insert_jobs(
     lock_timeout: float | None,
     written: Callable[[], None] | None,
 ) -> list[JobSnapshot]:
-    using = router.db_for_write(Job)
+    using = queue_database()
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
     found = _insert(jobs, using) if fast else {}
     pending = [job for job in jobs if job.job_id not in found]

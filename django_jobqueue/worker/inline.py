@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from .. import conf, signals
@@ -28,7 +28,7 @@ from ..handles import JobHandle
 from ..models import Job
 from ..querysets import JobQuerySet
 from ..registry import registry
-from ..waiting import in_user_atomic
+from ..routers import in_user_atomic, queue_database
 from .attempt import announce_start, run_here
 from .outcomes import Outcome
 from .running import RunningJob
@@ -68,7 +68,7 @@ def run_now(job_id: str, *, using: str | None = None) -> int:
     """Run the queued job ``job_id`` here, every attempt at once (no backoff, whatever its
     ``run_after``), until it completes or fails for good, or an attempt asks to be retried
     later (``Retry(after=...)``: it stays queued until then); the number of attempts run."""
-    using = using or router.db_for_write(Job)
+    using = using or queue_database()
     writer = _writer(using)
     attempts = 0
     while True:
@@ -86,7 +86,7 @@ def run_now(job_id: str, *, using: str | None = None) -> int:
 def run_ready(queue: str | None = None, *, using: str | None = None) -> int:
     """Run the jobs of ``queue`` (None: every queue) that are ready, one at a time in claim
     order (priority, then enqueue order; groups respected), until none is; how many ran."""
-    using = using or router.db_for_write(Job)
+    using = using or queue_database()
     writer = _writer(using)
     ran = 0
     while True:
@@ -112,7 +112,7 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
     caller's transaction commits (a ``TestCase``'s own transaction does not count)."""
     if not conf.settings.EAGER:
         return
-    using = router.db_for_write(Job)
+    using = queue_database()
 
     def run() -> None:
         run_now(handle.id, using=using)
