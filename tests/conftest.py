@@ -119,6 +119,7 @@ class WorkerProcesses:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
             "DJQ_TEST_DB": connection.settings_dict["NAME"],
+            "DJQ_TEST_QUEUE_DB": connections["queue"].settings_dict["NAME"],
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
