@@ -48,12 +48,12 @@ def refuse_in_atomic(what: str) -> None:
     stay invisible to workers until the commit, so the wait could only time out."""
     using = queue_database()
     connection = transaction.get_connection(using)
-    if not connection.in_atomic_block:
-        # The queue has a database of its own: enqueue() there waits for these to commit.
-        others = commits_first(using)
-        if not others:
-            return
+    # The queue has a database of its own: enqueue() there waits for these to commit.
+    others = commits_first(using)
+    if others:
         connection = transaction.get_connection(others[0])
+    elif not connection.in_atomic_block:
+        return
     elif conf.settings.EAGER and not in_user_atomic(using):
         return  # only a TestCase's transaction: the job runs here, at once
     cause = ""

@@ -160,6 +160,11 @@ if django.VERSION >= (6, 0) or importlib.util.find_spec("django_tasks") is not N
         }
     }
 
+# DJQ_QUEUE_DATABASE=queue: the whole run keeps the queue on its own database (conftest.py
+# lets every database test use both).
+if os.environ.get("DJQ_QUEUE_DATABASE"):
+    JOBQUEUE["DATABASE"] = os.environ["DJQ_QUEUE_DATABASE"]
+
 SILENCED_SYSTEM_CHECKS = ["django_jobqueue.W001"]
 
 LOGGING = {
