@@ -13,7 +13,7 @@ import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.urls import reverse
 
 from django_jobqueue import routers
@@ -125,6 +125,18 @@ def test_enqueue_in_a_site_transaction_writes_the_job_when_it_commits(own_databa
     assert handle.created and handle.status == "queued"
     assert run_jobs() == 1
     assert handle.refresh().status == "completed" and handle.result == 5
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_enqueue_and_wait_names_the_site_database_under_atomic_requests(own_database):
+    site = connections["default"]
+    site.settings_dict["ATOMIC_REQUESTS"] = True
+    try:
+        with transaction.atomic(), pytest.raises(JobQueueError, match=r"\['default'\]\['ATOMIC"):
+            add.enqueue_and_wait(1, 2)
+    finally:
+        site.settings_dict["ATOMIC_REQUESTS"] = False
+    assert _jobs("queue") == []
 
 
 @pytest.mark.django_db(transaction=True, databases=BOTH)
