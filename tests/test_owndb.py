@@ -152,6 +152,16 @@ def test_a_rolled_back_site_transaction_writes_no_job(own_database):
 
 
 @pytest.mark.django_db(transaction=True, databases=BOTH)
+def test_eager_runs_the_job_once_the_site_transaction_commits(own_database):
+    own_database.JOBQUEUE = {**own_database.JOBQUEUE, "EAGER": True}
+    with transaction.atomic():
+        handle = add.enqueue(20, 22)
+        assert handle.status == "queued" and _jobs("queue") == []
+    assert (handle.status, handle.result) == ("completed", 42)
+    assert Job.objects.get(job_id=handle.id).status == "completed"
+
+
+@pytest.mark.django_db(transaction=True, databases=BOTH)
 def test_the_write_waits_for_every_open_transaction(own_database):
     written: list[str] = []
     with transaction.atomic():
