@@ -33,7 +33,6 @@ import django
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import router
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -43,7 +42,7 @@ from .base import FINISHED, Status
 from .context import current_run
 from .decorators import JobFunction
 from .exceptions import InvalidJobError, JobCancelledError, SerializationError
-from .handles import announce
+from .handles import enqueue_jobs
 from .models import DeadLetter, Job
 from .options import (
     JOB_ID_MAX_LENGTH,
@@ -51,8 +50,8 @@ from .options import (
     check_queue,
     check_time_limit,
 )
-from .producing import insert_jobs
 from .registry import registry
+from .routers import queue_database
 from .serialization import check_result
 
 if django.VERSION >= (6, 0):
@@ -212,7 +211,6 @@ class JobQueueBackend(BaseTaskBackend):
             ),
         )
         new = definition._new_job(args, kwargs, timezone.now(), notify=False)
-        snapshot = insert_jobs([new])[0]
         result = self._result(
             task,
             new.job_id,
@@ -221,8 +219,11 @@ class JobQueueBackend(BaseTaskBackend):
             kwargs=new.kwargs,
             enqueued_at=new.enqueued_at,
         )
-        _send(task_enqueued, type(self), result)
-        (handle,) = announce([snapshot])  # wakes workers; JOBQUEUE["EAGER"] runs it here
+        # Written, then task_enqueued, then announced: wakes workers; JOBQUEUE["EAGER"] runs
+        # it here. Inside atomic() on another database than the queue's: once that commits.
+        (handle,) = enqueue_jobs(
+            [new], before_announce=lambda: _send(task_enqueued, type(self), result)
+        )
         if handle.status != Status.QUEUED:
             return self.get_result(new.job_id)
         return result
@@ -242,7 +243,7 @@ class JobQueueBackend(BaseTaskBackend):
             result_id.encode()
         except UnicodeEncodeError:  # a lone surrogate
             raise TaskResultDoesNotExist(result_id) from None
-        using = router.db_for_read(Job)
+        using = queue_database()
         row = Job.objects.using(using).select_related("outcome").filter(job_id=result_id).first()
         if row is not None:
             return self._from_job(row)

@@ -14,7 +14,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import conf, waiting
@@ -24,6 +24,7 @@ from .models import Job, JobBatch
 from .producing import current_batch, new_job_id
 from .querysets.batches import CALLBACK_FIELDS
 from .querysets.dependencies import seal
+from .routers import queue_database
 
 
 def _callback(value: Any, which: str) -> dict[str, Any] | None:
@@ -65,7 +66,7 @@ class Batch:
                 "jobs in the outer batch, or chain the batches' callbacks."
             )
         self.id = f"b{new_job_id()}"
-        JobBatch.objects.using(router.db_for_write(Job)).create(
+        JobBatch.objects.using(queue_database()).create(
             id=self.id,
             name=self.name,
             on_success=self.on_success,
@@ -83,7 +84,7 @@ class Batch:
         """Seal the batch, whatever happened in the block: the jobs written so far are its
         jobs, and its callbacks follow them."""
         current_batch.reset(self._token)
-        using = router.db_for_write(Job)
+        using = queue_database()
         with transaction.atomic(using=using):
             seal(Job.objects.using(using)._sql(), self.id, timezone.now())
 
@@ -118,7 +119,7 @@ class BatchHandle:
         }
 
     def refresh(self) -> BatchHandle:
-        row = JobBatch.objects.using(router.db_for_read(Job)).get(pk=self.id)
+        row = JobBatch.objects.using(queue_database()).get(pk=self.id)
         self.__init__(row)  # type: ignore[misc]
         return self
 
@@ -144,5 +145,5 @@ class BatchHandle:
 
 def get_batch(batch_id: str) -> BatchHandle | None:
     """The batch ``batch_id``, or None."""
-    row = JobBatch.objects.using(router.db_for_read(Job)).filter(pk=batch_id).first()
+    row = JobBatch.objects.using(queue_database()).filter(pk=batch_id).first()
     return BatchHandle(row) if row is not None else None

@@ -6,14 +6,17 @@ import dataclasses
 import difflib
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.db import router
 
 from . import conf
 from .conf import DEFAULTS, KEYS, Fault, Key, behind_transaction_pooler
 from .limits import LimitConfigError, parse_rule, rule_for
 from .periodic import inspect_schedules
 from .registry import registry
+from .routers import APP_LABEL, ROUTER_PATH, QueueRouter
 
 # -- the JOBQUEUE setting, judged by the table of its keys (conf.Settings) ------------------
 
@@ -377,3 +380,69 @@ def check_context(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
     return errors
+
+
+# -- a database of its own (docs/guide/production.md) ----------------------------------------
+
+
+@register(Tags.compatibility)
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """E050: ``JOBQUEUE["DATABASE"]`` is not an alias of ``DATABASES``. E051: it is set but
+    ``QueueRouter`` is not in ``DATABASE_ROUTERS``. E053: a router ahead of ``QueueRouter``
+    sends ``Job`` elsewhere. E052: the routers send the app's models to different aliases."""
+    user = getattr(settings, "JOBQUEUE", None)
+    alias = user.get("DATABASE") if isinstance(user, dict) else None
+    if alias is not None and KEYS["DATABASE"].fault(alias) is None:
+        problem = _database_error(alias)
+        if problem is not None:
+            return [problem]
+    return _split_error()
+
+
+def _database_error(alias: str) -> Error | None:
+    if alias not in settings.DATABASES:
+        return Error(
+            f"JOBQUEUE['DATABASE'] is {alias!r}, which is not an alias of DATABASES.",
+            hint="Add that database to DATABASES, correct the alias, or leave DATABASE out to "
+            "keep the queue where the routers send it (the default database).",
+            id="django_jobqueue.E050",
+        )
+    if not any(isinstance(each, QueueRouter) for each in router.routers):
+        return Error(
+            f"JOBQUEUE['DATABASE'] is {alias!r}, but {ROUTER_PATH} is not in "
+            "DATABASE_ROUTERS: Django would still send the queue's models (the admin, "
+            "migrate, Job.objects) to the default database.",
+            hint=f"DATABASE_ROUTERS = [{ROUTER_PATH!r}, ...] (first, or ahead of any router "
+            "with an opinion about django_jobqueue), then run "
+            f"'manage.py migrate --database {alias}'.",
+            id="django_jobqueue.E051",
+        )
+    routed = router.db_for_write(apps.get_model(APP_LABEL, "Job"))
+    if routed != alias:
+        return Error(
+            f"JOBQUEUE['DATABASE'] is {alias!r}, but a router listed ahead of QueueRouter "
+            f"sends the Job model to {routed!r}.",
+            hint=f"Move {ROUTER_PATH!r} to the front of DATABASE_ROUTERS, or make that "
+            "router return None for the django_jobqueue app.",
+            id="django_jobqueue.E053",
+        )
+    return None
+
+
+def _split_error() -> list[Any]:
+    models = apps.get_app_config(APP_LABEL).get_models()
+    aliases = {model.__name__: router.db_for_write(model) for model in models}
+    if len(set(aliases.values())) < 2:
+        return []
+    where = ", ".join(f"{name} -> {alias!r}" for name, alias in sorted(aliases.items()))
+    return [
+        Error(
+            f"The database routers send django_jobqueue's models to different databases "
+            f"({where}): a job, its result and its dead letter are written in one "
+            "transaction, which cannot span databases.",
+            hint=f"Route the whole app to one alias: set JOBQUEUE['DATABASE'] and put "
+            f"{ROUTER_PATH!r} first in DATABASE_ROUTERS, or make your router decide by "
+            "app_label ('django_jobqueue'), not by model.",
+            id="django_jobqueue.E052",
+        )
+    ]

@@ -229,6 +229,11 @@ class Settings:
     # at most 5 times this.
     SHORT_JOB_SECONDS: Key[float] = Key(0.002, float, 0, 0.05)
     WORKER_SYNCHRONOUS_COMMIT = Key(False, bool)  # PostgreSQL: wait for the disk
+    # The alias of DATABASES that holds the queue's tables (routers.py, with QueueRouter in
+    # DATABASE_ROUTERS); None: where Django's routers send the Job model.
+    DATABASE: Key[str | None] = Key(
+        None, str, none="where the routers send Job", words="an alias of DATABASES"
+    )
     # The worker's controls (docs/guide/controls.md).
     TIME_LIMIT: Key[float | None] = Key(
         None,

@@ -13,13 +13,14 @@ import logging
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import conf
 from .base import Status
 from .models import Job
 from .notifications import hub
+from .routers import queue_database
 
 logger = logging.getLogger("django_jobqueue.control")
 
@@ -32,7 +33,7 @@ def cancel(job_id: str) -> bool:
     """
     if not isinstance(job_id, str):
         return False
-    using = router.db_for_write(Job)
+    using = queue_database()
     found = Job.objects.using(using).cancel(job_id, now=timezone.now())
     if found is None:
         return False
@@ -67,7 +68,7 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
     fenced on the status (a job a worker claims meanwhile runs, and is not counted). Their
     waiters are notified, as :func:`cancel` does for one job.
     """
-    jobs = Job.objects.using(router.db_for_write(Job))
+    jobs = Job.objects.using(queue_database())
     chosen = jobs.filter(status=Status.QUEUED, queue=queue)
     if name is not None:
         chosen = chosen.filter(name=name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import models, router, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from . import conf
@@ -32,6 +32,7 @@ from .base import ACTIVE, REQUEUE_FIELDS, JobSnapshot, NewJob
 from .handles import announce
 from .models import DeadLetter, Job
 from .querysets.dependencies import revive
+from .routers import queue_database
 
 
 @dataclass
@@ -67,7 +68,7 @@ def requeue_report(
     """Like :func:`requeue`, but say which job ids were requeued and which were skipped."""
     if using is None:
         queryset_db = getattr(dead_letters, "_db", None)
-        using = queryset_db or router.db_for_write(DeadLetter)
+        using = queryset_db or queue_database()
     report = RequeueReport()
     announced: list[JobSnapshot] = []
     letters_table = DeadLetter.objects.using(using)
@@ -155,7 +156,7 @@ def prune(now: datetime, *, dry_run: bool = False) -> int | None:
     ttl, keep = conf.settings.DEAD_LETTER_TTL, conf.settings.DEAD_LETTER_MAX
     if ttl is None and keep is None:
         return None
-    letters = DeadLetter.objects.using(router.db_for_write(DeadLetter))
+    letters = DeadLetter.objects.using(queue_database())
     if dry_run:
         return int(letters.expired(now, ttl=ttl, keep=keep).count())
     batch, total = conf.settings.PRUNE_BATCH, 0

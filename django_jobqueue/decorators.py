@@ -19,7 +19,7 @@ from .canvas import BoundJob
 from .context import JobContext
 from .cron import CronError, check_cron
 from .exceptions import InvalidJobError
-from .handles import JobHandle, announce
+from .handles import JobHandle, announce, enqueue_jobs
 from .options import (
     UNSET,
     _Unset,
@@ -217,8 +217,8 @@ class JobFunction(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue one run and return its handle at once.
 
-        Inside ``transaction.atomic()`` the job is written in that transaction: it runs if
-        the transaction commits and never existed if it rolls back.
+        Inside ``transaction.atomic()`` the job is written in that transaction (on another
+        database than the queue's: once it commits); it never exists if that rolls back.
         """
         return self._enqueue([self._new_job(args, kwargs, timezone.now(), notify=False)])[0]
 
@@ -261,10 +261,16 @@ class JobFunction(Generic[P, R]):
         return self._enqueue(jobs) if jobs else []
 
     def _enqueue(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
+        """Write and announce ``jobs``: after their parents (``after=``), or by the duplicate
+        policy; when the caller's transaction is on another database, once it commits."""
         if self.after:
-            steps = [(new, self.after, self.parent_failure) for new in jobs]
-            return announce(insert_steps(steps))
-        return announce(insert_jobs(jobs, on_duplicate=self.on_duplicate))
+            after, parent_failure = self.after, self.parent_failure
+            return enqueue_jobs(
+                jobs, insert=lambda new: insert_steps([(n, after, parent_failure) for n in new])
+            )
+        return enqueue_jobs(
+            jobs, insert=functools.partial(insert_jobs, on_duplicate=self.on_duplicate)
+        )
 
     def enqueue_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Queue one run (or join the existing run of the same ``job_id``) and return its result.
@@ -476,10 +482,10 @@ def job(
       workers enqueue the job, with no arguments, once per tick (a schedule named after the
       job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).
     * ``atomic=True``: on a worker, each attempt runs inside a transaction on the job's
-      database (the ``Job`` model's, by the routers) that also records its completion,
+      database (the queue's, ``JOBQUEUE["DATABASE"]``) that also records its completion,
       fenced by the attempt: a worker killed mid-job leaves none of its writes, a run that
       lost its lease rolls them back, and a failed attempt rolls them back before its
-      failure is recorded. Sync functions only.
+      failure is recorded (writes to another database are not fenced). Sync functions only.
     * ``unique=True`` (or a tuple of parameter names): the job id is derived from the name
       and the arguments (or those named), so equal calls are one job; ``unique_period=S``:
       one run per key per ``S`` seconds, finished or not (docs/guide/uniqueness.md).

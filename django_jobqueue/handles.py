@@ -1,20 +1,24 @@
-"""``JobHandle``: what ``enqueue()`` returns and ``get_job()`` finds; and :func:`announce`,
-the one path every new job takes after its INSERT (enqueue and requeue alike)."""
+"""``JobHandle``: what ``enqueue()`` returns and ``get_job()`` finds; :func:`announce`, the
+one path every new job takes after its INSERT (enqueue and requeue alike); and
+:func:`enqueue_jobs`, the INSERT and the announcement of ``enqueue()``, deferred to the
+caller's commit when that transaction is on another database than the queue's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import router, transaction
+from django.db import transaction
 
 from . import control, signals, tokens, waiting
-from .base import FINISHED, JobSnapshot, JobState, Status
+from .base import FINISHED, JobSnapshot, JobState, NewJob, Status
 from .exceptions import InvalidJobError
 from .models import Job
 from .notifications import hub
 from .options import JOB_ID_MAX_LENGTH
+from .producing import insert_jobs
+from .routers import after_commits, commits_first, queue_database
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -114,6 +118,11 @@ class JobHandle:
         self.progress = snapshot.progress
         self.metadata = snapshot.metadata
         self._apply(snapshot.state)
+
+    def _take(self, other: JobHandle) -> None:
+        """Become ``other``: the handle of the same job, as written."""
+        for name in JobHandle.__slots__:
+            setattr(self, name, getattr(other, name))
 
     def _apply(self, state: JobState) -> None:
         self.status = state.status
@@ -248,7 +257,7 @@ def announce(
     ``waited_for``: the INSERT also marked existing jobs as waited for, which locks their
     rows for a moment, so a worker claiming then may have passed over them: their queues
     are woken too."""
-    using = using or router.db_for_write(Job)
+    using = using or queue_database()
     handles = [JobHandle.from_snapshot(snapshot) for snapshot in snapshots]
     queues = {handle.queue for handle in handles if handle.created}
     if waited_for:
@@ -260,3 +269,44 @@ def announce(
             if handle.created:
                 signals.send_robust(signals.job_enqueued, sender=Job, handle=handle)
     return handles
+
+
+def enqueue_jobs(
+    jobs: Sequence[NewJob],
+    *,
+    insert: Callable[[Sequence[NewJob]], list[JobSnapshot]] = insert_jobs,
+    before_announce: Callable[[], None] | None = None,
+) -> list[JobHandle]:
+    """Write ``jobs`` with ``insert`` (:func:`~.producing.insert_jobs`, or a workflow's or a
+    duplicate policy's variant of it), then :func:`announce` them (``before_announce`` is
+    called between the two); a handle per job, in order.
+
+    Inside ``transaction.atomic()`` on the queue's database the jobs are written in that
+    transaction. Inside ``atomic()`` on other databases only (``JOBQUEUE["DATABASE"]``), they
+    cannot be: the write waits until each of those transactions has committed, and a
+    rollback writes no job. The handles are then returned at once, with their ids, "queued"
+    and ``created`` as the INSERT would make them, and take the rows' state once written
+    (an existing job's, for a duplicate id). A crash between the two commits loses the jobs
+    (docs/guide/production.md)."""
+    aliases = commits_first(queue_database())
+    if not aliases:
+        return _write(jobs, insert, before_announce)
+    handles = [JobHandle.from_snapshot(JobSnapshot.of_new(new)) for new in jobs]
+
+    def write() -> None:
+        for handle, written in zip(handles, _write(jobs, insert, before_announce), strict=True):
+            handle._take(written)
+
+    after_commits(aliases, write)
+    return handles
+
+
+def _write(
+    jobs: Sequence[NewJob],
+    insert: Callable[[Sequence[NewJob]], list[JobSnapshot]],
+    before_announce: Callable[[], None] | None,
+) -> list[JobHandle]:
+    snapshots = insert(jobs)
+    if before_announce is not None:
+        before_announce()
+    return announce(snapshots)

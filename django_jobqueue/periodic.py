@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, router, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from . import clock, conf
@@ -39,6 +39,7 @@ from .models import Schedule
 from .options import check_job_id, check_queue
 from .producing import insert_jobs, new_job_id
 from .registry import registry
+from .routers import queue_database
 
 logger = logging.getLogger("django_jobqueue.schedule")
 
@@ -247,7 +248,7 @@ def sync(specs: Sequence[ScheduleSpec], *, using: str | None = None) -> None:
     new schedule, or one whose cron expression changed, counts ticks from now on."""
     if not specs:
         return
-    using = using or router.db_for_write(Schedule)
+    using = using or queue_database()
     rows = Schedule.objects.using(using)
     now = clock.now()
     existing = {
@@ -287,7 +288,7 @@ def enqueue_tick(
 ) -> JobHandle | None:
     """Enqueue ``spec``'s job for ``tick`` if no one has (and the schedule is not paused);
     its handle, or None when the tick was not ours to enqueue."""
-    using = using or router.db_for_write(Schedule)
+    using = using or queue_database()
     row = (
         Schedule.objects.using(using)
         .filter(name=spec.name)
@@ -414,7 +415,7 @@ def set_paused(names: Iterable[str], paused: bool, *, using: str | None = None) 
 
     A resumed schedule counts ticks from now: the ticks that fell while it was paused are
     not run."""
-    using = using or router.db_for_write(Schedule)
+    using = using or queue_database()
     rows = Schedule.objects.using(using).filter(name__in=list(names), paused=not paused)
     if paused:
         return int(rows.update(paused=True))
@@ -424,7 +425,7 @@ def set_paused(names: Iterable[str], paused: bool, *, using: str | None = None) 
 def run_now(spec: ScheduleSpec, *, using: str | None = None) -> JobHandle:
     """Enqueue an extra run of ``spec`` now, with an id of its own
     (``schedule:<name>:manual:<now>:<random>``); the row records it as the last job."""
-    using = using or router.db_for_write(Schedule)
+    using = using or queue_database()
     now = timezone.now()
     job_id = spec.manual_job_id(_aware(now))
     new = _new_job(spec, job_id, now)

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from itertools import groupby
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import telemetry
@@ -37,6 +37,7 @@ from .models import Job
 from .querysets import INSERT_BATCH
 from .querysets.batches import join
 from .querysets.dependencies import adopt, attach
+from .routers import queue_database
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -94,7 +95,7 @@ def insert_jobs(
                 written=written,
                 on_duplicate=on_duplicate,
             )
-        using = router.db_for_write(Job)
+        using = queue_database()
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
             snapshots = _insert_jobs(
                 traced,
@@ -119,7 +120,7 @@ def _insert_jobs(
     written: Callable[[], None] | None,
     on_duplicate: str,
 ) -> list[JobSnapshot]:
-    using = router.db_for_write(Job)
+    using = queue_database()
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
     found = _insert(jobs, using) if fast else {}
     pending = [job for job in jobs if job.job_id not in found]
@@ -175,7 +176,7 @@ def insert_steps(
     cannot be made): an unknown one raises :class:`InvalidJobError` and nothing is written.
     One snapshot per step, in order; a job that existed already (deduplication) is left as
     it is, its parents are not added to it."""
-    using = router.db_for_write(Job)
+    using = queue_database()
     sql = Job.objects.using(using)._sql()
     snapshots: list[JobSnapshot] = []
     now = timezone.now()

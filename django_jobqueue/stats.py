@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from django.db import connections, router
+from django.db import connections
 from django.db.models import Count, Min, QuerySet
 from django.db.models.functions import Coalesce, TruncMinute
 from django.utils import timezone
@@ -30,6 +30,7 @@ from django.utils import timezone
 from . import conf
 from .base import ACTIVE, FINISHED, Status
 from .models import DeadLetter, Job, WorkerHeartbeat
+from .routers import queue_database
 
 #: Finished jobs (completed and failed, all queues together) are counted up to this many.
 FINISHED_COUNT_CAP = 100_000
@@ -88,7 +89,7 @@ def job_counts(*, cap: int = FINISHED_COUNT_CAP, using: str | None = None) -> li
     Queued and running jobs are counted exactly; completed and failed ones, over every queue
     together, up to ``cap`` (then :attr:`QueueCounts.capped` is True).
     """
-    db = using or router.db_for_read(Job)
+    db = using or queue_database()
     jobs = Job.objects.using(db).order_by()
     parts: list[str] = []
     params: list[Any] = []
@@ -290,7 +291,7 @@ def live_workers(*, using: str | None = None, now: datetime | None = None) -> li
     A worker that exits cleanly deletes its row; one that dies stops refreshing it and is
     left out here at once, then deleted by a live worker's heartbeat."""
     now = now or timezone.now()
-    using = using or router.db_for_read(WorkerHeartbeat)
+    using = using or queue_database()
     horizon = now - timedelta(seconds=conf.settings.LEASE_SECONDS)
     rows = WorkerHeartbeat.objects.using(using).seen_since(horizon).order_by("name")
     return [

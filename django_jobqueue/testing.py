@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import router
-
 from .base import Status
 from .handles import JobHandle, get_job
 from .models import Job
+from .routers import queue_database
 from .worker.inline import INLINE_WORKER, run_ready
 
 __all__ = ["INLINE_WORKER", "EnqueuedJob", "enqueued", "run_jobs"]
@@ -39,7 +38,7 @@ def run_jobs(queue: str | None = None) -> int:
     after its backoff like on a worker, so it is not ready again within this call: look at
     the job's handle (``status``, ``attempts``, ``error``), or set ``RETRY_BACKOFF`` to 0.
     """
-    return run_ready(queue, using=router.db_for_write(Job))
+    return run_ready(queue, using=queue_database())
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def enqueued(name: str | None = None, *, queue: str | None = None) -> list[Enque
 
     ``name`` is the job's name (``"myapp.jobs.add"``, a task's ``module_path``). A job
     queued again for a retry is listed too (``attempts`` > 0)."""
-    rows = Job.objects.using(router.db_for_read(Job)).filter(status=Status.QUEUED)
+    rows = Job.objects.using(queue_database()).filter(status=Status.QUEUED)
     if name is not None:
         rows = rows.filter(name=name)
     if queue is not None:

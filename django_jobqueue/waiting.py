@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 
 from . import conf
 from .base import JobState, Status
@@ -33,6 +33,7 @@ from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTim
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub, runtime
 from .options import check_timeout
+from .routers import commits_first, in_user_atomic, queue_database
 
 T = TypeVar("T")
 
@@ -45,16 +46,20 @@ Enqueue = Callable[[Callable[[], None], float | None], JobState]
 def refuse_in_atomic(what: str) -> None:
     """Raise :class:`JobQueueError` if called inside ``transaction.atomic()``: the job would
     stay invisible to workers until the commit, so the wait could only time out."""
-    using = router.db_for_write(Job)
+    using = queue_database()
     connection = transaction.get_connection(using)
-    if not connection.in_atomic_block:
+    # The queue has a database of its own: enqueue() there waits for these to commit.
+    others = commits_first(using)
+    if others:
+        connection = transaction.get_connection(others[0])
+    elif not connection.in_atomic_block:
         return
-    if conf.settings.EAGER and not in_user_atomic(using):
+    elif conf.settings.EAGER and not in_user_atomic(using):
         return  # only a TestCase's transaction: the job runs here, at once
     cause = ""
     if connection.settings_dict.get("ATOMIC_REQUESTS"):
         cause = (
-            f" DATABASES[{using!r}]['ATOMIC_REQUESTS'] is True, so every view runs in a "
+            f" DATABASES[{connection.alias!r}]['ATOMIC_REQUESTS'] is True, so every view runs in a "
             "transaction: decorate this view with @transaction.non_atomic_requests."
         )
     raise JobQueueError(
@@ -63,16 +68,6 @@ def refuse_in_atomic(what: str) -> None:
         "and wait after the commit (transaction.on_commit), or call it outside the atomic "
         f"block.{cause} In tests, use TransactionTestCase or "
         "pytest.mark.django_db(transaction=True)."
-    )
-
-
-def in_user_atomic(using: str) -> bool:
-    """True inside a ``transaction.atomic()`` block that will commit: one that is not only the
-    wrapping transaction of a ``TestCase`` (or a non-transactional pytest-django test),
-    whose commit never comes."""
-    connection = transaction.get_connection(using)
-    return connection.in_atomic_block and any(
-        not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
     )
 
 

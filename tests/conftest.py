@@ -23,6 +23,8 @@ REDIS = bool(os.environ.get("REDIS_URL"))
 POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 requires_redis = pytest.mark.skipif(not REDIS, reason="needs REDIS_URL (channels_redis)")
+#: DJQ_QUEUE_DATABASE=queue: the whole run keeps the queue on its own test database.
+QUEUE_DATABASE = os.environ.get("DJQ_QUEUE_DATABASE", "")
 requires_postgres = pytest.mark.skipif(not POSTGRES, reason="needs DATABASE_URL (PostgreSQL)")
 
 
@@ -81,6 +83,20 @@ def run_concurrently(*callables: Callable[[], Any], timeout: float = 30.0) -> li
     return results
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With DJQ_QUEUE_DATABASE, every test that uses the database may use both."""
+    if not QUEUE_DATABASE:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is None and "_django_db_helper" not in getattr(item, "fixturenames", ()):
+            continue
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        if "databases" not in kwargs:
+            marker = pytest.mark.django_db(**{**kwargs, "databases": "__all__"})
+            item.add_marker(marker, append=False)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_hub() -> Iterator[None]:
     reset_hub()
@@ -119,6 +135,7 @@ class WorkerProcesses:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
             "DJQ_TEST_DB": connection.settings_dict["NAME"],
+            "DJQ_TEST_QUEUE_DB": connections["queue"].settings_dict["NAME"],
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),

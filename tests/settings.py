@@ -72,6 +72,11 @@ if DATABASE_URL.startswith(("postgres://", "postgresql://")):
             "DISABLE_SERVER_SIDE_CURSORS": os.environ.get("DJQ_PGBOUNCER") == "1",
         }
     }
+    # A database of its own for the queue (tests/test_owndb.py): a second test database.
+    DATABASES["queue"] = {
+        **DATABASES["default"],
+        "TEST": {"NAME": DATABASES["default"]["TEST"]["NAME"] + "_queue"},
+    }
 else:
     _dir = Path(os.environ.get("DJQ_SQLITE_DIR", tempfile.gettempdir()))
     DATABASES = {
@@ -82,6 +87,12 @@ else:
             # A file, so that worker subprocesses open the same test database.
             "TEST": {"NAME": str(_dir / f"djq-test-{os.getpid()}.sqlite3")},
         }
+    }
+    # A database of its own for the queue (tests/test_owndb.py): a second file.
+    DATABASES["queue"] = {
+        **DATABASES["default"],
+        "NAME": str(_dir / "djq-tests-queue.sqlite3"),
+        "TEST": {"NAME": str(_dir / f"djq-test-queue-{os.getpid()}.sqlite3")},
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -127,6 +138,10 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# No opinion until a test sets JOBQUEUE["DATABASE"] = "queue" (tests/test_owndb.py): both
+# test databases get every table, and the queue lives on "default".
+DATABASE_ROUTERS = ["django_jobqueue.routers.QueueRouter"]
+
 JOBQUEUE = {
     "LEASE_SECONDS": 2,
     "POLL_INTERVAL": 0.1,
@@ -144,6 +159,11 @@ if django.VERSION >= (6, 0) or importlib.util.find_spec("django_tasks") is not N
             "QUEUES": ["default", "emails"],
         }
     }
+
+# DJQ_QUEUE_DATABASE=queue: the whole run keeps the queue on its own database (conftest.py
+# lets every database test use both).
+if os.environ.get("DJQ_QUEUE_DATABASE"):
+    JOBQUEUE["DATABASE"] = os.environ["DJQ_QUEUE_DATABASE"]
 
 SILENCED_SYSTEM_CHECKS = ["django_jobqueue.W001"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db import router, transaction
+from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -18,6 +18,7 @@ from django.utils.safestring import SafeString
 from .. import periodic
 from ..cron import CronError
 from ..models import Job, Schedule
+from ..routers import queue_database
 from .display import NulSafeAdmin, short_time
 
 
@@ -134,7 +135,7 @@ class ScheduleAdmin(NulSafeAdmin):
         specs = periodic.specs_by_name()
         names = list(queryset.values_list("name", flat=True))
         known = [specs[name] for name in names if name in specs]
-        using = router.db_for_write(Schedule)
+        using = queue_database()
         with transaction.atomic(using=using):
             handles = [periodic.run_now(spec, using=using) for spec in known]
         if handles:

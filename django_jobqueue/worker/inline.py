@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from .. import conf, signals
@@ -32,7 +32,7 @@ from ..querysets import JobQuerySet
 from ..querysets.batches import Released
 from ..querysets.dependencies import ANNOUNCERS
 from ..registry import registry
-from ..waiting import in_user_atomic
+from ..routers import in_user_atomic, queue_database
 from .attempt import announce_start, run_here
 from .outcomes import Outcome
 from .running import RunningJob
@@ -72,7 +72,7 @@ def run_now(job_id: str, *, using: str | None = None) -> int:
     """Run the queued job ``job_id`` here, every attempt at once (no backoff, whatever its
     ``run_after``), until it completes or fails for good, or an attempt asks to be retried
     later (``Retry(after=...)``: it stays queued until then); the number of attempts run."""
-    using = using or router.db_for_write(Job)
+    using = using or queue_database()
     writer = _writer(using)
     attempts = 0
     while True:
@@ -91,7 +91,7 @@ def run_ready(queue: str | None = None, *, using: str | None = None) -> int:
     """Run the jobs of ``queue`` (None: every queue) that are ready, one at a time in claim
     order (priority, then enqueue order; groups respected), until none is, including the
     runs a job's duplicates asked for while it ran (``on_duplicate="rerun"``); how many ran."""
-    using = using or router.db_for_write(Job)
+    using = using or queue_database()
     writer = _writer(using)
     ran = 0
     while True:
@@ -119,7 +119,7 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
     caller's transaction commits (a ``TestCase``'s own transaction does not count)."""
     if not conf.settings.EAGER:
         return
-    using = router.db_for_write(Job)
+    using = queue_database()
 
     def run() -> None:
         _run_and_drain(handle.id, using)
@@ -162,7 +162,7 @@ def _eager_released(released: Released) -> None:
         return
     _released_here().extend(released.queued)
     if not getattr(_local, "draining", False):  # e.g. a batch sealed with its jobs done
-        _run_and_drain(None, router.db_for_write(Job))
+        _run_and_drain(None, queue_database())
 
 
 ANNOUNCERS.append(_eager_released)

@@ -21,13 +21,13 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 
-from django.db import InterfaceError, OperationalError, router
+from django.db import InterfaceError, OperationalError
 
 from .. import conf, periodic
 from ..base import ClaimedJob
-from ..models import Job
 from ..notifications import IdleFlag, hub
 from ..registry import registry
+from ..routers import queue_database
 from .claiming import Claimer
 from .connection import Connection
 from .outcomes import Outcome
@@ -76,7 +76,7 @@ class Worker:
         self.burst = burst
         self.wait_for_retries = wait_for_retries
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.using = router.db_for_write(Job)
+        self.using = queue_database()
         self._running: dict[int, ClaimedJob] = {}
         # SimpleQueue.put is reentrant, so the signal handler (which runs on the main thread,
         # between any two bytecodes) can wake the loop; an Event's lock could deadlock there.

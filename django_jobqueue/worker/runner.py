@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, router
+from django.db import close_old_connections
 
 from ..base import ClaimedJob
 from ..context import Progress
-from ..models import Job
 from ..notifications import run_loop
 from ..registry import registry
+from ..routers import queue_database
 from . import attempt
 from .attempt import announce_start, conclude
 from .outcomes import Outcome
@@ -44,7 +44,7 @@ class Runner:
     ) -> None:
         self.concurrency = concurrency
         #: The job's database: where ``@job(atomic=True)`` runs its transaction.
-        self.using = using or router.db_for_write(Job)
+        self.using = using or queue_database()
         self.report = report
         #: The worker's name, for ``JobContext.worker``.
         self.name = name

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, router
+from django.db import DatabaseError
 from django.db.models import Count, Max
 from django.utils import timezone
 
@@ -34,6 +34,7 @@ from django_jobqueue.management.statusreport import render_status, status_report
 from django_jobqueue.management.statusreport import table as _table
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
+from django_jobqueue.routers import queue_database
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -315,7 +316,7 @@ class Command(BaseCommand):
         now = timezone.now()
         older = options["older_than"]
         before = None if older is None else now - timedelta(seconds=older)
-        jobs = Job.objects.using(router.db_for_write(Job))
+        jobs = Job.objects.using(queue_database())
         what = (
             "finished jobs past their result_ttl"
             if before is None

@@ -15,12 +15,13 @@ from typing import Any
 import django
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, connections
 from django.utils import autoreload
 
 from django_jobqueue import __version__, telemetry
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
+from django_jobqueue.routers import queue_database
 from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker, default_concurrency
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -57,7 +58,7 @@ def _name(value: str) -> str:
 def _warn_about_connections(concurrency: int) -> None:
     """Each job thread may hold a database connection: warn when the worker alone could
     take more than the server allows (PostgreSQL's ``max_connections``)."""
-    connection = connections[router.db_for_write(Job)]
+    connection = connections[queue_database()]
     if connection.vendor != "postgresql":
         return
     try:
@@ -85,7 +86,7 @@ def _require_migrated() -> None:
     unreachable database is left to the worker, which waits for it."""
     from django.db.migrations.executor import MigrationExecutor
 
-    alias = router.db_for_write(Job)
+    alias = queue_database()
     try:
         executor = MigrationExecutor(connections[alias])
         app = Job._meta.app_label
