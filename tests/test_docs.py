@@ -19,7 +19,7 @@ from django.core import checks
 from django.test import override_settings
 
 from django_jobqueue import conf, exceptions, job
-from django_jobqueue.base import FINISHED, Status
+from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.notifications.names import RESULT_IN_MESSAGE_BYTES
 from django_jobqueue.options import USING_OPTIONS
 
@@ -129,19 +129,22 @@ def test_pages_that_say_what_a_message_carries_give_the_result_bound():
 # -- settings' minimums stated in the guides ---------------------------------------------------
 
 
-def stated_minimums() -> Iterator[tuple[str, str, float]]:
-    """``(page, setting, minimum)`` for each "`SETTING` ... at least N" outside the settings
-    reference (whose own test compares it with the table)."""
+def stated_minimums() -> Iterator[tuple[str, str, float, bool]]:
+    """``(page, setting, minimum, excluded)`` for each "`SETTING` ... at least N" (or "more
+    than N": ``excluded``) outside the settings reference (whose own test compares it with
+    the table)."""
     names = "|".join(sorted(conf.DEFAULTS, key=len, reverse=True))
     pattern = re.compile(
-        rf"`(?:JOBQUEUE\[\")?({names})(?:\"\])?`[^.]*?\bat least (\d[\d,]*(?:\.\d+)?)\b"
+        rf"`(?:JOBQUEUE\[\")?({names})(?:\"\])?`[^.]*?\b(at least|more than) "
+        r"(\d[\d,]*(?:\.\d+)?)\b"
     )
     for name, text in every_page():
         if name in REFERENCE_TESTED_ELSEWHERE:
             continue
         for sentence in sentences(text):
             for match in pattern.finditer(sentence):
-                yield name, match.group(1), float(match.group(2).replace(",", ""))
+                minimum = float(match.group(3).replace(",", ""))
+                yield name, match.group(1), minimum, match.group(2) == "more than"
 
 
 def setting_errors(name: str, value: float) -> list[str]:
@@ -154,14 +157,18 @@ def setting_errors(name: str, value: float) -> list[str]:
 @pytest.mark.django_db
 def test_a_minimum_stated_in_the_guides_is_the_one_check_enforces():
     stated = list(stated_minimums())
-    for page, name, minimum in stated:
+    for page, name, minimum, excluded in stated:
         value: float = int(minimum) if minimum.is_integer() else minimum
+        if excluded:  # "more than N": N is refused, just above it passes
+            assert setting_errors(name, value), f"{page}: {name} more than {value}, but it passes"
+            assert not setting_errors(name, value + 0.001), f"{page}: {name} more than {value}"
+            continue
         assert not setting_errors(name, value), (
             f"{page}: {name} at least {value}, but it is refused"
         )
         below = value - (1 if setting_errors(name, value + 0.5) else 0.001)
         assert setting_errors(name, below), f"{page}: {name} at least {value}, but {below} passes"
-    assert "WAIT_TIMEOUT" in {name for page, name, _ in stated if page == "guide/waiting.md"}
+    assert "WAIT_TIMEOUT" in {name for page, name, *_ in stated if page == "guide/waiting.md"}
 
 
 # -- options: every option of @job and .using() on both pages ------------------------------------
@@ -257,13 +264,14 @@ def status_lists(text: str) -> Iterator[tuple[str, set[str]]]:
 
 
 def test_every_list_of_statuses_is_whole():
-    """A list of statuses names them all, or exactly the finished ones (``base.FINISHED``)."""
+    """A list of statuses names them all, or exactly the finished ones (``base.FINISHED``),
+    or exactly the unfinished ones (``base.ACTIVE``): the groups the code declares."""
     whole = {s.value for s in Status}
     wrong = [
         f"{name}: {listed!r}"
         for name, text in every_page()
         for listed, values in status_lists(text)
-        if values not in (whole, set(FINISHED))
+        if values not in (whole, set(FINISHED), set(ACTIVE))
     ]
     assert not wrong, f"lists missing a status of {sorted(whole)}: {wrong}"
 
