@@ -1,33 +1,7 @@
 """Jobs, their results and dead letters, stored in the project's own database.
 
-Which index serves which query (names as in the migration):
-
-* ``djq_claim_any``  ``(priority DESC, id) WHERE status='queued' AND limit_key IS NULL``: the
-  claim query of a worker that serves every queue (``runjobworker`` with no ``--queue``).
-* ``djq_claim_queue`` ``(queue, priority DESC, id) WHERE status='queued' AND limit_key IS
-  NULL``: the claim query of a worker started with ``--queue``; one index range scan per queue.
-  Jobs with a limit are not in these two indexes, so a million of them waiting on their limit
-  never stand in front of the others.
-* ``djq_limit_queued`` ``(limit_key, priority DESC, id) WHERE status='queued' AND limit_key IS
-  NOT NULL``: the keys that have queued jobs (a skip scan, one probe per key) and the claim of
-  one key's jobs.
-* ``djq_limit_running`` ``(limit_key) WHERE status='running' AND limit_key IS NOT NULL``: how
-  many jobs of a key run (its concurrency, held through the database).
-* ``djq_group_active`` ``(group, id) WHERE status IN ('blocked','queued','running') AND
-  group IS NOT NULL``: "is an earlier job of this group still waiting or running?" in the
-  claim query.
-* ``djq_rerun`` ``(id) WHERE rerun IS NOT NULL``: finished jobs with one more run to queue
-  (``on_duplicate="rerun"``); empty but for them.
-* ``djq_lease`` ``(lease_expires_at) WHERE status='running'``: finding expired leases.
-* ``djq_expiry`` ``(expires_at) WHERE status IN ('completed','failed','cancelled')``: pruning
-  results.
-* ``djq_blocked`` ``(queue) WHERE status='blocked'``: counting the jobs waiting for their
-  parents (workflows) per queue, however many there are.
-* ``djq_batch`` ``(batch_id, id) WHERE batch_id IS NOT NULL``: a batch's jobs (workflows).
-* ``djq_job_id``, the unique constraint on ``job_id``: deduplication (``ON CONFLICT``) and
-  ``get_job()``. A constraint rather than ``unique=True`` on the field, so PostgreSQL gets no
-  second ``varchar_pattern_ops`` index (for ``LIKE``, never used here) to write per insert
-  and per status change.
+Each index serves one query, named in ``Meta.indexes`` beside it; which query each serves,
+and why, is the table "Indexes" of docs/reference/api.md (one place for it).
 
 The conditions name the statuses through :mod:`django_jobqueue.base` (``Status``,
 ``ACTIVE``, ``FINISHED``), never by hand: a status added there changes them, and

@@ -22,12 +22,13 @@ Every name this module had as ``querysets.py`` is still importable from here.
 
 from __future__ import annotations
 
+from .cancelling import Cancelled, CancellingQuerySet
 from .claiming import ClaimingQuerySet
 from .jobs import JobQuerySet
 from .leases import LeasesQuerySet, Renewed
 from .limited import LOCK_SPACE, LimitedQuerySet
 from .other import DeadLetterQuerySet, ScheduleQuerySet, WorkerHeartbeatQuerySet
-from .outcomes import Cancelled, Completed, OutcomesQuerySet
+from .outcomes import Completed, OutcomesQuerySet
 from .producing import INSERT_BATCH, JSON_BATCH_CHARS, ProducingQuerySet, Subscribed
 from .reading import ReadingQuerySet
 from .sql import (
@@ -49,6 +50,7 @@ __all__ = [
     "_DONE_STATUS",
     "AppendAttempt",
     "Cancelled",
+    "CancellingQuerySet",
     "ClaimingQuerySet",
     "Completed",
     "DeadLetterQuerySet",

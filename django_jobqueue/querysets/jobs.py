@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cancelling import CancellingQuerySet
 from .claiming import ClaimingQuerySet
 from .leases import LeasesQuerySet
 from .limited import LimitedQuerySet
@@ -19,6 +20,7 @@ class JobQuerySet(  # type: ignore[override]
     ClaimingQuerySet,
     LeasesQuerySet,
     OutcomesQuerySet,
+    CancellingQuerySet,
     UpkeepQuerySet,
 ):
     """The manager of :class:`~django_jobqueue.models.Job` (``Job.objects``): every verb of

@@ -1,10 +1,11 @@
-"""Outcomes: completing, retrying, failing for good (dead letter) and cancelling jobs."""
+"""Outcomes: completing, retrying, failing for good (dead letter) and the end of a run that
+was asked to stop. Cancelling a job that waits is :mod:`.cancelling`'s."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -68,16 +69,6 @@ class Completed(dict[int, bool]):
         return self
 
 
-class Cancelled(NamedTuple):
-    """What :meth:`JobQuerySet.cancel` did: ``running_on`` is the name of the worker asked
-    to stop, or None when the job was queued and is now cancelled."""
-
-    job_id: str
-    queue: str
-    notify: bool
-    running_on: str | None
-
-
 def _completion(
     sql: _SQL,
     fenced: Sequence[tuple[int, int]],
@@ -112,7 +103,7 @@ def _completion(
 
 
 class OutcomesQuerySet(SQLQuerySet):
-    """The end of a run, fenced on ``(id, attempts)``: complete, retry, cancel, dead letter."""
+    """The end of a run, fenced on ``(id, attempts)``: complete, retry, cancelled, dead letter."""
 
     def complete(
         self, fenced: Sequence[tuple[int, int]], *, now: datetime, expires_at: datetime
@@ -402,71 +393,3 @@ class OutcomesQuerySet(SQLQuerySet):
                     now,
                 )
         return letter, bool(row.notify)
-
-    def cancel_queued_rows(self, pks: Sequence[int], *, result_ttl: int, now: datetime) -> int:
-        """Cancel the jobs ``pks`` that are still queued (their ``result_ttl`` is
-        ``result_ttl``), in one transaction with their followers (children, batches); return
-        how many."""
-        sql = self._sql()
-        marks = ", ".join(["%s"] * len(pks))
-        with transaction.atomic(using=self.db):
-            rows = sql.execute(
-                f"UPDATE {sql.table} SET status = %s, finished_at = %s, expires_at = %s, "
-                f"lease_expires_at = NULL, last_error = %s WHERE id IN ({marks}) "
-                f"AND status = %s RETURNING notify, {ENDED_COLUMNS}",
-                [
-                    Status.CANCELLED,
-                    sql.prep("finished_at", now),
-                    sql.prep("expires_at", now + timedelta(seconds=result_ttl)),
-                    CANCELLED_ERROR,
-                    *pks,
-                    Status.QUEUED,
-                ],
-            )
-            endings = [ended((0, 0, Status.CANCELLED, *row[1:])) for row in rows]
-            if any(end.followed for end in endings):
-                release_children(sql, [end for end in endings if end.followed], now)
-        return len(rows)
-
-    def cancel(self, job_id: str, *, now: datetime) -> Cancelled | None:
-        """Cancel ``job_id``: a queued or blocked job at once (it never runs; its children
-        follow their ``parent_failure``), a running one by asking its worker to stop
-        (``cancel_requested``). None if there is no such active job.
-
-        Writes before it reads, in one transaction, fenced on the status it changes, so a
-        worker claiming or finishing the job at the same moment either sees the cancel or
-        wins it (a completion recorded first stays completed).
-        """
-        sql = self._sql()
-        with transaction.atomic(using=self.db):
-            rows = sql.execute(
-                f"UPDATE {sql.table} SET status = %s, finished_at = %s, lease_expires_at = NULL, "
-                "last_error = %s, waiting_for = 0 WHERE job_id = %s AND status IN (%s, %s) "
-                f"RETURNING id, result_ttl, notify, queue, ttl_by_outcome, {ENDED_COLUMNS}",
-                [
-                    Status.CANCELLED,
-                    sql.prep("finished_at", now),
-                    CANCELLED_ERROR,
-                    job_id,
-                    Status.QUEUED,
-                    Status.BLOCKED,
-                ],
-            )
-            if rows:
-                pk, ttl, notify, queue, by_outcome, *rest = rows[0]
-                if by_outcome:
-                    ttl = conf.result_ttl(Status.CANCELLED.value)
-                self.filter(pk=pk).update(expires_at=now + timedelta(seconds=ttl))
-                end = ended((0, 0, Status.CANCELLED, *rest))
-                if end.followed:
-                    release_children(sql, [end], now)
-                return Cancelled(job_id, str(queue), bool(notify), running_on=None)
-            rows = sql.execute(
-                f"UPDATE {sql.table} SET cancel_requested = %s WHERE job_id = %s AND status = %s "
-                "RETURNING notify, queue, worker",
-                [True, job_id, Status.RUNNING],
-            )
-        if not rows:
-            return None
-        notify, queue, worker = rows[0]
-        return Cancelled(job_id, str(queue), bool(notify), running_on=str(worker))
