@@ -199,6 +199,9 @@ class Settings:
     # at most 5 times this.
     SHORT_JOB_SECONDS: Key[float] = Key(0.002, float, 0, 0.05)
     WORKER_SYNCHRONOUS_COMMIT = Key(False, bool)  # PostgreSQL: wait for the disk
+    # Seconds since its enqueue a job whose name a worker does not know is given back (a
+    # rolling deploy); then it is dead-lettered with JobNotRegistered. 0: dead-letter at once.
+    UNKNOWN_JOB_GRACE: Key[float] = Key(600.0, float, 0, WEEK)
     # The worker's controls (docs/guide/controls.md).
     TIME_LIMIT: Key[float | None] = Key(
         None,
