@@ -4,6 +4,7 @@ unrun, so a worker that knows it runs it; past ``UNKNOWN_JOB_GRACE`` it is dead-
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from django.utils import timezone
 from model_bakery import baker
 
 from django_jobqueue.models import DeadLetter, Job
-from django_jobqueue.worker import unknown
+from django_jobqueue.worker import Worker, unknown
 from tests.conftest import wait_until
 from tests.testapp.jobs import record
 from tests.testapp.models import Execution
@@ -39,8 +40,8 @@ def test_an_unknown_name_is_given_back_unrun_without_an_attempt(run_worker):
     row = Job.objects.get(job_id="ghost")
     assert (row.status, row.attempts, row.worker, row.started_at) == ("queued", 0, "", None)
     # Not claimable again at once: no spinning on it; a worker that knows it takes it soon.
-    assert before + timedelta(seconds=unknown.GIVE_BACK_MIN * 0.9) < row.run_after
-    assert row.run_after < timezone.now() + timedelta(seconds=unknown.GIVE_BACK_MIN + 1)
+    assert before + timedelta(seconds=unknown.GIVE_BACK_SECONDS * 0.9) < row.run_after
+    assert row.run_after < timezone.now() + timedelta(seconds=unknown.GIVE_BACK_SECONDS + 1)
     assert not DeadLetter.objects.exists()
     assert worker._unknown.given_back == 1
 
@@ -60,7 +61,8 @@ def test_past_the_grace_it_is_dead_lettered_with_job_not_registered(run_worker, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_one_log_line_per_name_however_many_give_backs(run_worker, caplog):
+def test_one_log_line_per_name_however_many_give_backs(run_worker, caplog, monkeypatch):
+    monkeypatch.setattr(unknown, "SKIP_SECONDS", 0)  # claimed again at each claim
     for n in range(12):
         _ghost(f"ghost-{n}")
     with caplog.at_level(logging.WARNING, logger="django_jobqueue.worker"):
@@ -72,25 +74,44 @@ def test_one_log_line_per_name_however_many_give_backs(run_worker, caplog):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_fleet_that_does_not_know_the_name_pays_two_statements_per_batch(run_worker):
-    """Bounded cost: a pass over 200 jobs of an unknown name costs one claim and one
-    give-back per claim batch, and the jobs are then out of reach for GIVE_BACK_MIN."""
+def test_a_name_given_back_is_left_out_of_the_workers_claims(run_worker):
+    """Bounded cost: 200 queued jobs of a name the worker does not know cost one claim
+    batch and one give-back statement; the jobs of other names behind them run."""
     for n in range(200):
         _ghost(f"ghost-{n}")
+    known = [record.enqueue(f"known-{n}") for n in range(5)]
     with CaptureQueriesContext(connection) as queries:
         worker = run_worker(concurrency=8)
-    assert worker._unknown.given_back == 200
-    claims = [
-        q
-        for q in queries.captured_queries
-        if "SKIP LOCKED" in q["sql"]
-        or (q["sql"].startswith("UPDATE") and "attempts = attempts + 1" in q["sql"])
-    ]
+    assert worker._unknown.given_back == 8
     give_backs = [q for q in queries.captured_queries if "enqueued_at >" in q["sql"]]
-    assert len(give_backs) == 200 // 8
-    assert len(claims) <= len(give_backs) + 2
-    # A second pass right away claims none of them.
-    assert Job.objects.filter(status="queued", run_after__gt=timezone.now()).count() == 200
+    assert len(give_backs) == 1
+    assert all(handle.refresh().status == "completed" for handle in known)
+    untouched = Job.objects.filter(name=GHOST, status="queued", attempts=0, run_after=None)
+    assert untouched.count() == 192
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_does_not_know_a_name_does_not_claim_it_in_a_loop(settings):
+    """A live worker polling every 20 ms: 100 claims later, still only its first batch of
+    the unknown name was ever claimed."""
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "POLL_INTERVAL": 0.02}
+    for n in range(100):
+        _ghost(f"ghost-{n}")
+    worker = Worker(concurrency=4)
+
+    def stop_after_many_passes() -> None:
+        wait_until(lambda: worker._unknown.given_back)
+        first = worker.passes
+        wait_until(lambda: worker.passes >= first + 100, timeout=30)
+        worker.stop()
+
+    stopper = threading.Thread(target=stop_after_many_passes)
+    stopper.start()
+    worker.run()
+    stopper.join(10)
+    assert worker._unknown.given_back == 4
+    assert Job.objects.filter(name=GHOST, run_after__isnull=False).count() == 4
+    assert not Job.objects.filter(name=GHOST).exclude(status="queued").exists()
 
 
 @pytest.mark.subprocess

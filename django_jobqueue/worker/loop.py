@@ -95,6 +95,7 @@ class Worker:
             concurrency=self.concurrency,
             running=lambda: len(self._running),
             running_ids=lambda: self._running.keys(),
+            skip_names=lambda: self._unknown.skipped(),
         )
         self._runner = Runner(
             self.concurrency, self._report, name=self.name, wake=self._wake, using=self.using
