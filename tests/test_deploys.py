@@ -143,3 +143,21 @@ def test_grace_0_dead_letters_at_once_as_before(worker_processes):
     assert letter.attempts == 1
     assert f"No job is registered as '{record.name}'" in letter.error
     assert "gave back" not in worker_processes.log(old)
+
+
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True)
+def test_past_the_grace_a_worker_process_dead_letters_it(worker_processes):
+    late = record.enqueue("late")
+    Job.objects.filter(job_id=late.id).update(enqueued_at=timezone.now() - timedelta(seconds=61))
+    recent = record.enqueue("recent")
+    old = worker_processes.start(
+        env={"DJQ_UNREGISTER": record.name, "DJQ_JOBQUEUE": '{"UNKNOWN_JOB_GRACE": 60}'}
+    )
+    wait_until(lambda: late.refresh().status == "failed", timeout=30)
+    letter = DeadLetter.objects.get(job_id=late.id)
+    assert letter.attempts == 1
+    assert f"No job is registered as '{record.name}'" in letter.error
+    wait_until(lambda: "gave back 1 job(s)" in worker_processes.log(old), timeout=30)
+    assert (recent.refresh().status, recent.attempts) == ("queued", 0)
+    assert not Execution.objects.exists()
