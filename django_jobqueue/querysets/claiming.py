@@ -102,7 +102,7 @@ class ClaimingQuerySet(SQLQuerySet):
         """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``
         for jobs without a limit, by ``djq_limit_queued`` for one key's jobs."""
         queue_filter = "AND c.queue = %s " if queue is not None else ""
-        if skip_names:
+        if skip_names:  # after the queue's, as their parameters are
             queue_filter += f"AND c.name NOT IN ({', '.join(['%s'] * len(skip_names))}) "
         key_filter = "AND c.limit_key IS NULL " if limit_key is None else "AND c.limit_key = %s "
         select = (
