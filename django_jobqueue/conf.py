@@ -234,6 +234,9 @@ class Settings:
     DATABASE: Key[str | None] = Key(
         None, str, none="where the routers send Job", words="an alias of DATABASES"
     )
+    # Seconds since its enqueue a job whose name a worker does not know is given back (a
+    # rolling deploy); then it is dead-lettered with JobNotRegistered. 0: dead-letter at once.
+    UNKNOWN_JOB_GRACE: Key[float] = Key(600.0, float, 0, WEEK)
     # The worker's controls (docs/guide/controls.md).
     TIME_LIMIT: Key[float | None] = Key(
         None,

@@ -16,16 +16,30 @@ before it can announce it. Lateness is judged the moment the INSERT has committe
 the commit's callbacks and ``job_enqueued`` receivers run. If the join was answered later,
 the waiter reads the job once more after it, so a job that finished in between is never
 missed.
+
+A waiter whose job is written rides out a lost database connection (PostgreSQL restarting,
+a session killed): each of its reads that fails so closes the broken connection and tries
+again on a new one, backing off from :data:`RETRY_FIRST` to :data:`RETRY_MAX` seconds, until
+its own deadline (then ``JobTimeoutError``, from the last error). The enqueue itself is not
+retried: if the row was never written, the error is raised as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
-from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    transaction,
+)
 
 from . import conf
 from .base import JobState, Status
@@ -37,10 +51,22 @@ from .routers import commits_first, in_user_atomic, queue_database
 
 T = TypeVar("T")
 
+logger = logging.getLogger("django_jobqueue.waiting")
+
 #: ``enqueue(written, lock_timeout)``: write the job (calling ``written`` the moment it is
 #: written) and return its state once announced (finished already when ``EAGER`` ran it).
 #: Given by the caller, so waiting never imports upward.
 Enqueue = Callable[[Callable[[], None], float | None], JobState]
+
+#: What a lost connection raises.
+_LOST = (OperationalError, InterfaceError)
+#: Seconds before a waiter's first read again after a lost connection; the pause doubles
+#: up to RETRY_MAX (a PostgreSQL restart takes a few seconds).
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
+#: Seconds an async waiter's read may take at least, so a job that finished right at the
+#: deadline still answers.
+READ_GRACE = 0.25
 
 
 def refuse_in_atomic(what: str) -> None:
@@ -123,11 +149,75 @@ class _Wait:
             hub().wake_workers([subscribed.ready_queue])
         self.poll()
 
+    def read(self, read: Callable[[], None]) -> None:
+        """``read()`` (:meth:`poll`, :meth:`subscribe_and_poll`) in this thread, riding out a
+        lost connection until the deadline (module docstring). Inside a transaction the
+        connection cannot be replaced: the error is raised."""
+        pause = RETRY_FIRST
+        while True:
+            try:
+                read()
+                return
+            except _LOST as exc:
+                if _in_transaction():
+                    raise
+                if self.remaining() <= 0:
+                    raise self.timed_out() from exc
+                _close_lost()
+                self.lost(exc, pause)
+            time.sleep(min(pause, max(0.0, self.remaining())))
+            pause = min(2 * pause, RETRY_MAX)
+
+    async def aread(self, read: Callable[[], None]) -> None:
+        """Async twin of :meth:`read`: ``read()`` runs in a database thread (which closes
+        its broken connection, :func:`_retrying`); no thread is held between tries."""
+        pause = RETRY_FIRST
+        while True:
+            try:
+                # A little grace, so a job that finished right at the deadline still answers.
+                await asyncio.wait_for(_db(read), max(READ_GRACE, self.remaining()))
+                return
+            except TimeoutError:
+                raise self.timed_out() from None
+            except _LOST as exc:
+                if self.remaining() <= 0:
+                    raise self.timed_out() from exc
+                self.lost(exc, pause)
+            await asyncio.sleep(min(pause, max(0.0, self.remaining())))
+            pause = min(2 * pause, RETRY_MAX)
+
+    def lost(self, exc: BaseException, pause: float) -> None:
+        logger.debug(
+            "waiter of job %s: its read of the database failed (%s); reading again in %.2fs "
+            "(%.1fs left)",
+            self.job_id,
+            str(exc).strip()[:200],
+            pause,
+            self.remaining(),
+        )
+
     def timed_out(self) -> JobTimeoutError:
         status = self.state.status if self.state is not None else None
         if status == Status.QUEUED and self.state is not None and self.state.attempts:
             status = None  # queued for a retry: a worker did take it
         return JobTimeoutError(self.job_id, self.timeout, status=status, queue=self.queue)
+
+
+def _aliases() -> set[str]:
+    """The databases a waiter reads and writes the job on: the queue's."""
+    return {queue_database()}
+
+
+def _in_transaction() -> bool:
+    return any(transaction.get_connection(alias).in_atomic_block for alias in _aliases())
+
+
+def _close_lost() -> None:
+    """Close this thread's connections to the job's database after a lost connection: the
+    next read opens a new one."""
+    for alias in _aliases():
+        with suppress(DatabaseError):
+            connections[alias].close()
 
 
 # -- synchronous --------------------------------------------------------------------------
@@ -172,7 +262,7 @@ def enqueue_and_wait(
         token = net.add(job_id, waiter.notify)
         subscription.confirm()
         if subscription.late and not wait.finished:
-            wait.poll()
+            wait.read(wait.poll)
         return _wait_loop(wait, waiter)
     finally:
         if token is not None:
@@ -193,7 +283,7 @@ def wait_for_job(job_id: str, queue: str, state: JobState, timeout: float) -> Jo
     token = net.add(job_id, waiter.notify)
     try:
         subscription.confirm()
-        wait.subscribe_and_poll()
+        wait.read(wait.subscribe_and_poll)
         return _wait_loop(wait, waiter)
     finally:
         net.discard(job_id, token)
@@ -216,7 +306,7 @@ def _wait_loop(wait: _Wait, waiter: ThreadWaiter) -> JobState:
     while not wait.finished:
         remaining = wait.remaining()
         if not waiter.event.wait(max(0.0, remaining)):
-            wait.poll()  # the deadline: a job that finished right at it still answers
+            wait.read(wait.poll)  # the deadline: a job that finished right at it still answers
             if not wait.finished:
                 raise wait.timed_out()
             break
@@ -224,7 +314,7 @@ def _wait_loop(wait: _Wait, waiter: ThreadWaiter) -> JobState:
         if waiter.state is not None:
             wait.state = waiter.state
         else:
-            wait.poll()
+            wait.read(wait.poll)
     assert wait.state is not None
     return wait.state
 
@@ -276,7 +366,7 @@ async def aenqueue_and_wait(
         token = net.add(job_id, waiter.notify)
         await subscription.aconfirm()
         if subscription.late and not wait.finished:
-            await _bounded(_db(wait.poll), wait)
+            await wait.aread(wait.poll)
         return await _await_loop(wait, waiter)
     finally:
         if token is not None:
@@ -296,7 +386,7 @@ async def await_job(job_id: str, queue: str, state: JobState, timeout: float) ->
     token = net.add(job_id, waiter.notify)
     try:
         await subscription.aconfirm()
-        await _bounded(_db(wait.subscribe_and_poll), wait)
+        await wait.aread(wait.subscribe_and_poll)
         return await _await_loop(wait, waiter)
     finally:
         net.discard(job_id, token)
@@ -315,11 +405,7 @@ async def _await_loop(wait: _Wait, waiter: AsyncWaiter) -> JobState:
             if waiter.state is not None:
                 wait.state = waiter.state
                 continue
-        try:
-            # A little grace, so a job that finished right at the deadline still answers.
-            await asyncio.wait_for(_db(wait.poll), max(0.25, wait.remaining()))
-        except TimeoutError:
-            raise wait.timed_out() from None
+        await wait.aread(wait.poll)
         if not wait.finished and wait.remaining() <= 0:
             raise wait.timed_out()
     assert wait.state is not None

@@ -51,10 +51,37 @@ def test_a_wrong_value_a_late_answer_and_an_error_with_the_database_up_are_viola
          "elapsed": 0.5, "timeout": 8, "expected": 4, "at": 200.0},
         {"call": "wait", "job_id": "up", "outcome": "error", "error": "OperationalError",
          "elapsed": 0.5, "timeout": 8, "expected": 4, "at": 500.0},
+        {"call": "wait", "job_id": "deploy", "outcome": "failed", "elapsed": 0.5, "timeout": 8,
+         "error": "JobNotRegistered: No job is registered as 'chaos.fresh'.", "expected": 4,
+         "at": 300.0},
     ]  # fmt: skip
     check._waiters(report, calls, [check.Applied("pg-restart", -1, 199.0, 201.0)])
     assert report.wrong == 1
-    assert sorted(v.detail.split(":")[0] for v in report.violations) == ["late", "up", "wrong"]
+    assert sorted(v.detail.split(":")[0] for v in report.violations) == [
+        "deploy",
+        "late",
+        "up",
+        "wrong",
+    ]
+
+
+def test_a_dead_letter_of_the_rolling_deploy_is_a_violation(db, monkeypatch):
+    from model_bakery import baker
+
+    monkeypatch.setattr(check, "_ledger_rows", lambda job_id: [])
+    report = check.Report()
+    check._dead_letters(report)
+    assert not report.violations
+    baker.make_recipe(
+        "tests.dead_letter",
+        job_id="fresh-1",
+        name="chaos.fresh",
+        error="JobNotRegistered: No job is registered as 'chaos.fresh'.",
+    )
+    check._dead_letters(report)
+    assert [(v.invariant, v.detail.split(" ")[0]) for v in report.violations] == [
+        ("no job dead-lettered", "fresh-1")
+    ]
 
 
 def test_three_limited_runs_at_once_break_the_limit_of_two():

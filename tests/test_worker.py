@@ -154,7 +154,9 @@ def test_backoff_grows_exponentially_with_jitter(settings):
         assert len(delays) > 1, "no jitter"
 
 
-def test_unknown_job_name_is_dead_lettered_and_the_worker_goes_on(run_worker):
+def test_unknown_job_name_is_dead_lettered_and_the_worker_goes_on(run_worker, settings):
+    # UNKNOWN_JOB_GRACE 0: no grace (tests/test_deploys.py has the give-back).
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "UNKNOWN_JOB_GRACE": 0}
     baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later.job")
     ok = add.enqueue(1, 1)
     run_worker()
@@ -273,11 +275,12 @@ def test_a_refused_outcome_does_not_undo_a_sibling_completion(monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_claimed_jobs_survive_a_locked_database_while_dead_lettering():
+def test_claimed_jobs_survive_a_locked_database_while_dead_lettering(settings):
     """A concurrent write between dead_letter()'s statements used to make SQLite fail with
     'database is locked' and orphan the other jobs of the claim."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's busy-snapshot behaviour")
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "UNKNOWN_JOB_GRACE": 0}  # dead-letter at once
     baker.make_recipe("tests.queued_job", job_id="ghost", name="deployed.later")
     handle = add.using(max_attempts=1).enqueue(1, 2)
     path = connection.settings_dict["NAME"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ class ClaimingQuerySet(SQLQuerySet):
         now: datetime,
         lease_until: datetime,
         limit_key: str | None = None,
+        skip_names: Collection[str] = (),
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` ready jobs of ``queue`` (``None``: every queue) and lease them.
 
@@ -37,11 +38,12 @@ class ClaimingQuerySet(SQLQuerySet):
 
         ``limit_key`` None takes only jobs without a limit; a key takes only that key's jobs
         and holds no limit itself (see :meth:`claim_limited`, or the Redis limiter that
-        reserved the room before this claim).
+        reserved the room before this claim). Jobs named in ``skip_names`` are left alone
+        (names the worker does not know: :mod:`django_jobqueue.worker.unknown`).
         """
         sql = self._sql()
         statement, params = self._claim_statement(
-            sql, queue, limit, worker, now, lease_until, limit_key
+            sql, queue, limit, worker, now, lease_until, limit_key, skip_names
         )
         if sql.vendor == "postgresql":
             rows = sql.execute(statement, params)
@@ -64,8 +66,9 @@ class ClaimingQuerySet(SQLQuerySet):
         now: datetime,
         lease_until: datetime,
         limit_key: str | None,
+        skip_names: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
-        select, select_params = self._claim_select(sql, queue, limit, now, limit_key)
+        select, select_params = self._claim_select(sql, queue, limit, now, limit_key, skip_names)
         set_params = [
             sql.prep("started_at", now),
             sql.prep("lease_expires_at", lease_until),
@@ -94,6 +97,7 @@ class ClaimingQuerySet(SQLQuerySet):
         limit: int,
         now: datetime,
         limit_key: str | None = None,
+        skip_names: Collection[str] = (),
     ) -> tuple[str, list[Any]]:
         """The claim's selection: served by ``djq_claim_any`` (no queue) or ``djq_claim_queue``
         for jobs without a limit, by ``djq_limit_queued`` for one key's jobs.
@@ -106,6 +110,8 @@ class ClaimingQuerySet(SQLQuerySet):
         join over a sequential scan). A pause thus holds from the next claim of every worker
         and costs no statement of its own."""
         queue_filter = "AND c.queue = %s " if queue is not None else ""
+        if skip_names:  # after the queue's, as their parameters are
+            queue_filter += f"AND c.name NOT IN ({', '.join(['%s'] * len(skip_names))}) "
         key_filter = "AND c.limit_key IS NULL " if limit_key is None else "AND c.limit_key = %s "
         pauses = self._pause_table(sql)
         select = (
@@ -121,6 +127,7 @@ class ClaimingQuerySet(SQLQuerySet):
         )
         params: list[Any] = [] if limit_key is None else [limit_key]
         params += [queue] if queue is not None else []
+        params += sorted(skip_names)
         return select, [*params, sql.prep("run_after", now), limit]
 
     @staticmethod

@@ -36,6 +36,30 @@ class LeasesQuerySet(SQLQuerySet):
             )
         )
 
+    def give_back(
+        self, fenced: Sequence[tuple[int, int]], *, run_after: datetime, enqueued_after: datetime
+    ) -> set[int]:
+        """Hand claimed-but-never-started runs back to the queue like :meth:`release` (their
+        attempt undone), to run no earlier than ``run_after``; only those of jobs enqueued
+        after ``enqueued_after`` and that nobody asked to stop. Return the ids handed back."""
+        if not fenced:
+            return set()
+        sql = self._sql()
+        where, params = sql.pairs(fenced)
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET status = {_QUEUED}, attempts = attempts - 1, "
+            "lease_expires_at = NULL, started_at = NULL, worker = '', run_after = %s "
+            f"WHERE status = {_RUNNING} AND {where} AND enqueued_at > %s "
+            "AND cancel_requested = %s RETURNING id",
+            [
+                sql.prep("run_after", run_after),
+                *params,
+                sql.prep("enqueued_at", enqueued_after),
+                False,
+            ],
+        )
+        return {row[0] for row in rows}
+
     def renew_leases(self, fenced: Sequence[tuple[int, int]], lease_until: datetime) -> Renewed:
         """Extend the leases of the runs ``(id, attempts)``; return the ids still ours (and,
         in ``cancel_requested``, those someone asked to stop: the heartbeat is how a worker

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 
 from .. import clock, conf, limits
@@ -64,6 +64,7 @@ class Claimer:
         concurrency: int,
         running: Callable[[], int],
         running_ids: Callable[[], Iterable[int]] = lambda: (),
+        skip_names: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.using = using
         self.queues = queues
@@ -71,6 +72,8 @@ class Claimer:
         self.concurrency = concurrency
         self.running = running
         self.running_ids = running_ids
+        #: The job names not to claim for now (names this worker does not know).
+        self.skip_names = skip_names
         self.buffer: deque[ClaimedJob] = deque()
         #: A "work available" message came, or a group's job finished: claim at once.
         self.work_hint = True
@@ -158,6 +161,7 @@ class Claimer:
         order: list[str | None] = [None] if self.queues is None else list(self.queues)
         random.shuffle(order)
         claimed = 0
+        skip = self.skip_names()
         # Jobs with a limit and jobs without share the free slots in turns: neither kind
         # goes first twice in a row, so neither can starve the other.
         limited = self._limits_configured() or time.monotonic() >= self.next_stranded
@@ -173,6 +177,7 @@ class Claimer:
                 worker=self.worker,
                 now=now,
                 lease_until=lease_until,
+                skip_names=skip,
             )
             self.buffer.extend(batch)
             claimed += len(batch)
@@ -289,6 +294,7 @@ class Claimer:
                 now=now,
                 lease_until=lease_until,
                 limit_key=key,
+                skip_names=self.skip_names(),
             )
         assert self.limiter is not None
         return self.limiter.claim(

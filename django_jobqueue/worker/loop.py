@@ -37,6 +37,7 @@ from .shortpath import ShortPath
 from .shutdown import StopSignals
 from .steps import abandoned_too_many, burst_is_over, cancel_held, write_progress
 from .timelimits import EXIT_ABANDONED_THREADS
+from .unknown import UnknownNames
 from .upkeep import Upkeep
 from .writer import Writer
 
@@ -94,6 +95,7 @@ class Worker:
             concurrency=self.concurrency,
             running=lambda: len(self._running),
             running_ids=lambda: self._running.keys(),
+            skip_names=lambda: self._unknown.skipped(),
         )
         self._runner = Runner(
             self.concurrency, self._report, name=self.name, wake=self._wake, using=self.using
@@ -106,6 +108,7 @@ class Worker:
             between=lambda: self._upkeep.heartbeat_if_due(time.monotonic()),
         )
         self._runner.after_commit = self._writer.after_commit  # job_started after the claim
+        self._unknown = UnknownNames(self.using, self.name, self._writer)
         self._short = ShortPath(
             self.using,
             self._claimer,
@@ -306,14 +309,13 @@ class Worker:
         # Jobs whose outcome waits in _done are finished: their slot is free, although they
         # stay in _running (and keep their lease renewed) until the outcome is written.
         buffer = self._claimer.buffer
+        unknown = [job for job in buffer if job.name not in registry]
+        if unknown:  # deployed out of order: give them back (worker/unknown.py), go on
+            self._unknown.handle(unknown)
+            self._claimer.drop(job.id for job in unknown)
+            buffer = self._claimer.buffer  # drop() replaced it
         while buffer and len(self._running) - len(self._done) < self.concurrency:
-            job = buffer[0]
-            if job.name not in registry:  # deployed out of order: quarantine, go on
-                self._writer.not_registered(job)
-                buffer.popleft()
-                continue
-            buffer.popleft()
-            self._start(job)
+            self._start(buffer.popleft())
 
     def _start(self, job: ClaimedJob) -> None:
         self._running[job.id] = job

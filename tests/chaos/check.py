@@ -90,6 +90,7 @@ def check(faults: list[Applied], producer_log: Path, lease: float) -> Report:
     report.jobs = len(jobs)
     calls = [json.loads(line) for line in producer_log.read_text().splitlines() if line.strip()]
     _lost(report, jobs, calls)
+    _dead_letters(report)
     _runs(report, jobs, events, faults, lease)
     _atomic(report, jobs, events)
     _outcomes(report, jobs, results, events)
@@ -118,9 +119,18 @@ def _lost(report: Report, jobs: dict[str, Any], calls: list[dict[str, Any]]) -> 
             f"{job_id}: status {row['status']} after the drain ({row['last_error'][:200]})",
             _ledger_rows(job_id),
         )
-    letters = DeadLetter.objects.filter(name__startswith="chaos.").count()
-    if letters:
-        report.notes.append(f"{letters} dead letter(s) left")
+
+
+def _dead_letters(report: Report) -> None:
+    """No job ends as a dead letter: faults, not the jobs, fail attempts (``MAX_ATTEMPTS``
+    50), and a worker on the previous release gives back the job names it does not know
+    (``UNKNOWN_JOB_GRACE``) for a worker that knows them."""
+    for letter in DeadLetter.objects.filter(name__startswith="chaos.").order_by("id")[:10]:
+        report.fail(
+            "no job dead-lettered",
+            f"{letter.job_id} ({letter.name}): {letter.error[:200]}",
+            _ledger_rows(letter.job_id),
+        )
 
 
 def _hits(faults: list[Applied], start: datetime, end: datetime, lease: float) -> int:
@@ -228,8 +238,8 @@ def _groups(report: Report, jobs: dict[str, Any], events: dict[str, list[tuple[A
 def _waiters(report: Report, calls: list[dict[str, Any]], restarts: list[Applied]) -> None:
     """Every waiter got the right value or a timeout, within its timeout (plus a grace).
     A database error is allowed only while PostgreSQL restarted (the database is the
-    truth: with it down, no answer is possible); a failure only as the rolling deploy's
-    dead letter (the documented answer to a job name a worker does not know)."""
+    truth: with it down, no answer is possible: the enqueue itself fails); never a failure
+    (no job fails for good, the rolling deploy's included)."""
     counts: dict[str, int] = defaultdict(int)
     reasons: dict[str, int] = defaultdict(int)
     for call in calls:
@@ -261,7 +271,7 @@ def _waiters(report: Report, calls: list[dict[str, Any]], restarts: list[Applied
                 f"{call['job_id']}: {call.get('error')} with the database up",
                 _ledger_rows(call["job_id"]),
             )
-        if call["outcome"] == "failed" and "JobNotRegistered" not in str(call.get("error")):
+        if call["outcome"] == "failed":
             report.fail(
                 "every waiter answered with the right value or a timeout",
                 f"{call['job_id']}: failed: {call.get('error')}",

@@ -275,9 +275,6 @@ class Chaos:
         from django.db import connection
 
         connection.close()
-        requeued = requeue_deploy_letters()
-        if requeued:
-            log(f"requeued {requeued} dead letter(s) of chaos.fresh (old code), as operators would")
         drained = drain(timeout=self.lease * 3 + 120)
         for worker in self.workers:
             worker.stop_gracefully()
@@ -293,13 +290,6 @@ def ledger_ddl() -> str:
     from .ledger import DDL
 
     return DDL
-
-
-def requeue_deploy_letters() -> int:
-    from django_jobqueue.deadletters import requeue
-    from django_jobqueue.models import DeadLetter
-
-    return requeue(DeadLetter.objects.filter(name="chaos.fresh"))
 
 
 def drain(timeout: float) -> bool:

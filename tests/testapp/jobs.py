@@ -10,6 +10,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from django_jobqueue import Retry, TimeLimitExceeded, job
+from django_jobqueue.registry import registry
 from tests.testapp.models import Execution, Interval
 
 
@@ -424,3 +425,8 @@ async def async_collects(ctx, tag):
 
 
 from tests.testapp import unique_jobs  # noqa: E402, F401 - its jobs, for the workers
+
+# A worker started with DJQ_UNREGISTER="name,..." runs "the previous release", which lacks
+# those jobs (tests/test_deploys.py: a rolling deploy).
+for _name in filter(None, os.environ.get("DJQ_UNREGISTER", "").split(",")):
+    registry.unregister(_name)
