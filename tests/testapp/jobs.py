@@ -348,3 +348,13 @@ def cuts_the_window(arm_path, tag):
                 "current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
             )
     Execution.objects.create(tag=tag, pid=os.getpid())
+
+
+_held: list[bytes] = []
+
+
+@job
+def hold_memory(megabytes):
+    """Keep ``megabytes`` MB of this process's memory for good (a leak, for --max-memory)."""
+    _held.append(b"\x01" * (megabytes * 2**20))  # written, so resident
+    return len(_held)
