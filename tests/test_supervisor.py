@@ -158,6 +158,14 @@ def test_a_second_signal_stops_at_once_and_exits_1(worker_processes, tmp_path, s
     assert Job.objects.get(job_id=handle.id).status == "running"  # runs again after its lease
 
 
+def test_burst_supervisor_exits_0_once_every_process_found_nothing_to_do(worker_processes):
+    handles = [record.enqueue(f"burst-{n}") for n in range(6)]
+    proc = worker_processes.start("--processes", "2", "--burst", env=SPREAD)
+    assert proc.wait(60) == 0, worker_processes.log(proc)
+    assert {Job.objects.get(job_id=h.id).status for h in handles} == {"completed"}
+    assert worker_processes.log(proc).count("nothing left to do (--burst)") == 2
+
+
 def test_worker_processes_of_a_killed_supervisor_drain_and_exit(worker_processes, tmp_path):
     marker = tmp_path / "started"
     handle = sleep_then_record.enqueue("orphan", 1.5, str(marker))
