@@ -217,6 +217,7 @@ def test_the_worker_processes_metrics_are_one_scrape(worker_processes):
         (["--processes", "two"], "'two' is not a whole number"),
         (["--max-memory", "1"], "--max-memory 1 is below this process's own size at start"),
         (["--processes", "2", "--reload"], "--reload and --processes do not go together"),
+        (["--processes", "2"], "--processes starts each worker process with this process's"),
     ],
 )
 def test_bad_arguments_are_refused_and_nothing_runs(args, message):

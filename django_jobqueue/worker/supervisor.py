@@ -50,6 +50,9 @@ logger = logging.getLogger("django_jobqueue.worker.supervisor")
 #: supervisor.
 SLOT_ENV = "DJANGO_JOBQUEUE_WORKER_SLOT"
 
+#: Set in a worker process's environment to its supervisor's pid (see :func:`watch_parent`).
+SUPERVISOR_ENV = "DJANGO_JOBQUEUE_SUPERVISOR_PID"
+
 #: A worker process that ran this long before it died counts as healthy: it starts again at
 #: once, and its slot's count of failures in a row starts over.
 STABLE_SECONDS = 30.0
@@ -84,8 +87,10 @@ def describe_exit(code: int) -> str:
 
 def watch_parent(stop: Callable[[], None], interval: float = 1.0) -> threading.Thread:
     """In a worker process: call ``stop()`` once its supervisor is gone (the process was
-    given another parent), so that an orphan drains and exits instead of running on."""
-    parent = os.getppid()
+    given another parent), so that an orphan drains and exits instead of running on. The
+    supervisor's pid comes from the environment: it may have died before this started."""
+    value = os.environ.get(SUPERVISOR_ENV, "")
+    parent = int(value) if value.isdigit() else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -249,11 +254,22 @@ class Supervisor:
                 self._start(slot)
 
     def _start(self, slot: Slot) -> None:
-        env = {**os.environ, **self.env, SLOT_ENV: str(slot.number)}
-        slot.process = subprocess.Popen(  # noqa: S603 - our own command line
-            self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        env = {
+            **os.environ,
+            **self.env,
+            SLOT_ENV: str(slot.number),
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
         slot.started = time.monotonic()
+        try:
+            slot.process = subprocess.Popen(  # noqa: S603 - our own command line
+                self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        except OSError as exc:  # out of processes or descriptors: try again later
+            slot.failures += 1
+            slot.start_at = time.monotonic() + max(1.0, restart_delay(slot.failures))
+            logger.error("worker process %d could not start: %s; trying again", slot.number, exc)
+            return
         slot.start_at = None
         logger.info("worker process %d started: pid=%d", slot.number, slot.process.pid)
 

@@ -299,12 +299,17 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:  # a schedule that cannot work
             raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
 
-    @staticmethod
-    def _supervise(options: dict[str, Any]) -> int:
+    def _supervise(self, options: dict[str, Any]) -> int:
         """``--processes N``: a :class:`~django_jobqueue.worker.supervisor.Supervisor` over N
         worker processes, each this command line; the metrics of all in one scrape."""
         if options["reload"]:
             raise CommandError("--reload and --processes do not go together")
+        if not getattr(self, "_called_from_command_line", False):  # set by run_from_argv()
+            raise CommandError(
+                "--processes starts each worker process with this process's command line, "
+                "so it works only from the command line (manage.py runjobworker "
+                "--processes N); from call_command(), start the worker processes yourself"
+            )
         if options["schedule"]:  # refuse a schedule that cannot work here, not N times there
             try:
                 periodic.configured()
