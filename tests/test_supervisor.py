@@ -113,6 +113,18 @@ def test_max_jobs_replaces_a_worker_process_after_n_jobs(worker_processes):
     assert proc.wait(30) == 0, worker_processes.log(proc)
 
 
+def test_a_worker_past_max_jobs_hands_back_what_it_prefetched(run_worker):
+    """In process: prefetched jobs go back to the queue unrun when the worker recycles."""
+    from django_jobqueue.worker.recycling import Recycling
+
+    handles = [record.enqueue(f"prefetched-{n}") for n in range(6)]
+    worker = run_worker(concurrency=1, burst=False, recycling=Recycling(max_jobs=2))
+    assert worker.exit_code == 0 and worker.processed in (2, 3)  # +1: a slot refilled
+    rows = [Job.objects.get(job_id=h.id) for h in handles]
+    assert sum(row.status == "completed" for row in rows) == worker.processed
+    assert all(row.attempts == 0 for row in rows if row.status == "queued")
+
+
 def test_max_jobs_in_a_single_process_drains_and_exits_0(worker_processes):
     handles = [record.enqueue(f"single-{n}") for n in range(3)]
     proc = worker_processes.start("--concurrency", "1", "--max-jobs", "2", env=SPREAD)
