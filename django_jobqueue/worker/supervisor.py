@@ -176,7 +176,8 @@ class Supervisor:
         finally:
             for number, handler in self._previous.items():
                 signal.signal(number, handler)
-            self._kill_all()  # only if something went wrong: none is left after a drain
+            for process in self.alive():  # only after an error (none is left otherwise):
+                _send(process, signal.SIGTERM)  # they drain, as if we had been stopped
         logger.info("supervisor pid=%d stopped", os.getpid())
         return 1 if self.killed else 0
 
