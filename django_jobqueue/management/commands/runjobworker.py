@@ -256,27 +256,22 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
         _check_max_memory(options["max_memory"])
-        slot = supervising.slot()
-        if options["processes"] > 1 and slot is None:
+        alone = options["processes"] == 1 and supervising.slot() is None
+        if options["metrics_port"] is not None and alone:
+            _serve_metrics(options["metrics_addr"], options["metrics_port"])
+        if supervising.slot() is not None:
+            code = self._run_worker_process(options)
+        elif not alone:
             code = self._supervise(options)
-        elif slot is not None:  # a worker process of a supervisor: it serves the metrics
-            if telemetry.metrics_enabled():
-                telemetry.instruments()
-            worker = self._make_worker(options)
-            supervising.watch_parent(worker.stop)
-            code = worker.run()
+        elif options["reload"]:
+            if options["burst"]:
+                raise CommandError("--reload and --burst do not go together")
+            code = self._run_with_reloader(options)
         else:
-            if options["metrics_port"] is not None:
-                _serve_metrics(options["metrics_addr"], options["metrics_port"])
-            if options["reload"]:
-                if options["burst"]:
-                    raise CommandError("--reload and --burst do not go together")
-                code = self._run_with_reloader(options)
-            else:
-                try:
-                    code = self._make_worker(options).run()
-                except KeyboardInterrupt:  # pragma: no cover - the worker's signal handler
-                    code = 1
+            try:
+                code = self._make_worker(options).run()
+            except KeyboardInterrupt:  # pragma: no cover - handled by the worker's signal handler
+                code = 1
         if code:
             raise CommandError(f"worker exited with code {code}", returncode=code)
 
@@ -298,6 +293,15 @@ class Command(BaseCommand):
             )
         except ImproperlyConfigured as exc:  # a schedule that cannot work
             raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
+
+    def _run_worker_process(self, options: dict[str, Any]) -> int:
+        """One worker process of ``--processes``: its supervisor serves the metrics, and it
+        drains once the supervisor is gone."""
+        if telemetry.metrics_enabled():
+            telemetry.instruments()  # the series exist from the start, before the first job
+        worker = self._make_worker(options)
+        supervising.watch_parent(worker.stop)
+        return worker.run()
 
     def _supervise(self, options: dict[str, Any]) -> int:
         """``--processes N``: a :class:`~django_jobqueue.worker.supervisor.Supervisor` over N
