@@ -50,9 +50,10 @@ SCENARIOS = [
     "limits",
     "prune",
     "watchers",
+    "cpu",
 ]
 #: Not in --quick; in a full run on PostgreSQL only (SQLite: name them with --only).
-SLOW = {"backlog", "memory", "prune", "watchers"}
+SLOW = {"backlog", "memory", "prune", "watchers", "cpu"}
 DB_LABEL = {"postgres": "PostgreSQL + Redis", "sqlite": "SQLite + polling"}
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/djq_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -90,6 +91,7 @@ SIZES: dict[str, dict[str, int]] = {
         "memory": 100_000,
         "limits": 4000,
         "prune": 200_000,
+        "cpu": 400,
     },
     "quick": {
         "enqueue": 1000,
@@ -107,6 +109,7 @@ SIZES: dict[str, dict[str, int]] = {
         "memory": 20_000,
         "limits": 2000,
         "prune": 40_000,
+        "cpu": 200,
     },
 }
 
@@ -1753,6 +1756,63 @@ def scenario_watchers(b: Bench) -> None:
     )
 
 
+#: The run time of one job of the cpu scenario, in seconds.
+CPU_JOB_SECONDS = 0.02
+
+
+def spin_rounds(seconds: float) -> int:
+    """How many rounds of :func:`bench.benchapp.jobs.spin` take ``seconds`` here (best of 5)."""
+    from bench.benchapp.jobs import spin
+
+    probe = 200_000
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        spin.func(probe)
+        best = min(best, time.perf_counter() - started)
+    return max(1, round(probe * seconds / best))
+
+
+def scenario_cpu(b: Bench) -> None:
+    """CPU-bound jobs: one process (its threads share the GIL), two processes started by
+    hand, and ``runjobworker --processes 2`` (one supervisor, two worker processes)."""
+    from bench.benchapp.jobs import spin
+
+    n = b.size("cpu")
+    rounds = spin_rounds(CPU_JOB_SECONDS)
+    runs = [
+        ("1 worker x 2 threads", 1, ("--concurrency", "2")),
+        ("2 workers x 1 thread", 2, ("--concurrency", "1")),
+        ("--processes 2 x 1 thread", 1, ("--processes", "2", "--concurrency", "1")),
+    ]
+    load = os.getloadavg()[0]
+    for label, nworkers, extra in runs:
+        b.reset()
+        spin.enqueue_many([(rounds,)] * n)
+        started = time.perf_counter()
+        with b.workers(nworkers, *extra, burst=True, concurrency=None) as procs:
+            done = wait_until(lambda: b.count() >= n, b.bound(120), interval=0.05)
+            finished = time.perf_counter()
+            wait_until(lambda: all(p.poll() is not None for p in procs), b.bound(15))
+        first, last, completed = drain_window()
+        name = f"cpu-bound 20 ms jobs, {label}"
+        suffix = "" if done else f" ({completed} of {n} before the bound)"
+        b.row(name, "jobs/s (from spawn)", fmt_rate(completed, finished - started) + suffix)
+        if first and last and completed:
+            b.row(name, "jobs/s (DB window)", fmt_rate(completed, (last - first).total_seconds()))
+        if not done:
+            b.failed = True
+    b.note(
+        f"cpu: {n} jobs of {rounds:,} rounds of a pure-Python loop (about "
+        f"{CPU_JOB_SECONDS * 1000:.0f} ms each, calibrated in the benchmark's process), "
+        "bulk-enqueued, then `runjobworker --burst -v 0` with the options of each row; "
+        f"os.cpu_count() {os.cpu_count()}, 1-minute load average {load:.2f} before the first "
+        "row. 'from spawn' includes starting the interpreters (with --processes, the "
+        "supervisor's then its children's), 'DB window' is first started_at to last "
+        "finished_at."
+    )
+
+
 SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue": scenario_enqueue,
     "enqueue_many": scenario_enqueue_many,
@@ -1766,6 +1826,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "limits": scenario_limits,
     "prune": scenario_prune,
     "watchers": scenario_watchers,
+    "cpu": scenario_cpu,
 }
 
 

@@ -13,3 +13,13 @@ def noop() -> None:
 def echo(x):
     """Return the argument (a result row is written and read back)."""
     return x
+
+
+@job
+def spin(rounds: int) -> None:
+    """Pure-Python work that holds the GIL for ``rounds`` iterations (the CPU-bound job of
+    the ``cpu`` scenario); returns None (no result row)."""
+    total = 0
+    for i in range(rounds):
+        total += i * i % 7
+    return None

@@ -32,6 +32,7 @@ from .claiming import Claimer
 from .connection import Connection
 from .outcomes import Outcome
 from .presence import Presence
+from .recycling import Recycling
 from .runner import Runner
 from .shortpath import ShortPath
 from .shutdown import StopSignals
@@ -54,9 +55,9 @@ class Worker:
     ``burst``: exit once nothing is ready to run and nothing is running, and (unless
     ``wait_for_retries`` is false) no job of its queues waits out a retry's backoff.
 
-    :meth:`run` returns 0, or :data:`~.timelimits.EXIT_ABANDONED_THREADS` when more than
-    ``concurrency`` threads of jobs past their time limit would not end (see
-    :mod:`.timelimits`).
+    :meth:`run` returns 0 (also past ``recycling``'s limits, :mod:`.recycling`), or
+    :data:`~.timelimits.EXIT_ABANDONED_THREADS` when more than ``concurrency`` threads of
+    jobs past their time limit would not end (see :mod:`.timelimits`).
 
     ``processed`` counts the outcomes written; ``passes`` counts the passes of the main loop
     (an idle worker makes about one per ``POLL_INTERVAL``): a measure for tests and debugging.
@@ -71,6 +72,7 @@ class Worker:
         wait_for_retries: bool = True,
         name: str | None = None,
         schedule: bool = True,
+        recycling: Recycling | None = None,
     ) -> None:
         self.queues = list(dict.fromkeys(queues)) if queues else None
         self.concurrency = max(1, concurrency)
@@ -87,6 +89,7 @@ class Worker:
         self.processed = 0
         self.passes = 0
         self.exit_code = 0
+        self._recycling = recycling or Recycling()
         self._connection = Connection(self.using, self.name, lambda s: self._sleep(s))
         self._claimer = Claimer(
             self.using,
@@ -341,6 +344,7 @@ class Worker:
             self._claimer.record_duration(outcome.duration)
             self._short.durations.record(outcome.job.name, outcome.duration)
         self.processed += len(written)
+        self._recycling.check(self.name, self.processed, self.stop)
 
     def _forget(self, job_id: int) -> None:
         self._running.pop(job_id, None)

@@ -424,6 +424,16 @@ async def async_collects(ctx, tag):
     return {"tag": tag, "parents": dict(sorted(ctx.parent_results.items()))}
 
 
+_held: list[bytes] = []
+
+
+@job
+def hold_memory(megabytes):
+    """Keep ``megabytes`` MB of this process's memory for good (a leak, for --max-memory)."""
+    _held.append(b"\x01" * (megabytes * 2**20))  # written, so resident
+    return len(_held)
+
+
 from tests.testapp import unique_jobs  # noqa: E402, F401 - its jobs, for the workers
 
 # A worker started with DJQ_UNREGISTER="name,..." runs "the previous release", which lacks

@@ -18,11 +18,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 from django.utils import autoreload
 
-from django_jobqueue import __version__, telemetry
+from django_jobqueue import __version__, periodic, telemetry
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
 from django_jobqueue.routers import queue_database
 from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker, default_concurrency
+from django_jobqueue.worker import supervisor as supervising
+from django_jobqueue.worker.recycling import MB, Recycling, rss_bytes
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 logger = logging.getLogger("django_jobqueue")
@@ -43,6 +45,31 @@ def _concurrency(value: str) -> int:
     if not 1 <= number <= 512:
         raise argparse.ArgumentTypeError("must be between 1 and 512")
     return number
+
+
+def _positive(value: str) -> int:
+    """A whole number of at least 1 (``--processes``, ``--max-jobs``, ``--max-memory``)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
+def _check_max_memory(max_memory: int | None) -> None:
+    """``--max-memory`` below what this process holds already would recycle every worker
+    before its first job: refuse it before anything starts."""
+    if max_memory is None:
+        return
+    rss = rss_bytes()
+    if rss >= max_memory * MB:
+        raise CommandError(
+            f"--max-memory {max_memory} is below this process's own size at start "
+            f"({rss / MB:.0f} MB resident), so no worker could run a job: give a limit "
+            f"above it, with room for the memory your jobs use (a worker grows as it runs)"
+        )
 
 
 def _name(value: str) -> str:
@@ -115,18 +142,25 @@ def _port(value: str) -> int:
     return number
 
 
-def _serve_metrics(addr: str, port: int) -> None:
-    """Start prometheus-client's HTTP server (a daemon thread) for this worker's metrics."""
+def _serve_metrics(addr: str, port: int, multiprocess_dir: str | None = None) -> None:
+    """Start prometheus-client's HTTP server (a daemon thread) for this worker's metrics, or
+    (a supervisor) for those its worker processes write to ``multiprocess_dir``."""
     if not telemetry.metrics_enabled():
         raise CommandError(
             "--metrics-port needs prometheus-client (pip install 'django-jobqueue[metrics]') "
             "and JOBQUEUE['METRICS'] true"
         )
     import prometheus_client
+    from prometheus_client import multiprocess
 
-    telemetry.instruments()  # the series exist from the start, before the first job
+    registry = prometheus_client.REGISTRY
+    if multiprocess_dir is None:
+        telemetry.instruments()  # the series exist from the start, before the first job
+    else:
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     try:
-        prometheus_client.start_http_server(port, addr=addr)
+        prometheus_client.start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
         raise CommandError(f"--metrics-port: cannot listen on {addr}:{port}: {exc}") from exc
     logger.info("worker metrics on http://%s:%d/", addr, port)
@@ -137,6 +171,7 @@ class Command(BaseCommand):
         "Run queued jobs. Claims jobs from the database (SELECT ... FOR UPDATE SKIP LOCKED on "
         "PostgreSQL), holds a lease on each and renews it; SIGTERM or Ctrl-C finishes the "
         "running jobs and exits 0. Run as many workers, on as many hosts, as you like. "
+        "With --processes N, a supervisor keeps N worker processes running. "
         "When more than --concurrency threads of jobs past their time_limit are stuck (in C "
         "code that cannot be interrupted), the worker stops claiming, finishes its other jobs "
         f"and exits with code {EXIT_ABANDONED_THREADS}, for its supervisor to restart it."
@@ -159,6 +194,33 @@ class Command(BaseCommand):
             default=None,
             help="Jobs run at once, each in its own thread (default: 4 per CPU, at least 4 "
             "and at most 32).",
+        )
+        parser.add_argument(
+            "--processes",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help="Run N worker processes (each with --concurrency threads) under a supervisor "
+            "that replaces any that exits (with a growing delay if it keeps dying); SIGTERM "
+            "drains them all, a second SIGTERM kills them (default: %(default)r, this process "
+            "alone).",
+        )
+        parser.add_argument(
+            "--max-jobs",
+            type=_positive,
+            default=None,
+            metavar="N",
+            help="After N finished jobs, a worker process finishes its running jobs and exits "
+            "0, for a fresh one to take over (the supervisor of --processes starts it; "
+            "without --processes, your process manager). Default: no limit.",
+        )
+        parser.add_argument(
+            "--max-memory",
+            type=_positive,
+            default=None,
+            metavar="MB",
+            help="The same, once a worker process's resident memory is past MB megabytes "
+            "(checked after each finished job). Default: no limit.",
         )
         parser.add_argument(
             "--burst",
@@ -189,7 +251,7 @@ class Command(BaseCommand):
             metavar="PORT",
             help="Serve this worker's Prometheus metrics (jobs finished, retries, dead "
             "letters, run times) on http://ADDR:PORT/ (needs prometheus-client: the "
-            "'metrics' extra).",
+            "'metrics' extra); with --processes, those of every worker process, in one scrape.",
         )
         parser.add_argument(
             "--metrics-addr",
@@ -222,11 +284,18 @@ class Command(BaseCommand):
         if options["reload"] and options["burst"]:
             raise CommandError("--reload and --burst do not go together")
         _require_migrated()
-        # With --reload, the first process only restarts the second, which runs the worker.
+        _check_max_memory(options["max_memory"])
+        # With --reload, the first process only restarts the second, which runs the worker;
+        # with --processes, the supervisor serves its children's metrics.
         first = options["reload"] and os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true"
-        if options["metrics_port"] is not None and not first:
+        alone = options["processes"] == 1 and supervising.slot() is None
+        if options["metrics_port"] is not None and alone and not first:
             _serve_metrics(options["metrics_addr"], options["metrics_port"])
-        if options["reload"]:
+        if supervising.slot() is not None:
+            code = self._run_worker_process(options)
+        elif not alone:
+            code = self._supervise(options)
+        elif options["reload"]:
             code = self._run_with_reloader(options)
         else:
             try:
@@ -240,16 +309,53 @@ class Command(BaseCommand):
     def _make_worker(options: dict[str, Any]) -> Worker:
         concurrency = options["concurrency"] or default_concurrency()
         _warn_about_connections(concurrency)
+        name, slot = options["name"], supervising.slot()
+        if name is not None and slot is not None:  # one name per worker process
+            name = f"{name[: 199 - len(str(slot))]}-{slot}"
         try:
             return Worker(
                 options["queues"],
                 concurrency=concurrency,
                 burst=options["burst"],
-                name=options["name"],
+                name=name,
                 schedule=options["schedule"],
+                recycling=Recycling(options["max_jobs"], options["max_memory"]),
             )
         except ImproperlyConfigured as exc:  # a schedule that cannot work
             raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
+
+    def _run_worker_process(self, options: dict[str, Any]) -> int:
+        """One worker process of ``--processes``: its supervisor serves the metrics, and it
+        drains once the supervisor is gone."""
+        if telemetry.metrics_enabled():
+            telemetry.instruments()  # the series exist from the start, before the first job
+        worker = self._make_worker(options)
+        supervising.watch_parent(worker.stop)
+        return worker.run()
+
+    def _supervise(self, options: dict[str, Any]) -> int:
+        """``--processes N``: a :class:`~django_jobqueue.worker.supervisor.Supervisor` over N
+        worker processes, each this command line; the metrics of all in one scrape."""
+        if options["reload"]:
+            raise CommandError("--reload and --processes do not go together")
+        if not getattr(self, "_called_from_command_line", False):  # set by run_from_argv()
+            raise CommandError(
+                "--processes starts each worker process with this process's command line, "
+                "so it works only from the command line (manage.py runjobworker "
+                "--processes N); from call_command(), start the worker processes yourself"
+            )
+        if options["schedule"]:  # refuse a schedule that cannot work here, not N times there
+            try:
+                periodic.configured()
+            except ImproperlyConfigured as exc:
+                raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
+        processes, burst = options["processes"], options["burst"]
+        if options["metrics_port"] is None:
+            return supervising.Supervisor(processes, burst=burst).run()
+        with supervising.metrics_directory() as path:
+            _serve_metrics(options["metrics_addr"], options["metrics_port"], path)
+            env = {"PROMETHEUS_MULTIPROC_DIR": path}
+            return supervising.Supervisor(processes, env=env, burst=burst).run()
 
     def _run_with_reloader(self, options: dict[str, Any]) -> int:
         """Django's autoreloader (``django.utils.autoreload``, as runserver) around the
