@@ -27,6 +27,13 @@ CALLBACK_FIELDS: tuple[str, ...] = tuple(
 )
 #: Ids per statement when jobs join a batch.
 _CHUNK = 500
+#: A batch's callbacks, by the name of their field on its row.
+CALLBACKS: tuple[str, ...] = ("on_success", "on_complete")
+
+
+def callback_id(batch_id: str, kind: str) -> str:
+    """The job id of ``batch_id``'s callback ``kind`` (one of :data:`CALLBACKS`)."""
+    return f"batch:{batch_id}:{kind}"
 
 
 @dataclass
@@ -101,16 +108,15 @@ def finish(sql: _SQL, batch_id: str, now: datetime, released: Released) -> None:
     succeeded, on_success, on_complete = rows[0]
     field_ = _batch_model(sql)._meta.get_field("on_success")
     callbacks = []
-    for kind, spec in (
-        ("on_success", on_success if succeeded else None),
-        ("on_complete", on_complete),
-    ):
+    specs = {"on_success": on_success if succeeded else None, "on_complete": on_complete}
+    for kind in CALLBACKS:
+        spec = specs[kind]
         spec = field_.from_db_value(spec, None, sql.connection) if isinstance(spec, str) else spec
         if spec is None:
             continue
         callbacks.append(
             NewJob(
-                job_id=f"batch:{batch_id}:{kind}",
+                job_id=callback_id(batch_id, kind),
                 run_after=None,
                 notify=False,
                 enqueued_at=now,
@@ -122,3 +128,27 @@ def finish(sql: _SQL, batch_id: str, now: datetime, released: Released) -> None:
         jobs.insert_new(callbacks)
         released.queues.update(job.queue for job in callbacks)
         released.queued.extend(job.job_id for job in callbacks)
+
+
+def prune(sql: _SQL, limit: int) -> int:
+    """Delete at most ``limit`` batch rows no longer needed; return how many.
+
+    A batch's row is kept until its callbacks were enqueued (``callbacks_done``) and then
+    as long as any of its jobs or callback jobs exists: it goes with the last of them, so
+    it lives as long as the longest ``result_ttl`` among them (``get_batch()`` answers
+    while any of its jobs can still be looked at), never before its callbacks ran.
+    """
+    table = batch_table(sql)
+    callbacks = ", ".join(["%s || b.id || %s"] * len(CALLBACKS))
+    params: list[Any] = []
+    for kind in CALLBACKS:  # callback_id(b.id, kind) in SQL: the parts around the id
+        params += callback_id("\0", kind).split("\0")
+    doomed = (
+        f"SELECT b.id FROM {table} b WHERE b.callbacks_done "
+        f"AND NOT EXISTS (SELECT 1 FROM {sql.table} j WHERE j.batch_id = b.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM {sql.table} j WHERE j.job_id IN ({callbacks})) "
+        "ORDER BY b.finished_at LIMIT %s"
+    )
+    with sql.connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE id IN ({doomed})", [*params, limit])
+        return int(cursor.rowcount)

