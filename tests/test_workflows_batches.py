@@ -8,13 +8,18 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobqueue import batch, get_batch
 from django_jobqueue.models import Job, JobBatch
+from django_jobqueue.querysets.producing import INSERT_BATCH
+from django_jobqueue.routers import queue_database
 from django_jobqueue.testing import run_jobs
 from django_jobqueue.worker.inline import run_now
 from django_jobqueue.worker.upkeep import Upkeep
+from tests.conftest import POSTGRES, wait_until
 from tests.testapp.jobs import add, collects, noop
 from tests.testapp.models import Execution
 
@@ -59,3 +64,35 @@ def test_a_batch_without_callbacks_goes_with_its_jobs_and_an_open_one_is_kept():
         assert get_batch(b.id) is None
     finally:
         opened.__exit__(None, None, None)
+
+
+#: A batch of 100,000 jobs on PostgreSQL; SQLite (a file, one writer) is the other leg's
+#: smaller N: the same statements per 1,000 jobs, in a time that fits the suite.
+BIG_BATCH = 100_000 if POSTGRES else 5_000
+
+
+def test_a_batch_of_100000_jobs_enqueues_in_bounded_statements_and_fires_once(
+    worker_processes,
+):
+    database = connections[queue_database()]
+    with (
+        CaptureQueriesContext(database) as queries,
+        batch(on_complete=collects.bind("done"), name="big") as b,
+    ):
+        noop.enqueue_many([()] * BIG_BATCH)
+    statements = [q["sql"][:60] for q in queries.captured_queries]
+    # One INSERT per INSERT_BATCH jobs; their joining (PostgreSQL: one UPDATE, SQLite: one
+    # per INSERT); the batch row's writes, savepoints and SQLite's write lock: a few more.
+    inserts = BIG_BATCH // INSERT_BATCH
+    assert len(statements) <= inserts + (1 if POSTGRES else inserts) + 15, statements
+    assert get_batch(b.id).counts["pending"] == BIG_BATCH
+    for _ in range(2):
+        worker_processes.start("--burst", "--concurrency", "8")
+    wait_until(lambda: get_batch(b.id).finished, timeout=120, interval=0.5)
+    wait_until(lambda: Execution.objects.filter(tag="done").exists(), timeout=30)
+    worker_processes.stop_all()
+    assert get_batch(b.id).counts == {
+        "pending": 0, "completed": BIG_BATCH, "failed": 0, "cancelled": 0,
+    }  # fmt: skip
+    assert Execution.objects.filter(tag="done").count() == 1
+    assert Job.objects.filter(batch_id=b.id, status="completed").count() == BIG_BATCH

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..base import NEW_JOB_COLUMNS, NewJob, Status
+from .producing import INSERT_BATCH
 from .sql import _SQL
 
 #: Fields of a callback's :class:`NewJob` kept on the batch row (the others are chosen when
@@ -25,8 +26,6 @@ from .sql import _SQL
 CALLBACK_FIELDS: tuple[str, ...] = tuple(
     name for name in NEW_JOB_COLUMNS if name not in ("job_id", "run_after", "notify", "enqueued_at")
 )
-#: Ids per statement when jobs join a batch.
-_CHUNK = 500
 #: A batch's callbacks, by the name of their field on its row.
 CALLBACKS: tuple[str, ...] = ("on_success", "on_complete")
 
@@ -59,13 +58,18 @@ def batch_table(sql: _SQL) -> str:
 
 
 def join(sql: _SQL, batch_id: str, job_ids: Sequence[str]) -> None:
-    """The new jobs ``job_ids`` join the batch (in the transaction that writes them)."""
-    for start in range(0, len(job_ids), _CHUNK):
-        chunk = job_ids[start : start + _CHUNK]
-        marks = ", ".join(["%s"] * len(chunk))
-        sql.execute(
-            f"UPDATE {sql.table} SET batch_id = %s WHERE job_id IN ({marks})", [batch_id, *chunk]
-        )
+    """The new jobs ``job_ids`` join the batch (in the transaction that writes them): on
+    PostgreSQL one ``UPDATE`` whatever their number (the ids as one array), elsewhere one
+    per :data:`~.producing.INSERT_BATCH` ids, as they were inserted."""
+    chunk = len(job_ids) if sql.vendor == "postgresql" else INSERT_BATCH
+    for start in range(0, len(job_ids), chunk):
+        ids = list(job_ids[start : start + chunk])
+        params: list[Any]
+        if sql.vendor == "postgresql":
+            where, params = "job_id = ANY(%s)", [ids]
+        else:
+            where, params = f"job_id IN ({', '.join(['%s'] * len(ids))})", ids
+        sql.execute(f"UPDATE {sql.table} SET batch_id = %s WHERE {where}", [batch_id, *params])
     sql.execute(
         f"UPDATE {batch_table(sql)} SET total = total + %s WHERE id = %s", [len(job_ids), batch_id]
     )
