@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from ..base import NEW_JOB_COLUMNS, NewJob, Status
-from .producing import INSERT_BATCH
 from .sql import _SQL
 
 #: Fields of a callback's :class:`NewJob` kept on the batch row (the others are chosen when
@@ -26,6 +25,9 @@ from .sql import _SQL
 CALLBACK_FIELDS: tuple[str, ...] = tuple(
     name for name in NEW_JOB_COLUMNS if name not in ("job_id", "run_after", "notify", "enqueued_at")
 )
+#: Ids per ``UPDATE`` when jobs join a batch, but on PostgreSQL (one array, one statement):
+#: as many as ``enqueue_many`` inserts per statement, well under SQLite's parameter limit.
+JOIN_BATCH = 1000
 #: A batch's callbacks, by the name of their field on its row.
 CALLBACKS: tuple[str, ...] = ("on_success", "on_complete")
 
@@ -60,8 +62,8 @@ def batch_table(sql: _SQL) -> str:
 def join(sql: _SQL, batch_id: str, job_ids: Sequence[str]) -> None:
     """The new jobs ``job_ids`` join the batch (in the transaction that writes them): on
     PostgreSQL one ``UPDATE`` whatever their number (the ids as one array), elsewhere one
-    per :data:`~.producing.INSERT_BATCH` ids, as they were inserted."""
-    chunk = len(job_ids) if sql.vendor == "postgresql" else INSERT_BATCH
+    per :data:`JOIN_BATCH` ids."""
+    chunk = len(job_ids) if sql.vendor == "postgresql" else JOIN_BATCH
     for start in range(0, len(job_ids), chunk):
         ids = list(job_ids[start : start + chunk])
         params: list[Any]
