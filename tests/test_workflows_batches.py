@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from django_jobqueue import batch, get_batch
 from django_jobqueue.models import Job, JobBatch
+from django_jobqueue.querysets.batches import JOIN_BATCH
 from django_jobqueue.querysets.producing import INSERT_BATCH
 from django_jobqueue.routers import queue_database
 from django_jobqueue.testing import run_jobs
@@ -83,8 +84,8 @@ def test_a_batch_of_100000_jobs_enqueues_in_bounded_statements_and_fires_once(
     statements = [q["sql"][:60] for q in queries.captured_queries]
     # One INSERT per INSERT_BATCH jobs; their joining (PostgreSQL: one UPDATE, SQLite: one
     # per INSERT); the batch row's writes, savepoints and SQLite's write lock: a few more.
-    inserts = BIG_BATCH // INSERT_BATCH
-    assert len(statements) <= inserts + (1 if POSTGRES else inserts) + 15, statements
+    joins = 1 if POSTGRES else BIG_BATCH // JOIN_BATCH
+    assert len(statements) <= BIG_BATCH // INSERT_BATCH + joins + 15, statements
     assert get_batch(b.id).counts["pending"] == BIG_BATCH
     for _ in range(2):
         worker_processes.start("--burst", "--concurrency", "8")
@@ -96,3 +97,30 @@ def test_a_batch_of_100000_jobs_enqueues_in_bounded_statements_and_fires_once(
     }  # fmt: skip
     assert Execution.objects.filter(tag="done").count() == 1
     assert Job.objects.filter(batch_id=b.id, status="completed").count() == BIG_BATCH
+
+
+def test_the_admin_shows_batches_their_counts_callbacks_and_jobs_and_blocked_jobs(admin_client):
+    with batch(on_success=noop.bind(), on_complete=collects.bind("done"), name="import 42") as b:
+        first = add.enqueue(1, 2)
+        add.using(after=first).enqueue(3, 4)  # blocked until first completed
+    pages = "/admin/django_jobqueue/"
+    listing = admin_client.get(f"{pages}jobbatch/").content.decode()
+    assert "import 42" in listing and "waiting for its jobs" in listing
+    detail = admin_client.get(f"{pages}jobbatch/{b.id}/change/").content.decode()
+    assert "not enqueued yet" in detail
+    link = f"{pages}job/?batch_id={b.id}"
+    assert link in detail
+    jobs = admin_client.get(link)
+    assert jobs.status_code == 200
+    assert first.id in jobs.content.decode()
+    overview = admin_client.get(f"{pages}job/overview/")
+    assert overview.status_code == 200 and "Blocked" in overview.content.decode()
+    assert overview.context["overview"].total.counts["blocked"] == 1
+    run_jobs()
+    listing = admin_client.get(f"{pages}jobbatch/").content.decode()
+    assert "enqueued" in listing
+    detail = admin_client.get(f"{pages}jobbatch/{b.id}/change/").content.decode()
+    assert "on_success</a>" in detail and "on_complete</a>" in detail and "Completed" in detail
+    outsider = noop.enqueue()
+    others = admin_client.get(link).content.decode()
+    assert outsider.id not in others and first.id in others
