@@ -4,7 +4,7 @@
     python bench/run.py [--db postgres|sqlite|all] [--quick] [--only SCENARIO ...]
     python bench/run.py --profile roundtrip|worker      # cProfile of one side, PostgreSQL + Redis
 
-Scenarios: enqueue, enqueue_many, drain, roundtrip, wakeup, backlog, memory (see
+Scenarios: enqueue, enqueue_many, drain, roundtrip, chain, wakeup, backlog, memory (see
 bench/README.md). The parent process prepares each database (drops and recreates the
 PostgreSQL database, or makes a fresh SQLite file in a temporary directory), then runs the
 scenarios of that database in a child process (Django settings are per process), which starts
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ SCENARIOS = [
     "enqueue_many",
     "drain",
     "roundtrip",
+    "chain",
     "enqueue_wait",
     "floor",
     "wakeup",
@@ -68,6 +70,8 @@ AIMS = {
     ("round trip, RedisChannelLayer", "p99 ms"): "<= 5",
     ("round trip, RedisPubSubChannelLayer", "p50 ms"): "<= 2",
     ("round trip, RedisPubSubChannelLayer", "p99 ms"): "<= 5",
+    ("chain of 3 no-op jobs, RedisChannelLayer", "vs one round trip, p50"): "<= 3x",
+    ("chain of 3 no-op jobs, RedisPubSubChannelLayer", "vs one round trip, p50"): "<= 3x",
     ("backlog 1M, other queue", "vs empty"): ">= 90%",
     ("backlog 1M, same queue", "vs empty"): ">= 90%",
     ("backlog 1M", "claim plan"): "index scan",
@@ -82,6 +86,8 @@ SIZES: dict[str, dict[str, int]] = {
         "drain_sqlite": 6000,
         "roundtrip": 500,
         "roundtrip_sqlite": 100,
+        "chain": 200,
+        "chain_sqlite": 50,
         "enqueue_wait": 200,
         "enqueue_wait_sqlite": 50,
         "wakeup": 200,
@@ -100,6 +106,8 @@ SIZES: dict[str, dict[str, int]] = {
         "drain_sqlite": 2000,
         "roundtrip": 200,
         "roundtrip_sqlite": 50,
+        "chain": 50,
+        "chain_sqlite": 20,
         "enqueue_wait": 200,
         "enqueue_wait_sqlite": 30,
         "wakeup": 50,
@@ -889,6 +897,61 @@ def roundtrip(b: Bench, mode: str) -> None:
         "worker wake; 'started_at -> finished_at' is the claim query, hand-off to the job "
         "thread, the job, hand-back; 'finished_at -> return' is the completion write, the "
         "'finished' notification and the waiter's read."
+    )
+
+
+def scenario_chain(b: Bench) -> None:
+    """A chain of 3 no-op jobs, enqueued and waited for (``chain(...).enqueue_and_wait``),
+    against one round trip, alternately on one idle worker: the cost of a workflow's steps
+    (each child queued in its parent's ending transaction, then claimed)."""
+    from bench.benchapp.jobs import echo, noop
+    from django_jobqueue import chain
+
+    for alias in b.layers():
+        with b.layer(alias) as mode:
+            b.reset()
+            n = b.size("chain")
+            took: dict[str, list[float]] = {"round trip": [], "chain": []}
+            errors: list[str] = []
+            three = chain(noop.bind(), noop.bind(), noop.bind())
+            with b.workers(1):
+                echo.using(timeout=20).enqueue_and_wait(-1)  # the worker is up
+                waiting = echo.using(timeout=5)
+                for i in range(10):  # warm-up, both kinds
+                    with contextlib.suppress(Exception):
+                        waiting.enqueue_and_wait(i)
+                        three.enqueue_and_wait(timeout=5)
+                deadline = b.bound(90)
+                for i in range(n):  # alternately: both see the same machine
+                    if time.monotonic() > deadline:
+                        errors.append(f"stopped by the time bound after {i} pairs")
+                        break
+                    calls: tuple[tuple[str, Callable[[], Any]], ...] = (
+                        ("round trip", functools.partial(waiting.enqueue_and_wait, i)),
+                        ("chain", functools.partial(three.enqueue_and_wait, timeout=5)),
+                    )
+                    for kind, call in calls:
+                        t0 = time.perf_counter()
+                        try:
+                            call()
+                        except Exception as exc:
+                            errors.append(f"{kind}: {exc!r}")
+                            continue
+                        took[kind].append(time.perf_counter() - t0)
+            label = f"chain of 3 no-op jobs, {mode}"
+            b.row(label, "samples", f"{len(took['chain'])}")
+            one, three_p50 = percentile(took["round trip"], 50), percentile(took["chain"], 50)
+            b.row(label, "p50 ms, one round trip", fmt_ms(one))
+            b.row(label, "p50 ms, the chain", fmt_ms(three_p50))
+            b.row(label, "p99 ms, the chain", fmt_ms(percentile(took["chain"], 99)))
+            b.row(label, "vs one round trip, p50", f"{three_p50 / one:.2f}x" if one else "-")
+            if errors:
+                b.note(f"{label}: {len(errors)} errors: {'; '.join(errors[:5])}")
+    b.note(
+        "chain: one idle `runjobworker --concurrency 2`; 10 warm-up pairs, then alternately "
+        "`echo.using(timeout=5).enqueue_and_wait(i)` and `chain(noop.bind(), noop.bind(), "
+        "noop.bind()).enqueue_and_wait(timeout=5)` (one transaction for the three; each "
+        "child queued in its parent's ending transaction, then claimed)."
     )
 
 
@@ -1818,6 +1881,7 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench], None]] = {
     "enqueue_many": scenario_enqueue_many,
     "drain": scenario_drain,
     "roundtrip": scenario_roundtrip,
+    "chain": scenario_chain,
     "enqueue_wait": scenario_enqueue_wait,
     "floor": scenario_floor,
     "wakeup": scenario_wakeup,

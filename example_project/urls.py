@@ -32,6 +32,8 @@ urlpatterns = [
     path("api/notify-partner", shop.notify, name="notify-partner"),
     # A debounced job: a burst of clicks runs it once, with the last click's arguments.
     path("api/reindex", shop.reindex, name="reindex"),
+    # A workflow: a chain of three jobs, each after the one before.
+    path("api/workflow", shop.workflow, name="workflow"),
     # A job, by the signed token of the status URL its view answered with.
     path("api/jobs/<str:token>", shop.job_status, name="job-status"),
 ]

@@ -195,6 +195,7 @@ def test_home_page_has_a_button_per_pattern(example):
         "/api/import-orders": "import",
         "/api/notify-partner": "notify",
         "/api/reindex": "reindex",
+        "/api/workflow": "workflow",
     }
     for form in forms.values():
         assert f'<pre class="result" id="{form}-result"' in html
@@ -380,6 +381,27 @@ def test_poison_job_ends_as_a_dead_letter(example):
     assert (name, attempts) == ("example_project.shop.jobs.import_feed", 3)
     assert "raise ValueError" in trace
     assert answer["dead_letters"] == f"{example.base}/admin/django_jobqueue/deadletter/"
+
+
+def test_workflow_button_runs_a_chain_each_job_after_the_one_before(example):
+    status, answer = example.call("POST", "/api/workflow", {"url": "https://example.com/a"})
+    assert status == 202, answer
+    fetch, parse, store = answer["job_ids"]
+    assert answer["statuses"] == ["queued", "blocked", "blocked"]
+    job = example.wait_for_job(answer["status_url"], "completed", "failed")
+    assert job["id"] == store and job["status"] == "completed", job
+    assert job["result"] == {
+        "url": "https://example.com/a", "words": 6, "stored": True, "after": parse,
+    }  # fmt: skip
+    rows = example.sql(
+        "SELECT job_id, started_at, finished_at FROM django_jobqueue_job WHERE job_id IN (?, ?, ?)",
+        fetch, parse, store,
+    )  # fmt: skip
+    times = {job_id: (started, finished) for job_id, started, finished in rows}
+    for before, after in pairwise((fetch, parse, store)):
+        assert times[before][1] <= times[after][0]  # finished before the next one started
+    status, answer = example.call("POST", "/api/workflow", {"url": 42})
+    assert status == 400 and "url" in answer["error"]
 
 
 # -- the worker's controls ----------------------------------------------------------------------

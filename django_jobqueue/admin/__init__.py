@@ -13,11 +13,13 @@ transaction per click.
 * :mod:`.display`: what both admins share (formatting, paginator, filters, columns);
 * :mod:`.jobs`: :class:`JobAdmin`; :mod:`.deadletters`: :class:`DeadLetterAdmin`;
 * :mod:`.overview`: the queue overview page, over :mod:`django_jobqueue.stats`;
-* :mod:`.schedules`: periodic jobs (pause, resume, run now); :mod:`.workers`: live workers.
+* :mod:`.schedules`: periodic jobs (pause, resume, run now); :mod:`.workers`: live workers;
+* :mod:`.batches`: batches of jobs (``with batch(...)``), their counts and callbacks.
 """
 
 from __future__ import annotations
 
+from .batches import JobBatchAdmin
 from .deadletters import DeadLetterAdmin
 from .display import COUNT_CAP, VALUE_CAP, CappedCountPaginator, human_seconds
 from .jobs import JobAdmin
@@ -32,6 +34,7 @@ __all__ = [
     "CappedCountPaginator",
     "DeadLetterAdmin",
     "JobAdmin",
+    "JobBatchAdmin",
     "ScheduleAdmin",
     "WorkerHeartbeatAdmin",
     "build_overview",

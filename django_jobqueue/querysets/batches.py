@@ -25,8 +25,16 @@ from .sql import _SQL
 CALLBACK_FIELDS: tuple[str, ...] = tuple(
     name for name in NEW_JOB_COLUMNS if name not in ("job_id", "run_after", "notify", "enqueued_at")
 )
-#: Ids per statement when jobs join a batch.
-_CHUNK = 500
+#: Ids per ``UPDATE`` when jobs join a batch, but on PostgreSQL (one array, one statement):
+#: as many as ``enqueue_many`` inserts per statement, well under SQLite's parameter limit.
+JOIN_BATCH = 1000
+#: A batch's callbacks, by the name of their field on its row.
+CALLBACKS: tuple[str, ...] = ("on_success", "on_complete")
+
+
+def callback_id(batch_id: str, kind: str) -> str:
+    """The job id of ``batch_id``'s callback ``kind`` (one of :data:`CALLBACKS`)."""
+    return f"batch:{batch_id}:{kind}"
 
 
 @dataclass
@@ -52,13 +60,18 @@ def batch_table(sql: _SQL) -> str:
 
 
 def join(sql: _SQL, batch_id: str, job_ids: Sequence[str]) -> None:
-    """The new jobs ``job_ids`` join the batch (in the transaction that writes them)."""
-    for start in range(0, len(job_ids), _CHUNK):
-        chunk = job_ids[start : start + _CHUNK]
-        marks = ", ".join(["%s"] * len(chunk))
-        sql.execute(
-            f"UPDATE {sql.table} SET batch_id = %s WHERE job_id IN ({marks})", [batch_id, *chunk]
-        )
+    """The new jobs ``job_ids`` join the batch (in the transaction that writes them): on
+    PostgreSQL one ``UPDATE`` whatever their number (the ids as one array), elsewhere one
+    per :data:`JOIN_BATCH` ids."""
+    chunk = len(job_ids) if sql.vendor == "postgresql" else JOIN_BATCH
+    for start in range(0, len(job_ids), chunk):
+        ids = list(job_ids[start : start + chunk])
+        params: list[Any]
+        if sql.vendor == "postgresql":
+            where, params = "job_id = ANY(%s)", [ids]
+        else:
+            where, params = f"job_id IN ({', '.join(['%s'] * len(ids))})", ids
+        sql.execute(f"UPDATE {sql.table} SET batch_id = %s WHERE {where}", [batch_id, *params])
     sql.execute(
         f"UPDATE {batch_table(sql)} SET total = total + %s WHERE id = %s", [len(job_ids), batch_id]
     )
@@ -101,16 +114,15 @@ def finish(sql: _SQL, batch_id: str, now: datetime, released: Released) -> None:
     succeeded, on_success, on_complete = rows[0]
     field_ = _batch_model(sql)._meta.get_field("on_success")
     callbacks = []
-    for kind, spec in (
-        ("on_success", on_success if succeeded else None),
-        ("on_complete", on_complete),
-    ):
+    specs = {"on_success": on_success if succeeded else None, "on_complete": on_complete}
+    for kind in CALLBACKS:
+        spec = specs[kind]
         spec = field_.from_db_value(spec, None, sql.connection) if isinstance(spec, str) else spec
         if spec is None:
             continue
         callbacks.append(
             NewJob(
-                job_id=f"batch:{batch_id}:{kind}",
+                job_id=callback_id(batch_id, kind),
                 run_after=None,
                 notify=False,
                 enqueued_at=now,
@@ -122,3 +134,27 @@ def finish(sql: _SQL, batch_id: str, now: datetime, released: Released) -> None:
         jobs.insert_new(callbacks)
         released.queues.update(job.queue for job in callbacks)
         released.queued.extend(job.job_id for job in callbacks)
+
+
+def prune(sql: _SQL, limit: int) -> int:
+    """Delete at most ``limit`` batch rows no longer needed; return how many.
+
+    A batch's row is kept until its callbacks were enqueued (``callbacks_done``) and then
+    as long as any of its jobs or callback jobs exists: it goes with the last of them, so
+    it lives as long as the longest ``result_ttl`` among them (``get_batch()`` answers
+    while any of its jobs can still be looked at), never before its callbacks ran.
+    """
+    table = batch_table(sql)
+    callbacks = ", ".join(["%s || b.id || %s"] * len(CALLBACKS))
+    params: list[Any] = []
+    for kind in CALLBACKS:  # callback_id(b.id, kind) in SQL: the parts around the id
+        params += callback_id("\0", kind).split("\0")
+    doomed = (
+        f"SELECT b.id FROM {table} b WHERE b.callbacks_done "
+        f"AND NOT EXISTS (SELECT 1 FROM {sql.table} j WHERE j.batch_id = b.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM {sql.table} j WHERE j.job_id IN ({callbacks})) "
+        "ORDER BY b.finished_at LIMIT %s"
+    )
+    with sql.connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE id IN ({doomed})", [*params, limit])
+        return int(cursor.rowcount)

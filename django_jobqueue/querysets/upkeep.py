@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 
 from ..base import ACTIVE, FINISHED
+from . import batches
 from .dependencies import dependency_table
 from .sql import SQLQuerySet
 
@@ -91,3 +92,9 @@ class UpkeepQuerySet(SQLQuerySet):
             )
             cursor.execute(f"DELETE FROM {sql.table} WHERE {chosen}", [*ids, *params])
             return int(cursor.rowcount)
+
+    def prune_batches(self, *, limit: int = PRUNE_BATCH) -> int:
+        """Delete at most ``limit`` batch rows whose callbacks ran and whose jobs and
+        callback jobs were all pruned (:func:`.batches.prune`); return how many."""
+        with transaction.atomic(using=self.db):
+            return batches.prune(self._sql(), limit)

@@ -196,12 +196,17 @@ class Upkeep:
 
     def prune(self) -> int:
         """Delete one batch (``PRUNE_BATCH``) of finished jobs past their ``result_ttl``,
-        with their results, and one of dead letters past ``DEAD_LETTER_TTL`` or beyond
-        ``DEAD_LETTER_MAX`` (no statement when both are None); return the larger count."""
+        with their results (then, if it deleted any, of job batches gone with their jobs:
+        :meth:`~.JobQuerySet.prune_batches`), and one of dead letters past
+        ``DEAD_LETTER_TTL`` or beyond ``DEAD_LETTER_MAX`` (no statement when both are None);
+        return the larger count."""
         now, batch = clock.now(), conf.settings.PRUNE_BATCH
         deleted = self._jobs().prune(now, limit=batch)
         if deleted:
             logger.debug("pruned %d finished jobs past their result_ttl", deleted)
+            batches = self._jobs().prune_batches(limit=batch)  # they may go with their jobs
+            if batches:
+                logger.debug("pruned %d batches whose jobs were all pruned", batches)
         ttl, keep = conf.settings.DEAD_LETTER_TTL, conf.settings.DEAD_LETTER_MAX
         if ttl is None and keep is None:
             return deleted

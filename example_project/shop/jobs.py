@@ -116,6 +116,32 @@ def reindex_search(shop, reason=""):
     return {"shop": shop, "reason": reason}
 
 
+# -- a workflow: a chain fetch -> parse -> store -------------------------------------------------
+
+
+@job
+def fetch_page(url):
+    """The chain's first step: fetch a page (simulated: no network in the example)."""
+    return {"url": url, "html": f"<h1>{url}</h1><p>Hello from the example shop</p>"}
+
+
+@job(takes_context=True)
+def parse_page(ctx):
+    """The second step, queued when ``fetch_page`` completed: reads its result from
+    ``ctx.parent_results`` (a chain passes no arguments along) and counts the words."""
+    (page,) = ctx.parent_results.values()
+    text = page["html"].replace("<", " <").replace(">", "> ")
+    words = [word for word in text.split() if not word.startswith("<")]
+    return {"url": page["url"], "words": len(words)}
+
+
+@job(takes_context=True)
+def store_page(ctx):
+    """The last step: "stores" what ``parse_page`` found, and says which jobs ran before."""
+    ((parent, parsed),) = ctx.parent_results.items()
+    return {**parsed, "stored": True, "after": parent}
+
+
 # -- retries and dead letters ---------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 
-from django_jobqueue import JobFailedError, JobHandle, JobTimeoutError, get_job
+from django_jobqueue import JobFailedError, JobHandle, JobTimeoutError, chain, get_job
 from django_jobqueue.models import Schedule
 
 from .jobs import (
@@ -38,13 +38,16 @@ from .jobs import (
     charge_card,
     crunch_numbers,
     export_orders,
+    fetch_page,
     import_feed,
     import_orders,
     notify_partner,
+    parse_page,
     refresh_rates,
     reindex_search,
     render_report,
     send_welcome_email,
+    store_page,
 )
 
 
@@ -480,6 +483,25 @@ def reindex(request: HttpRequest) -> JsonResponse:
             "job_id": handle.id,
             "created": handle.created,
             "status_url": status_url(request, handle.id),
+        },
+        status=202,
+    )
+
+
+# -- a workflow -----------------------------------------------------------------------------------
+
+
+@api("POST")
+def workflow(request: HttpRequest) -> JsonResponse:
+    """Enqueue ``chain(fetch_page, parse_page, store_page)`` in one transaction: each runs
+    after the one before completed; the page follows the last one."""
+    url = text_field(json_body(request), "url", max_length=2000, default="https://example.com/")
+    handles = chain(fetch_page.bind(url), parse_page.bind(), store_page.bind()).enqueue()
+    return JsonResponse(
+        {
+            "job_ids": [handle.id for handle in handles],
+            "statuses": [handle.status for handle in handles],
+            "status_url": status_url(request, handles[-1].id),
         },
         status=202,
     )

@@ -98,6 +98,7 @@ def check(faults: list[Applied], producer_log: Path, lease: float) -> Report:
     _waiters(report, calls, [f for f in faults if f.kind == "pg-restart"])
     _ticks(report, jobs, events)
     _limits(report, events, lease)
+    _workflows(report, jobs, events, calls)
     return report
 
 
@@ -105,6 +106,12 @@ def _lost(report: Report, jobs: dict[str, Any], calls: list[dict[str, Any]]) -> 
     """Every job the producer saw committed exists; every job ends completed."""
     committed = {c["job_id"] for c in calls if c.get("call") == "enqueue" and c["outcome"] == "ok"}
     committed |= {c["job_id"] for c in calls if c.get("call") == "wait" and c["outcome"] == "value"}
+    committed |= {
+        job_id
+        for c in calls
+        if c.get("call") == "workflow" and c["outcome"] == "ok"
+        for job_id in c["jobs"]
+    }
     missing = sorted(committed - set(jobs))
     unfinished = sorted(job_id for job_id, row in jobs.items() if row["status"] != "completed")
     report.lost = len(missing) + len(unfinished)
@@ -341,3 +348,118 @@ def _limits(report: Report, events: dict[str, list[tuple[Any, ...]]], lease: flo
                 )
         else:
             running.remove(row)
+
+
+def _completing_end(
+    jobs: dict[str, Any], events: dict[str, list[tuple[Any, ...]]], job_id: str
+) -> tuple[Any, ...] | None:
+    """The ledger's ``end`` row of the run that completed ``job_id`` (its last attempt)."""
+    row = jobs.get(job_id)
+    if row is None or row["status"] != "completed":
+        return None
+    done = [r for r in events.get(job_id, []) if r[2] == "end" and r[3] == row["attempts"]]
+    return done[0] if done else None
+
+
+def _workflows(
+    report: Report,
+    jobs: dict[str, Any],
+    events: dict[str, list[tuple[Any, ...]]],
+    calls: list[dict[str, Any]],
+) -> None:
+    """Workflows (``chaos.step`` in chains and groups, each workflow in a batch whose
+    ``on_complete`` is ``chaos.callback``): no child starts before all its parents
+    completed; no job stays blocked after its parents ended; every batch callback ran
+    exactly once, after every job of its batch ended, and the batch's counters match its
+    jobs."""
+    try:
+        from django_jobqueue.models import JobBatch, JobDependency
+        from django_jobqueue.querysets.batches import callback_id
+    except ImportError:
+        report.notes.append("skipped: workflows not available in this package")
+        return
+    links = JobDependency.objects.filter(child__name__startswith="chaos.").values_list(
+        "child__job_id", "parent_job_id"
+    )
+    parents: dict[str, list[str]] = defaultdict(list)
+    for child, parent in links:
+        parents[child].append(parent)
+    for child, its in parents.items():
+        starts = [r for r in events.get(child, []) if r[2] == "start"]
+        for parent in its:
+            done = _completing_end(jobs, events, parent)
+            if starts and (done is None or starts[0][8] < done[8]):
+                report.fail(
+                    "no child starts before all its parents completed",
+                    f"{child} started at {starts[0][8]}, its parent {parent} "
+                    + ("never completed" if done is None else f"completed at {done[8]}"),
+                    events.get(parent, []) + events.get(child, []),
+                )
+    for job_id, row in jobs.items():
+        if row["status"] == "blocked":
+            waiting = {p: jobs[p]["status"] if p in jobs else "gone" for p in parents[job_id]}
+            report.fail(
+                "no job stays blocked after its parents ended",
+                f"{job_id}: blocked after the drain, its parents {waiting}",
+                _ledger_rows(job_id),
+            )
+    sealed = [c for c in calls if c.get("call") == "workflow" and c["outcome"] == "ok"]
+    rows = {row.id: row for row in JobBatch.objects.filter(id__in=[c["batch"] for c in sealed])}
+    callbacks = {job_id: row for job_id, row in jobs.items() if row["name"] == "chaos.callback"}
+    for call in sealed:
+        _batch(report, jobs, events, call, rows.get(call["batch"]), callback_id)
+    expected = {callback_id(c["batch"], "on_complete") for c in sealed}
+    for job_id in sorted(set(callbacks) - expected)[:10]:
+        report.fail(
+            "every batch callback ran exactly once",
+            f"{job_id}: a callback of no sealed batch",
+            _ledger_rows(job_id),
+        )
+    report.notes.append(
+        f"workflows: {len(sealed)} batches of {sum(len(c['jobs']) for c in sealed)} jobs, "
+        f"{len(parents)} children checked, {len(callbacks)} callbacks"
+    )
+
+
+def _batch(
+    report: Report,
+    jobs: dict[str, Any],
+    events: dict[str, list[tuple[Any, ...]]],
+    call: dict[str, Any],
+    row: Any,
+    callback_id: Any,
+) -> None:
+    """One sealed batch: its callback job exists, completed, started after every job of
+    the batch ended, and is the callback of this batch; its counters match its jobs."""
+    invariant = "every batch callback ran exactly once"
+    batch_id, members = call["batch"], call["jobs"]
+    job_id = callback_id(batch_id, "on_complete")
+    callback = jobs.get(job_id)
+    if row is None or not row.callbacks_done or callback is None:
+        state = "no row" if row is None else f"callbacks_done={row.callbacks_done}"
+        report.fail(invariant, f"{batch_id}: {state}, callback job {callback and 'exists'}")
+        return
+    if callback["args"] != [call["n"]]:
+        report.fail(invariant, f"{job_id}: args {callback['args']}, batch of {call['n']}")
+    starts = [r for r in events.get(job_id, []) if r[2] == "start"]
+    ends = [done[8] for m in members if (done := _completing_end(jobs, events, m))]
+    if starts and ends and starts[0][8] < max(ends):
+        report.fail(
+            invariant,
+            f"{job_id} started at {starts[0][8]}, before its batch's last job ended ({max(ends)})",
+            starts,
+        )
+    statuses = [jobs[m]["status"] if m in jobs else "gone" for m in members]
+    counted = (row.total, row.completed, row.failed, row.cancelled)
+    actual = (
+        len(members),
+        statuses.count("completed"),
+        statuses.count("failed"),
+        statuses.count("cancelled"),
+    )
+    if counted != actual:
+        report.fail(
+            invariant,
+            f"{batch_id}: counters (total, completed, failed, cancelled) {counted}, "
+            f"its jobs {actual}",
+        )

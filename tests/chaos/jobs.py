@@ -46,6 +46,19 @@ def tick(ctx: JobContext) -> dict[str, Any]:
     return _run(ctx, "tick", 0)
 
 
+@job(name="chaos.step", takes_context=True)
+def step(ctx: JobContext, n: int, index: int) -> dict[str, Any]:
+    """A job of a workflow (a chain with a group, in a batch): ``grp`` is its workflow,
+    ``seq`` its place in it."""
+    return _run(ctx, "step", n * 10 + index, f"wf{n}", index)
+
+
+@job(name="chaos.callback", takes_context=True)
+def callback(ctx: JobContext, n: int) -> dict[str, Any]:
+    """A batch's ``on_complete``: ``grp`` is the batch's workflow."""
+    return _run(ctx, "callback", n, f"wf{n}")
+
+
 if os.environ.get("CHAOS_OLD_CODE") != "1":
 
     @job(name="chaos.fresh", takes_context=True)

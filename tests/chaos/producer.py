@@ -3,7 +3,8 @@ gave to a JSON-lines file (one line per call) for the checker.
 
 ``python -m tests.chaos.producer <out.jsonl> <stop-file> <seed>``: runs until the stop
 file exists. Three threads: waiters (``enqueue_and_wait`` with a timeout), fire-and-forget
-enqueues, and groups (each group's jobs enqueued in order, one at a time).
+enqueues, groups (each group's jobs enqueued in order, one at a time), and workflows (a
+chain with a group, in a batch with an ``on_complete`` callback), where the package has them.
 """
 
 from __future__ import annotations
@@ -124,6 +125,31 @@ class Producer:
                 seqs[grp] = seq + 1
             time.sleep(rng.uniform(0.1, 0.5))
 
+    def workflows(self, rng: random.Random) -> None:
+        """``chain(step 0, group(step 1, step 2), step 3)`` (a diamond) in a batch whose
+        ``on_complete`` is ``chaos.callback``; one line per workflow with its batch and jobs
+        once the batch is sealed (the ``with`` block exited)."""
+        try:
+            from django_jobqueue import batch, chain, group
+        except ImportError:
+            return  # a package without workflows: the checker says so
+        n = 0
+        while self.running():
+            n += 1
+            try:
+                with batch(on_complete=jobs.callback.bind(n), name=f"chaos-{self.seed}-{n}") as b:
+                    steps = [jobs.step.bind(n, index) for index in range(4)]
+                    handles = chain(steps[0], group(steps[1], steps[2]), steps[3]).enqueue()
+            except Exception as exc:
+                self.record(call="workflow", n=n, outcome="error", error=repr(exc)[:200])
+                connection.close()
+                time.sleep(0.5)
+                continue
+            self.record(
+                call="workflow", n=n, outcome="ok", batch=b.id, jobs=[h.id for h in handles]
+            )
+            time.sleep(rng.uniform(0.3, 1.0))
+
     def run(self) -> None:
         threads = [
             threading.Thread(target=self.waiters, args=(i, random.Random(self.seed * 10 + i)))
@@ -131,6 +157,9 @@ class Producer:
         ]
         threads.append(threading.Thread(target=self.fire, args=(random.Random(self.seed + 7),)))
         threads.append(threading.Thread(target=self.groups, args=(random.Random(self.seed + 11),)))
+        threads.append(
+            threading.Thread(target=self.workflows, args=(random.Random(self.seed + 13),))
+        )
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -151,7 +151,8 @@ def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
         help="Delete finished jobs past their result_ttl, with their results.",
         description="Delete finished jobs (completed, failed, cancelled) past their "
         "result_ttl, with their results, in batches of PRUNE_BATCH rows, each in its own "
-        "short transaction, until none is left; then dead letters past DEAD_LETTER_TTL or "
+        "short transaction, until none is left; then job batches (with batch()) whose "
+        "callbacks ran and whose jobs are all gone; then dead letters past DEAD_LETTER_TTL or "
         "beyond DEAD_LETTER_MAX, oldest first (kept when both are None). Workers do the "
         "same continuously; this is for catching up or for a deployment without workers.",
     )
@@ -340,9 +341,17 @@ class Command(BaseCommand):
             total += deleted
             if deleted < batch:
                 break
+        batches = 0
+        while True:
+            pruned = jobs.prune_batches(limit=batch)
+            batches += pruned
+            if pruned < batch:
+                break
         letters = prune_dead_letters(now)
         more = "" if letters is None else f", and {letters} dead letters"
-        self.stdout.write(f"deleted {total} {what}, with their results{more}")
+        self.stdout.write(
+            f"deleted {total} {what}, with their results, {batches} finished batches{more}"
+        )
 
     # -- dead letters ----------------------------------------------------------------------
 
