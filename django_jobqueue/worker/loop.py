@@ -158,7 +158,7 @@ class Worker:
             ",".join(self.queues) if self.queues else "*",
             self.concurrency,
             notifier.describe(),
-            self._describe_schedules(),
+            _schedules_named(self.schedule, self.scheduler),
             # The job names it can run: one whose module was never imported shows up missing.
             ",".join(sorted(registry.names())) or "(none registered)",
         )
@@ -174,13 +174,6 @@ class Worker:
             self._connection.close()
             logger.info("worker stopped name=%s processed=%d", self.name, self.processed)
         return self.exit_code
-
-    def _describe_schedules(self) -> str:
-        if not self.schedule:
-            return "off"
-        if self.scheduler is None:
-            return "none"
-        return ",".join(spec.name for spec in self.scheduler.specs)
 
     def stop(self) -> None:
         """Finish the running jobs, hand back prefetched ones, then return from :meth:`run`."""
@@ -348,3 +341,12 @@ class Worker:
 
     def _forget(self, job_id: int) -> None:
         self._running.pop(job_id, None)
+
+
+def _schedules_named(schedule: bool, scheduler: periodic.Scheduler | None) -> str:
+    """The start-up line's ``schedules=``: ``off``, ``none`` or the schedules' names."""
+    if not schedule:
+        return "off"
+    if scheduler is None:
+        return "none"
+    return ",".join(spec.name for spec in scheduler.specs)
