@@ -253,7 +253,9 @@ class Settings:
     SCHEDULE: Key[Any] = Key({}, object, words="a dict of name -> entry")  # periodic.py: E020
     #: Context classes (``capture()``/``restore(value)``): propagation.py; E040, E041.
     CONTEXT: Key[list[str]] = Key(
-        ["django_jobqueue.context.Locale"], list, words="a list of dotted paths"
+        ["django_jobqueue.context.Locale", "django_jobqueue.context.TraceContext"],
+        list,
+        words="a list of dotted paths",
     )
     # Operations (docs/guide/operations.md).
     PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)
