@@ -13,7 +13,7 @@ from django.db import router
 
 from . import conf
 from .conf import DEFAULTS, KEYS, Fault, Key, behind_transaction_pooler
-from .limits import LimitConfigError, parse_rule, rule_for
+from .limits import LimitConfigError, parse_rule, rule_for, split
 from .periodic import inspect_schedules
 from .registry import registry
 from .routers import APP_LABEL, ROUTER_PATH, QueueRouter
@@ -298,8 +298,10 @@ def _check_limits_cache(alias: Any) -> list[Any]:
 def _check_job_limits() -> list[Any]:
     errors = []
     for name in registry.names():
-        key = registry.get(name).limit
-        if key is not None and rule_for(key) is None:
+        stored = registry.get(name).limit
+        for key in split(stored) if stored is not None else []:
+            if rule_for(key) is not None:
+                continue
             errors.append(
                 Error(
                     f"Job {name!r} has limit={key!r}, which has no entry in "

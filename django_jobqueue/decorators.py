@@ -70,6 +70,7 @@ class JobFunction(Generic[P, R]):
     timeout: float | None = None
     #: Seconds an attempt may run; None: no limit; UNSET: ``JOBQUEUE["TIME_LIMIT"]``.
     time_limit: float | _Unset | None = dataclasses.field(default_factory=lambda: UNSET)
+    #: The limit key, or several keys in their stored form (``limits.join``).
     limit: str | None = None
     takes_context: bool = False
     #: Exceptions that are retried; None: every ``Exception``.
@@ -350,7 +351,7 @@ def job(
     takes_context: Literal[True],
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
-    limit: str | None = ...,
+    limit: str | list[str] | tuple[str, ...] | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
     unique: bool | tuple[str, ...] = ...,
@@ -369,7 +370,7 @@ def job(
     takes_context: Literal[False] = ...,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
-    limit: str | None = ...,
+    limit: str | list[str] | tuple[str, ...] | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
     unique: bool | tuple[str, ...] = ...,
@@ -389,7 +390,7 @@ def job(
     takes_context: bool = False,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     time_limit: float | _Unset | None = UNSET,
-    limit: str | None = None,
+    limit: str | list[str] | tuple[str, ...] | None = None,
     schedule: str | None = None,
     atomic: bool = False,
     unique: bool | tuple[str, ...] = False,
@@ -408,7 +409,7 @@ def job(
     * ``time_limit``: seconds an attempt may run (None: no limit; default
       ``JOBQUEUE["TIME_LIMIT"]``).
     * ``limit``: a key of ``JOBQUEUE["LIMITS"]`` whose concurrency and rate the job counts
-      against.
+      against, or a list of keys: the job runs only when every one allows it.
     * ``schedule``: a cron expression (croniter syntax, in ``settings.TIME_ZONE``): running
       workers enqueue the job, with no arguments, once per tick (a schedule named after the
       job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).

@@ -9,6 +9,11 @@
 
 An exact key wins over a pattern; among patterns the longest prefix wins. This module only
 reads the setting; holding the limits is the worker's (``worker.limiter``).
+
+A job may have several keys (``limit=["partner-api", "tenant:7"]``): it runs only when every
+key allows it. They are stored in the job's one ``limit_key`` column, sorted (the canonical
+order every holder takes them in) and joined by :data:`SEPARATOR`, which no key may contain
+(:func:`join`, :func:`split`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 LONGEST_RATE_PERIOD = max(_PERIODS.values())
 #: What a key may be made of: printable, no spaces at the ends, at most 200 characters.
 KEY_MAX_LENGTH = 200
+#: Between the keys of a job with several (a key is printable: it never holds one).
+SEPARATOR = "\n"
+#: The longest a job's keys may be, joined (the ``limit_key`` column's length).
+KEYS_MAX_LENGTH = 1000
 
 
 class LimitConfigError(ValueError):
@@ -121,3 +130,13 @@ def rule_for(key: str) -> Rule | None:
         if matches and (best is None or len(pattern) > len(best.pattern)):
             best = rule
     return best
+
+
+def join(keys: list[str] | tuple[str, ...]) -> str:
+    """The stored form of a job's keys: sorted, joined by :data:`SEPARATOR` (one key: itself)."""
+    return SEPARATOR.join(sorted(keys))
+
+
+def split(stored: str) -> list[str]:
+    """A job's keys, in canonical (sorted) order, from their stored form."""
+    return stored.split(SEPARATOR)

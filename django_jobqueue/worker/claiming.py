@@ -15,7 +15,7 @@ from .. import clock, conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
-from .limiter import Limiter, make_limiter
+from .limiter import Limiter, hold, make_limiter
 
 logger = logging.getLogger("django_jobqueue.worker")
 
@@ -272,16 +272,20 @@ class Claimer:
     def _claim_key(
         self, key: str, queue: str | None, room: int, now: datetime, lease_until: datetime
     ) -> list[ClaimedJob]:
-        rule = limits.rule_for(key)
-        if rule is None:
-            if key not in self.unmatched:
-                self.unmatched.add(key)
+        holds = []
+        for one in limits.split(key):  # several keys: each one's limits, held all at once
+            rule = limits.rule_for(one)
+            if rule is not None:
+                holds.append(hold(one, rule))
+            elif one not in self.unmatched:
+                self.unmatched.add(one)
                 logger.warning(
                     "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
-                    "(removed since they were queued?): running them without a limit",
+                    "(removed since they were queued?): running them without that limit",
                     self.worker,
-                    key,
+                    one,
                 )
+        if not holds:
             return self._jobs().claim(
                 queue=queue,
                 limit=room,
@@ -292,7 +296,7 @@ class Claimer:
             )
         assert self.limiter is not None
         return self.limiter.claim(
-            key, rule, queue=queue, limit=room, now=now, lease_until=lease_until
+            key, holds, queue=queue, limit=room, now=now, lease_until=lease_until
         )
 
     def sync_limits(self, now: float) -> None:
