@@ -245,6 +245,8 @@ class Settings:
         why="A week at most: a longer limit is a mistake (milliseconds written as seconds?).",
     )
     LIMITS: Key[Any] = Key({}, object, words="a dict of key -> limits")  # limits.py: E013
+    # Limits per queue, an implicit key each (limits.py): E060-E064.
+    QUEUES: Key[Any] = Key({}, object, words="a dict of queue -> limits")
     LIMITS_CACHE: Key[str | None] = Key(
         None, str, none="the database", words="an alias of CACHES (django-redis)"
     )

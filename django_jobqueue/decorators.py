@@ -32,6 +32,7 @@ from .options import (
     check_queue,
     check_time_limit,
     did_you_mean,
+    limit_with_queue,
     resolve_run_after,
 )
 from .producing import insert_jobs, insert_steps, new_job_id, new_job_ids
@@ -172,10 +173,11 @@ class JobFunction(Generic[P, R]):
         check_signature(self.name, self.func, self.takes_context, args, kwargs)
         if not (job_id or self.job_id) and self.unique:
             job_id = unique_job_id(self, call_args, call_kwargs, now)
+        queue = self.queue or conf.settings.DEFAULT_QUEUE
         return NewJob(
             job_id=job_id or self.job_id or new_job_id(),
             name=self.name,
-            queue=self.queue or conf.settings.DEFAULT_QUEUE,
+            queue=queue,
             args=call_args,
             kwargs=call_kwargs,
             priority=self.priority,
@@ -192,7 +194,7 @@ class JobFunction(Generic[P, R]):
             time_limit=(
                 conf.settings.TIME_LIMIT if isinstance(self.time_limit, _Unset) else self.time_limit
             ),
-            limit_key=self.limit,
+            limit_key=limit_with_queue(self.limit, queue),  # JOBQUEUE["QUEUES"]
             attempt_log=[] if self.keeps_attempt_log else None,
             ttl_by_outcome=self.result_ttl is None and conf.ttl_by_outcome(),
             metadata=self.metadata,

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .base import ACTIVE, FINISHED, INITIAL_STATUS, JobSnapshot, Status
-from .limits import KEYS_MAX_LENGTH
+from .limits import STORED_MAX_LENGTH
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import (
     DeadLetterQuerySet,
@@ -88,7 +88,7 @@ class Job(models.Model):
     )
     limit_key = models.CharField(  # noqa: DJ001 - NULL: no limit
         "limit",
-        max_length=KEYS_MAX_LENGTH,
+        max_length=STORED_MAX_LENGTH,
         null=True,
         blank=True,
         help_text="A key of JOBQUEUE['LIMITS'], or several, one a line (all held at once).",
@@ -364,7 +364,7 @@ class DeadLetter(models.Model):
     result_ttl = models.PositiveIntegerField()
     time_limit = models.FloatField(null=True, blank=True)
     limit_key = models.CharField(  # noqa: DJ001
-        "limit", max_length=KEYS_MAX_LENGTH, null=True, blank=True
+        "limit", max_length=STORED_MAX_LENGTH, null=True, blank=True
     )
     attempt_log = models.JSONField(
         null=True, blank=True, help_text="A task's failed attempts (see Job.attempt_log)."

@@ -16,7 +16,7 @@ from django.utils import timezone
 from . import conf
 from .base import PARENT_FAILURE_CHOICES
 from .exceptions import InvalidJobError
-from .limits import KEYS_MAX_LENGTH, LimitConfigError, join, rule_for
+from .limits import KEYS_MAX_LENGTH, LimitConfigError, join, rule_for, with_queue
 
 JOB_ID_MAX_LENGTH = 255
 USING_OPTIONS = (
@@ -261,6 +261,18 @@ def check_limit(value: Any) -> str | None:
             f"{KEYS_MAX_LENGTH} characters in all."
         )
     return stored
+
+
+def limit_with_queue(stored: str | None, queue: str) -> str | None:
+    """A job's limit keys (their stored form) with its queue's implicit key added when
+    ``JOBQUEUE["QUEUES"]`` gives the queue limits (:func:`~django_jobqueue.limits.with_queue`)."""
+    try:
+        return with_queue(stored, queue)
+    except LimitConfigError as exc:
+        raise InvalidJobError(
+            f"JOBQUEUE['LIMITS'] or JOBQUEUE['QUEUES'] is malformed: {exc} Fix it (manage.py "
+            "check lists every fault); nothing was written."
+        ) from None
 
 
 def _check_limit_key(value: Any) -> str:

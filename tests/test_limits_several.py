@@ -96,3 +96,71 @@ def test_two_workers_never_run_more_than_either_key_allows(settings, worker_proc
     assert len(with_a) == 20 and len(with_b) == 20
     assert max_overlap(with_a) <= 3, sorted((r.started, r.ended, r.tag) for r in with_a)
     assert max_overlap(with_b) <= 2, sorted((r.started, r.ended, r.tag) for r in with_b)
+
+
+# -- queue-wide limits: JOBQUEUE["QUEUES"] --------------------------------------------------
+
+
+def _queues(settings, queues: dict, cache: str | None = None) -> dict:
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "QUEUES": queues, "LIMITS_CACHE": cache}
+    return {"QUEUES": queues, "LIMITS_CACHE": cache}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queue_with_limits_gives_its_jobs_its_key(settings, run_worker):
+    _queues(settings, {"emails": {"concurrency": 1}})
+    _limits(settings, {"a": {"concurrency": 4}})
+    alone = timed.using(queue="emails").enqueue("e1")
+    both = timed.using(queue="emails", limit="a").enqueue("e2")
+    other = timed.enqueue("default")
+    keys = dict(Job.objects.values_list("job_id", "limit_key"))
+    assert keys == {alone.id: "@queue:emails", both.id: "@queue:emails\na", other.id: None}
+    run_worker(concurrency=2)
+    assert set(Job.objects.values_list("status", flat=True)) == {"completed"}
+
+
+@pytest.mark.django_db
+def test_a_malformed_queues_setting_is_refused_at_enqueue_and_writes_nothing(settings):
+    _queues(settings, {"emails": {"concurrency": 0}})
+    with pytest.raises(InvalidJobError, match=r"QUEUES\['emails'\]\['concurrency'\] must be"):
+        add.using(queue="emails").enqueue(1, 2)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("queues", "code", "words"),
+    [
+        (["emails"], "E060", "must be a dict of queue name -> limits"),
+        ({"bad name": {"concurrency": 1}}, "E061", "'bad name' is not a queue name"),
+        ({"emails": {"workers": 1}}, "E062", "has unknown keys ['workers']"),
+        ({"emails": {"concurrency": 1.5}}, "E063", "must be a whole number >= 1"),
+        ({"emails": {"rate": "100/d"}}, "E064", "['emails']: rate '100/d' is not of the form"),
+    ],
+)
+def test_each_fault_of_queues_has_its_own_check(settings, queues, code, words):
+    from django_jobqueue.checks import check_queue_limits
+
+    _queues(settings, queues)
+    (error,) = check_queue_limits()
+    assert error.id == f"django_jobqueue.{code}"
+    assert words in error.msg
+
+
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("cache", HOLDERS)
+def test_a_queue_limit_holds_across_two_workers(settings, worker_processes, cache):
+    """QUEUES = {"emails": {"concurrency": 2}}: two workers of four threads never run more
+    than two jobs of the queue at once; the other queue's jobs are not held."""
+    env = {"DJQ_JOBQUEUE": json.dumps(_queues(settings, {"emails": {"concurrency": 2}}, cache))}
+    _flush_limits_cache(cache)
+    workers = [worker_processes.start("--concurrency", "4", env=env) for _ in range(2)]
+    for proc in workers:
+        wait_until(lambda proc=proc: "worker started" in worker_processes.log(proc), 30)
+    timed.using(queue="emails").enqueue_many([(f"e{i}", 0.1) for i in range(16)])
+    timed.enqueue_many([("free", 0.2) for _ in range(6)])
+    wait_until(lambda: Job.objects.filter(status="completed").count() == 22, timeout=90)
+    emails = list(Interval.objects.exclude(tag="free"))
+    assert len(emails) == 16
+    assert max_overlap(emails) <= 2, sorted((r.started, r.ended, r.pid) for r in emails)
+    assert max_overlap(Interval.objects.filter(tag="free")) > 2  # not held by the queue's

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="deadletter",
             name="limit_key",
-            field=models.CharField(blank=True, max_length=1000, null=True, verbose_name="limit"),
+            field=models.CharField(blank=True, max_length=1108, null=True, verbose_name="limit"),
         ),
         migrations.AlterField(
             model_name="job",
@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
             field=models.CharField(
                 blank=True,
                 help_text="A key of JOBQUEUE['LIMITS'], or several, one a line (all held at once).",
-                max_length=1000,
+                max_length=1108,
                 null=True,
                 verbose_name="limit",
             ),

@@ -301,15 +301,16 @@ class Claimer:
 
     def sync_limits(self, now: float) -> None:
         """Tell the limiter which jobs this worker still holds; a key that got a slot back
-        here may be claimed again at once."""
+        here (and every set of keys that has it) may be claimed again at once."""
         if self.limiter is None or not self.limited:
             return
         held = {job.id for job in self.buffer}
         held.update(self.running_ids())
         self.limiter.sync(held, now)
-        for pk in [pk for pk in self.limited if pk not in held]:
-            self.key_blocked.pop(self.limited.pop(pk), None)
+        freed = [self.limited.pop(pk) for pk in list(self.limited) if pk not in held]
+        if freed:
             self.work_hint = True
+            unblock(self.key_blocked, freed)
 
     def close(self) -> None:
         """The worker stops: free the limit slots it holds."""
@@ -346,3 +347,11 @@ class Claimer:
         if self.queues is not None:
             return self.queues
         return sorted({default, *self.known_queues, *registered})
+
+
+def unblock(blocked: dict[str, float], freed: list[str]) -> None:
+    """Forget the blocks of every limit key (or set of keys) that shares a key with the
+    ``freed`` ones (their stored forms): a slot of it came back."""
+    keys = {key for stored in freed for key in limits.split(stored)}
+    for stored in [stored for stored in blocked if keys.intersection(limits.split(stored))]:
+        del blocked[stored]
