@@ -13,7 +13,7 @@ from django.db import router
 
 from . import conf
 from .conf import DEFAULTS, KEYS, Fault, Key, behind_transaction_pooler
-from .limits import LimitConfigError, parse_rule, rule_for
+from .limits import LimitConfigError, parse_queue, parse_rule, rule_for, split
 from .periodic import inspect_schedules
 from .registry import registry
 from .routers import APP_LABEL, ROUTER_PATH, QueueRouter
@@ -236,6 +236,50 @@ def _blocking_reads_fit(host: Any) -> bool:
 # -- limits per key (docs/guide/limits-per-key.md) -------------------------------------------
 
 
+#: ``QUEUES``' faults (:attr:`LimitConfigError.fault`), one id each.
+_QUEUE_FAULTS = {
+    "setting": ("django_jobqueue.E060", "QUEUES = {'emails': {'concurrency': 5, 'rate': '100/m'}}"),
+    "key": (
+        "django_jobqueue.E061",
+        "Name a queue: 1 to 100 ASCII letters, digits, '_', '-' or '.'.",
+    ),
+    "entry": (
+        "django_jobqueue.E062",
+        "An entry is {'concurrency': N, 'rate': 'N/s' | 'N/m' | 'N/h'}.",
+    ),
+    "concurrency": (
+        "django_jobqueue.E063",
+        "'concurrency' is a whole number >= 1 (jobs running at once).",
+    ),
+    "rate": ("django_jobqueue.E064", "'rate' is 'N/s', 'N/m' or 'N/h' with N >= 1, e.g. '100/m'."),
+}
+
+
+@register(Tags.compatibility)
+def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """E060: ``QUEUES`` is not a dict. For one of its entries: E061, a name that is not a
+    queue name; E062, not a dict of 'concurrency' and/or 'rate'; E063, a bad 'concurrency';
+    E064, a bad 'rate'."""
+    user = getattr(settings, "JOBQUEUE", None)
+    queues = user.get("QUEUES") or {} if isinstance(user, dict) else {}
+    if not isinstance(queues, dict):
+        queues = {None: queues}  # the whole setting is the fault
+    errors = []
+    for name, entry in queues.items():
+        try:
+            if name is None:
+                raise LimitConfigError(
+                    f"must be a dict of queue name -> limits, not {entry!r}.",
+                    "setting",
+                )
+            parse_queue(name, entry)
+        except LimitConfigError as exc:
+            code, hint = _QUEUE_FAULTS[exc.fault]
+            where = f"[{name!r}]" if exc.fault == "rate" else ""
+            errors.append(Error(f"JOBQUEUE['QUEUES']{where}: {exc}", hint=hint, id=code))
+    return errors
+
+
 @register(Tags.compatibility)
 def check_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E013: ``LIMITS`` is malformed. E014: ``LIMITS_CACHE`` is not a django-redis cache.
@@ -298,8 +342,10 @@ def _check_limits_cache(alias: Any) -> list[Any]:
 def _check_job_limits() -> list[Any]:
     errors = []
     for name in registry.names():
-        key = registry.get(name).limit
-        if key is not None and rule_for(key) is None:
+        stored = registry.get(name).limit
+        for key in split(stored) if stored is not None else []:
+            if rule_for(key) is not None:
+                continue
             errors.append(
                 Error(
                     f"Job {name!r} has limit={key!r}, which has no entry in "

@@ -248,6 +248,8 @@ class Settings:
         why="A week at most: a longer limit is a mistake (milliseconds written as seconds?).",
     )
     LIMITS: Key[Any] = Key({}, object, words="a dict of key -> limits")  # limits.py: E013
+    # Limits per queue, an implicit key each (limits.py): E060-E064.
+    QUEUES: Key[Any] = Key({}, object, words="a dict of queue -> limits")
     LIMITS_CACHE: Key[str | None] = Key(
         None, str, none="the database", words="an alias of CACHES (django-redis)"
     )
@@ -256,7 +258,9 @@ class Settings:
     SCHEDULE: Key[Any] = Key({}, object, words="a dict of name -> entry")  # periodic.py: E020
     #: Context classes (``capture()``/``restore(value)``): propagation.py; E040, E041.
     CONTEXT: Key[list[str]] = Key(
-        ["django_jobqueue.context.Locale"], list, words="a list of dotted paths"
+        ["django_jobqueue.context.Locale", "django_jobqueue.context.TraceContext"],
+        list,
+        words="a list of dotted paths",
     )
     # Operations (docs/guide/operations.md).
     PRUNE_INTERVAL: Key[float] = Key(10.0, float, 0.01, DAY)

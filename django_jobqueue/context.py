@@ -6,8 +6,8 @@ It reads no database itself: the worker gives it a ``cancelled`` flag it sets wh
 request arrives, and a ``report`` callback that keeps the latest progress for the worker to
 write (throttled; the last value always lands).
 
-It also holds the built-in context class :class:`Locale` of ``JOBQUEUE["CONTEXT"]``
-(:mod:`django_jobqueue.propagation`).
+It also holds the built-in context classes of ``JOBQUEUE["CONTEXT"]``
+(:mod:`django_jobqueue.propagation`): :class:`Locale` and :class:`TraceContext`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone, translation
 
+from . import telemetry
 from .exceptions import InvalidJobError
 
 if TYPE_CHECKING:
@@ -190,3 +191,23 @@ class Locale:
     @staticmethod
     def restore(value: Any) -> AbstractContextManager[Any]:
         return translation.override(value if isinstance(value, str) else None)
+
+
+class TraceContext:
+    """A ``JOBQUEUE["CONTEXT"]`` class: the OpenTelemetry trace context (W3C
+    ``traceparent``/``tracestate``), so the run's CONSUMER span is a child of the enqueue's
+    PRODUCER span. Nothing without ``opentelemetry-api`` or with ``JOBQUEUE["TRACING"] =
+    False``.
+
+    ``at_write``: captured when the jobs are written, inside the enqueue span (which does
+    not exist yet when the call is validated), once per write."""
+
+    at_write = True
+
+    @staticmethod
+    def capture() -> dict[str, str] | None:
+        return telemetry.current_carrier()
+
+    @staticmethod
+    def restore(value: Any) -> AbstractContextManager[Any]:
+        return telemetry.continuing(value)

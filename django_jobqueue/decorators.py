@@ -32,6 +32,7 @@ from .options import (
     check_queue,
     check_time_limit,
     did_you_mean,
+    limit_with_queue,
     resolve_run_after,
 )
 from .producing import insert_jobs, insert_steps, new_job_id, new_job_ids
@@ -70,6 +71,7 @@ class JobFunction(Generic[P, R]):
     timeout: float | None = None
     #: Seconds an attempt may run; None: no limit; UNSET: ``JOBQUEUE["TIME_LIMIT"]``.
     time_limit: float | _Unset | None = dataclasses.field(default_factory=lambda: UNSET)
+    #: The limit key, or several keys in their stored form (``limits.join``).
     limit: str | None = None
     takes_context: bool = False
     #: Exceptions that are retried; None: every ``Exception``.
@@ -171,10 +173,11 @@ class JobFunction(Generic[P, R]):
         check_signature(self.name, self.func, self.takes_context, args, kwargs)
         if not (job_id or self.job_id) and self.unique:
             job_id = unique_job_id(self, call_args, call_kwargs, now)
+        queue = self.queue or conf.settings.DEFAULT_QUEUE
         return NewJob(
             job_id=job_id or self.job_id or new_job_id(),
             name=self.name,
-            queue=self.queue or conf.settings.DEFAULT_QUEUE,
+            queue=queue,
             args=call_args,
             kwargs=call_kwargs,
             priority=self.priority,
@@ -191,7 +194,7 @@ class JobFunction(Generic[P, R]):
             time_limit=(
                 conf.settings.TIME_LIMIT if isinstance(self.time_limit, _Unset) else self.time_limit
             ),
-            limit_key=self.limit,
+            limit_key=limit_with_queue(self.limit, queue),  # JOBQUEUE["QUEUES"]
             attempt_log=[] if self.keeps_attempt_log else None,
             ttl_by_outcome=self.result_ttl is None and conf.ttl_by_outcome(),
             metadata=self.metadata,
@@ -350,7 +353,7 @@ def job(
     takes_context: Literal[True],
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
-    limit: str | None = ...,
+    limit: str | list[str] | tuple[str, ...] | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
     unique: bool | tuple[str, ...] = ...,
@@ -369,7 +372,7 @@ def job(
     takes_context: Literal[False] = ...,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     time_limit: float | _Unset | None = ...,
-    limit: str | None = ...,
+    limit: str | list[str] | tuple[str, ...] | None = ...,
     schedule: str | None = ...,
     atomic: bool = ...,
     unique: bool | tuple[str, ...] = ...,
@@ -389,7 +392,7 @@ def job(
     takes_context: bool = False,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     time_limit: float | _Unset | None = UNSET,
-    limit: str | None = None,
+    limit: str | list[str] | tuple[str, ...] | None = None,
     schedule: str | None = None,
     atomic: bool = False,
     unique: bool | tuple[str, ...] = False,
@@ -408,7 +411,7 @@ def job(
     * ``time_limit``: seconds an attempt may run (None: no limit; default
       ``JOBQUEUE["TIME_LIMIT"]``).
     * ``limit``: a key of ``JOBQUEUE["LIMITS"]`` whose concurrency and rate the job counts
-      against.
+      against, or a list of keys: the job runs only when every one allows it.
     * ``schedule``: a cron expression (croniter syntax, in ``settings.TIME_ZONE``): running
       workers enqueue the job, with no arguments, once per tick (a schedule named after the
       job; see ``JOBQUEUE["SCHEDULE"]`` for schedules with arguments).

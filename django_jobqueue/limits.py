@@ -9,6 +9,19 @@
 
 An exact key wins over a pattern; among patterns the longest prefix wins. This module only
 reads the setting; holding the limits is the worker's (``worker.limiter``).
+
+A job may have several keys (``limit=["partner-api", "tenant:7"]``): it runs only when every
+key allows it. They are stored in the job's one ``limit_key`` column, sorted (the canonical
+order every holder takes them in) and joined by :data:`SEPARATOR`, which no key may contain
+(:func:`join`, :func:`split`).
+
+``JOBQUEUE["QUEUES"]`` gives a queue limits of its own, across every worker and host::
+
+    JOBQUEUE["QUEUES"] = {"emails": {"concurrency": 5, "rate": "100/m"}}
+
+Each such queue is an implicit key, ``@queue:<name>`` (:func:`queue_key`), with the queue's
+limits as its rule: a job enqueued to the queue while it has an entry gets the key added to
+its own (:func:`with_queue`), and is held through the same limiter as any key.
 """
 
 from __future__ import annotations
@@ -26,10 +39,26 @@ _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 LONGEST_RATE_PERIOD = max(_PERIODS.values())
 #: What a key may be made of: printable, no spaces at the ends, at most 200 characters.
 KEY_MAX_LENGTH = 200
+#: Between the keys of a job with several (a key is printable: it never holds one).
+SEPARATOR = "\n"
+#: The longest a job's own keys may be, joined.
+KEYS_MAX_LENGTH = 1000
+
+
+#: The implicit key of a queue with limits (``JOBQUEUE["QUEUES"]``): this and its name.
+QUEUE_KEY_PREFIX = "@queue:"
+#: The ``limit_key`` column's length: a job's own keys and its queue's key.
+STORED_MAX_LENGTH = KEYS_MAX_LENGTH + len(SEPARATOR) + len(QUEUE_KEY_PREFIX) + 100
 
 
 class LimitConfigError(ValueError):
-    """``JOBQUEUE["LIMITS"]`` or one of its entries is malformed."""
+    """``JOBQUEUE["LIMITS"]`` or ``JOBQUEUE["QUEUES"]``, or one of their entries, is
+    malformed. ``fault`` says what: "setting" (not a dict), "key" (a key, or a queue's
+    name), "entry" (not a dict of 'concurrency' and/or 'rate'), "concurrency" or "rate"."""
+
+    def __init__(self, message: str, fault: str = "entry") -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,36 +84,43 @@ def parse_rate(value: Any) -> tuple[int, float]:
     match = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None or int(match.group(1)) < 1:
         raise LimitConfigError(
-            f"rate {value!r} is not of the form 'N/s', 'N/m' or 'N/h' with N >= 1 (e.g. '100/m')."
+            f"rate {value!r} is not of the form 'N/s', 'N/m' or 'N/h' with N >= 1 (e.g. '100/m').",
+            "rate",
         )
     return int(match.group(1)), _PERIODS[match.group(2)]
 
 
-def parse_rule(pattern: Any, entry: Any) -> Rule:
-    """Validate one entry of ``LIMITS``; raise :class:`LimitConfigError` saying what is wrong."""
+def parse_rule(pattern: Any, entry: Any, setting: str = "LIMITS", name: Any = None) -> Rule:
+    """Validate one entry of ``LIMITS`` (or, with ``setting`` and the queue's ``name``, of
+    ``QUEUES``); raise :class:`LimitConfigError` saying what is wrong."""
     if not isinstance(pattern, str) or not pattern or len(pattern) > KEY_MAX_LENGTH:
-        raise LimitConfigError(f"key {pattern!r} must be a str of 1 to {KEY_MAX_LENGTH} chars.")
+        raise LimitConfigError(
+            f"key {pattern!r} must be a str of 1 to {KEY_MAX_LENGTH} chars.", "key"
+        )
     if "*" in pattern[:-1] or pattern == "*":
         raise LimitConfigError(
-            f"key {pattern!r}: '*' may only end a key, after a prefix (e.g. 'tenant:*')."
+            f"key {pattern!r}: '*' may only end a key, after a prefix (e.g. 'tenant:*').", "key"
         )
+    where = pattern if name is None else name
     if not isinstance(entry, dict):
         raise LimitConfigError(
-            f"LIMITS[{pattern!r}] must be a dict such as {{'concurrency': 4, 'rate': '100/m'}}."
+            f"{setting}[{where!r}] must be a dict such as {{'concurrency': 4, 'rate': '100/m'}}."
         )
     unknown = sorted(set(entry) - {"concurrency", "rate"})
     if unknown:
         raise LimitConfigError(
-            f"LIMITS[{pattern!r}] has unknown keys {unknown}; use 'concurrency' and 'rate'."
+            f"{setting}[{where!r}] has unknown keys {unknown}; use 'concurrency' and 'rate'."
         )
     if not entry:
-        raise LimitConfigError(f"LIMITS[{pattern!r}] sets neither 'concurrency' nor 'rate'.")
+        raise LimitConfigError(f"{setting}[{where!r}] sets neither 'concurrency' nor 'rate'.")
     concurrency = entry.get("concurrency")
     if concurrency is not None and (
         type(concurrency) is not int or not 1 <= concurrency <= 2**31 - 1
     ):
         raise LimitConfigError(
-            f"LIMITS[{pattern!r}]['concurrency'] must be a whole number >= 1, not {concurrency!r}."
+            f"{setting}[{where!r}]['concurrency'] must be a whole number >= 1, "
+            f"not {concurrency!r}.",
+            "concurrency",
         )
     count, period = parse_rate(entry["rate"]) if entry.get("rate") is not None else (None, None)
     return Rule(pattern, concurrency, count, period)
@@ -94,18 +130,52 @@ _parsed: tuple[object, dict[str, Rule]] | None = None
 
 
 def rules() -> dict[str, Rule]:
-    """Every entry of ``LIMITS``, parsed once per settings change (raises
-    :class:`LimitConfigError` on the first bad one; ``manage.py check`` lists them all)."""
+    """Every entry of ``LIMITS``, and of ``QUEUES`` under its :func:`queue_key`, parsed once
+    per settings change (raises :class:`LimitConfigError` on the first bad one;
+    ``manage.py check`` lists them all)."""
     global _parsed
     settings = conf.get_settings()  # the same object until JOBQUEUE changes
     if _parsed is not None and _parsed[0] is settings:
         return _parsed[1]
     configured = settings.get("LIMITS") or {}
     if not isinstance(configured, dict):
-        raise LimitConfigError("JOBQUEUE['LIMITS'] must be a dict of key -> limits.")
+        raise LimitConfigError("JOBQUEUE['LIMITS'] must be a dict of key -> limits.", "setting")
     parsed = {pattern: parse_rule(pattern, entry) for pattern, entry in configured.items()}
+    queues = settings.get("QUEUES") or {}
+    if not isinstance(queues, dict):
+        raise LimitConfigError(
+            "JOBQUEUE['QUEUES'] must be a dict of queue name -> limits.", "setting"
+        )
+    for name, entry in queues.items():
+        parsed[queue_key(name)] = parse_queue(name, entry)
     _parsed = (settings, parsed)
     return parsed
+
+
+def queue_key(name: str) -> str:
+    """The implicit limit key of the queue ``name``."""
+    return f"{QUEUE_KEY_PREFIX}{name}"
+
+
+def parse_queue(name: Any, entry: Any) -> Rule:
+    """Validate one entry of ``QUEUES``; raise :class:`LimitConfigError` saying what is
+    wrong."""
+    if not isinstance(name, str) or not conf.QUEUE_NAME.fullmatch(name):
+        raise LimitConfigError(
+            f"QUEUES: {name!r} is not a queue name (1 to 100 ASCII letters, digits, '_', '-' "
+            "or '.').",
+            "key",
+        )
+    return parse_rule(queue_key(name), entry, setting="QUEUES", name=name)
+
+
+def with_queue(stored: str | None, queue: str) -> str | None:
+    """A job's limit keys (``stored``: its own, None: none) with its queue's key added when
+    ``QUEUES`` gives the queue limits."""
+    key = queue_key(queue)
+    if key not in rules():
+        return stored
+    return key if stored is None else join([*split(stored), key])
 
 
 def rule_for(key: str) -> Rule | None:
@@ -121,3 +191,13 @@ def rule_for(key: str) -> Rule | None:
         if matches and (best is None or len(pattern) > len(best.pattern)):
             best = rule
     return best
+
+
+def join(keys: list[str] | tuple[str, ...]) -> str:
+    """The stored form of a job's keys: sorted, joined by :data:`SEPARATOR` (one key: itself)."""
+    return SEPARATOR.join(sorted(keys))
+
+
+def split(stored: str) -> list[str]:
+    """A job's keys, in canonical (sorted) order, from their stored form."""
+    return stored.split(SEPARATOR)

@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .base import ACTIVE, FINISHED, INITIAL_STATUS, JobSnapshot, Status
+from .limits import STORED_MAX_LENGTH
 from .options import JOB_ID_MAX_LENGTH
 from .querysets import (
     DeadLetterQuerySet,
@@ -86,7 +87,11 @@ class Job(models.Model):
         null=True, blank=True, help_text="Seconds an attempt may run; empty: no limit."
     )
     limit_key = models.CharField(  # noqa: DJ001 - NULL: no limit
-        "limit", max_length=200, null=True, blank=True, help_text="A key of JOBQUEUE['LIMITS']."
+        "limit",
+        max_length=STORED_MAX_LENGTH,
+        null=True,
+        blank=True,
+        help_text="A key of JOBQUEUE['LIMITS'], or several, one a line (all held at once).",
     )
     attempt_log = models.JSONField(
         null=True,
@@ -358,7 +363,9 @@ class DeadLetter(models.Model):
     max_attempts = models.PositiveIntegerField()
     result_ttl = models.PositiveIntegerField()
     time_limit = models.FloatField(null=True, blank=True)
-    limit_key = models.CharField("limit", max_length=200, null=True, blank=True)  # noqa: DJ001
+    limit_key = models.CharField(  # noqa: DJ001
+        "limit", max_length=STORED_MAX_LENGTH, null=True, blank=True
+    )
     attempt_log = models.JSONField(
         null=True, blank=True, help_text="A task's failed attempts (see Job.attempt_log)."
     )

@@ -16,7 +16,7 @@ from django.utils import timezone
 from . import conf
 from .base import PARENT_FAILURE_CHOICES
 from .exceptions import InvalidJobError
-from .limits import LimitConfigError, rule_for
+from .limits import KEYS_MAX_LENGTH, LimitConfigError, join, rule_for, with_queue
 
 JOB_ID_MAX_LENGTH = 255
 USING_OPTIONS = (
@@ -238,9 +238,44 @@ def check_time_limit(value: Any) -> float | None:
 
 
 def check_limit(value: Any) -> str | None:
-    """None, or a key that ``JOBQUEUE["LIMITS"]`` has an entry (or a ``prefix:*`` pattern) for."""
+    """None, or the stored form (:func:`~django_jobqueue.limits.join`) of a key, or of a
+    list or tuple of distinct keys, that ``JOBQUEUE["LIMITS"]`` has an entry (or a
+    ``prefix:*`` pattern) for each."""
     if value is None:
         return None
+    if not isinstance(value, list | tuple):
+        return _check_limit_key(value)
+    if not value:
+        raise InvalidJobError("limit=[] names no key: give one key or more, or None.")
+    keys = [_check_limit_key(key) for key in value]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise InvalidJobError(
+            f"limit={list(value)!r} names {', '.join(map(repr, duplicates))} more than once: "
+            "name each key once."
+        )
+    stored = join(keys)
+    if len(stored) > KEYS_MAX_LENGTH:
+        raise InvalidJobError(
+            f"limit={list(value)!r} is too long: its keys may have at most "
+            f"{KEYS_MAX_LENGTH} characters in all."
+        )
+    return stored
+
+
+def limit_with_queue(stored: str | None, queue: str) -> str | None:
+    """A job's limit keys (their stored form) with its queue's implicit key added when
+    ``JOBQUEUE["QUEUES"]`` gives the queue limits (:func:`~django_jobqueue.limits.with_queue`)."""
+    try:
+        return with_queue(stored, queue)
+    except LimitConfigError as exc:
+        raise InvalidJobError(
+            f"JOBQUEUE['LIMITS'] or JOBQUEUE['QUEUES'] is malformed: {exc} Fix it (manage.py "
+            "check lists every fault); nothing was written."
+        ) from None
+
+
+def _check_limit_key(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 200 or _unprintable(value):
         raise InvalidJobError(
             f"limit must be a key of 1 to 200 printable characters, not {value!r}."

@@ -30,7 +30,7 @@ from itertools import groupby
 from django.db import transaction
 from django.utils import timezone
 
-from . import telemetry
+from . import propagation, telemetry
 from .base import ACTIVE, FINISHED, NEW_JOB_COLUMNS, JobSnapshot, NewJob, Status
 from .exceptions import InvalidJobError, JobQueueError
 from .models import Job
@@ -82,11 +82,12 @@ def insert_jobs(
     (committed, outside a transaction). Waking workers and ``job_enqueued`` are the caller's
     (:func:`django_jobqueue.handles.announce`), after this returns.
 
-    With tracing on (:mod:`.telemetry`) the write is a PRODUCER span, and each new row
-    carries its context to the worker.
+    With tracing on (:mod:`.telemetry`) the write is a PRODUCER span; the ``JOBQUEUE["CONTEXT"]``
+    classes captured at write (the trace context) are captured inside it.
     """
     batch_id = current_batch.get()
-    with telemetry.enqueue_span(jobs) as traced:
+    with telemetry.enqueue_span(jobs):
+        traced = propagation.stamped(jobs)
         if batch_id is None:
             return _insert_jobs(
                 traced,

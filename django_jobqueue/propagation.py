@@ -6,6 +6,10 @@ A context class has two methods (called on the class; static or class methods):
 * ``capture()``, in the caller, when a job is enqueued: a JSON value, or None for nothing;
 * ``restore(value)``, on the worker: a context manager the attempt runs inside.
 
+A class with a true ``at_write`` attribute is captured when the jobs are written instead,
+inside the enqueue's tracing span, once per write (:func:`stamped`): the built-in
+:class:`~django_jobqueue.context.TraceContext`, whose value is that span.
+
 The values are stored on the job, in its ``context`` column (``{dotted path: value}``; None
 when nothing was captured), and kept through dead letters and requeue. A class that cannot
 be imported is reported by ``manage.py check`` (``django_jobqueue.E040``) and skipped (logged
@@ -17,15 +21,17 @@ error of the job, with a message that names the class (:class:`ContextRestoreErr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Protocol
 
 from django.utils.module_loading import import_string
 
 from . import conf
+from .base import NewJob
 from .exceptions import JobQueueError, SerializationError
 from .serialization import check_json
 
@@ -74,9 +80,27 @@ def load(path: str) -> ContextClass | None:
 
 def capture() -> dict[str, Any] | None:
     """What every class of ``JOBQUEUE["CONTEXT"]`` captures now, by dotted path; None if
-    nothing. Never raises: a class that fails is logged and left out."""
+    nothing. Classes captured at write (``at_write``) are left to :func:`stamped`. Never
+    raises: a class that fails is logged and left out."""
+    captured = _capture(at_write=False)
+    return captured or None
+
+
+def stamped(jobs: Sequence[NewJob]) -> Sequence[NewJob]:
+    """``jobs`` with the values of the ``at_write`` classes added to their context (called
+    inside the enqueue span, just before they are written); ``jobs`` themselves when those
+    capture nothing."""
+    captured = _capture(at_write=True)
+    if not captured:
+        return jobs
+    return [dataclasses.replace(job, context={**(job.context or {}), **captured}) for job in jobs]
+
+
+def _capture(*, at_write: bool) -> dict[str, Any]:
     captured: dict[str, Any] = {}
     for path, cls in classes():
+        if bool(getattr(cls, "at_write", False)) is not at_write:
+            continue
         try:
             value = cls.capture()
             if value is not None:
@@ -89,7 +113,7 @@ def capture() -> dict[str, Any] | None:
             continue
         if value is not None:
             captured[path] = value
-    return captured or None
+    return captured
 
 
 @contextmanager

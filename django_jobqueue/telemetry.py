@@ -3,8 +3,12 @@ an outcome, and OpenTelemetry spans around enqueue and around each run.
 
 Both are optional. Without ``prometheus-client`` (or with ``JOBQUEUE["METRICS"] = False``)
 :func:`attempt_ended` returns after one check; without ``opentelemetry-api`` (or with
-``JOBQUEUE["TRACING"] = False``) :func:`enqueue_span` hands the jobs back untouched and
+``JOBQUEUE["TRACING"] = False``) :func:`enqueue_span` opens no span and
 :func:`run` calls the job function directly. Nothing here touches the database.
+
+The trace context itself travels as a ``JOBQUEUE["CONTEXT"]`` class
+(:class:`django_jobqueue.context.TraceContext`, built on :func:`current_carrier` and
+:func:`continuing`): captured inside the enqueue span, restored around the run's span.
 
 The scrape side (queue depth, oldest waiting job, dead letters, computed from the database
 at scrape time) and the view are :mod:`django_jobqueue.metrics`.
@@ -12,7 +16,6 @@ at scrape time) and the view are :mod:`django_jobqueue.metrics`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,9 +30,10 @@ except ImportError:  # pragma: no cover - the metrics extra is not installed
     prometheus_client = None  # type: ignore[assignment]
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
 except ImportError:  # pragma: no cover - the otel extra is not installed
-    propagate = trace = None  # type: ignore[assignment]
+    otel_context = propagate = trace = None  # type: ignore[assignment]
 
 #: Buckets of the run time histogram, in seconds: from a no-op job to a long report.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -122,12 +126,11 @@ def tracing_enabled() -> bool:
 
 
 @contextmanager
-def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
-    """A PRODUCER span around writing ``jobs``; yields the jobs to write, each carrying the
-    span's context (W3C ``traceparent``, and ``tracestate`` if any) when the span records.
-    Off: yields ``jobs`` as they are."""
+def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[None]:
+    """A PRODUCER span around writing ``jobs``, current inside the block (so
+    :func:`current_carrier` there is its context). Off, or no jobs: no span."""
     if not jobs or not tracing_enabled():
-        yield jobs
+        yield
         return
     first = jobs[0]
     attributes: dict[str, Any] = {
@@ -142,13 +145,33 @@ def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
         attributes["messaging.batch.message_count"] = len(jobs)
     with _tracer().start_as_current_span(
         f"enqueue {first.name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
-    ) as span:
-        if not span.is_recording():
-            yield jobs
-            return
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        yield [dataclasses.replace(job, trace_context=carrier) for job in jobs]
+    ):
+        yield
+
+
+def current_carrier() -> dict[str, str] | None:
+    """The current span's context as W3C headers (``traceparent``, and ``tracestate`` if
+    any), or None when tracing is off or the current span does not record (nothing to
+    continue)."""
+    if not tracing_enabled() or not trace.get_current_span().is_recording():
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
+
+
+@contextmanager
+def continuing(carrier: Any) -> Iterator[None]:
+    """Make the trace context of ``carrier`` (from :func:`current_carrier`) current inside
+    the block, so the run's span is a child of the producer's. Off, or not a dict: nothing."""
+    if not tracing_enabled() or not isinstance(carrier, dict) or not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 _tracers: list[Any] = []
@@ -162,6 +185,8 @@ def _tracer() -> Any:
 
 
 def _run_span(job: ClaimedJob) -> Any:
+    # The producer's span is current (TraceContext.restore); a row written before the trace
+    # context moved into ``context`` carries it in its own column (read, never written now).
     parent = propagate.extract(job.trace_context) if job.trace_context else None
     return _tracer().start_as_current_span(
         f"run {job.name}",

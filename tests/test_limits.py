@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_jobqueue.models import Job
+from django_jobqueue.querysets.limited import Hold
 from tests.conftest import REDIS, requires_postgres, run_concurrently, wait_until
 from tests.testapp.jobs import add, sleep_then_record, timed
 from tests.testapp.models import Interval
@@ -95,8 +96,7 @@ def test_a_job_over_its_limit_stays_queued_and_does_not_block_its_queue(settings
     now = timezone.now()
     taken = Job.objects.claim_limited(
         "api",
-        concurrency=1,
-        rate=None,
+        holds=[Hold("api", 1, None)],
         queue=None,
         limit=1,
         worker="elsewhere",
@@ -204,8 +204,7 @@ def test_database_rate_window_counts_starts_of_the_last_period(settings):
     timed.using(limit="api").enqueue_many([(f"r{i}",) for i in range(5)])
     now = timezone.now()
     options = {
-        "concurrency": None,
-        "rate": (3, 3600.0),
+        "holds": [Hold("api", None, (3, 3600.0))],
         "queue": None,
         "worker": "w",
         "now": now,
@@ -362,8 +361,7 @@ def test_a_claimer_paused_inside_the_key_lock_stalls_no_other_worker(settings):
     paused.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, "api"])
     began = timezone.now() - timedelta(seconds=30)  # a claim that began 30 s ago
     options = {
-        "concurrency": 2,
-        "rate": None,
+        "holds": [Hold("api", 2, None)],
         "queue": None,
         "worker": "w",
         "now": began,

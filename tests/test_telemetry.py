@@ -132,6 +132,8 @@ def test_without_the_packages_metrics_and_tracing_are_off_and_jobs_still_run(tmp
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
 
+TRACE = "django_jobqueue.context.TraceContext"
+
 
 class _Switch:
     """A sampler the tests switch on: the process-wide provider records spans only in the
@@ -178,7 +180,8 @@ def test_a_span_pair_carries_the_trace_from_producer_to_worker(spans, run_worker
     with tracer.start_as_current_span("request") as request:
         handle = add.using(job_id="traced").enqueue(1, 2)
     row = Job.objects.get(job_id=handle.id)
-    assert row.trace_context["traceparent"].startswith("00-")
+    assert row.context[TRACE]["traceparent"].startswith("00-")
+    assert row.trace_context is None  # the old column is read, never written
     run_worker()
     assert handle.refresh().result == 3
     by_name = {span.name: span for span in spans.get_finished_spans()}
@@ -207,7 +210,7 @@ def test_enqueue_many_is_one_span_and_tracing_can_be_turned_off(spans, settings,
     (enqueue,) = spans.get_finished_spans()
     assert enqueue.attributes["messaging.batch.message_count"] == 2
     contexts = {
-        tuple(sorted(c.items())) for c in Job.objects.values_list("trace_context", flat=True)
+        tuple(sorted(c[TRACE].items())) for c in Job.objects.values_list("context", flat=True)
     }
     assert len(contexts) == 1
     spans.clear()
@@ -215,7 +218,35 @@ def test_enqueue_many_is_one_span_and_tracing_can_be_turned_off(spans, settings,
     handle = add.enqueue(3, 3)
     run_worker()
     assert spans.get_finished_spans() == ()
-    assert Job.objects.get(job_id=handle.id).trace_context is None
+    assert TRACE not in (Job.objects.get(job_id=handle.id).context or {})
+
+
+def test_a_row_written_before_the_move_still_continues_its_trace(spans, run_worker):
+    """A job whose trace context is in the old ``trace_context`` column (written before it
+    moved into ``context``) still runs as a child of its producer's span."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("tests").start_as_current_span("old producer") as producer:
+        carrier = {}
+        from opentelemetry import propagate
+
+        propagate.inject(carrier)
+    handle = add.using(job_id="legacy").enqueue(2, 2)
+    Job.objects.filter(job_id=handle.id).update(context=None, trace_context=carrier)
+    spans.clear()
+    run_worker()
+    assert handle.refresh().result == 4
+    (run,) = spans.get_finished_spans()
+    assert run.parent.span_id == producer.get_span_context().span_id
+
+
+def test_without_the_trace_class_in_context_no_trace_travels(spans, settings, run_worker):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "CONTEXT": ["django_jobqueue.context.Locale"]}
+    handle = add.enqueue(1, 1)
+    assert TRACE not in (Job.objects.get(job_id=handle.id).context or {})
+    run_worker()
+    run = next(s for s in spans.get_finished_spans() if s.name.startswith("run "))
+    assert run.parent is None
 
 
 @pytest.mark.subprocess

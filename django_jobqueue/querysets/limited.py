@@ -1,17 +1,30 @@
-"""Claiming under a limit per key (``JOBQUEUE["LIMITS"]``), held in the database."""
+"""Claiming under limits per key (``JOBQUEUE["LIMITS"]``), held in the database: a job with
+several keys holds them all at once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.db import models, transaction
 
 from ..base import ClaimedJob
+from ..limits import SEPARATOR
 from .claiming import ClaimingQuerySet
 from .sql import _QUEUED, _RUNNING, _immediate
 
 #: The first key of the advisory locks that serialise the claims of one limit key.
 LOCK_SPACE = 0x646A71  # "djq"
+
+
+class Hold(NamedTuple):
+    """One key a claim holds, with its limits: at most ``concurrency`` running, at most
+    ``rate`` = (count, seconds) starts per period; None: no such limit."""
+
+    key: str
+    concurrency: int | None
+    rate: tuple[int, float] | None
 
 
 class LimitedQuerySet(ClaimingQuerySet):
@@ -41,78 +54,96 @@ class LimitedQuerySet(ClaimingQuerySet):
         self,
         limit_key: str,
         *,
-        concurrency: int | None,
-        rate: tuple[int, float] | None,
+        holds: Sequence[Hold],
         queue: str | None,
         limit: int,
         worker: str,
         now: datetime,
         lease_until: datetime,
     ) -> list[ClaimedJob]:
-        """Claim up to ``limit`` jobs of ``limit_key``, holding its limits in the database.
+        """Claim up to ``limit`` jobs whose ``limit_key`` is ``limit_key`` (one key, or
+        several in their stored form), holding every key of ``holds`` in the database.
 
-        One transaction per key: claimers of a key take turns (a transaction-scoped advisory
-        lock on PostgreSQL, taken only if free: a busy key claims nothing this time;
-        ``BEGIN IMMEDIATE`` on SQLite), count the key's running jobs
-        (``djq_limit_running``) and its starts within the last ``rate`` period
-        (:class:`LimitStart` rows, a sliding window on the database's clock), claim what
-        the limits leave room for and record those starts. Two workers claiming the same key
-        at once therefore never exceed ``concurrency``. A job of a crashed worker counts until
-        its lease expires and it is requeued.
+        One transaction: claimers of a key take turns (a transaction-scoped advisory lock
+        per key on PostgreSQL, taken in the keys' canonical order and only if free: a busy
+        key claims nothing this time, and the locks taken so far go with the transaction,
+        so two workers never wait on each other; ``BEGIN IMMEDIATE`` on SQLite), count each
+        key's running jobs (every running job that has the key, alone or among others) and
+        its starts within the last ``rate`` period (:class:`LimitStart` rows, a sliding
+        window on the database's clock), claim what the tightest key leaves room for (all
+        or nothing: no key is held for a job another key refuses) and record those starts
+        for every key with a rate. Two workers claiming the same key at once therefore
+        never exceed its ``concurrency``. A job of a crashed worker counts until its lease
+        expires and it is requeued.
         """
         sql = self._sql()
         starts_model = self._limit_start_model()
         starts = sql.connection.ops.quote_name(starts_model._meta.db_table)
+        find = "strpos" if sql.vendor == "postgresql" else "instr"
+        # A running job has the key when "\n<key>\n" is in "\n<its keys>\n".
         running_sql = (
-            f"SELECT count(*) FROM {sql.table} WHERE status = {_RUNNING} AND limit_key = %s"
+            f"SELECT count(*) FROM {sql.table} WHERE status = {_RUNNING} "
+            f"AND limit_key IS NOT NULL AND {find}(%s || limit_key || %s, %s) > 0"
         )
-        window = rate[1] if rate is not None else 0.0
-        with transaction.atomic(using=self.db) if sql.vendor == "postgresql" else _immediate(sql):
-            if sql.vendor == "postgresql":
-                # Never wait for the lock: a claimer paused or cut off inside this
+        holds = sorted(holds)
+        postgres = sql.vendor == "postgresql"
+        with transaction.atomic(using=self.db) if postgres else _immediate(sql):
+            if postgres:
+                # Never wait for a lock: a claimer paused or cut off inside this
                 # transaction would stall every other worker's loop (and their leases).
                 # Whoever holds it claims for the key; the others try again next pass.
-                (locked,) = sql.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [LOCK_SPACE, limit_key]
-                )[0]
-                if not locked:
-                    return []
-                (clock, running, started) = sql.execute(
-                    f"SELECT clock_timestamp(), ({running_sql}), (SELECT count(*) FROM {starts} "
-                    "WHERE key = %s AND started_at > clock_timestamp() "
-                    "- make_interval(secs => %s))",
-                    [limit_key, limit_key, window],
-                )[0]
+                for hold in holds:
+                    (locked,) = sql.execute(
+                        "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                        [LOCK_SPACE, hold.key],
+                    )[0]
+                    if not locked:
+                        return []
+                (clock,) = sql.execute("SELECT clock_timestamp()", [])[0]
             else:
                 clock = now
+            room = limit
+            for hold in holds:
+                window = hold.rate[1] if hold.rate is not None else 0.0
                 (running, started) = sql.execute(
                     f"SELECT ({running_sql}), (SELECT count(*) FROM {starts} "
                     "WHERE key = %s AND started_at > %s)",
-                    [limit_key, limit_key, sql.prep("run_after", now - timedelta(seconds=window))],
+                    [
+                        SEPARATOR,
+                        SEPARATOR,
+                        f"{SEPARATOR}{hold.key}{SEPARATOR}",
+                        hold.key,
+                        sql.prep("run_after", clock - timedelta(seconds=window)),
+                    ],
                 )[0]
-            room = limit
-            if concurrency is not None:
-                room = min(room, concurrency - int(running))
-            if rate is not None:
-                room = min(room, rate[0] - int(started))
-                sql.execute(
-                    f"DELETE FROM {starts} WHERE key = %s AND started_at <= %s",
-                    [limit_key, sql.prep("run_after", clock - timedelta(seconds=window))],
-                )
+                if hold.concurrency is not None:
+                    room = min(room, hold.concurrency - int(running))
+                if hold.rate is not None:
+                    room = min(room, hold.rate[0] - int(started))
+                    sql.execute(
+                        f"DELETE FROM {starts} WHERE key = %s AND started_at <= %s",
+                        [hold.key, sql.prep("run_after", clock - timedelta(seconds=window))],
+                    )
             if room <= 0:
                 return []
-            if sql.vendor == "postgresql":
+            if postgres:
                 # The lease starts now on the database's clock, not when this claim began.
                 now, lease_until = clock, clock + (lease_until - now)
             statement, params = self._claim_statement(
                 sql, queue, room, worker, now, lease_until, limit_key
             )
             claimed = self._claimed(sql, sql.execute(statement, params))
-            if rate is not None and claimed:
+            rated = [hold.key for hold in holds if hold.rate is not None]
+            if rated and claimed:
                 sql.execute(
                     f"INSERT INTO {starts} (key, started_at) VALUES "
-                    + ", ".join(["(%s, %s)"] * len(claimed)),
-                    [v for _ in claimed for v in (limit_key, sql.prep("run_after", clock))],
+                    + ", ".join(["(%s, %s)"] * (len(claimed) * len(rated))),
+                    [
+                        v
+                        for key in rated
+                        for _ in claimed
+                        for v in (key, sql.prep("run_after", clock))
+                    ],
                 )
         return claimed
 

@@ -15,7 +15,7 @@ from .. import clock, conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
-from .limiter import Limiter, make_limiter
+from .limiter import Limiter, hold, make_limiter
 
 logger = logging.getLogger("django_jobqueue.worker")
 
@@ -277,16 +277,20 @@ class Claimer:
     def _claim_key(
         self, key: str, queue: str | None, room: int, now: datetime, lease_until: datetime
     ) -> list[ClaimedJob]:
-        rule = limits.rule_for(key)
-        if rule is None:
-            if key not in self.unmatched:
-                self.unmatched.add(key)
+        holds = []
+        for one in limits.split(key):  # several keys: each one's limits, held all at once
+            rule = limits.rule_for(one)
+            if rule is not None:
+                holds.append(hold(one, rule))
+            elif one not in self.unmatched:
+                self.unmatched.add(one)
                 logger.warning(
                     "worker name=%s: jobs with limit %r have no entry in JOBQUEUE['LIMITS'] "
-                    "(removed since they were queued?): running them without a limit",
+                    "(removed since they were queued?): running them without that limit",
                     self.worker,
-                    key,
+                    one,
                 )
+        if not holds:
             return self._jobs().claim(
                 queue=queue,
                 limit=room,
@@ -298,20 +302,21 @@ class Claimer:
             )
         assert self.limiter is not None
         return self.limiter.claim(
-            key, rule, queue=queue, limit=room, now=now, lease_until=lease_until
+            key, holds, queue=queue, limit=room, now=now, lease_until=lease_until
         )
 
     def sync_limits(self, now: float) -> None:
         """Tell the limiter which jobs this worker still holds; a key that got a slot back
-        here may be claimed again at once."""
+        here (and every set of keys that has it) may be claimed again at once."""
         if self.limiter is None or not self.limited:
             return
         held = {job.id for job in self.buffer}
         held.update(self.running_ids())
         self.limiter.sync(held, now)
-        for pk in [pk for pk in self.limited if pk not in held]:
-            self.key_blocked.pop(self.limited.pop(pk), None)
+        freed = [self.limited.pop(pk) for pk in list(self.limited) if pk not in held]
+        if freed:
             self.work_hint = True
+            unblock(self.key_blocked, freed)
 
     def close(self) -> None:
         """The worker stops: free the limit slots it holds."""
@@ -348,3 +353,11 @@ class Claimer:
         if self.queues is not None:
             return self.queues
         return sorted({default, *self.known_queues, *registered})
+
+
+def unblock(blocked: dict[str, float], freed: list[str]) -> None:
+    """Forget the blocks of every limit key (or set of keys) that shares a key with the
+    ``freed`` ones (their stored forms): a slot of it came back."""
+    keys = {key for stored in freed for key in limits.split(stored)}
+    for stored in [stored for stored in blocked if keys.intersection(limits.split(stored))]:
+        del blocked[stored]

@@ -14,7 +14,9 @@ Two holders, one interface (:class:`Limiter`):
   crashed worker's slots come back when their lease ends. While Redis cannot be reached,
   limited jobs stay queued (a warning in the log) and every other job runs as before.
 
-Both count ``rate`` as a sliding window: at most N starts in any period of its length.
+Both count ``rate`` as a sliding window: at most N starts in any period of its length. A job
+with several keys holds them all at once or none (the database: one transaction, the keys'
+locks tried in their sorted order; Redis: one script for every key).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import count
 from typing import Any, NamedTuple
@@ -31,37 +34,49 @@ from .. import conf
 from ..base import ClaimedJob
 from ..limits import Rule
 from ..models import Job
+from ..querysets.limited import Hold
 
 logger = logging.getLogger("django_jobqueue.worker")
 
 #: Seconds between two warnings about an unreachable Redis, and between two tries.
 REDIS_RETRY = 1.0
 
+#: KEYS: slots and starts of each limit key, in turn. ARGV: the number of limit keys, the
+#: lease, then concurrency, rate and period of each key (0: none), then the tokens wanted.
+#: Room is the least any key leaves: every key gets the same tokens, or none does.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local concurrency = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local lease = tonumber(ARGV[4])
-local room = #ARGV - 4
-if concurrency > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  room = math.min(room, concurrency - redis.call('ZCARD', KEYS[1]))
-end
-if rate > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - period)
-  room = math.min(room, rate - redis.call('ZCARD', KEYS[2]))
+local n = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local first = 3 + 3 * n
+local room = #ARGV - first + 1
+for k = 1, n do
+  local concurrency = tonumber(ARGV[3 * k])
+  local rate = tonumber(ARGV[3 * k + 1])
+  local period = tonumber(ARGV[3 * k + 2])
+  if concurrency > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2 * k - 1], '-inf', now)
+    room = math.min(room, concurrency - redis.call('ZCARD', KEYS[2 * k - 1]))
+  end
+  if rate > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2 * k], '-inf', now - period)
+    room = math.min(room, rate - redis.call('ZCARD', KEYS[2 * k]))
+  end
 end
 local granted = {}
-for i = 1, room do
-  local token = ARGV[4 + i]
-  if concurrency > 0 then redis.call('ZADD', KEYS[1], now + lease, token) end
-  if rate > 0 then redis.call('ZADD', KEYS[2], now, token) end
-  granted[i] = token
+for i = 1, room do granted[i] = ARGV[first + i - 1] end
+for k = 1, n do
+  local concurrency = tonumber(ARGV[3 * k])
+  local rate = tonumber(ARGV[3 * k + 1])
+  local period = tonumber(ARGV[3 * k + 2])
+  for i = 1, #granted do
+    if concurrency > 0 then redis.call('ZADD', KEYS[2 * k - 1], now + lease, granted[i]) end
+    if rate > 0 then redis.call('ZADD', KEYS[2 * k], now, granted[i]) end
+  end
+  if concurrency > 0 then redis.call('EXPIRE', KEYS[2 * k - 1], math.ceil(lease) * 2 + 1) end
+  if rate > 0 then redis.call('EXPIRE', KEYS[2 * k], math.ceil(period) + 1) end
 end
-if concurrency > 0 then redis.call('EXPIRE', KEYS[1], math.ceil(lease) * 2 + 1) end
-if rate > 0 then redis.call('EXPIRE', KEYS[2], math.ceil(period) + 1) end
 return granted
 """
 
@@ -84,8 +99,14 @@ class Wanted(NamedTuple):
     lease_until: datetime
 
 
+def hold(key: str, rule: Rule) -> Hold:
+    """The :class:`Hold` of ``key`` under ``rule``."""
+    rate = (rule.rate_count, rule.rate_period) if rule.rate_count and rule.rate_period else None
+    return Hold(key, rule.concurrency, rate)
+
+
 class Limiter:
-    """Claims the jobs of one limit key within its :class:`~django_jobqueue.limits.Rule`.
+    """Claims the jobs of one limit key (or set of keys) within every key's limits.
 
     :meth:`claim` is the interface; a holder implements :meth:`_claim`.
     """
@@ -99,20 +120,21 @@ class Limiter:
     def claim(
         self,
         key: str,
-        rule: Rule,
+        holds: Sequence[Hold],
         *,
         queue: str | None,
         limit: int,
         now: datetime,
         lease_until: datetime,
     ) -> list[ClaimedJob]:
-        """Claim up to ``limit`` ready jobs of ``key`` (of ``queue``; None: every queue)
-        within ``rule``, leased until ``lease_until``."""
+        """Claim up to ``limit`` ready jobs whose ``limit_key`` is ``key`` (one key, or
+        several in their stored form; of ``queue``, None: every queue) within every one of
+        ``holds`` at once (all or nothing), leased until ``lease_until``."""
         if limit <= 0:
             return []
-        return self._claim(key, rule, Wanted(queue, limit, now, lease_until))
+        return self._claim(key, sorted(holds), Wanted(queue, limit, now, lease_until))
 
-    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
+    def _claim(self, key: str, holds: list[Hold], wanted: Wanted) -> list[ClaimedJob]:
         """:meth:`claim`, for a ``wanted.limit`` of at least one: the holder's own way."""
         raise NotImplementedError
 
@@ -127,12 +149,10 @@ class Limiter:
 class DatabaseLimiter(Limiter):
     """Limits held in the database (see the module docstring)."""
 
-    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
-        rate = (rule.rate_count, rule.rate_period) if rule.rate_count and rule.rate_period else None
+    def _claim(self, key: str, holds: list[Hold], wanted: Wanted) -> list[ClaimedJob]:
         return Job.objects.using(self.using).claim_limited(
             key,
-            concurrency=rule.concurrency,
-            rate=rate,
+            holds=holds,
             queue=wanted.queue,
             limit=wanted.limit,
             worker=self.worker,
@@ -157,8 +177,8 @@ class RedisLimiter(Limiter):
         self._reserve = self.redis.register_script(_RESERVE)
         self._renew = self.redis.register_script(_RENEW)
         self._tokens = (f"{worker}:{uuid.uuid4().hex[:8]}:{n}" for n in count())
-        #: The slots this worker holds: job pk -> (limit key, token).
-        self.held: dict[int, tuple[str, str]] = {}
+        #: The slots this worker holds: job pk -> (its limit keys, token).
+        self.held: dict[int, tuple[tuple[str, ...], str]] = {}
         self.next_renewal = 0.0
         self.retry_at = 0.0
         self.down = False
@@ -179,21 +199,20 @@ class RedisLimiter(Limiter):
             )
         self.down = True
 
-    def _claim(self, key: str, rule: Rule, wanted: Wanted) -> list[ClaimedJob]:
+    def _claim(self, key: str, holds: list[Hold], wanted: Wanted) -> list[ClaimedJob]:
         if time.monotonic() < self.retry_at:
             return []
         tokens = [next(self._tokens) for _ in range(wanted.limit)]
         lease = conf.settings.LEASE_SECONDS
+        limits: list[Any] = []
+        for one in holds:
+            count_, period = one.rate or (0, 0)
+            limits += [one.concurrency or 0, count_, period]
+        held = tuple(one.key for one in holds)
         try:
             granted = self._reserve(
-                keys=self.keys(key),
-                args=[
-                    rule.concurrency or 0,
-                    rule.rate_count or 0,
-                    rule.rate_period or 0,
-                    lease,
-                    *tokens,
-                ],
+                keys=[name for one in held for name in self.keys(one)],
+                args=[len(holds), lease, *limits, *tokens],
             )
         except Exception as exc:  # redis-py's errors: a connection, a timeout, a script
             self._failed("reserving room", exc)
@@ -214,23 +233,25 @@ class RedisLimiter(Limiter):
                 limit_key=key,
             )
         except BaseException:
-            self._release(key, granted, starts=True)
+            self._release(held, granted, starts=True)
             raise
         for job, token in zip(claimed, granted, strict=False):
-            self.held[job.id] = (key, token)
-        self._release(key, granted[len(claimed) :], starts=True)
+            self.held[job.id] = (held, token)
+        self._release(held, granted[len(claimed) :], starts=True)
         return claimed
 
-    def _release(self, key: str, tokens: list[str], *, starts: bool) -> None:
-        """Free ``tokens``' slots (and, for room never used, their starts)."""
+    def _release(self, held: tuple[str, ...], tokens: list[str], *, starts: bool) -> None:
+        """Free ``tokens``' slots of every key of ``held`` (and, for room never used, their
+        starts)."""
         if not tokens:
             return
-        slots, started = self.keys(key)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(slots, *tokens)
-                if starts:
-                    pipe.zrem(started, *tokens)
+                for key in held:
+                    slots, started = self.keys(key)
+                    pipe.zrem(slots, *tokens)
+                    if starts:
+                        pipe.zrem(started, *tokens)
                 pipe.execute()
         except Exception as exc:
             # Their lease ends them: the slots come back after LEASE_SECONDS.
@@ -238,7 +259,7 @@ class RedisLimiter(Limiter):
 
     def sync(self, held: set[int], now: float) -> None:
         gone = [pk for pk in self.held if pk not in held]
-        freed: dict[str, list[str]] = defaultdict(list)
+        freed: dict[tuple[str, ...], list[str]] = defaultdict(list)
         for pk in gone:
             key, token = self.held.pop(pk)
             freed[key].append(token)
@@ -250,8 +271,9 @@ class RedisLimiter(Limiter):
 
     def _renew_all(self) -> None:
         by_key: dict[str, list[str]] = defaultdict(list)
-        for key, token in self.held.values():
-            by_key[key].append(token)
+        for held, token in self.held.values():
+            for key in held:
+                by_key[key].append(token)
         lease = conf.settings.LEASE_SECONDS
         try:
             for key, tokens in by_key.items():
