@@ -67,7 +67,7 @@ def test_the_router_sends_every_model_of_the_app_to_the_alias(own_database):
 def _ids() -> list[str]:
     """The ids of the database checks (E050-E053) that fail."""
     return [
-        m.id for m in run_checks(tags=["compatibility"]) if m.id.startswith("django_jobqueue.E04")
+        m.id for m in run_checks(tags=["compatibility"]) if m.id.startswith("django_jobqueue.E05")
     ]
 
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django_jobqueue import InvalidJobError, pause_queue, resume_queue
 from django_jobqueue.models import Job, QueuePause
 from django_jobqueue.worker import Worker
+from django_jobqueue.worker.steps import release_paused
 from tests.conftest import requires_postgres, wait_until
 from tests.test_admin import staff
 from tests.test_telemetry import scrape
@@ -78,15 +79,15 @@ def test_a_worker_hands_back_the_jobs_it_claimed_ahead_once_their_queue_is_pause
     assert claimer.claim(10) == 3
     pause_queue("other")
     now = time.monotonic()
-    claimer.release_paused(now)
+    release_paused(claimer, now)
     assert [job.job_id for job in claimer.buffer] == [free.id]
     rows = Job.objects.filter(job_id__in=[h.id for h in held])
     assert {(row.status, row.attempts, row.worker) for row in rows} == {("queued", 0, "")}
     pause_queue("default")
     with CaptureQueriesContext(connection) as queries:
-        claimer.release_paused(now + 0.5)  # not due: no statement, nothing handed back
+        release_paused(claimer, now + 0.5)  # not due: no statement, nothing handed back
     assert not queries.captured_queries and len(claimer.buffer) == 1
-    claimer.release_paused(now + 1.0)
+    release_paused(claimer, now + 1.0)
     assert not claimer.buffer
 
 

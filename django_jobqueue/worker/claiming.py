@@ -102,7 +102,7 @@ class Claimer:
         #: When the buffered jobs' queues are next looked up among the paused ones.
         self.next_pause_check = 0.0
 
-    def _jobs(self) -> JobQuerySet:
+    def jobs(self) -> JobQuerySet:
         return Job.objects.using(self.using)
 
     def free_slots(self) -> int:
@@ -171,7 +171,7 @@ class Claimer:
         for name in order:
             if claimed >= wanted:
                 break
-            batch = self._jobs().claim(
+            batch = self.jobs().claim(
                 queue=name,
                 limit=wanted - claimed,
                 worker=self.worker,
@@ -206,7 +206,7 @@ class Claimer:
             return 0
         if self.limiter is None:
             self.limiter = make_limiter(self.using, self.worker)
-        keys = self._jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
+        keys = self.jobs().queued_limit_keys(after=self.key_cursor, count=KEY_BATCH)
         self.key_cursor = keys[-1] if len(keys) == KEY_BATCH else ""
         poll = conf.settings.POLL_INTERVAL
         if len(self.key_blocked) > 4 * KEY_BATCH:  # many keys (tenants): forget the past
@@ -232,27 +232,6 @@ class Claimer:
             if any(job.group is not None for job in batch):
                 self._drop_overtaking(batch)
         return claimed
-
-    def release_paused(self, now: float) -> None:
-        """Hand back the buffered (claimed, never started) jobs of queues paused since their
-        claim. The loop calls it before it starts buffered jobs; it looks the pauses up at
-        most every :data:`PAUSE_CHECK_SECONDS` (or ``POLL_INTERVAL``, if shorter), and only
-        while the buffer holds jobs, so a worker that keeps no jobs ahead pays nothing."""
-        if not self.buffer or now < self.next_pause_check:
-            return
-        self.next_pause_check = now + min(PAUSE_CHECK_SECONDS, conf.settings.POLL_INTERVAL)
-        paused = self._jobs().paused_among(sorted({job.queue for job in self.buffer}))
-        if not paused:
-            return
-        held = [job for job in self.buffer if job.queue in paused]
-        self._jobs().release([job.fence for job in held])
-        self.drop(job.id for job in held)
-        logger.info(
-            "worker name=%s: handed back %d claimed jobs of paused queues %s",
-            self.worker,
-            len(held),
-            ",".join(sorted(paused)),
-        )
 
     def _limits_configured(self) -> bool:
         """True if ``LIMITS`` has entries. A malformed setting (``manage.py check`` reports it
@@ -291,7 +270,7 @@ class Claimer:
                     one,
                 )
         if not holds:
-            return self._jobs().claim(
+            return self.jobs().claim(
                 queue=queue,
                 limit=room,
                 worker=self.worker,
@@ -331,9 +310,9 @@ class Claimer:
         again with a fresh snapshot, after the claim committed, the later job is released
         before it starts: the group still runs one job at a time, in order.
         """
-        overtaking = self._jobs().overtaking([job.fence for job in batch if job.group is not None])
+        overtaking = self.jobs().overtaking([job.fence for job in batch if job.group is not None])
         if overtaking:
-            self._jobs().release([job.fence for job in self.buffer if job.id in overtaking])
+            self.jobs().release([job.fence for job in self.buffer if job.id in overtaking])
             self.drop(overtaking)
 
     def drop(self, ids: Iterable[int]) -> None:
@@ -344,7 +323,7 @@ class Claimer:
     def release_all(self) -> None:
         """Give prefetched, never-started jobs back to the queue (their attempt is undone)."""
         if self.buffer:
-            self._jobs().release([job.fence for job in self.buffer])
+            self.jobs().release([job.fence for job in self.buffer])
             self.buffer.clear()
         self.sync_limits(time.monotonic())
 

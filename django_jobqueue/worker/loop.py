@@ -36,7 +36,13 @@ from .recycling import Recycling
 from .runner import Runner
 from .shortpath import ShortPath
 from .shutdown import StopSignals
-from .steps import abandoned_too_many, burst_is_over, cancel_held, write_progress
+from .steps import (
+    abandoned_too_many,
+    burst_is_over,
+    cancel_held,
+    release_paused,
+    write_progress,
+)
 from .timelimits import EXIT_ABANDONED_THREADS
 from .unknown import UnknownNames
 from .upkeep import Upkeep
@@ -215,7 +221,7 @@ class Worker:
                     self._enforce_time_limits(now)
                 connection.prepare()
                 if not self._stopping:
-                    claimer.release_paused(now)  # jobs of a queue paused since their claim
+                    release_paused(claimer, now)  # jobs of a queue paused since their claim
                     self._start_buffered()  # refill finished slots before the writes
                 write_progress(self._runner, self.using, now)
                 self._writer.flush()

@@ -11,7 +11,7 @@ from ..base import ClaimedJob
 from ..models import Job
 from ..notifications import hub
 from ..serialization import printable
-from .claiming import Claimer
+from .claiming import PAUSE_CHECK_SECONDS, Claimer
 from .runner import Runner
 from .timelimits import EXIT_ABANDONED_THREADS
 
@@ -96,3 +96,25 @@ def cancel_held(
         for job in buffered:
             running[job.id] = job
     return buffered
+
+
+def release_paused(claimer: Claimer, now: float) -> None:
+    """Hand back the buffered (claimed, never started) jobs of queues paused since their
+    claim. The loop calls it before it starts buffered jobs; it looks the pauses up at
+    most every :data:`PAUSE_CHECK_SECONDS` (or ``POLL_INTERVAL``, if shorter), and only
+    while the buffer holds jobs, so a worker that keeps no jobs ahead pays nothing."""
+    if not claimer.buffer or now < claimer.next_pause_check:
+        return
+    claimer.next_pause_check = now + min(PAUSE_CHECK_SECONDS, conf.settings.POLL_INTERVAL)
+    paused = claimer.jobs().paused_among(sorted({job.queue for job in claimer.buffer}))
+    if not paused:
+        return
+    held = [job for job in claimer.buffer if job.queue in paused]
+    claimer.jobs().release([job.fence for job in held])
+    claimer.drop(job.id for job in held)
+    logger.info(
+        "worker name=%s: handed back %d claimed jobs of paused queues %s",
+        claimer.worker,
+        len(held),
+        ",".join(sorted(paused)),
+    )
