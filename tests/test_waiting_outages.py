@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from django_jobqueue.models import Job
 from django_jobqueue.notifications.names import RESULT_IN_MESSAGE_BYTES
@@ -22,6 +22,21 @@ pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
 
 #: A result too large to ride in the "finished" message: the waiter reads the row itself.
 BIG = RESULT_IN_MESSAGE_BYTES + 1
+
+
+@pytest.fixture(autouse=True)
+def _close_the_killed_sessions() -> Iterator[None]:
+    """The sessions these tests end belong to threads that outlive a test too: the runtime's
+    database threads, and asgiref's one thread for thread-sensitive calls made from a plain
+    event loop. Close their connections after each test, so the next test's first query on
+    them does not meet a session the server ended."""
+    yield
+    from asgiref.sync import sync_to_async
+
+    from django_jobqueue.notifications import runtime
+
+    runtime.close()
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture
