@@ -28,6 +28,7 @@ from django_jobqueue.control import cancel_queued
 from django_jobqueue.deadletters import prune as prune_dead_letters
 from django_jobqueue.deadletters import requeue_report
 from django_jobqueue.management import pausing
+from django_jobqueue.management.argtypes import positive
 from django_jobqueue.management.pausing import queue_name as _queue
 from django_jobqueue.management.statusreport import age as _age
 from django_jobqueue.management.statusreport import render_status, status_report
@@ -68,16 +69,6 @@ def _watch_interval(value: str) -> float:
             f"{value!r}: give the seconds between two reports, from {low:g} to {high:g} "
             "(a day); leave --watch out for one report"
         )
-    return number
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
     return number
 
 
@@ -178,7 +169,7 @@ def _declare(parser: CommandParser) -> argparse._SubParsersAction[Any]:
     letters.add_argument("--queue", type=_queue, help="Only dead letters of this queue.")
     letters.add_argument(
         "--limit",
-        type=_positive,
+        type=positive,
         default=20,
         metavar="N",
         help="List the latest N (default: %(default)r).",

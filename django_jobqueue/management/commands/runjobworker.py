@@ -19,6 +19,7 @@ from django.db import DatabaseError, connections
 from django.utils import autoreload
 
 from django_jobqueue import __version__, periodic, telemetry
+from django_jobqueue.management.argtypes import positive
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
 from django_jobqueue.routers import queue_database
@@ -44,17 +45,6 @@ def _concurrency(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if not 1 <= number <= 512:
         raise argparse.ArgumentTypeError("must be between 1 and 512")
-    return number
-
-
-def _positive(value: str) -> int:
-    """A whole number of at least 1 (``--processes``, ``--max-jobs``, ``--max-memory``)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
     return number
 
 
@@ -197,7 +187,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--processes",
-            type=_positive,
+            type=positive,
             default=1,
             metavar="N",
             help="Run N worker processes (each with --concurrency threads) under a supervisor "
@@ -207,7 +197,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-jobs",
-            type=_positive,
+            type=positive,
             default=None,
             metavar="N",
             help="After N finished jobs, a worker process finishes its running jobs and exits "
@@ -216,7 +206,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-memory",
-            type=_positive,
+            type=positive,
             default=None,
             metavar="MB",
             help="The same, once a worker process's resident memory is past MB megabytes "
