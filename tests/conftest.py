@@ -185,6 +185,20 @@ def worker_processes(tmp_path: Path, transactional_db: Any) -> Iterator[WorkerPr
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _features_of_every_alias(django_db_setup: Any, django_db_blocker: Any) -> None:
+    """Model checks ask each alias's backend whether it supports JSON fields (``manage.py
+    check``, which many tests call); on SQLite that is a query, cached per connection. The
+    default alias learnt it while the test databases were made; the second one ("queue", for
+    tests/test_owndb.py) learns it here, once, so that a check inside a test that may not use
+    that database does not query it (Django 6.1 checks every alias)."""
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for alias in connections:
+            assert connections[alias].features.supports_json_field
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _drop_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
     """Threads the tests started (executor threads, asgiref's sync thread) keep connections
     that PostgreSQL would refuse to drop the test database over; end them at the close."""
