@@ -11,18 +11,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from datetime import datetime
+from typing import Any, Protocol, Union
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import waiting
+from .base import NewJob
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .producing import Step, insert_steps
 
-if TYPE_CHECKING:
-    from .decorators import JobFunction
+
+class Bindable(Protocol):
+    """What a :class:`BoundJob` needs of its job: ``@job``'s ``JobFunction`` has it. Declared
+    here so that this module names no module above it (``decorators`` imports this one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def after(self) -> tuple[str, ...]: ...
+
+    @property
+    def parent_failure(self) -> str: ...
+
+    def using(self, **options: Any) -> Bindable: ...
+
+    def new_job(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        now: datetime | None = None,
+    ) -> NewJob: ...
+
 
 Node = Union["BoundJob", "Chain", "Group"]
 
@@ -36,9 +61,7 @@ class BoundJob:
 
     __slots__ = ("args", "job", "kwargs")
 
-    def __init__(
-        self, job: JobFunction[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> None:
+    def __init__(self, job: Bindable, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         job.new_job(args, kwargs)  # checks the arguments as enqueue() would; writes nothing
         self.job = job
         self.args = tuple(args)
