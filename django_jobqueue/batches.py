@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import conf, waiting
+from .base import FINISHED
 from .canvas import BoundJob
 from .exceptions import InvalidJobError, JobTimeoutError
 from .models import Job, JobBatch
@@ -111,12 +112,8 @@ class BatchHandle:
         self.sealed = row.sealed
         #: Every job of the sealed batch finished (its callbacks are enqueued).
         self.finished = row.callbacks_done
-        self.counts = {
-            "pending": row.pending,
-            "completed": row.completed,
-            "failed": row.failed,
-            "cancelled": row.cancelled,
-        }
+        #: ``pending``, then one count per finished status (``base.FINISHED``).
+        self.counts = {"pending": row.pending, **{s: getattr(row, s) for s in FINISHED}}
 
     def refresh(self) -> BatchHandle:
         row = JobBatch.objects.using(queue_database()).get(pk=self.id)

@@ -54,7 +54,7 @@ def status_message(status: str, progress: Any, result: Any, error: str) -> Messa
     elif status == Status.FAILED:
         message["error"] = error
     elif status == Status.CANCELLED:
-        message["error"] = "cancelled"
+        message["error"] = Status.CANCELLED.value
     return message
 
 

@@ -13,12 +13,13 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from ..base import FINISHED
 from ..models import Job, JobBatch
 from ..querysets.batches import CALLBACKS, callback_id
 from .display import NulSafeAdmin, short_time, status_badge
 
 #: The counters, in the order the list and the page show them.
-COUNTERS = ("total", "pending", "completed", "failed", "cancelled")
+COUNTERS: tuple[str, ...] = ("total", "pending", *FINISHED)
 
 
 def callbacks_state(row: JobBatch) -> str:
@@ -37,15 +38,16 @@ class JobBatchAdmin(NulSafeAdmin):
     search_fields = ("=id", "name")
     list_filter = ("sealed", "callbacks_done")
     fields = (
-        "id",
-        "name",
-        *COUNTERS,
-        "sealed",
-        "callbacks",
-        "callback_jobs",
-        "jobs_link",
-        "created",
-        "finished",
+        ("id", "name")  # noqa: RUF005 - unpacked, mypy infers a union of tuples
+        + COUNTERS
+        + (
+            "sealed",
+            "callbacks",
+            "callback_jobs",
+            "jobs_link",
+            "created",
+            "finished",
+        )
     )
     readonly_fields = fields
     show_full_result_count = False

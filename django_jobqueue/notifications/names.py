@@ -21,6 +21,7 @@ from typing import Any
 
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from ..base import Status
 from ..options import JOB_ID_MAX_LENGTH
 
 FINISHED_TYPE = "jobqueue.finished"
@@ -75,7 +76,7 @@ def finished_message(job_id: str, completed: tuple[int, Any] | None = None) -> d
         if len(text) <= RESULT_IN_MESSAGE_BYTES:
             sent = int(time.time())
             message.update(
-                status="completed",
+                status=Status.COMPLETED.value,
                 attempts=attempts,
                 result=text,
                 sent=sent,
@@ -94,7 +95,7 @@ def completed_outcome(message: object) -> tuple[int, Any] | None:
     signed with this project's ``SECRET_KEY``; None when it carries nothing usable, or a
     signature that does not match (the waiter reads the database). The result is JSON text,
     decoded with :func:`json.loads` only: never code."""
-    if _type_of(message) != FINISHED_TYPE or dict.get(message, "status") != "completed":  # type: ignore[call-overload]
+    if _type_of(message) != FINISHED_TYPE or dict.get(message, "status") != Status.COMPLETED:  # type: ignore[call-overload]
         return None
     attempts = dict.get(message, "attempts")  # type: ignore[call-overload]
     text = dict.get(message, "result")  # type: ignore[call-overload]
