@@ -26,6 +26,8 @@ requires_redis = pytest.mark.skipif(not REDIS, reason="needs REDIS_URL (channels
 #: DJQ_QUEUE_DATABASE=queue: the whole run keeps the queue on its own test database.
 QUEUE_DATABASE = os.environ.get("DJQ_QUEUE_DATABASE", "")
 requires_postgres = pytest.mark.skipif(not POSTGRES, reason="needs DATABASE_URL (PostgreSQL)")
+#: scripts/test-pgbouncer: DATABASE_URL is PgBouncer in transaction pooling mode.
+PGBOUNCER = os.environ.get("DJQ_PGBOUNCER") == "1"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -21,7 +21,7 @@ from model_bakery import baker
 from django_jobqueue import get_job
 from django_jobqueue.models import DeadLetter, Job, JobResult
 from django_jobqueue.worker import Outcome, Worker, backoff
-from tests.conftest import requires_postgres, wait_until
+from tests.conftest import PGBOUNCER, requires_postgres, wait_until
 from tests.testapp.jobs import (
     add,
     always_fails,
@@ -437,6 +437,11 @@ def test_the_worker_sets_no_session_parameter_behind_a_transaction_pooler(
 
     from django_jobqueue.worker.connection import Connection
 
+    if PGBOUNCER and not pooled:
+        pytest.skip(
+            "through a real PgBouncer the session SET this case makes would reach the "
+            "pooler's other clients: the very leak the pooled case proves absent"
+        )
     settings.JOBQUEUE = {**settings.JOBQUEUE, "WORKER_SYNCHRONOUS_COMMIT": False}
     monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", pooled)
     connection.close()

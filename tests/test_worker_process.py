@@ -12,7 +12,7 @@ import pytest
 from django.db import connection, transaction
 
 from django_jobqueue.models import DeadLetter, Job
-from tests.conftest import POSTGRES, wait_until
+from tests.conftest import PGBOUNCER, POSTGRES, wait_until
 from tests.testapp.jobs import add, always_fails, record, sleep_then_record
 from tests.testapp.models import Execution
 
@@ -128,7 +128,7 @@ def test_a_long_healthy_job_is_never_started_twice(worker_processes, tmp_path):
 
 @pytest.mark.skipif(not POSTGRES, reason="kills server-side connections: PostgreSQL only")
 @pytest.mark.skipif(
-    os.environ.get("DJQ_PGBOUNCER") == "1",
+    PGBOUNCER,
     reason="through PgBouncer the pooler replaces a killed server connection: the worker's own "
     "connection never breaks, so there is no database error to survive",
 )
