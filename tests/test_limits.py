@@ -87,6 +87,40 @@ def test_concurrency_holds_within_one_worker(settings, run_worker, cache):
     assert max_overlap(rows) == 2, [(r.started, r.ended) for r in rows]
 
 
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("cache", HOLDERS)
+def test_a_slot_freed_on_the_short_path_is_claimed_at_once_not_at_the_next_poll(settings, cache):
+    """Short jobs of one key run on the short path (worker/shortpath.py), whose window waits
+    for them and so takes the wake-up their endings send: the slot they free must be claimed
+    again at once. It was claimed at the next poll, so a key with ``concurrency`` 2 and a
+    30 s ``POLL_INTERVAL`` ran 2 jobs per 30 s."""
+    import threading
+
+    from django_jobqueue.worker import Worker
+
+    _limits(settings, {"api": {"concurrency": 2}}, cache)
+    _flush_limits_cache(cache)
+    # A window of 5 x 50 ms: the jobs report within it, even on a loaded machine; nothing
+    # else wakes the loop for seconds (heartbeats every LEASE_SECONDS / 3).
+    settings.JOBQUEUE = {
+        **settings.JOBQUEUE,
+        "POLL_INTERVAL": 30,
+        "LEASE_SECONDS": 60,
+        "SHORT_JOB_SECONDS": 0.05,
+    }
+    add.using(limit="api").enqueue_many([(i, i) for i in range(40)])
+    worker = Worker(concurrency=4)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: Job.objects.filter(status="completed").count() == 40, timeout=20)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert worker._short.windows > 0  # the short path ran them, as it does short jobs
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_job_over_its_limit_stays_queued_and_does_not_block_its_queue(settings, run_worker):
     """Another worker holds the key's only slot: the limited jobs (higher priority, ahead in

@@ -338,8 +338,10 @@ class Worker:
         for outcome in written:
             if self._running.get(outcome.job.id, outcome.job).claim == outcome.job.claim:
                 self._running.pop(outcome.job.id, None)  # not a later claim of the job
-            if outcome.job.group is not None:
-                self._claimer.work_hint = True  # the group's next job may be ready now
+            if outcome.job.group is not None or outcome.job.id in self._claimer.limited:
+                # The group's next job may be ready now, or the key's slot came back: claim
+                # at once, not at the next poll (a short-path window consumed the wake-up).
+                self._claimer.work_hint = True
             self._claimer.record_duration(outcome.duration)
             self._short.durations.record(outcome.job.name, outcome.duration)
         self.processed += len(written)
