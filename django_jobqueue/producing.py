@@ -37,7 +37,7 @@ from .models import Job
 from .querysets import INSERT_BATCH
 from .querysets.batches import join
 from .querysets.dependencies import adopt, attach
-from .routers import queue_database
+from .routers import main_database, queue_aliases, queue_database
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -97,6 +97,12 @@ def insert_jobs(
                 on_duplicate=on_duplicate,
             )
         using = queue_database()
+        if queue_aliases() and using != main_database():
+            raise InvalidJobError(
+                f"with batch(...) holds jobs of the main database only, and these jobs' "
+                f"queue is on {using!r} (JOBQUEUE['QUEUES']): enqueue them outside the batch. "
+                "Nothing was written."
+            )
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
             snapshots = _insert_jobs(
                 traced,
@@ -191,7 +197,14 @@ def insert_steps(
                 raise InvalidJobError(
                     f"after= names {len(missing)} job(s) that do not exist: "
                     f"{', '.join(map(repr, missing[:5]))}. Enqueue a parent before its "
-                    "children (its handle or id), and check the id. Nothing was written."
+                    "children (its handle or id), and check the id"
+                    + (
+                        f" (on {using!r}: a parent and its children must be on one database, "
+                        "JOBQUEUE['QUEUES'])"
+                        if queue_aliases()
+                        else ""
+                    )
+                    + ". Nothing was written."
                 )
             written_now = insert_jobs(jobs, notify=notify)
             created = [job for job, snap in zip(jobs, written_now, strict=True) if snap.created]

@@ -244,10 +244,10 @@ def summary(
             row.throughput = Throughput(row.queue, start, empty.per_minute)
     if only:
         rows = {name: rows[name] for name in set(queues)}
-    return Summary(now, [rows[name] for name in sorted(rows)], _total(rows.values(), empty))
+    return Summary(now, [rows[name] for name in sorted(rows)], total(rows.values(), empty))
 
 
-def _total(rows: Iterable[QueueSummary], empty: Throughput) -> QueueSummary:
+def total(rows: Iterable[QueueSummary], empty: Throughput) -> QueueSummary:
     total = QueueSummary("All queues", throughput=empty)
     per_minute = list(empty.per_minute)
     for row in rows:

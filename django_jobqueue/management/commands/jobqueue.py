@@ -35,7 +35,7 @@ from django_jobqueue.management.statusreport import render_status, status_report
 from django_jobqueue.management.statusreport import table as _table
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
-from django_jobqueue.routers import queue_database
+from django_jobqueue.routers import queue_databases
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -305,10 +305,14 @@ class Command(BaseCommand):
     # -- prune -----------------------------------------------------------------------------
 
     def _prune(self, options: dict[str, Any]) -> None:
+        for alias in queue_databases():  # queues on databases of their own: each
+            self._prune_on(alias, options)
+
+    def _prune_on(self, alias: str, options: dict[str, Any]) -> None:
         now = timezone.now()
         older = options["older_than"]
         before = None if older is None else now - timedelta(seconds=older)
-        jobs = Job.objects.using(queue_database())
+        jobs = Job.objects.using(alias)
         what = (
             "finished jobs past their result_ttl"
             if before is None
@@ -321,7 +325,7 @@ class Command(BaseCommand):
                 if before is None
                 else rows.filter(finished_at__lte=before)
             )
-            letters = prune_dead_letters(now, dry_run=True)
+            letters = prune_dead_letters(now, dry_run=True, using=alias)
             more = "" if letters is None else f", and {letters} dead letters"
             self.stdout.write(f"would delete {rows.count()} {what}{more}")
             return
@@ -338,7 +342,7 @@ class Command(BaseCommand):
             batches += pruned
             if pruned < batch:
                 break
-        letters = prune_dead_letters(now)
+        letters = prune_dead_letters(now, using=alias)
         more = "" if letters is None else f", and {letters} dead letters"
         self.stdout.write(
             f"deleted {total} {what}, with their results, {batches} finished batches{more}"
