@@ -273,8 +273,8 @@ def announce(
     ``waited_for``: the INSERT also marked existing jobs as waited for, which locks their
     rows for a moment, so a worker claiming then may have passed over them: their queues
     are woken too."""
-    using = using or queue_database()
     handles = [JobHandle.from_snapshot(snapshot) for snapshot in snapshots]
+    using = using or queue_database(handles[0].queue if handles else None)
     queues = {handle.queue for handle in handles if handle.created}
     if waited_for:
         queues.update(h.queue for h in handles if not h.created and h.status == Status.QUEUED)
