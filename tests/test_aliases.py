@@ -7,6 +7,7 @@ that one transaction cannot hold is refused; ``status`` and the admin show both;
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from django_jobqueue import cancel, get_job, pause_queue, routers
 from django_jobqueue.batches import batch
@@ -301,3 +303,44 @@ def test_the_admin_shows_one_database_at_a_time(split, admin_client):
     assert page.status_code == 200 and there.id in page.content.decode()
     letters = reverse("admin:django_jobqueue_deadletter_changelist")
     assert admin_client.get(letters, {"database": "queue"}).status_code == 200
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_the_commands_reach_every_database(split, settings):
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
+    failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")
+    run_jobs()
+    waiting = other_queue.enqueue(1)
+    out = StringIO()
+    call_command("jobqueue", "dead-letters", "--json", stdout=out)
+    letters = json.loads(out.getvalue())
+    assert [r["job_id"] for r in letters["latest"]] == [failed.id]
+    out = StringIO()
+    call_command("jobqueue", "requeue", "--queue", "other", stdout=out)
+    assert "requeued 1 dead letters" in out.getvalue()
+    assert failed.refresh().status == "queued"
+    out = StringIO()
+    call_command("jobqueue", "cancel", "--queue", "other", "--dry-run", stdout=out)
+    assert "would cancel 2 queued jobs" in out.getvalue()
+    call_command("jobqueue", "cancel", "--queue", "other", stdout=StringIO())
+    assert waiting.refresh().status == "cancelled"
+    out = StringIO()
+    call_command("jobqueue", "prune", "--older-than", "0", stdout=out)
+    first, second = out.getvalue().strip().splitlines()  # a line per database
+    assert first.startswith("deleted 0 ") and first.endswith("(database 'default')")
+    assert second.startswith("deleted 2 ") and second.endswith("(database 'queue')")
+    assert _jobs("queue") == []
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_health_sees_a_backed_up_queue_on_the_second_database(split):
+    from django.core.management.base import CommandError
+
+    job = other_queue.enqueue(1)
+    Job.objects.using("queue").filter(job_id=job.id).update(
+        enqueued_at=timezone.now() - timedelta(hours=1)
+    )
+    with pytest.raises(CommandError, match=r"backed up: 'other' waited"):
+        call_command(
+            "jobqueue", "health", "--max-waiting", "60", "--min-workers", "0", stdout=StringIO()
+        )
