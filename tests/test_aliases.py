@@ -23,11 +23,11 @@ from django_jobqueue import cancel, get_job, pause_queue, routers
 from django_jobqueue.batches import batch
 from django_jobqueue.deadletters import requeue
 from django_jobqueue.exceptions import InvalidJobError
-from django_jobqueue.models import DeadLetter, Job, QueuePause
+from django_jobqueue.models import DeadLetter, Job, QueuePause, WorkerHeartbeat
 from django_jobqueue.pauses import paused_queues
 from django_jobqueue.testing import enqueued, run_jobs
 from django_jobqueue.worker import Worker
-from tests.conftest import wait_until
+from tests.conftest import requires_redis, wait_until
 from tests.testapp.jobs import add, always_fails, other_queue, record
 from tests.testapp.models import Execution
 
@@ -344,3 +344,19 @@ def test_health_sees_a_backed_up_queue_on_the_second_database(split):
         call_command(
             "jobqueue", "health", "--max-waiting", "60", "--min-workers", "0", stdout=StringIO()
         )
+
+
+@requires_redis
+@pytest.mark.subprocess
+@pytest.mark.django_db(transaction=True, databases=BOTH)
+def test_wake_ups_reach_the_worker_of_each_database(split, worker_processes):
+    """Both worker processes poll every 30 s: only a wake-up gets a job run in time. Each
+    writes its heartbeat on its own database."""
+    overrides = {**SPLIT, "POLL_INTERVAL": 30}
+    split.JOBQUEUE = {**split.JOBQUEUE, **overrides}
+    proc = worker_processes.start(env={"DJQ_JOBQUEUE": json.dumps(overrides)})
+    wait_until(lambda: worker_processes.log(proc).count("worker started") == 2, timeout=30)
+    for alias in BOTH:
+        wait_until(lambda a=alias: WorkerHeartbeat.objects.using(a).exists(), timeout=10)
+    handles = [record.using(queue="other").enqueue("woken-1"), record.enqueue("woken-2")]
+    wait_until(lambda: all(h.refresh().status == "completed" for h in handles), timeout=10)

@@ -15,7 +15,7 @@ from typing import Any
 import django
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import autoreload
 
 from django_jobqueue import __version__, periodic, telemetry
@@ -116,8 +116,9 @@ def _require_migrated(alias: str) -> None:
         more = f" and {len(plan) - 3} more" if len(plan) > 3 else ""
         raise CommandError(
             f"the job queue's tables are not ready on database {alias!r}: {len(plan)} "
-            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate "
-            f"--database {alias}' first, then start the worker again."
+            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate"
+            f"{'' if alias == DEFAULT_DB_ALIAS else f' --database {alias}'}' first, then start "
+            "the worker again."
         )
 
 
@@ -337,8 +338,8 @@ class Command(BaseCommand):
         worker processes, each this command line; the metrics of all in one scrape."""
         if options["reload"]:
             raise CommandError(
-                "--reload and --processes (or queues on several databases, which take a "
-                "worker process each) do not go together"
+                "--reload and --processes do not go together (nor --reload and queues on "
+                "several databases, which take a worker process each)"
             )
         if not getattr(self, "_called_from_command_line", False):  # set by run_from_argv()
             raise CommandError(
