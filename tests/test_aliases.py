@@ -360,3 +360,18 @@ def test_wake_ups_reach_the_worker_of_each_database(split, worker_processes):
         wait_until(lambda a=alias: WorkerHeartbeat.objects.using(a).exists(), timeout=10)
     handles = [record.using(queue="other").enqueue("woken-1"), record.enqueue("woken-2")]
     wait_until(lambda: all(h.refresh().status == "completed" for h in handles), timeout=10)
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_the_admin_overview_counts_every_database(split, admin_client):
+    from django_jobqueue.admin.overview import build_overview
+
+    other_queue.enqueue(1)
+    other_queue.enqueue(2)
+    add.enqueue(1, 1)
+    overview = build_overview(timezone.now())
+    queued = {row.queue: row.counts.get("queued", 0) for row in overview.queues}
+    assert queued["other"] == 2 and queued["default"] == 1
+    assert overview.total.counts["queued"] == 3
+    page = admin_client.get(reverse("admin:django_jobqueue_job_overview"))
+    assert page.status_code == 200 and "other" in page.content.decode()

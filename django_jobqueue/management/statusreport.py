@@ -11,7 +11,7 @@ from django_jobqueue import stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.management import pausing
 from django_jobqueue.metrics import live_workers
-from django_jobqueue.routers import queue_database, queue_databases
+from django_jobqueue.routers import queue_databases
 from django_jobqueue.serialization import printable
 
 #: ``status`` looks at this many minutes of finished jobs: the last full one and this one.
@@ -51,15 +51,9 @@ def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict
     shown = list(queues) if queues is not None else [p["queue"] for p in paused]
     # Queues on databases of their own (JOBQUEUE["QUEUES"]): each alias's, then the total.
     aliases = queue_databases()
-    rows: list[tuple[str, stats.QueueSummary]] = []
-    totals = []
-    for alias in aliases:
-        on = [q for q in shown if queue_database(q) == alias]
-        found = stats.summary(
-            now, queues=on, only=queues is not None, minutes=_STATUS_MINUTES, cap=cap, using=alias
-        )
-        rows.extend((alias, row) for row in found.queues)
-        totals.append(found.total)
+    rows, all_queues = stats.every_database(
+        now, queues=shown, only=queues is not None, minutes=_STATUS_MINUTES, cap=cap
+    )
 
     def entry(row: stats.QueueSummary, alias: str = "") -> dict[str, Any]:
         assert row.throughput is not None
@@ -76,9 +70,7 @@ def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict
             "paused": row.queue in {p["queue"] for p in paused},
         }
 
-    assert totals[0].throughput is not None
-    empty = stats.Throughput("", totals[0].throughput.start, totals[0].throughput.per_minute)
-    total = entry(stats.total(totals, empty) if len(totals) > 1 else totals[0])
+    total = entry(all_queues)
     del total["queue"], total["paused"], total["database"]
     workers = [live_workers(alias) for alias in aliases]
     return {
