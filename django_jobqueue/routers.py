@@ -27,10 +27,9 @@ waits for (:func:`after_commits`), so a rollback writes no job (docs/guide/produ
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar, Token
 from typing import Any
 
 from django.apps import apps
@@ -148,19 +147,25 @@ def database_for(queues: Iterable[str]) -> str | None:
     return found.pop() if found else None
 
 
-@contextlib.contextmanager
-def routed(alias: str | None) -> Iterator[None]:
+class routed:  # lower case: used as a function, "with routed(alias):"
     """Inside, :func:`queue_database` with no queue names ``alias`` (None: no change): the
     writes of one ``enqueue()`` (its jobs, their dependencies, its batch) go to their
-    queue's alias (:func:`database_for`)."""
-    if alias is None:
-        yield
-        return
-    token = _routed.set(alias)
-    try:
-        yield
-    finally:
-        _routed.reset(token)
+    queue's alias (:func:`database_for`). A class, not a generator: it is on every enqueue."""
+
+    __slots__ = ("alias", "token")
+
+    def __init__(self, alias: str | None) -> None:
+        self.alias = alias
+        self.token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        if self.alias is not None:
+            self.token = _routed.set(self.alias)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _routed.reset(self.token)
+            self.token = None
 
 
 class QueueRouter:
