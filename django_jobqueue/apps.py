@@ -15,7 +15,7 @@ class JobQueueConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, notifications  # noqa: F401  (registers checks and receivers)
+        from . import checks, checks_databases, notifications  # noqa: F401  (registers checks and receivers)
         from .worker import inline
 
         inline.follow_eager_setting()

@@ -51,7 +51,7 @@ from .options import (
     check_time_limit,
 )
 from .registry import registry
-from .routers import queue_database
+from .routers import queue_databases
 from .serialization import check_result
 
 if django.VERSION >= (6, 0):
@@ -243,13 +243,14 @@ class JobQueueBackend(BaseTaskBackend):
             result_id.encode()
         except UnicodeEncodeError:  # a lone surrogate
             raise TaskResultDoesNotExist(result_id) from None
-        using = queue_database()
-        row = Job.objects.using(using).select_related("outcome").filter(job_id=result_id).first()
-        if row is not None:
-            return self._from_job(row)
-        letter = DeadLetter.objects.using(using).filter(job_id=result_id).first()
-        if letter is not None:
-            return self._from_dead_letter(letter)
+        for using in queue_databases():  # queues on databases of their own: each in turn
+            row = Job.objects.using(using).select_related("outcome").filter(job_id=result_id)
+            job = row.first()
+            if job is not None:
+                return self._from_job(job)
+            letter = DeadLetter.objects.using(using).filter(job_id=result_id).first()
+            if letter is not None:
+                return self._from_dead_letter(letter)
         raise TaskResultDoesNotExist(result_id)
 
     async def aget_result(self, result_id: str) -> TaskResult:

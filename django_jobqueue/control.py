@@ -20,20 +20,28 @@ from . import conf
 from .base import Status
 from .models import Job
 from .notifications import hub
-from .routers import queue_database
+from .routers import queue_database, queue_databases
 
 logger = logging.getLogger("django_jobqueue.control")
 
 
-def cancel(job_id: str) -> bool:
+def cancel(job_id: str, *, using: str | None = None) -> bool:
     """Cancel the job ``job_id``.
 
     Returns True when it cancelled a queued job or asked a running one to stop, False when
-    the job had already finished (it is left unchanged) or does not exist.
+    the job had already finished (it is left unchanged) or does not exist. ``using``: the
+    alias of its database, if known (a handle knows its queue's); else each queue database
+    is tried in turn (``JOBQUEUE["QUEUES"]``).
     """
     if not isinstance(job_id, str):
         return False
-    using = queue_database()
+    for alias in [using] if using is not None else queue_databases():
+        if _cancel(job_id, alias):
+            return True
+    return False
+
+
+def _cancel(job_id: str, using: str) -> bool:
     found = Job.objects.using(using).cancel(job_id, now=timezone.now())
     if found is None:
         return False
@@ -50,9 +58,9 @@ def cancel(job_id: str) -> bool:
     return True
 
 
-async def acancel(job_id: str) -> bool:
+async def acancel(job_id: str, *, using: str | None = None) -> bool:
     """Async twin of :func:`cancel`."""
-    return await sync_to_async(cancel)(job_id)
+    return await sync_to_async(cancel)(job_id, using=using)
 
 
 #: Queued jobs cancelled per statement by :func:`cancel_queued`.
@@ -68,7 +76,7 @@ def cancel_queued(queue: str, *, name: str | None = None) -> int:
     fenced on the status (a job a worker claims meanwhile runs, and is not counted). Their
     waiters are notified, as :func:`cancel` does for one job.
     """
-    jobs = Job.objects.using(queue_database())
+    jobs = Job.objects.using(queue_database(queue))
     chosen = jobs.filter(status=Status.QUEUED, queue=queue)
     if name is not None:
         chosen = chosen.filter(name=name)

@@ -147,16 +147,16 @@ def _row(letter: DeadLetter, now: datetime) -> NewJob:
     return NewJob(**{name: getattr(letter, name) for name in REQUEUE_FIELDS}, **fresh)
 
 
-def prune(now: datetime, *, dry_run: bool = False) -> int | None:
+def prune(now: datetime, *, dry_run: bool = False, using: str | None = None) -> int | None:
     """Delete every dead letter past ``DEAD_LETTER_TTL`` or beyond ``DEAD_LETTER_MAX``
     (oldest first), in batches of ``PRUNE_BATCH``, each its own transaction; return how
     many (with ``dry_run``, how many would go), or None when both settings are None.
     The workers do the same as they prune finished jobs (``manage.py jobqueue prune``
-    calls this)."""
+    calls this, ``using`` each queue database)."""
     ttl, keep = conf.settings.DEAD_LETTER_TTL, conf.settings.DEAD_LETTER_MAX
     if ttl is None and keep is None:
         return None
-    letters = DeadLetter.objects.using(queue_database())
+    letters = DeadLetter.objects.using(using or queue_database())
     if dry_run:
         return int(letters.expired(now, ttl=ttl, keep=keep).count())
     batch, total = conf.settings.PRUNE_BATCH, 0

@@ -18,10 +18,19 @@ from .models import Job
 from .notifications import hub
 from .options import JOB_ID_MAX_LENGTH
 from .producing import insert_jobs
-from .routers import after_commits, commits_first, queue_database
+from .routers import (
+    after_commits,
+    commits_first,
+    database_for,
+    queue_database,
+    queue_databases,
+    routed,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
+
+    from .querysets import JobQuerySet
 
 
 class JobHandle:
@@ -144,14 +153,18 @@ class JobHandle:
 
         If the job's row is gone (its result expired and was pruned), the snapshot is kept.
         """
-        snapshot = Job.objects.snapshot(self.id)
+        snapshot = self._jobs().snapshot(self.id)
         if snapshot is not None:
             self._load(snapshot)
         return self
 
+    def _jobs(self) -> JobQuerySet:
+        """The jobs of this job's database (its queue's alias)."""
+        return Job.objects.using(queue_database(self.queue))
+
     async def arefresh(self) -> JobHandle:
         """Async twin of :meth:`refresh`."""
-        snapshot = await sync_to_async(Job.objects.snapshot)(self.id)
+        snapshot = await sync_to_async(lambda: self._jobs().snapshot(self.id))()
         if snapshot is not None:
             self._load(snapshot)
         return self
@@ -187,7 +200,7 @@ class JobHandle:
         """
         run = self._pk
         if run is None:
-            run = Job.objects.filter(job_id=self.id).values_list("pk", flat=True).first()
+            run = self._jobs().filter(job_id=self.id).values_list("pk", flat=True).first()
         return tokens.make(self.id, max_age, run=run)
 
     def cancel(self) -> bool:
@@ -195,13 +208,13 @@ class JobHandle:
 
         True when a queued job was cancelled or a running one asked to stop; False when it
         had already finished (it is left unchanged)."""
-        done = control.cancel(self.id)
+        done = control.cancel(self.id, using=queue_database(self.queue))
         self.refresh()
         return done
 
     async def acancel(self) -> bool:
         """Async twin of :meth:`cancel`."""
-        done = await control.acancel(self.id)
+        done = await control.acancel(self.id, using=queue_database(self.queue))
         await self.arefresh()
         return done
 
@@ -218,8 +231,11 @@ def get_job(job_id: str) -> JobHandle | None:
     """
     if not _storable_id(job_id):
         return None
-    snapshot = Job.objects.snapshot(job_id)
-    return JobHandle.from_snapshot(snapshot) if snapshot is not None else None
+    for alias in queue_databases():  # queues on databases of their own: each in turn
+        snapshot = Job.objects.using(alias).snapshot(job_id)
+        if snapshot is not None:
+            return JobHandle.from_snapshot(snapshot)
+    return None
 
 
 async def aget_job(job_id: str) -> JobHandle | None:
@@ -257,8 +273,8 @@ def announce(
     ``waited_for``: the INSERT also marked existing jobs as waited for, which locks their
     rows for a moment, so a worker claiming then may have passed over them: their queues
     are woken too."""
-    using = using or queue_database()
     handles = [JobHandle.from_snapshot(snapshot) for snapshot in snapshots]
+    using = using or queue_database(handles[0].queue if handles else None)
     queues = {handle.queue for handle in handles if handle.created}
     if waited_for:
         queues.update(h.queue for h in handles if not h.created and h.status == Status.QUEUED)
@@ -287,15 +303,20 @@ def enqueue_jobs(
     rollback writes no job. The handles are then returned at once, with their ids, "queued"
     and ``created`` as the INSERT would make them, and take the rows' state once written
     (an existing job's, for a duplicate id). A crash between the two commits loses the jobs
-    (docs/guide/production.md)."""
-    aliases = commits_first(queue_database())
-    if not aliases:
-        return _write(jobs, insert, before_announce)
+    (docs/guide/production.md). Jobs whose queue has a database of its own
+    (``JOBQUEUE["QUEUES"]``) are written there, the same way (:func:`~.routers.routed`)."""
+    alias = database_for(job.queue for job in jobs)
+    with routed(alias):
+        aliases = commits_first(queue_database())
+        if not aliases:
+            return _write(jobs, insert, before_announce)
     handles = [JobHandle.from_snapshot(JobSnapshot.of_new(new)) for new in jobs]
 
     def write() -> None:
-        for handle, written in zip(handles, _write(jobs, insert, before_announce), strict=True):
-            handle._take(written)
+        with routed(alias):
+            written = _write(jobs, insert, before_announce)
+        for handle, each in zip(handles, written, strict=True):
+            handle._take(each)
 
     after_commits(aliases, write)
     return handles

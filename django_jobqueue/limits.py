@@ -45,6 +45,12 @@ SEPARATOR = "\n"
 KEYS_MAX_LENGTH = 1000
 
 
+#: What an entry of ``LIMITS`` may set.
+LIMIT_KEYS = ("concurrency", "rate")
+#: What an entry of ``QUEUES`` may set: limits, and the alias of the database that holds the
+#: queue's jobs (routers.queue_aliases() reads it; check E054/E055 judge the alias).
+QUEUE_ENTRY_KEYS = (*LIMIT_KEYS, "database")
+
 #: The implicit key of a queue with limits (``JOBQUEUE["QUEUES"]``): this and its name.
 QUEUE_KEY_PREFIX = "@queue:"
 #: The ``limit_key`` column's length: a job's own keys and its queue's key.
@@ -106,10 +112,17 @@ def parse_rule(pattern: Any, entry: Any, setting: str = "LIMITS", name: Any = No
         raise LimitConfigError(
             f"{setting}[{where!r}] must be a dict such as {{'concurrency': 4, 'rate': '100/m'}}."
         )
-    unknown = sorted(set(entry) - {"concurrency", "rate"})
+    known = QUEUE_ENTRY_KEYS if setting == "QUEUES" else LIMIT_KEYS
+    unknown = sorted(set(entry) - set(known))
     if unknown:
         raise LimitConfigError(
-            f"{setting}[{where!r}] has unknown keys {unknown}; use 'concurrency' and 'rate'."
+            f"{setting}[{where!r}] has unknown keys {unknown}; "
+            f"use {' and '.join(map(repr, known))}."
+        )
+    if "database" in entry and (not isinstance(entry["database"], str) or not entry["database"]):
+        raise LimitConfigError(
+            f"{setting}[{where!r}]['database'] must be an alias of DATABASES (a str), "
+            f"not {entry['database']!r}."
         )
     if not entry:
         raise LimitConfigError(f"{setting}[{where!r}] sets neither 'concurrency' nor 'rate'.")
@@ -147,7 +160,9 @@ def rules() -> dict[str, Rule]:
             "JOBQUEUE['QUEUES'] must be a dict of queue name -> limits.", "setting"
         )
     for name, entry in queues.items():
-        parsed[queue_key(name)] = parse_queue(name, entry)
+        rule = parse_queue(name, entry)
+        if rule.concurrency is not None or rule.rate_count is not None:
+            parsed[queue_key(name)] = rule  # an entry that only routes the queue: no limit
     _parsed = (settings, parsed)
     return parsed
 

@@ -31,6 +31,7 @@ from . import conf
 from .base import FINISHED, Status
 from .models import Job
 from .notifications import Hub, Subscription, Waiter, hub, runtime
+from .routers import queue_databases
 from .tokens import Watch
 
 logger = logging.getLogger("django_jobqueue")
@@ -66,12 +67,23 @@ def is_final(message: Message) -> bool:
 def read_states(job_ids: Sequence[str]) -> dict[str, Message]:
     """The message of each of ``job_ids`` that exists, one query per :data:`READ_BATCH`."""
     states: dict[str, Message] = {}
-    for start in range(0, len(job_ids), READ_BATCH):
-        rows = Job.objects.filter(job_id__in=job_ids[start : start + READ_BATCH]).values_list(
-            "job_id", "status", "progress", "last_error", "outcome__result", "outcome__error"
-        )
-        for job_id, status, progress, last_error, result, error in rows:
-            states[job_id] = status_message(status, progress, result, error or last_error)
+    for alias in queue_databases():  # queues on databases of their own: each in turn
+        left = [job_id for job_id in job_ids if job_id not in states]
+        for start in range(0, len(left), READ_BATCH):
+            rows = (
+                Job.objects.using(alias)
+                .filter(job_id__in=left[start : start + READ_BATCH])
+                .values_list(
+                    "job_id",
+                    "status",
+                    "progress",
+                    "last_error",
+                    "outcome__result",
+                    "outcome__error",
+                )
+            )
+            for job_id, status, progress, last_error, result, error in rows:
+                states[job_id] = status_message(status, progress, result, error or last_error)
     return states
 
 
@@ -85,15 +97,21 @@ def is_run(watch: Watch) -> bool:
     a token made before tokens named runs names whichever run is there."""
     if watch.run is None:
         return True
-    return Job.objects.filter(job_id=watch.job_id, pk=watch.run).exists()
+    return any(
+        Job.objects.using(alias).filter(job_id=watch.job_id, pk=watch.run).exists()
+        for alias in queue_databases()
+    )
 
 
 def _subscribe_and_read(new: Iterable[str], job_ids: Sequence[str]) -> dict[str, Message]:
     """Mark the jobs of ``new`` as waited for, then read ``job_ids``."""
     for job_id in new:
-        subscribed = Job.objects.subscribe(job_id)
-        if subscribed is not None and subscribed.ready_queue is not None:
-            hub().wake_workers([subscribed.ready_queue])
+        for alias in queue_databases():
+            subscribed = Job.objects.using(alias).subscribe(job_id)
+            if subscribed is not None:
+                if subscribed.ready_queue is not None:
+                    hub().wake_workers([subscribed.ready_queue])
+                break
     return read_states(job_ids)
 
 

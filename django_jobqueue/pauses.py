@@ -26,7 +26,7 @@ from .models import Job, QueuePause
 from .notifications import hub
 from .options import check_queue
 from .registry import registry
-from .routers import queue_database
+from .routers import queue_database, queue_databases
 
 logger = logging.getLogger("django_jobqueue.pauses")
 
@@ -45,7 +45,7 @@ def pause_queue(queue: str, reason: str = "", by: str = "") -> QueuePause:
     check_queue(queue)
     if not isinstance(reason, str) or not isinstance(by, str):
         raise TypeError("pause_queue(): reason and by must be str")
-    using = queue_database()
+    using = queue_database(queue)  # beside its jobs: the claim there reads it
     pause, _ = QueuePause.objects.using(using).update_or_create(
         queue=queue,
         defaults={
@@ -62,7 +62,7 @@ def resume_queue(queue: str) -> bool:
     """Resume ``queue``: workers claim its jobs again (an idle one is woken at once when
     there is a channel layer, else at its next poll). Returns False if it was not paused."""
     check_queue(queue)
-    using = queue_database()
+    using = queue_database(queue)
     deleted, _ = QueuePause.objects.using(using).filter(queue=queue).delete()
     if not deleted:
         return False
@@ -84,14 +84,19 @@ def in_use(queue: str, using: str | None = None) -> bool:
     (read through the claim indexes: never a scan of the finished jobs)."""
     if queue in known_queues():
         return True
-    waiting = Job.objects.using(using or queue_database()).filter(queue=queue, status=Status.QUEUED)
+    waiting = Job.objects.using(using or queue_database(queue)).filter(
+        queue=queue, status=Status.QUEUED
+    )
     return waiting.filter(limit_key__isnull=True).exists() or waiting.exists()
 
 
 def paused_queues(using: str | None = None) -> dict[str, QueuePause]:
-    """The paused queues, by name (one query of a table with a row per paused queue)."""
-    rows = QueuePause.objects.using(using or queue_database())
-    return {pause.queue: pause for pause in rows}
+    """The paused queues, by name (one query of a table with a row per paused queue, on
+    ``using``, else on each queue database)."""
+    found: dict[str, QueuePause] = {}
+    for alias in [using] if using is not None else queue_databases():
+        found.update((pause.queue, pause) for pause in QueuePause.objects.using(alias))
+    return dict(sorted(found.items()))
 
 
 async def apause_queue(queue: str, reason: str = "", by: str = "") -> QueuePause:

@@ -37,7 +37,7 @@ from .models import Job
 from .querysets import INSERT_BATCH
 from .querysets.batches import join
 from .querysets.dependencies import adopt, attach
-from .routers import queue_database
+from .routers import database_for, main_database, queue_aliases, queue_database, routed
 
 _REPLACE_ROUNDS = 5
 #: PostgreSQL's largest lock_timeout (INT_MAX milliseconds, about 24.8 days).
@@ -86,7 +86,7 @@ def insert_jobs(
     classes captured at write (the trace context) are captured inside it.
     """
     batch_id = current_batch.get()
-    with telemetry.enqueue_span(jobs):
+    with telemetry.enqueue_span(jobs), routed(database_for(job.queue for job in jobs)):
         traced = propagation.stamped(jobs)
         if batch_id is None:
             return _insert_jobs(
@@ -97,6 +97,12 @@ def insert_jobs(
                 on_duplicate=on_duplicate,
             )
         using = queue_database()
+        if queue_aliases() and using != main_database():
+            raise InvalidJobError(
+                f"with batch(...) holds jobs of the main database only, and these jobs' "
+                f"queue is on {using!r} (JOBQUEUE['QUEUES']): enqueue them outside the batch. "
+                "Nothing was written."
+            )
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
             snapshots = _insert_jobs(
                 traced,
@@ -177,6 +183,13 @@ def insert_steps(
     cannot be made): an unknown one raises :class:`InvalidJobError` and nothing is written.
     One snapshot per step, in order; a job that existed already (deduplication) is left as
     it is, its parents are not added to it."""
+    with routed(database_for(step[0].queue for step in steps)):
+        return _insert_steps(steps, notify=notify, written=written)
+
+
+def _insert_steps(
+    steps: Sequence[Step], *, notify: bool, written: Callable[[], None] | None
+) -> list[JobSnapshot]:
     using = queue_database()
     sql = Job.objects.using(using)._sql()
     snapshots: list[JobSnapshot] = []
@@ -191,7 +204,14 @@ def insert_steps(
                 raise InvalidJobError(
                     f"after= names {len(missing)} job(s) that do not exist: "
                     f"{', '.join(map(repr, missing[:5]))}. Enqueue a parent before its "
-                    "children (its handle or id), and check the id. Nothing was written."
+                    "children (its handle or id), and check the id"
+                    + (
+                        f" (on {using!r}: a parent and its children must be on one database, "
+                        "JOBQUEUE['QUEUES'])"
+                        if queue_aliases()
+                        else ""
+                    )
+                    + ". Nothing was written."
                 )
             written_now = insert_jobs(jobs, notify=notify)
             created = [job for job, snap in zip(jobs, written_now, strict=True) if snap.created]

@@ -30,7 +30,7 @@ from django.utils import timezone
 from . import conf
 from .base import ACTIVE, FINISHED, Status
 from .models import DeadLetter, Job, WorkerHeartbeat
-from .routers import queue_database
+from .routers import queue_database, queue_databases
 
 #: Finished jobs (completed and failed, all queues together) are counted up to this many.
 FINISHED_COUNT_CAP = 100_000
@@ -244,10 +244,37 @@ def summary(
             row.throughput = Throughput(row.queue, start, empty.per_minute)
     if only:
         rows = {name: rows[name] for name in set(queues)}
-    return Summary(now, [rows[name] for name in sorted(rows)], _total(rows.values(), empty))
+    return Summary(now, [rows[name] for name in sorted(rows)], total(rows.values(), empty))
 
 
-def _total(rows: Iterable[QueueSummary], empty: Throughput) -> QueueSummary:
+def every_database(
+    now: datetime,
+    *,
+    queues: Iterable[str] = (),
+    only: bool = False,
+    minutes: int = DEFAULT_WINDOW_MINUTES,
+    cap: int = FINISHED_COUNT_CAP,
+) -> tuple[list[tuple[str, QueueSummary]], QueueSummary]:
+    """:func:`summary` on each queue database (``JOBQUEUE["QUEUES"]``): ``(alias, row)``
+    per queue, database by database, and the total of them all. ``queues`` are listed on
+    their own database."""
+    wanted = list(queues)
+    rows: list[tuple[str, QueueSummary]] = []
+    totals: list[QueueSummary] = []
+    for alias in queue_databases():
+        on = [queue for queue in wanted if queue_database(queue) == alias]
+        found = summary(now, queues=on, only=only, minutes=minutes, cap=cap, using=alias)
+        rows.extend((alias, row) for row in found.queues)
+        totals.append(found.total)
+    if len(totals) == 1:
+        return rows, totals[0]
+    assert totals[0].throughput is not None
+    start = totals[0].throughput.start
+    empty = Throughput("", start, (Minute(0, 0),) * len(totals[0].throughput.per_minute))
+    return rows, total(totals, empty)
+
+
+def total(rows: Iterable[QueueSummary], empty: Throughput) -> QueueSummary:
     total = QueueSummary("All queues", throughput=empty)
     per_minute = list(empty.per_minute)
     for row in rows:

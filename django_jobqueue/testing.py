@@ -23,7 +23,7 @@ from typing import Any
 from .base import Status
 from .handles import JobHandle, get_job
 from .models import Job
-from .routers import queue_database
+from .routers import queue_database, queue_databases
 from .worker.inline import INLINE_WORKER, run_ready
 
 __all__ = ["INLINE_WORKER", "EnqueuedJob", "enqueued", "run_jobs"]
@@ -37,8 +37,16 @@ def run_jobs(queue: str | None = None) -> int:
     Jobs enqueued by the jobs themselves run too, if ready. A failed attempt is retried
     after its backoff like on a worker, so it is not ready again within this call: look at
     the job's handle (``status``, ``attempts``, ``error``), or set ``RETRY_BACKOFF`` to 0.
+    Queues on databases of their own (``JOBQUEUE["QUEUES"]``) are run on theirs, in turn,
+    until none has a ready job.
     """
-    return run_ready(queue, using=queue_database())
+    aliases = [queue_database(queue)] if queue is not None else queue_databases()
+    total = 0
+    while True:
+        ran = sum(run_ready(queue, using=alias) for alias in aliases)
+        total += ran
+        if not ran or len(aliases) == 1:
+            return total
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,12 @@ def enqueued(name: str | None = None, *, queue: str | None = None) -> list[Enque
 
     ``name`` is the job's name (``"myapp.jobs.add"``, a task's ``module_path``). A job
     queued again for a retry is listed too (``attempts`` > 0)."""
-    rows = Job.objects.using(queue_database()).filter(status=Status.QUEUED)
+    aliases = [queue_database(queue)] if queue is not None else queue_databases()
+    return [job for alias in aliases for job in _enqueued(alias, name, queue)]
+
+
+def _enqueued(alias: str, name: str | None, queue: str | None) -> list[EnqueuedJob]:
+    rows = Job.objects.using(alias).filter(status=Status.QUEUED)
     if name is not None:
         rows = rows.filter(name=name)
     if queue is not None:

@@ -47,7 +47,7 @@ from .exceptions import JobCancelledError, JobFailedError, JobQueueError, JobTim
 from .models import Job
 from .notifications import AsyncWaiter, Subscription, ThreadWaiter, hub, runtime
 from .options import check_timeout
-from .routers import commits_first, in_user_atomic, queue_database
+from .routers import commits_first, in_user_atomic, queue_database, queue_databases
 
 T = TypeVar("T")
 
@@ -137,14 +137,14 @@ class _Wait:
 
     def poll(self) -> None:
         """Read the job's state (one light query); a vanished row keeps the last state."""
-        state = Job.objects.state(self.job_id)
+        state = Job.objects.using(queue_database(self.queue)).state(self.job_id)
         if state is not None:
             self.state = state
 
     def subscribe_and_poll(self) -> None:
         """Mark the job as waited for, wake its queue again if the UPDATE may have hidden
         the job from a claiming worker, and read its state."""
-        subscribed = Job.objects.subscribe(self.job_id)
+        subscribed = Job.objects.using(queue_database(self.queue)).subscribe(self.job_id)
         if subscribed is not None and subscribed.ready_queue is not None:
             hub().wake_workers([subscribed.ready_queue])
         self.poll()
@@ -204,8 +204,8 @@ class _Wait:
 
 
 def _aliases() -> set[str]:
-    """The databases a waiter reads and writes the job on: the queue's."""
-    return {queue_database()}
+    """The databases a waiter may read and write its job on: each queue database."""
+    return set(queue_databases())
 
 
 def _in_transaction() -> bool:

@@ -24,6 +24,7 @@ from django.utils.text import Truncator
 from .. import pauses
 from ..base import Status
 from ..registry import registry
+from .databases import DatabaseAdminMixin
 
 #: The job and dead-letter lists count at most this many matching rows; beyond it the list
 #: says "more than 10,000" and pages past it are reached by narrowing the filters.
@@ -386,9 +387,10 @@ class NulSafeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return super().get_object(request, object_id, from_field)
 
 
-class QueueAdminMixin(NulSafeAdmin):
+class QueueAdminMixin(DatabaseAdminMixin, NulSafeAdmin):
     """Jobs and dead letters alike: read-only rows made by the queue, found by their public
-    job id (search and URLs), long lists that never count or load everything."""
+    job id (search and URLs), long lists that never count or load everything; one queue
+    database at a time (:mod:`.databases`)."""
 
     list_per_page = 100
     show_full_result_count = False

@@ -169,8 +169,12 @@ def build_overview(now: datetime) -> Overview:
     """The overview's rows: the queues with jobs or dead letters, the known ones (default
     queue, queues of registered jobs) and the paused ones even when empty, and the total."""
     paused = pauses()
-    summary = stats.summary(now, queues=known_queues() | set(paused), minutes=CHART_MINUTES)
-    shown = summary.queues
+    # Queues on databases of their own (JOBQUEUE["QUEUES"]) among the others.
+    found, total = stats.every_database(
+        now, queues=known_queues() | set(paused), minutes=CHART_MINUTES
+    )
+    every = sorted((row for _alias, row in found), key=lambda row: row.queue)
+    shown = every
     if len(shown) > OVERVIEW_QUEUES:  # thousands of queues: a page, not megabytes
 
         def busy(row: stats.QueueSummary) -> int:
@@ -183,8 +187,8 @@ def build_overview(now: datetime) -> Overview:
     return Overview(
         now,
         [QueueRow(queue, now, paused.get(queue.queue)) for queue in shown],
-        QueueRow(summary.total, now),
-        more=len(summary.queues) - len(shown),
+        QueueRow(total, now),
+        more=len(every) - len(shown),
     )
 
 

@@ -11,6 +11,7 @@ from django_jobqueue import stats
 from django_jobqueue.base import ACTIVE, FINISHED, Status
 from django_jobqueue.management import pausing
 from django_jobqueue.metrics import live_workers
+from django_jobqueue.routers import queue_databases
 from django_jobqueue.serialization import printable
 
 #: ``status`` looks at this many minutes of finished jobs: the last full one and this one.
@@ -48,15 +49,18 @@ def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict
     paused = pausing.paused_report(now)
     # Every queue (a paused one listed, even empty), or only those asked for.
     shown = list(queues) if queues is not None else [p["queue"] for p in paused]
-    found = stats.summary(
+    # Queues on databases of their own (JOBQUEUE["QUEUES"]): each alias's, then the total.
+    aliases = queue_databases()
+    rows, all_queues = stats.every_database(
         now, queues=shown, only=queues is not None, minutes=_STATUS_MINUTES, cap=cap
     )
 
-    def entry(row: stats.QueueSummary) -> dict[str, Any]:
+    def entry(row: stats.QueueSummary, alias: str = "") -> dict[str, Any]:
         assert row.throughput is not None
         last_minute, this_minute = row.throughput.per_minute[-2:]
         return {
             "queue": row.queue,
+            "database": alias,
             "counts": {status: row.counts.get(status, 0) for status in Status.values},
             "finished_capped": row.capped,
             "oldest_waiting_seconds": stats.waited_seconds(row.waiting_since, now),
@@ -66,13 +70,15 @@ def status_report(now: datetime, *, queues: Iterable[str] | None = None) -> dict
             "paused": row.queue in {p["queue"] for p in paused},
         }
 
-    total = entry(found.total)
-    del total["queue"], total["paused"]
+    total = entry(all_queues)
+    del total["queue"], total["paused"], total["database"]
+    workers = [live_workers(alias) for alias in aliases]
     return {
         "time": now.isoformat(),
-        "queues": [entry(row) for row in found.queues],
+        "queues": [entry(row, alias) for alias, row in rows],
         "total": total,
-        "live_workers": live_workers(),
+        "live_workers": None if None in workers else sum(w or 0 for w in workers),
+        "databases": aliases,
         "finished_count_cap": cap,
         "exact": list(ACTIVE),
         "paused": paused,
@@ -97,7 +103,16 @@ def render_status(report: dict[str, Any]) -> str:
         ]
 
     headers = ["queue", *statuses, "oldest waiting", "finished/min", "dead letters"]
-    lines = [row(e["queue"] + (" (paused)" if e["paused"] else ""), e) for e in report["queues"]]
+    several = len(report["databases"]) > 1  # then each queue names its database
+    lines = [
+        row(
+            e["queue"]
+            + (f" @{e['database']}" if several else "")
+            + (" (paused)" if e["paused"] else ""),
+            e,
+        )
+        for e in report["queues"]
+    ]
     lines.append(row("(all)", report["total"]))
     live = report["live_workers"]
     cap = report["finished_count_cap"]

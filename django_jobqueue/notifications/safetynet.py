@@ -35,6 +35,7 @@ from django.utils import timezone
 from .. import conf
 from ..base import FINISHED, JobState, Status
 from ..models import Job
+from ..routers import queue_databases
 from .hub import Hub
 
 logger = logging.getLogger("django_jobqueue.safetynet")
@@ -218,16 +219,22 @@ class SafetyNet:
 
 def finished_states(job_ids: Sequence[str]) -> dict[str, tuple[JobState, datetime | None]]:
     """The final state (and ``finished_at``) of each of ``job_ids`` that has finished: one
-    query."""
-    rows = Job.objects.filter(job_id__in=list(job_ids), status__in=FINISHED).values_list(
-        "job_id",
-        "status",
-        "attempts",
-        "last_error",
-        "outcome__result",
-        "outcome__error",
-        "finished_at",
-    )
+    query (one per queue database, ``JOBQUEUE["QUEUES"]``)."""
+    rows = [
+        row
+        for alias in queue_databases()
+        for row in Job.objects.using(alias)
+        .filter(job_id__in=list(job_ids), status__in=FINISHED)
+        .values_list(
+            "job_id",
+            "status",
+            "attempts",
+            "last_error",
+            "outcome__result",
+            "outcome__error",
+            "finished_at",
+        )
+    ]
     states: dict[str, tuple[JobState, datetime | None]] = {}
     for job_id, status, attempts, last_error, result, error, finished_at in rows:
         if status == Status.FAILED:

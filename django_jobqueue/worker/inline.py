@@ -119,7 +119,7 @@ def _run_enqueued(sender: Any, handle: JobHandle, **kwargs: Any) -> None:
     caller's transaction commits (a ``TestCase``'s own transaction does not count)."""
     if not conf.settings.EAGER:
         return
-    using = queue_database()
+    using = queue_database(handle.queue)
 
     def run() -> None:
         _run_and_drain(handle.id, using)

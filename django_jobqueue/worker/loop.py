@@ -27,7 +27,7 @@ from .. import conf, periodic
 from ..base import ClaimedJob
 from ..notifications import IdleFlag, hub
 from ..registry import registry
-from ..routers import queue_database
+from ..routers import main_database, serving
 from .claiming import Claimer
 from .connection import Connection
 from .outcomes import Outcome
@@ -79,13 +79,14 @@ class Worker:
         name: str | None = None,
         schedule: bool = True,
         recycling: Recycling | None = None,
+        database: str | None = None,
     ) -> None:
         self.queues = list(dict.fromkeys(queues)) if queues else None
         self.concurrency = max(1, concurrency)
         self.burst = burst
         self.wait_for_retries = wait_for_retries
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.using = queue_database()
+        self.using = database or serving(self.queues)
         self._running: dict[int, ClaimedJob] = {}
         # SimpleQueue.put is reentrant, so the signal handler (which runs on the main thread,
         # between any two bytecodes) can wake the loop; an Event's lock could deadlock there.
@@ -127,8 +128,9 @@ class Worker:
             sleep=self._sleep,
         )
         # Schedules are checked here: a bad one refuses to start (ImproperlyConfigured).
-        self.schedule = schedule
-        schedules = periodic.configured() if schedule else []
+        # Schedules live on the main alias: only a worker there takes part in them.
+        self.schedule = schedule and self.using == main_database()
+        schedules = periodic.configured() if self.schedule else []
         self.scheduler = periodic.Scheduler(schedules, self.using) if schedules else None
         self._presence = Presence(
             self.using,

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -49,6 +49,10 @@ logger = logging.getLogger("django_jobqueue.worker.supervisor")
 #: runs one worker, whatever ``--processes`` says, and leaves ``--metrics-port`` to the
 #: supervisor.
 SLOT_ENV = "DJANGO_JOBQUEUE_WORKER_SLOT"
+
+#: Set in a worker process's environment to the alias of the database it serves, when the
+#: supervisor serves queues on several (``JOBQUEUE["QUEUES"]``): one worker process per alias.
+DATABASE_ENV = "DJANGO_JOBQUEUE_WORKER_DATABASE"
 
 #: Set in a worker process's environment to its supervisor's pid (see :func:`watch_parent`).
 SUPERVISOR_ENV = "DJANGO_JOBQUEUE_SUPERVISOR_PID"
@@ -73,6 +77,11 @@ def slot() -> int | None:
     """This process's slot if a supervisor started it, else None."""
     value = os.environ.get(SLOT_ENV)
     return int(value) if value and value.isdigit() else None
+
+
+def database() -> str | None:
+    """The alias this worker process serves if its supervisor chose one, else None."""
+    return os.environ.get(DATABASE_ENV) or None
 
 
 def describe_exit(code: int) -> str:
@@ -136,7 +145,9 @@ class Slot:
 class Supervisor:
     """Keep ``processes`` worker processes running ``argv`` (default: this process's own
     command line) with ``env`` added to their environment; :meth:`run` returns the exit
-    status (0 after a drain, 1 after a second signal)."""
+    status (0 after a drain, 1 after a second signal). With ``databases`` (queues on several
+    aliases), ``processes`` worker processes for each alias, told theirs in
+    :data:`DATABASE_ENV`."""
 
     def __init__(
         self,
@@ -145,11 +156,15 @@ class Supervisor:
         argv: list[str] | None = None,
         env: dict[str, str] | None = None,
         burst: bool = False,
+        databases: Sequence[str] = (),
     ) -> None:
         self.argv = argv if argv is not None else autoreload.get_child_arguments()
         self.env = env or {}
         self.burst = burst
-        self.slots = [Slot(number) for number in range(1, processes + 1)]
+        self.processes = processes
+        self.databases = list(databases)
+        total = processes * max(1, len(self.databases))
+        self.slots = [Slot(number) for number in range(1, total + 1)]
         self.stopping = False
         self.killed = False
         # Signal handlers only put here (SimpleQueue.put is reentrant); the loop does the rest.
@@ -261,6 +276,8 @@ class Supervisor:
             SLOT_ENV: str(slot.number),
             SUPERVISOR_ENV: str(os.getpid()),
         }
+        if self.databases:
+            env[DATABASE_ENV] = self.databases[(slot.number - 1) // self.processes]
         slot.started = time.monotonic()
         try:
             slot.process = subprocess.Popen(  # noqa: S603 - our own command line

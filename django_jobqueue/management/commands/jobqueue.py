@@ -35,7 +35,7 @@ from django_jobqueue.management.statusreport import render_status, status_report
 from django_jobqueue.management.statusreport import table as _table
 from django_jobqueue.metrics import live_workers
 from django_jobqueue.models import DeadLetter, Job
-from django_jobqueue.routers import queue_database
+from django_jobqueue.routers import queue_database, queue_databases
 
 #: ``jobqueue health`` exit codes (``status`` exits 0, or 3 when the database is unreachable).
 HEALTHY = 0
@@ -270,7 +270,10 @@ class Command(BaseCommand):
 
     def _health(self, options: dict[str, Any]) -> None:
         now = timezone.now()
-        waiting = stats.oldest_waiting(now)
+        waiting: dict[str, Any] = {}
+        for alias in queue_databases():  # queues on databases of their own: the oldest of all
+            for queue, since in stats.oldest_waiting(now, using=alias).items():
+                waiting[queue] = min(since, waiting.get(queue, since))
         wanted = options["queues"]
         limit = options["max_waiting"]
         paused = pausing.paused_report(now)  # their jobs wait on purpose: not backed up
@@ -279,7 +282,8 @@ class Command(BaseCommand):
             for queue, since in waiting.items()
             if (not wanted or queue in wanted) and queue not in {p["queue"] for p in paused}
         }
-        live = live_workers()
+        counts = [live_workers(alias) for alias in queue_databases()]
+        live = None if None in counts else sum(count or 0 for count in counts)
         if live is not None and live < options["min_workers"]:
             raise CommandError(
                 f"no live worker: {live} with a recent heartbeat, expected at least "
@@ -305,10 +309,15 @@ class Command(BaseCommand):
     # -- prune -----------------------------------------------------------------------------
 
     def _prune(self, options: dict[str, Any]) -> None:
+        aliases = queue_databases()
+        for alias in aliases:  # queues on databases of their own: a line each
+            self._prune_on(alias, options, f" (database {alias!r})" if len(aliases) > 1 else "")
+
+    def _prune_on(self, alias: str, options: dict[str, Any], where: str) -> None:
         now = timezone.now()
         older = options["older_than"]
         before = None if older is None else now - timedelta(seconds=older)
-        jobs = Job.objects.using(queue_database())
+        jobs = Job.objects.using(alias)
         what = (
             "finished jobs past their result_ttl"
             if before is None
@@ -321,9 +330,9 @@ class Command(BaseCommand):
                 if before is None
                 else rows.filter(finished_at__lte=before)
             )
-            letters = prune_dead_letters(now, dry_run=True)
+            letters = prune_dead_letters(now, dry_run=True, using=alias)
             more = "" if letters is None else f", and {letters} dead letters"
-            self.stdout.write(f"would delete {rows.count()} {what}{more}")
+            self.stdout.write(f"would delete {rows.count()} {what}{more}{where}")
             return
         batch = conf.settings.PRUNE_BATCH
         total = 0
@@ -338,16 +347,16 @@ class Command(BaseCommand):
             batches += pruned
             if pruned < batch:
                 break
-        letters = prune_dead_letters(now)
+        letters = prune_dead_letters(now, using=alias)
         more = "" if letters is None else f", and {letters} dead letters"
         self.stdout.write(
-            f"deleted {total} {what}, with their results, {batches} finished batches{more}"
+            f"deleted {total} {what}, with their results, {batches} finished batches{more}{where}"
         )
 
     # -- dead letters ----------------------------------------------------------------------
 
-    def _letters(self, options: dict[str, Any]) -> Any:
-        letters = DeadLetter.objects.all()
+    def _letters(self, options: dict[str, Any], alias: str) -> Any:
+        letters = DeadLetter.objects.using(alias)
         if options.get("name"):
             letters = letters.filter(name=options["name"])
         if options.get("queue"):
@@ -355,7 +364,34 @@ class Command(BaseCommand):
         return letters
 
     def _dead_letters(self, options: dict[str, Any]) -> None:
-        letters = self._letters(options)
+        groups: list[dict[str, Any]] = []
+        latest: list[dict[str, Any]] = []
+        aliases = queue_databases()
+        for alias in aliases:  # queues on databases of their own: each
+            more_groups, more_latest = self._letters_on(alias, options)
+            groups += more_groups
+            latest += more_latest
+        if len(aliases) > 1:  # one list, ordered as each database orders its own
+            groups.sort(key=lambda g: (-g["count"], g["name"], g["queue"]))
+            latest.sort(key=lambda r: r["failed_at"], reverse=True)
+            latest = latest[: options["limit"]]
+        if options["json"]:
+            self.stdout.write(json.dumps({"groups": groups, "latest": latest}, indent=2))
+            return
+        if not groups:
+            self.stdout.write("no dead letters")
+            return
+        self.stdout.write(_table(["count", "name", "queue", "last failed"], [
+            [str(g["count"]), g["name"], g["queue"], g["last_failed_at"][:19]] for g in groups
+        ]))  # fmt: skip
+        self.stdout.write("")
+        self.stdout.write(_table(["failed at", "job id", "name", "attempts", "error"], [
+            [r["failed_at"][:19], r["job_id"], r["name"], str(r["attempts"]), r["error"][:80]]
+            for r in latest
+        ]))  # fmt: skip
+
+    def _letters_on(self, alias: str, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        letters = self._letters(options, alias)
         groups = [
             {
                 "name": row["name"],
@@ -379,41 +415,33 @@ class Command(BaseCommand):
             }
             for letter in letters[: options["limit"]]
         ]
-        if options["json"]:
-            self.stdout.write(json.dumps({"groups": groups, "latest": latest}, indent=2))
-            return
-        if not groups:
-            self.stdout.write("no dead letters")
-            return
-        self.stdout.write(_table(["count", "name", "queue", "last failed"], [
-            [str(g["count"]), g["name"], g["queue"], g["last_failed_at"][:19]] for g in groups
-        ]))  # fmt: skip
-        self.stdout.write("")
-        self.stdout.write(_table(["failed at", "job id", "name", "attempts", "error"], [
-            [r["failed_at"][:19], r["job_id"], r["name"], str(r["attempts"]), r["error"][:80]]
-            for r in latest
-        ]))  # fmt: skip
+        return groups, latest
 
     def _requeue(self, options: dict[str, Any]) -> None:
         filters = [options["name"], options["queue"], options["job_ids"]]
         if not any(filters) and not options["all"]:
             raise CommandError("say which dead letters: --name, --queue, --job-id, or --all")
-        letters = self._letters(options)
-        if options["job_ids"]:
-            letters = letters.filter(job_id__in=options["job_ids"])
-        rows = list(letters.order_by("pk").values_list("pk", "job_id"))
-        pks = [pk for pk, _ in rows]
-        missing = sorted(set(options["job_ids"] or ()) - {job_id for _, job_id in rows})
+        rows: list[tuple[str, int, str]] = []
+        for alias in queue_databases():  # queues on databases of their own: each
+            letters = self._letters(options, alias)
+            if options["job_ids"]:
+                letters = letters.filter(job_id__in=options["job_ids"])
+            found = letters.order_by("pk").values_list("pk", "job_id")
+            rows += [(alias, pk, job_id) for pk, job_id in found]
+        pks = [pk for _, pk, _ in rows]
+        missing = sorted(set(options["job_ids"] or ()) - {job_id for _, _, job_id in rows})
         if not pks:
             self.stdout.write("no dead letter matches: nothing requeued")
         elif options["dry_run"]:
             self.stdout.write(f"would requeue {len(pks)} dead letters")
         else:
             requeued = skipped = 0
-            for start in range(0, len(pks), REQUEUE_BATCH):
-                report = requeue_report(pks[start : start + REQUEUE_BATCH])
-                requeued += len(report.requeued)
-                skipped += len(report.skipped)
+            for alias in dict.fromkeys(alias for alias, _, _ in rows):
+                on = [pk for where, pk, _ in rows if where == alias]
+                for start in range(0, len(on), REQUEUE_BATCH):
+                    report = requeue_report(on[start : start + REQUEUE_BATCH], using=alias)
+                    requeued += len(report.requeued)
+                    skipped += len(report.skipped)
             self.stdout.write(
                 f"requeued {requeued} dead letters"
                 + (f"; kept {skipped} whose job is queued or running" if skipped else "")
@@ -431,7 +459,8 @@ class Command(BaseCommand):
 
     def _cancel(self, options: dict[str, Any]) -> None:
         if options["dry_run"]:
-            rows = Job.objects.filter(status=Status.QUEUED, queue=options["queue"])
+            jobs = Job.objects.using(queue_database(options["queue"]))
+            rows = jobs.filter(status=Status.QUEUED, queue=options["queue"])
             if options["name"]:
                 rows = rows.filter(name=options["name"])
             self.stdout.write(f"would cancel {rows.count()} queued jobs")

@@ -15,14 +15,14 @@ from typing import Any
 import django
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import autoreload
 
 from django_jobqueue import __version__, periodic, telemetry
 from django_jobqueue.management.argtypes import positive
 from django_jobqueue.models import Job
 from django_jobqueue.options import check_queue
-from django_jobqueue.routers import queue_database
+from django_jobqueue.routers import plan
 from django_jobqueue.worker import EXIT_ABANDONED_THREADS, Worker, default_concurrency
 from django_jobqueue.worker import supervisor as supervising
 from django_jobqueue.worker.recycling import MB, Recycling, rss_bytes
@@ -72,10 +72,10 @@ def _name(value: str) -> str:
     return value
 
 
-def _warn_about_connections(concurrency: int) -> None:
+def _warn_about_connections(concurrency: int, alias: str) -> None:
     """Each job thread may hold a database connection: warn when the worker alone could
     take more than the server allows (PostgreSQL's ``max_connections``)."""
-    connection = connections[queue_database()]
+    connection = connections[alias]
     if connection.vendor != "postgresql":
         return
     try:
@@ -97,13 +97,12 @@ def _warn_about_connections(concurrency: int) -> None:
         )
 
 
-def _require_migrated() -> None:
+def _require_migrated(alias: str) -> None:
     """Refuse to start where ``migrate`` has not created the queue's tables (or not all of
-    them): a clear error instead of a worker that retries "no such table" for good. An
-    unreachable database is left to the worker, which waits for it."""
+    them) on ``alias``: a clear error instead of a worker that retries "no such table" for
+    good. An unreachable database is left to the worker, which waits for it."""
     from django.db.migrations.executor import MigrationExecutor
 
-    alias = queue_database()
     try:
         executor = MigrationExecutor(connections[alias])
         app = Job._meta.app_label
@@ -117,8 +116,9 @@ def _require_migrated() -> None:
         more = f" and {len(plan) - 3} more" if len(plan) > 3 else ""
         raise CommandError(
             f"the job queue's tables are not ready on database {alias!r}: {len(plan)} "
-            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate' "
-            "first, then start the worker again."
+            f"migration(s) not applied ({missing}{more}). Run 'python manage.py migrate"
+            f"{'' if alias == DEFAULT_DB_ALIAS else f' --database {alias}'}' first, then start "
+            "the worker again."
         )
 
 
@@ -175,7 +175,9 @@ class Command(BaseCommand):
             action="append",
             type=_queue,
             metavar="NAME",
-            help="Serve this queue; repeat for several (default: every queue).",
+            help="Serve this queue; repeat for several (default: every queue). Queues on "
+            "databases of their own (JOBQUEUE['QUEUES']) are served by a worker process per "
+            "database, under a supervisor.",
         )
         parser.add_argument(
             "--concurrency",
@@ -273,12 +275,15 @@ class Command(BaseCommand):
         self._configure_logging(options["verbosity"])
         if options["reload"] and options["burst"]:
             raise CommandError("--reload and --burst do not go together")
-        _require_migrated()
+        aliases = plan(options["queues"])
+        database = supervising.database()
+        for alias in [database] if database is not None else aliases:
+            _require_migrated(alias)
         _check_max_memory(options["max_memory"])
         # With --reload, the first process only restarts the second, which runs the worker;
         # with --processes, the supervisor serves its children's metrics.
         first = options["reload"] and os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true"
-        alone = options["processes"] == 1 and supervising.slot() is None
+        alone = options["processes"] == 1 and supervising.slot() is None and len(aliases) == 1
         if options["metrics_port"] is not None and alone and not first:
             _serve_metrics(options["metrics_addr"], options["metrics_port"])
         if supervising.slot() is not None:
@@ -298,13 +303,18 @@ class Command(BaseCommand):
     @staticmethod
     def _make_worker(options: dict[str, Any]) -> Worker:
         concurrency = options["concurrency"] or default_concurrency()
-        _warn_about_connections(concurrency)
+        # A worker process of a supervisor over several databases serves its alias's queues.
+        aliases = plan(options["queues"])
+        database = supervising.database() or next(iter(aliases))
+        queues = aliases[database] if database in aliases else options["queues"]
+        _warn_about_connections(concurrency, database)
         name, slot = options["name"], supervising.slot()
         if name is not None and slot is not None:  # one name per worker process
             name = f"{name[: 199 - len(str(slot))]}-{slot}"
         try:
             return Worker(
-                options["queues"],
+                queues,
+                database=database,
                 concurrency=concurrency,
                 burst=options["burst"],
                 name=name,
@@ -327,7 +337,10 @@ class Command(BaseCommand):
         """``--processes N``: a :class:`~django_jobqueue.worker.supervisor.Supervisor` over N
         worker processes, each this command line; the metrics of all in one scrape."""
         if options["reload"]:
-            raise CommandError("--reload and --processes do not go together")
+            raise CommandError(
+                "--reload and --processes do not go together (nor --reload and queues on "
+                "several databases, which take a worker process each)"
+            )
         if not getattr(self, "_called_from_command_line", False):  # set by run_from_argv()
             raise CommandError(
                 "--processes starts each worker process with this process's command line, "
@@ -340,12 +353,18 @@ class Command(BaseCommand):
             except ImproperlyConfigured as exc:
                 raise CommandError(f"{exc}\n(or start with --no-schedule)") from None
         processes, burst = options["processes"], options["burst"]
+        aliases = plan(options["queues"])
+        databases = list(aliases) if len(aliases) > 1 else []  # a worker process per alias
+        if databases:
+            logger.info("serving queues on databases %s", ", ".join(databases))
         if options["metrics_port"] is None:
-            return supervising.Supervisor(processes, burst=burst).run()
+            return supervising.Supervisor(processes, burst=burst, databases=databases).run()
         with supervising.metrics_directory() as path:
             _serve_metrics(options["metrics_addr"], options["metrics_port"], path)
             env = {"PROMETHEUS_MULTIPROC_DIR": path}
-            return supervising.Supervisor(processes, env=env, burst=burst).run()
+            return supervising.Supervisor(
+                processes, env=env, burst=burst, databases=databases
+            ).run()
 
     def _run_with_reloader(self, options: dict[str, Any]) -> int:
         """Django's autoreloader (``django.utils.autoreload``, as runserver) around the
