@@ -12,6 +12,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from bench.run import percentile
+
 if TYPE_CHECKING:
     from bench.run import Bench
 
@@ -21,11 +23,6 @@ SOAK_SAMPLE = 60.0
 SOAK_RESULT_TTL = 60
 #: The soak's producer tops the queue up by this many jobs whenever fewer are queued.
 SOAK_CHUNK = 2000
-
-
-def _p50(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else math.nan
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -102,7 +99,7 @@ def claim_ms(queue: str, repeat: int = 200) -> float:
             if len(claimed) != 10:
                 raise RuntimeError(f"claim took {len(claimed)} jobs of queue {queue!r}, not 10")
             raise _Rollback
-    return _p50(timings) * 1000
+    return percentile(timings, 50) * 1000
 
 
 def enqueue_rate(n: int) -> float:
@@ -132,7 +129,7 @@ def roundtrip_ms(b: Bench, n: int) -> float:
             t0 = time.perf_counter()
             waiting.enqueue_and_wait(i)
             timings.append(time.perf_counter() - t0)
-    return _p50(timings) * 1000
+    return percentile(timings, 50) * 1000
 
 
 def hot_path(b: Bench, n: int, label: str) -> dict[str, float]:
