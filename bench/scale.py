@@ -283,6 +283,12 @@ def scenario_soak(b: Bench) -> None:
             a, z = (max(s[field] for s in part) / scale for part in (first, second))
             shown = f"{a:,.1f} / {z:,.1f}" if scale > 1 else f"{a:,.0f} / {z:,.0f}"
             b.row(label, f"{key}, max 1st half / 2nd half", shown)
+        # The size follows the rate (what one to two minutes of jobs leave): per job/s.
+        per = [
+            sum(s["heap"] / 1024 / s["rate"] for s in part if s["rate"]) / len(part)
+            for part in (first, second)
+        ]
+        b.row(label, "heap KB per job/s, mean 1st half / 2nd half", f"{per[0]:.0f} / {per[1]:.0f}")
         grown = samples[-1]["heap"] + samples[-1]["indexes"]
         mid = samples[half]["heap"] + samples[half]["indexes"]
         b.row(label, "heap + indexes, growth over the 2nd half", f"{grown / mid - 1:+.0%}")
