@@ -33,6 +33,7 @@ from .display import (
     show_capped,
     status_badge,
 )
+from .live import live_view, progress_column
 from .overview import overview_page
 
 #: The columns the job list reads (never the arguments, results or errors).
@@ -69,6 +70,7 @@ class JobAdmin(QueueAdminMixin):
     list_display = (
         job_id_column,
         "status_display",
+        progress_column,
         name_column,
         queue_column,
         "attempts_display",
@@ -144,12 +146,8 @@ class JobAdmin(QueueAdminMixin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> SafeString:
-        """The status; under it, a running job's progress (bar and "40 / 100 rendering")."""
-        badge = status_badge(job.status)
-        if job.status != Status.RUNNING:
-            return badge
-        shown = progress_display(job.progress)
-        return format_html("{}<br>{}", badge, shown) if shown else badge
+        """The status (the progress has a column of its own: :func:`.live.progress_column`)."""
+        return status_badge(job.status)
 
     @admin.display(description="runs after")
     def parents_display(self, job: Job) -> SafeString | str:
@@ -287,7 +285,16 @@ class JobAdmin(QueueAdminMixin):
             self.admin_site.admin_view(self.overview_view),
             name="django_jobqueue_job_overview",
         )
-        return [overview, *super().get_urls()]
+        live = path(
+            "live/",
+            self.admin_site.admin_view(self.live_view),
+            name="django_jobqueue_job_live",
+        )
+        return [overview, live, *super().get_urls()]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         return overview_page(self, request)
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """What the live pages read (:mod:`.live`): list rows, a job's fields, the overview."""
+        return live_view(self, request, JOB_LIST_FIELDS)
