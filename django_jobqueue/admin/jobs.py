@@ -27,13 +27,14 @@ from .display import (
     name_column,
     pre,
     precise,
+    progress_bar,
     progress_display,
     queue_column,
     short_time,
     show_capped,
     status_badge,
 )
-from .live import live_view, progress_column
+from .live import live_view
 from .overview import overview_page
 
 #: The columns the job list reads (never the arguments, results or errors).
@@ -70,7 +71,6 @@ class JobAdmin(QueueAdminMixin):
     list_display = (
         job_id_column,
         "status_display",
-        progress_column,
         name_column,
         queue_column,
         "attempts_display",
@@ -146,8 +146,13 @@ class JobAdmin(QueueAdminMixin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> SafeString:
-        """The status (the progress has a column of its own: :func:`.live.progress_column`)."""
-        return status_badge(job.status)
+        """The status; under it, a running job's progress: a bar no wider than the status
+        (the amount and the message on hover), or the count when it has no total."""
+        badge = status_badge(job.status)
+        if job.status != Status.RUNNING:
+            return badge
+        shown = progress_bar(job.progress)
+        return format_html("{}<br>{}", badge, shown) if shown else badge
 
     @admin.display(description="runs after")
     def parents_display(self, job: Job) -> SafeString | str:

@@ -31,10 +31,8 @@ from django.http import HttpRequest, JsonResponse
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import conditional_escape
-from django.utils.safestring import SafeString
 
 from ..models import Job
-from .display import progress_display
 from .overview import CHART_MINUTES, build_overview
 from .pausing import can_pause
 
@@ -47,15 +45,6 @@ POLL_SECONDS = 3
 OVERVIEW_POLL_SECONDS = 5
 #: Rows one request may ask for: more than a list page shows (``list_per_page``, 100).
 MAX_ROWS = 500
-
-
-def progress_column(job: Job) -> SafeString | str:
-    """The job list's progress column: a bar and "40 / 100 rendering" from the job's last
-    reported progress (kept once it finished); "-" when it reported none."""
-    return progress_display(job.progress) or "-"
-
-
-progress_column.short_description = "progress"  # type: ignore[attr-defined]
 
 
 def _ids(value: str, limit: int) -> list[int]:
