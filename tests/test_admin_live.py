@@ -60,7 +60,11 @@ def test_a_jobs_page_reads_its_fields(admin_client):
     assert 'data-page="job"' in page.decode()
     assert f'data-job="{job.pk}" data-job-id="{handle.id}"' in page.decode()
     running(handle.id, 7)
-    answer = admin_client.get(LIVE, {"job": str(job.pk)}).json()["job"]
+    with CaptureQueriesContext(connection) as queries:
+        answer = admin_client.get(LIVE, {"job": str(job.pk)}).json()["job"]
+    # The session and its user, the job (its large values cut in SQL), its parents: the
+    # arguments are not read again by a form (the page's form has no fields either).
+    assert len(queries) == 4, [query["sql"] for query in queries]
     assert answer["status"] == "running"
     assert "7 / 10 step" in answer["fields"]["progress_display"]
     assert handle.id in answer["fields"]["job_id"]
@@ -72,7 +76,10 @@ def test_the_overview_reads_its_rows(admin_client):
     add.enqueue(1, 2)
     page = admin_client.get(OVERVIEW).content.decode()
     assert 'data-page="overview"' in page and 'id="djq-as-of"' in page
-    answer = admin_client.get(LIVE, {"overview": "1"}).json()
+    with CaptureQueriesContext(connection) as queries:
+        answer = admin_client.get(LIVE, {"overview": "1"}).json()
+    # The session and its user, the pauses, three job queries and one of dead letters.
+    assert len(queries) == 7, [query["sql"] for query in queries]
     assert any('data-queue="default"' in row for row in answer["rows"])
     assert "djq-total" in answer["rows"][-1]
     assert '<td class="num djq-count-queued"><a' in answer["rows"][-1]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from playwright.sync_api import Page, Route
+from django.db import connections
 
 from django_jobqueue.models import Job
 from tests.conftest import ROOT
@@ -32,6 +32,9 @@ from tests.test_browser import (  # noqa: F401 - server_url is a fixture
     sync_playwright,
 )
 from tests.testapp.jobs import add, progress_gates
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Route
 
 STATIC = ROOT / "django_jobqueue" / "static"
 
@@ -49,8 +52,15 @@ def serve_package_static(route: Route) -> None:
 def in_thread(function: Callable[..., Any], *args: Any) -> Any:
     """Call ``function`` off this thread: inside ``sync_playwright()`` it runs an event loop,
     where Django refuses database queries."""
+
+    def call() -> Any:
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()  # this thread's own connections
+
     with ThreadPoolExecutor(1) as executor:
-        return executor.submit(function, *args).result(timeout=30)
+        return executor.submit(call).result(timeout=30)
 
 
 @pytest.fixture(params=["asgi", "wsgi"])

@@ -98,7 +98,7 @@ def page_fields(model_admin: JobAdmin, request: HttpRequest, pk: int) -> dict[st
     job = model_admin.get_object(request, str(pk))
     if job is None:
         return None
-    form = model_admin.get_form(request, job, fields=None)(instance=job)
+    form = model_admin.get_form(request, job, change=True)(instance=job)  # as the page: no fields
     fields = {
         str(name): str(
             AdminReadonlyField(form, name, is_first=False, model_admin=model_admin).contents()
