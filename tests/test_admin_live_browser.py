@@ -27,6 +27,7 @@ from tests.test_browser import (  # noqa: F401 - server_url is a fixture
     IMAGES,
     SCREENSHOTS,
     pytestmark,
+    seed_history,
     serve_admin_static,
     server_url,
     sync_playwright,
@@ -98,6 +99,8 @@ def test_the_list_a_job_and_the_overview_change_without_a_reload(
 ):
     base, mode = site
     django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pw")
+    if SCREENSHOTS:
+        seed_history()
     gates = tmp_path / "gates"
     gates.mkdir()
     handle = progress_gates.enqueue(str(gates), 3)
@@ -144,27 +147,28 @@ def test_the_list_a_job_and_the_overview_change_without_a_reload(
             page.evaluate("window.notReloaded = true")
             field = "document.querySelector('.field-{}  .readonly').textContent"
             assert "2 / 3 passed gate 2" in page.evaluate(field.format("progress_display"))
+            if SCREENSHOTS and mode == "websocket":
+                page.screenshot(path=str(IMAGES / "admin-job-live-1280.png"))
             (gates / "3").touch()
             wait_js(page, f"{field.format('status_display')}.includes('Completed')")
             wait_js(page, f"{field.format('result_display')}.includes('3')")
             assert "3 / 3 passed gate 3" in page.evaluate(field.format("progress_display"))
             assert page.evaluate("window.notReloaded") is True
-            if SCREENSHOTS and mode == "websocket":
-                page.screenshot(path=str(IMAGES / "admin-job-live-1280.png"), full_page=True)
 
             page.goto(f"{base}/admin/django_jobqueue/job/overview/")
             page.evaluate("window.notReloaded = true")
             completed = "document.querySelector('tr.djq-total td.djq-count-completed')"
-            wait_js(page, f"{completed}.textContent.trim() === '2'")
+            before = int(page.evaluate(f"{completed}.textContent"))
             page.fill("tr[data-queue=default] input[name=reason]", "half typed")
             in_thread(add.enqueue, 2, 3)
-            wait_js(page, f"{completed}.textContent.trim() === '3'")
+            wait_js(page, f"{completed}.textContent.trim() === '{before + 1}'")
             assert page.evaluate("window.notReloaded") is True
             reason = page.input_value("tr[data-queue=default] input[name=reason]")
             assert reason == "half typed"
             assert page.evaluate("window.djqLive.mode") == "polling"  # the overview always polls
             if SCREENSHOTS and mode == "websocket":
                 page.fill("tr[data-queue=default] input[name=reason]", "")
+                page.click("#toggle-nav-sidebar")  # the table is wider than the rest
                 page.screenshot(path=str(IMAGES / "admin-overview-1280.png"), full_page=True)
         finally:
             browser.close()
