@@ -27,9 +27,9 @@ from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf
+from .consumers import ReleasingConsumer
 from .live import Message, live_jobs
 from .options import JOB_ID_MAX_LENGTH
 
@@ -68,12 +68,9 @@ def job_ids(text: str | None) -> list[str] | None:
     return list(dict.fromkeys(jobs))
 
 
-class AdminLiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped Channels
+class AdminLiveConsumer(ReleasingConsumer):
     """Tells a staff user's admin page which of its jobs changed."""
 
-    channel_layer_alias = "django_jobqueue.no-channel-per-socket"  # the hub carries messages
-
-    _closed = False
     _sender: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -127,17 +124,6 @@ class AdminLiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untype
                     async with asyncio.timeout(bound):
                         await self._close(CLOSE_SLOW)
                 return
-
-    async def disconnect(self, code: Any) -> None:
-        self._closed = True
-        self._release()
-
-    async def _close(self, code: int) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._release()
-        await self.close(code=code)
 
     def _release(self) -> None:
         sinks: dict[str, Any] = getattr(self, "_sinks", {})

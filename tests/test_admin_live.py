@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from django_jobqueue import console
 from django_jobqueue.admin.live import MAX_ROWS
+from django_jobqueue.live import live_jobs
 from django_jobqueue.models import Job
 from django_jobqueue.routing import websocket_urlpatterns
 from tests.testapp.jobs import add
@@ -148,9 +149,11 @@ async def test_the_socket_says_which_jobs_changed_and_nothing_else(admin_client,
     await sync_to_async(running)(handle.id, 4)
     await sync_to_async(running)(other.id, 1)
     assert json.loads(await socket.receive_from(timeout=5)) == {"changed": [other.id]}
+    assert live_jobs().jobs() == [other.id]  # the jobs of the page it shows now
     await socket.send_to(text_data="not json")
     assert (await socket.receive_output(timeout=5))["code"] == console.CLOSE_BAD_REQUEST
     await socket.disconnect()
+    assert live_jobs().jobs() == []  # closed: nothing is followed for it any more
 
 
 @pytest.mark.django_db(transaction=True)
