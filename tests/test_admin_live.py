@@ -182,3 +182,24 @@ async def test_another_sites_page_cannot_open_the_socket(admin_client):
     socket = await _socket(admin_client, origin=b"https://evil.example")
     connected, _ = await socket.connect()
     assert not connected
+
+
+@pytest.mark.django_db
+def test_a_subclass_s_columns_are_read_as_its_list_renders_them(rf, admin_user):
+    from django.contrib import admin
+
+    from django_jobqueue.admin import JobAdmin
+    from django_jobqueue.admin.jobs import JOB_LIST_FIELDS
+    from django_jobqueue.admin.live import rows
+
+    class WithPriority(JobAdmin):
+        list_display = (*JobAdmin.list_display, "priority", "notify")
+
+    handle = add.using(priority=7).enqueue(1, 2)
+    job = Job.objects.get(job_id=handle.id)
+    request = rf.get("/")
+    request.user = admin_user
+    answer = rows(WithPriority(Job, admin.site), request, [job.pk], [*JOB_LIST_FIELDS, "notify"])
+    cells = answer[str(job.pk)]["cells"]
+    assert cells["priority"] == "7"
+    assert "icon-no.svg" in cells["notify"]  # a boolean field's icon, as in the list

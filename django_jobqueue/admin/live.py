@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.admin.helpers import AdminReadonlyField
-from django.contrib.admin.utils import lookup_field
+from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, JsonResponse
 from django.template.loader import render_to_string
@@ -72,8 +72,13 @@ def column_name(column: Any) -> str:
 
 
 def _cell(column: Any, obj: Any, model_admin: Any) -> str:
-    _field, _attr, value = lookup_field(column, obj, model_admin)
-    return str(conditional_escape("-" if value is None else value))
+    """A cell as the changelist renders it: a model field through ``display_for_field``,
+    anything else (a column function, a method) as it returns it."""
+    field, _attr, value = lookup_field(column, obj, model_admin)
+    empty = model_admin.get_empty_value_display()
+    if field is not None:
+        return str(conditional_escape(display_for_field(value, field, empty)))
+    return str(conditional_escape(empty if value is None else value))
 
 
 def rows(
