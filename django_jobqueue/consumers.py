@@ -103,17 +103,37 @@ _REFUSED = {
 }
 
 
-class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped Channels
-    """Streams one job's state to a browser; the job is named by a watch token in the URL
-    (``handle.watch_token()``). Messages from the client are ignored."""
+class ReleasingConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped Channels
+    """A socket that lets go of what it holds (:meth:`_release`) exactly once, whether the
+    client or the server closes it; it uses no channel of its own."""
 
     #: No channel per socket: a channel-layer alias that is never configured makes
     #: Channels skip ``new_channel()``; the hub carries this process's messages.
     channel_layer_alias = "django_jobqueue.no-channel-per-socket"
 
+    _closed = False
+
+    async def disconnect(self, code: Any) -> None:
+        self._closed = True
+        self._release()
+
+    async def _close(self, code: int) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+        await self.close(code=code)
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+
+class JobWatchConsumer(ReleasingConsumer):
+    """Streams one job's state to a browser; the job is named by a watch token in the URL
+    (``handle.watch_token()``). Messages from the client are ignored."""
+
     job_id: str | None = None
     _slot: tuple[str, str | None] | None = None
-    _closed = False
     _sender: asyncio.Task[None] | None = None
     _expiry: asyncio.TimerHandle | None = None
     _closing: asyncio.Task[None] | None = None
@@ -199,17 +219,6 @@ class JobWatchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Nothing a client sends changes anything."""
-
-    async def disconnect(self, code: Any) -> None:
-        self._closed = True
-        self._release()
-
-    async def _close(self, code: int) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._release()
-        await self.close(code=code)
 
     def _release(self) -> None:
         if self.job_id is not None:

@@ -530,9 +530,10 @@ def test_running_jobs_show_their_progress_in_the_list_and_on_their_page(admin_cl
     )
     queued = add.enqueue(3, 4)
     html = admin_client.get("/admin/django_jobqueue/job/").content.decode()
-    assert '<progress max="100" value="40"></progress> 40 / 100 rendering &lt;b&gt;' in html
-    assert '<span class="djq-progress" title="">7</span>' in html
-    assert html.count('class="djq-progress"') == 2  # not for the queued job
+    # In the list, a bar as narrow as the status, the amount and the message on hover.
+    assert 'title="40 / 100 rendering &lt;b&gt;"><progress max="100" value="40">' in html
+    assert '<span class="djq-progress" title="7">7</span>' in html
+    assert html.count('class="djq-progress') == 2  # not for the queued job
     page = admin_client.get(f"/admin/django_jobqueue/job/{running.id}/change/").content.decode()
     assert "field-progress_display" in page and "40 / 100 rendering &lt;b&gt;" in page
     page = admin_client.get(f"/admin/django_jobqueue/job/{queued.id}/change/").content.decode()

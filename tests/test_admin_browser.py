@@ -50,6 +50,14 @@ def seed() -> None:
         )
         for index in range(30)
     )
+    # Running jobs report progress: a long message, and a count without a total.
+    for index, job in enumerate(Job.objects.filter(status="running").order_by("pk")):
+        job.progress = {
+            "current": index * 7,
+            "total": None if index % 3 == 2 else 60,
+            "message": "rendering the monthly report for every account " * 3,
+        }
+        job.save(update_fields=["progress"])
     DeadLetter.objects.bulk_create(
         DeadLetter(
             job_id=f"letter-{index}-" + "ab" * 40,

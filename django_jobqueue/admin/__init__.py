@@ -15,6 +15,7 @@ transaction per click.
 * :mod:`.overview`: the queue overview page, over :mod:`django_jobqueue.stats`;
 * :mod:`.schedules`: periodic jobs (pause, resume, run now); :mod:`.workers`: live workers;
 * :mod:`.batches`: batches of jobs (``with batch(...)``), their counts and callbacks.
+* :mod:`.live`: what the live list, job page and overview read (``console.js``).
 """
 
 from __future__ import annotations

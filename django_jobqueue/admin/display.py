@@ -109,28 +109,58 @@ def _amount(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _progress_parts(progress: Any) -> tuple[Any, Any, str] | None:
+    """``(current, total or None, message)`` of a job's progress; None when there is none
+    (or it is not the shape the worker writes)."""
+    if not isinstance(progress, dict):
+        return None
+    current, total = progress.get("current"), progress.get("total")
+    if isinstance(current, bool) or not isinstance(current, int | float):
+        return None
+    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0:
+        total = None
+    return current, total, str(progress.get("message") or "")
+
+
+def _bar(current: Any, total: Any) -> SafeString:
+    return format_html(
+        '<progress max="{}" value="{}"></progress>',
+        _amount(total),
+        _amount(max(0, min(current, total))),
+    )
+
+
 def progress_display(progress: Any, *, message_chars: int | None = PROGRESS_MESSAGE_CHARS) -> Any:
     """A job's last reported progress: a small bar (when it has a total) and
     "40 / 100 rendering"; "" when there is none (or it is not the shape the worker writes)."""
-    if not isinstance(progress, dict):
+    parts = _progress_parts(progress)
+    if parts is None:
         return ""
-    current, total = progress.get("current"), progress.get("total")
-    if isinstance(current, bool) or not isinstance(current, int | float):
-        return ""
-    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0:
-        total = None
-    message = str(progress.get("message") or "")
+    current, total, message = parts
     shown = Truncator(message).chars(message_chars) if message_chars else message
     amount = f"{_amount(current)} / {_amount(total)}" if total else _amount(current)
     text = f"{amount} {shown}".strip()
     if total is None:
         return format_html('<span class="djq-progress" title="{}">{}</span>', message, text)
     return format_html(
-        '<span class="djq-progress" title="{}"><progress max="{}" value="{}"></progress> {}</span>',
-        message,
-        _amount(total),
-        _amount(max(0, min(current, total))),
-        text,
+        '<span class="djq-progress" title="{}">{} {}</span>', message, _bar(current, total), text
+    )
+
+
+def progress_bar(progress: Any) -> Any:
+    """A list cell's progress, no wider than a status: a bar when the job has a total, the
+    count when it has none; the amount and the whole message on hover; "" when there is
+    none."""
+    parts = _progress_parts(progress)
+    if parts is None:
+        return ""
+    current, total, message = parts
+    amount = f"{_amount(current)} / {_amount(total)}" if total else _amount(current)
+    hover = f"{amount} {message}".strip()
+    if total is None:
+        return format_html('<span class="djq-progress" title="{}">{}</span>', hover, amount)
+    return format_html(
+        '<span class="djq-progress djq-bar" title="{}">{}</span>', hover, _bar(current, total)
     )
 
 

@@ -27,12 +27,14 @@ from .display import (
     name_column,
     pre,
     precise,
+    progress_bar,
     progress_display,
     queue_column,
     short_time,
     show_capped,
     status_badge,
 )
+from .live import live_view
 from .overview import overview_page
 
 #: The columns the job list reads (never the arguments, results or errors).
@@ -144,11 +146,12 @@ class JobAdmin(QueueAdminMixin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> SafeString:
-        """The status; under it, a running job's progress (bar and "40 / 100 rendering")."""
+        """The status; under it, a running job's progress: a bar no wider than the status
+        (the amount and the message on hover), or the count when it has no total."""
         badge = status_badge(job.status)
         if job.status != Status.RUNNING:
             return badge
-        shown = progress_display(job.progress)
+        shown = progress_bar(job.progress)
         return format_html("{}<br>{}", badge, shown) if shown else badge
 
     @admin.display(description="runs after")
@@ -287,7 +290,16 @@ class JobAdmin(QueueAdminMixin):
             self.admin_site.admin_view(self.overview_view),
             name="django_jobqueue_job_overview",
         )
-        return [overview, *super().get_urls()]
+        live = path(
+            "live/",
+            self.admin_site.admin_view(self.live_view),
+            name="django_jobqueue_job_live",
+        )
+        return [overview, live, *super().get_urls()]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         return overview_page(self, request)
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """What the live pages read (:mod:`.live`): list rows, a job's fields, the overview."""
+        return live_view(self, request, JOB_LIST_FIELDS)

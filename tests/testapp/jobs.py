@@ -147,6 +147,16 @@ def progress_steps(ctx, go_path, many=0):
 
 
 @job(takes_context=True)
+def progress_gates(ctx, gate_dir, steps=3):
+    """Report 0 of ``steps``, then step k once the file ``gate_dir/k`` exists; return ``steps``."""
+    ctx.set_progress(0, total=steps, message="waiting for gate 1")
+    for step in range(1, steps + 1):
+        _wait_for(Path(gate_dir) / str(step))
+        ctx.set_progress(step, total=steps, message=f"passed gate {step}")
+    return steps
+
+
+@job(takes_context=True)
 def until_cancelled(ctx, marker_path, seconds=60.0):
     """Mark that it started, then check ``cancel_requested`` until it is set; return what it
     saw (the job returns normally: its run still ends cancelled)."""
