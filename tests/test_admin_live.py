@@ -26,9 +26,14 @@ OVERVIEW = reverse("admin:django_jobqueue_job_overview")
 
 
 def running(job_id: str, current: int, total: int = 10) -> None:
+    """The job's row as a worker writes it when the job reports progress, and the "progress"
+    message the worker then sends (without a channel layer: nothing; the pages poll)."""
+    from django_jobqueue.notifications import hub
+
     Job.objects.filter(job_id=job_id).update(
         status="running", progress={"current": current, "total": total, "message": "step"}
     )
+    hub().job_progress([job_id])
 
 
 @pytest.mark.django_db

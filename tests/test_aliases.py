@@ -306,6 +306,23 @@ def test_the_admin_shows_one_database_at_a_time(split, admin_client):
 
 
 @pytest.mark.django_db(databases=BOTH)
+def test_the_admin_live_view_reads_the_rows_of_the_database_the_page_shows(split, admin_client):
+    """Primary keys are per database: a live read of the "queue" list's rows must not answer
+    with the main database's rows of the same pks (static/django_jobqueue/console.js sends
+    the page's database)."""
+    there, here = other_queue.enqueue(1), add.enqueue(1, 1)
+    pk = Job.objects.using("queue").get(job_id=there.id).pk
+    Job.objects.filter(job_id=here.id).update(id=pk)  # the same pk on both databases
+    url = reverse("admin:django_jobqueue_job_live")
+    on_queue = admin_client.get(url, {"rows": str(pk), "database": "queue"}).json()["rows"]
+    on_main = admin_client.get(url, {"rows": str(pk)}).json()["rows"]
+    assert on_queue[str(pk)]["cells"]["queue"] == "other"
+    assert on_main[str(pk)]["cells"]["queue"] == "default"
+    page = admin_client.get(url, {"job": str(pk), "database": "queue"}).json()["job"]
+    assert there.id in page["fields"]["job_id"]
+
+
+@pytest.mark.django_db(databases=BOTH)
 def test_the_commands_reach_every_database(split, settings):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
     failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")

@@ -33,6 +33,7 @@ from django.utils import timezone
 from django.utils.html import conditional_escape
 
 from ..models import Job
+from .databases import chosen_database
 from .overview import CHART_MINUTES, build_overview
 from .pausing import can_pause
 
@@ -87,7 +88,7 @@ def rows(
     """``{pk: {"status", "cells": {column: html}}}`` of the jobs ``pks`` that exist, reading
     only ``fields`` (the list's own columns), in one query."""
     columns = live_columns(model_admin, request)
-    found = Job.objects.filter(pk__in=pks).only(*fields)
+    found = Job.objects.using(chosen_database(request)).filter(pk__in=pks).only(*fields)
     return {
         str(job.pk): {
             "status": job.status,

@@ -119,11 +119,20 @@
 
   // -- reading -------------------------------------------------------------------------------
 
+  // The queue database the page shows (django_jobqueue/admin/databases.py): the list's own
+  // ?database=, or the one a job's page keeps in _changelist_filters. Primary keys are per
+  // database: the live view must read the rows where the page did.
+  var here = new URLSearchParams(window.location.search);
+  var database =
+    here.get("database") ||
+    new URLSearchParams(here.get("_changelist_filters") || "").get("database");
+  var scope = database ? "&database=" + encodeURIComponent(database) : "";
+
   function query() {
     if (page === "overview") return "?overview=1";
-    if (page === "job") return "?job=" + encodeURIComponent(config.getAttribute("data-job"));
+    if (page === "job") return "?job=" + encodeURIComponent(config.getAttribute("data-job")) + scope;
     var pks = pendingAll ? Object.keys(listRows()) : pending;
-    return "?rows=" + pks.join(",");
+    return "?rows=" + pks.join(",") + scope;
   }
 
   function read(pks) {
