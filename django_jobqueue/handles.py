@@ -288,13 +288,15 @@ def enqueue_jobs(
     and ``created`` as the INSERT would make them, and take the rows' state once written
     (an existing job's, for a duplicate id). A crash between the two commits loses the jobs
     (docs/guide/production.md)."""
-    aliases = commits_first(queue_database())
+    using = queue_database()
+    aliases = commits_first(using)
     if not aliases:
-        return _write(jobs, insert, before_announce)
+        return _write(jobs, insert, before_announce, using)
     handles = [JobHandle.from_snapshot(JobSnapshot.of_new(new)) for new in jobs]
 
     def write() -> None:
-        for handle, written in zip(handles, _write(jobs, insert, before_announce), strict=True):
+        written_now = _write(jobs, insert, before_announce, using)
+        for handle, written in zip(handles, written_now, strict=True):
             handle._take(written)
 
     after_commits(aliases, write)
@@ -305,8 +307,9 @@ def _write(
     jobs: Sequence[NewJob],
     insert: Callable[[Sequence[NewJob]], list[JobSnapshot]],
     before_announce: Callable[[], None] | None,
+    using: str,
 ) -> list[JobHandle]:
     snapshots = insert(jobs)
     if before_announce is not None:
         before_announce()
-    return announce(snapshots)
+    return announce(snapshots, using=using)

@@ -86,20 +86,22 @@ def insert_jobs(
     classes captured at write (the trace context) are captured inside it.
     """
     batch_id = current_batch.get()
+    using = queue_database()
     with telemetry.enqueue_span(jobs):
         traced = propagation.stamped(jobs)
         if batch_id is None:
             return _insert_jobs(
                 traced,
+                using,
                 notify=notify,
                 lock_timeout=lock_timeout,
                 written=written,
                 on_duplicate=on_duplicate,
             )
-        using = queue_database()
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
             snapshots = _insert_jobs(
                 traced,
+                using,
                 notify=notify,
                 lock_timeout=lock_timeout,
                 written=None,
@@ -115,13 +117,13 @@ def insert_jobs(
 
 def _insert_jobs(
     jobs: Sequence[NewJob],
+    using: str,
     *,
     notify: bool,
     lock_timeout: float | None,
     written: Callable[[], None] | None,
     on_duplicate: str,
 ) -> list[JobSnapshot]:
-    using = queue_database()
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
     found = _insert(jobs, using) if fast else {}
     pending = [job for job in jobs if job.job_id not in found]
