@@ -165,6 +165,11 @@ def main() -> int:
         help="soak: ALTER TABLE the job table SET (these) first, e.g. "
         "'autovacuum_vacuum_cost_delay=0,fillfactor=90'",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="with roundtrip: time each step of the round trip, beside its floor",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=0, help=argparse.SUPPRESS)
@@ -181,6 +186,8 @@ def main() -> int:
         return child_main(args)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.breakdown:
+        os.environ["BENCH_BREAKDOWN"] = "1"  # the child's roundtrip reads it
     # SIGTERM stops the run like Ctrl-C: the child is stopped, it stops its workers.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.profile:
@@ -898,7 +905,8 @@ def roundtrip(b: Bench, mode: str) -> None:
     timings: dict[int, tuple[float, float]] = {}  # x -> (wall start, wall end)
     errors: list[str] = []
     base = 1_000_000
-    with b.workers(1):
+    stamps = Breakdown(b) if os.environ.get("BENCH_BREAKDOWN") else None
+    with stamps or contextlib.nullcontext(), b.workers(1):
         # The first wait also waits for the worker process to start.
         try:
             echo.using(timeout=20).enqueue_and_wait(-1)
@@ -921,6 +929,8 @@ def roundtrip(b: Bench, mode: str) -> None:
                 errors.append(repr(exc))
                 continue
             timings[x] = (t0, time.time())
+            if stamps is not None:
+                stamps.called(*timings[x])
             if value != x:
                 errors.append(f"got {value!r} for {x}")
     # Where the time went, from the timestamps the library writes: enqueued_at (stamped
@@ -950,6 +960,8 @@ def roundtrip(b: Bench, mode: str) -> None:
         b.row(label, f"p50 ms, {phase}", fmt_ms(percentile(values, 50)))
     if errors:
         b.note(f"round trip, {mode}: {len(errors)} errors: {'; '.join(errors[:5])}")
+    if stamps is not None:
+        stamps.report(f"round trip breakdown, {mode}")
     b.note(
         f"round trip, {mode}: one idle `runjobworker --concurrency 2` process; 20 warm-up then {n} "
         f"sequential `echo.using(timeout=5).enqueue_and_wait(i)` ({mode}). Phases from the "
@@ -1129,6 +1141,93 @@ def scenario_floor(b: Bench) -> None:
     without the library's threads, hub or channel layer: the floor of this design here."""
     import statistics
 
+    from django.conf import settings
+
+    if settings.BENCH_CHANNELS != "redis":
+        return
+    b.reset()
+    steps, totals = measure_floor(b)
+    n = len(totals)
+    label = "round-trip floor (one thread)"
+    b.row(label, "p50 ms, all steps", fmt_ms(percentile(totals, 50)))
+    for name, values in steps.items():
+        b.row(label, f"p50 ms, {name}", fmt_ms(statistics.median(values)))
+    b.note(
+        f"round-trip floor: the {len(steps)} round trips of one enqueue_and_wait, {n} times, "
+        "one after another in one thread: the library's own SQL (insert_new, claim, "
+        "complete_with_results, state) on two connections (the waiter's, durable; the "
+        "worker's, synchronous_commit off) and plain redis-py PUBLISH/SUBSCRIBE. No threads, "
+        "no hub, no channel layer, no second process to wake: what this design costs on this "
+        "machine before any overhead."
+    )
+
+
+#: The floor beside each step of the breakdown (bench/breakdown.py), by the floor's name.
+FLOOR_OF = {
+    "INSERT + durable commit": "INSERT, durable commit",
+    "wake-up: confirm subscribe, send, worker receives": "wake-up (PUBLISH, received)",
+    "claim + commit": "claim (UPDATE ... SKIP LOCKED, async commit)",
+    "ending statement + commit": "complete + result (async commit)",
+    "notification received by the waiter's hub": "finished (PUBLISH, received)",
+}
+
+
+class Breakdown:
+    """``--breakdown``: stamps each step of the round trips (bench/breakdown.py) in this
+    process and in the worker started inside the block."""
+
+    def __init__(self, b: Bench) -> None:
+        from bench import breakdown
+
+        self.b = b
+        self.module = breakdown
+        self.calls: dict[str, tuple[float, float]] = {}
+        self.file = b.logdir / f"breakdown-{os.getpid()}-{b._spawned}.txt"
+
+    def __enter__(self) -> Breakdown:
+        self.module.install()
+        self.file.write_text("")
+        os.environ[self.module.WORKER_FILE] = str(self.file)  # the worker's environment
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.environ.pop(self.module.WORKER_FILE, None)
+
+    def called(self, t0: float, t1: float) -> None:
+        job_id = self.module.last_inserted()
+        if job_id is not None:
+            self.calls[job_id] = (t0, t1)
+
+    def report(self, label: str) -> None:
+        import statistics
+
+        steps = self.module.steps(self.calls, str(self.file))
+        floor, _ = measure_floor(self.b, 200)
+        total = steps.pop("total")
+        left_out = ", ".join(f"{why} {n}" for why, n in self.module.missing.most_common(3))
+        self.b.row(
+            label,
+            "round trips with every stamp",
+            f"{len(total)} of {len(self.calls)}" + (f" (left out: {left_out})" if left_out else ""),
+        )
+        self.b.row(label, "p50 ms, all steps", fmt_ms(percentile(total, 50)))
+        for name, values in steps.items():
+            beside = FLOOR_OF.get(name)
+            text = fmt_ms(statistics.median(values)) if values else "n/a"
+            if beside is not None:
+                text += f" (floor {fmt_ms(statistics.median(floor[beside]))})"
+            self.b.row(label, f"p50 ms, {name}", text)
+        self.b.note(
+            f"{label}: each step of one round trip from stamps of time.time() at the "
+            "library's own step boundaries in both processes (bench/breakdown.py), p50 over "
+            "the round trips whose stamps are all there; beside a step, in brackets, its "
+            "floor measured just after in this process (the `floor` scenario's step)."
+        )
+
+
+def measure_floor(b: Bench, count: int | None = None) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds of each step of ``count`` floor round trips (see :func:`scenario_floor`),
+    and of each whole one."""
     import redis
     from django.conf import settings
     from django.db import connections
@@ -1137,9 +1236,6 @@ def scenario_floor(b: Bench) -> None:
     from bench.benchapp.jobs import echo
     from django_jobqueue.models import Job
 
-    if settings.BENCH_CHANNELS != "redis":
-        return
-    b.reset()
     worker_db = connections["worker"]
     with worker_db.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")  # as the worker's connection
@@ -1164,7 +1260,7 @@ def scenario_floor(b: Bench) -> None:
     }
     names = list(steps)
     totals: list[float] = []
-    n = b.size("roundtrip")
+    n = count or b.size("roundtrip")
     for i in range(n + 20):
         marks = [time.perf_counter()]
         row = echo._new_job((i,), {}, timezone.now(), notify=True)
@@ -1200,18 +1296,7 @@ def scenario_floor(b: Bench) -> None:
     waiter.close()
     worker.close()
     client.close()
-    label = "round-trip floor (one thread)"
-    b.row(label, "p50 ms, all steps", fmt_ms(percentile(totals, 50)))
-    for name, values in steps.items():
-        b.row(label, f"p50 ms, {name}", fmt_ms(statistics.median(values)))
-    b.note(
-        f"round-trip floor: the {len(names)} round trips of one enqueue_and_wait, {n} times, "
-        "one after another in one thread: the library's own SQL (insert_new, claim, "
-        "complete_with_results, state) on two connections (the waiter's, durable; the "
-        "worker's, synchronous_commit off) and plain redis-py PUBLISH/SUBSCRIBE. No threads, "
-        "no hub, no channel layer, no second process to wake: what this design costs on this "
-        "machine before any overhead."
-    )
+    return steps, totals
 
 
 class _Rollback(Exception):

@@ -106,7 +106,9 @@ class Key(Generic[T]):
     def __get__(self, obj: Settings | None, owner: type[Any]) -> Key[T] | T:
         if obj is None:
             return self
-        return cast(T, obj.merged()[self.name])
+        # On every settings read of the hot paths: the merged dict at hand, no calls.
+        value: T = (obj._merged or obj.merged())[self.name]
+        return value
 
     def fault(self, value: Any) -> Fault | None:
         """Why ``value`` cannot work for this key, or None if it can (for a dict of

@@ -307,16 +307,17 @@ def enqueue_jobs(
     (``JOBQUEUE["QUEUES"]``) are written there, the same way (:func:`~.routers.routed`)."""
     alias = database_for(job.queue for job in jobs)
     with routed(alias):
-        aliases = commits_first(queue_database())
+        using = queue_database()
+        aliases = commits_first(using)
         if not aliases:
-            return _write(jobs, insert, before_announce)
+            return _write(jobs, insert, before_announce, using)
     handles = [JobHandle.from_snapshot(JobSnapshot.of_new(new)) for new in jobs]
 
     def write() -> None:
         with routed(alias):
-            written = _write(jobs, insert, before_announce)
-        for handle, each in zip(handles, written, strict=True):
-            handle._take(each)
+            written_now = _write(jobs, insert, before_announce, using)
+        for handle, written in zip(handles, written_now, strict=True):
+            handle._take(written)
 
     after_commits(aliases, write)
     return handles
@@ -326,8 +327,9 @@ def _write(
     jobs: Sequence[NewJob],
     insert: Callable[[Sequence[NewJob]], list[JobSnapshot]],
     before_announce: Callable[[], None] | None,
+    using: str,
 ) -> list[JobHandle]:
     snapshots = insert(jobs)
     if before_announce is not None:
         before_announce()
-    return announce(snapshots)
+    return announce(snapshots, using=using)

@@ -87,16 +87,17 @@ def insert_jobs(
     """
     batch_id = current_batch.get()
     with telemetry.enqueue_span(jobs), routed(database_for(job.queue for job in jobs)):
+        using = queue_database()
         traced = propagation.stamped(jobs)
         if batch_id is None:
             return _insert_jobs(
                 traced,
+                using,
                 notify=notify,
                 lock_timeout=lock_timeout,
                 written=written,
                 on_duplicate=on_duplicate,
             )
-        using = queue_database()
         if queue_aliases() and using != main_database():
             raise InvalidJobError(
                 f"with batch(...) holds jobs of the main database only, and these jobs' "
@@ -106,6 +107,7 @@ def insert_jobs(
         with transaction.atomic(using=using):  # the jobs and their joining: both or neither
             snapshots = _insert_jobs(
                 traced,
+                using,
                 notify=notify,
                 lock_timeout=lock_timeout,
                 written=None,
@@ -121,13 +123,13 @@ def insert_jobs(
 
 def _insert_jobs(
     jobs: Sequence[NewJob],
+    using: str,
     *,
     notify: bool,
     lock_timeout: float | None,
     written: Callable[[], None] | None,
     on_duplicate: str,
 ) -> list[JobSnapshot]:
-    using = queue_database()
     fast = len(jobs) <= INSERT_BATCH and lock_timeout is None
     found = _insert(jobs, using) if fast else {}
     pending = [job for job in jobs if job.job_id not in found]

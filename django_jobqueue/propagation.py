@@ -67,6 +67,17 @@ def _classes(paths: tuple[str, ...]) -> tuple[tuple[str, ContextClass], ...]:
     return tuple((path, cls) for path in paths if (cls := load(path)) is not None)
 
 
+@functools.lru_cache(maxsize=8)
+def _captured_when(paths: tuple[str, ...], at_write: bool) -> tuple[tuple[str, ContextClass], ...]:
+    """The classes of ``paths`` captured at enqueue (``at_write`` false) or at write: sorted
+    once per value of the setting, not on each enqueue."""
+    return tuple(
+        (path, cls)
+        for path, cls in _classes(paths)
+        if bool(getattr(cls, "at_write", False)) is at_write
+    )
+
+
 def load(path: str) -> ContextClass | None:
     """The class at ``path``, or None (logged) if it cannot be imported."""
     try:
@@ -98,9 +109,7 @@ def stamped(jobs: Sequence[NewJob]) -> Sequence[NewJob]:
 
 def _capture(*, at_write: bool) -> dict[str, Any]:
     captured: dict[str, Any] = {}
-    for path, cls in classes():
-        if bool(getattr(cls, "at_write", False)) is not at_write:
-            continue
+    for path, cls in _captured_when(tuple(paths()), at_write):
         try:
             value = cls.capture()
             if value is not None:

@@ -217,7 +217,7 @@ def commits_first(using: str) -> list[str]:
     """The aliases whose open ``atomic()`` blocks a write on ``using`` (the queue's) must wait
     for: none when ``using`` has a block of its own (the write joins it), else every other
     alias inside a block that will commit."""
-    if in_user_atomic(using):
+    if len(connections.settings) == 1 or in_user_atomic(using):  # one database: no other
         return []
     return [
         connection.alias

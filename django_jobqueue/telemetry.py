@@ -39,6 +39,10 @@ except ImportError:  # pragma: no cover - the otel extra is not installed
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 TRACER_NAME = "django_jobqueue"
+#: OpenTelemetry's global tracer providers that never record a span.
+_PLACEHOLDERS: tuple[type, ...] = (
+    (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
+)
 
 logger = logging.getLogger("django_jobqueue.telemetry")
 
@@ -128,8 +132,9 @@ def tracing_enabled() -> bool:
 @contextmanager
 def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[None]:
     """A PRODUCER span around writing ``jobs``, current inside the block (so
-    :func:`current_carrier` there is its context). Off, or no jobs: no span."""
-    if not jobs or not tracing_enabled():
+    :func:`current_carrier` there is its context). Off, no jobs, or no tracer provider set
+    yet (the span could not record: opentelemetry-api alone): no span."""
+    if not jobs or not tracing_enabled() or not _provider_set():
         yield
         return
     first = jobs[0]
@@ -175,6 +180,12 @@ def continuing(carrier: Any) -> Iterator[None]:
 
 
 _tracers: list[Any] = []
+
+
+def _provider_set() -> bool:
+    """False while OpenTelemetry's global tracer provider is its placeholder (no SDK set one
+    up): every span would be a no-op then, so enqueue skips making one."""
+    return not isinstance(trace.get_tracer_provider(), _PLACEHOLDERS)
 
 
 def _tracer() -> Any:

@@ -168,3 +168,56 @@ def test_a_drain_with_the_defaults_costs_a_fraction_of_a_statement_per_job(setti
     # statements and two commits each; then a window per batch of concurrency + PREFETCH.
     assert len(statements) <= count / 4, "\n".join(hot)
     assert _commits(hot) <= count / 8, "\n".join(hot)
+
+
+#: What one ``enqueue()`` costs the producer, on every vendor: one INSERT (``ON CONFLICT
+#: DO NOTHING RETURNING``), committed on its own in autocommit, joining the caller's
+#: transaction inside ``atomic()``; ``enqueue_many`` one statement per batch.
+ENQUEUE = {"statements": 1, "commits": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_enqueue_costs_one_statement_and_one_commit():
+    """The producer's side of every job and of every round trip: a new statement or commit
+    on enqueue's path (a look-up, a second write, a transaction around the INSERT) fails
+    here, whatever the machine's speed."""
+    noop.enqueue()  # the connection's first use (its setup is not per call)
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(5):
+            noop.enqueue()
+        add.using(priority=3).enqueue(1, 2)
+    sqls = [q["sql"] for q in queries.captured_queries]
+    assert len(sqls) == 6 * ENQUEUE["statements"], sqls
+    assert all(sql.startswith("INSERT") and "ON CONFLICT" in sql for sql in sqls), sqls
+    assert _commits(sqls) == 6 * ENQUEUE["commits"], sqls
+    assert Job.objects.count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_inside_atomic_adds_one_statement_and_no_commit():
+    from django.db import transaction
+
+    noop.enqueue()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        noop.enqueue()
+        noop.enqueue()
+    sqls = [q["sql"] for q in queries.captured_queries]
+    inserts = [sql for sql in sqls if not sql.startswith(TRANSACTION_CONTROL)]
+    assert len(inserts) == 2 * ENQUEUE["statements"], sqls
+    assert not [sql for sql in sqls if sql.startswith(("SAVEPOINT", "RELEASE"))], sqls
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_costs_one_statement_per_batch():
+    from django_jobqueue.querysets import INSERT_BATCH
+
+    noop.enqueue()
+    with CaptureQueriesContext(connection) as queries:
+        add.enqueue_many([(i, i) for i in range(INSERT_BATCH + 1)])
+    sqls = [q["sql"] for q in queries.captured_queries]
+    inserts = [sql for sql in sqls if not sql.startswith(TRANSACTION_CONTROL)]
+    # Two batches in one transaction; on SQLite the write lock is taken first (one
+    # statement that writes nothing: lock_for_writing).
+    lock = 1 if connection.vendor == "sqlite" else 0
+    assert len(inserts) == 2 + lock, [sql[:80] for sql in sqls]
+    assert _commits(sqls) == 1, [sql[:80] for sql in sqls]

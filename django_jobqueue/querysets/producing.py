@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -44,6 +45,24 @@ _CASTS = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _columns(group: str) -> str:
+    """The INSERT's column list (``group`` quoted as the connection quotes it)."""
+    return ", ".join(group if column == "group" else column for column in _INSERT_COLUMNS)
+
+
+@functools.lru_cache(maxsize=8)
+def _values_statement(table: str, group: str, rows: int) -> str:
+    """The ``INSERT ... VALUES`` of ``rows`` rows: made once per size, not per enqueue (a
+    single row is the common case; ``enqueue_many`` batches repeat a few sizes)."""
+    row_sql = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + f", {_INITIAL_VALUES})"
+    return (
+        f"INSERT INTO {table} ({_columns(group)}, {_INITIAL_COLUMNS}) "
+        f"VALUES {', '.join([row_sql] * rows)} "
+        "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+    )
+
+
 def _uniform(batch: Sequence[NewJob]) -> bool:
     first = batch[0]
     return all(getattr(row, c) == getattr(first, c) for row in batch for c in _UNIFORM_COLUMNS)
@@ -78,10 +97,7 @@ class ProducingQuerySet(SQLQuerySet):
     def _insert_statements(
         self, sql: _SQL, rows: Sequence[NewJob]
     ) -> Iterator[tuple[str, list[Any]]]:
-        columns = ", ".join(
-            sql.group if column == "group" else column for column in _INSERT_COLUMNS
-        )
-        row_sql = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + f", {_INITIAL_VALUES})"
+        columns = _columns(sql.group)
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]
             if sql.vendor == "postgresql" and len(batch) > 1 and _uniform(batch):
@@ -90,12 +106,7 @@ class ProducingQuerySet(SQLQuerySet):
             params: list[Any] = []
             for row in batch:
                 params.extend(sql.prep(column, getattr(row, column)) for column in _INSERT_COLUMNS)
-            yield (
-                f"INSERT INTO {sql.table} ({columns}, {_INITIAL_COLUMNS}) "
-                f"VALUES {', '.join([row_sql] * len(batch))} "
-                "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-                params,
-            )
+            yield _values_statement(sql.table, sql.group, len(batch)), params
 
     @classmethod
     def _json_batch_statements(
