@@ -15,6 +15,7 @@ from .. import clock, conf, limits
 from ..base import ClaimedJob
 from ..models import Job
 from ..querysets import JobQuerySet
+from ..routers import queue_database
 from .limiter import Limiter, hold, make_limiter
 
 logger = logging.getLogger("django_jobqueue.worker")
@@ -331,7 +332,10 @@ class Claimer:
         """The queues whose "work available" messages concern this worker."""
         if self.queues is not None:
             return self.queues
-        return sorted({default, *self.known_queues, *registered})
+        # Every queue on this worker's database, not those QUEUES puts on another: on a
+        # queue-like layer a wake-up is popped by one receiver, which must be able to claim.
+        found = {default, *self.known_queues, *registered}
+        return sorted(name for name in found if queue_database(name) == self.using)
 
 
 def unblock(blocked: dict[str, float], freed: list[str]) -> None:

@@ -27,7 +27,7 @@ from .. import conf, periodic
 from ..base import ClaimedJob
 from ..notifications import IdleFlag, hub
 from ..registry import registry
-from ..routers import main_database, queue_database, serving
+from ..routers import main_database, serving
 from .claiming import Claimer
 from .connection import Connection
 from .outcomes import Outcome
@@ -305,12 +305,7 @@ class Worker:
 
     def _listen_queues(self) -> list[str]:
         registered = (job.queue for job in map(registry.get, registry.names()) if job.queue)
-        queues = self._claimer.listen_queues(conf.settings.DEFAULT_QUEUE, registered)
-        if self.queues is not None:
-            return queues
-        # Every queue on this worker's database, not those QUEUES puts on another: on a
-        # queue-like layer a wake-up is popped by one receiver, which must be able to claim.
-        return [name for name in queues if queue_database(name) == self.using]
+        return self._claimer.listen_queues(conf.settings.DEFAULT_QUEUE, registered)
 
     # -- running and accounting --------------------------------------------------------------
 
