@@ -80,6 +80,7 @@ class DeadLetterAdmin(QueueAdminMixin, DeadLetterActions):
     )
     list_display_links = (job_id_column,)
     list_filter = ("queue", "name")  # the values in the table: letters outlive their code
+    search_text_fields = (*QueueAdminMixin.search_text_fields, "error")
     actions = ("requeue_selected", "run_again_selected", "delete_selected")
     fieldsets = (
         (

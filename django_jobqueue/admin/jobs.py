@@ -78,6 +78,7 @@ class JobAdmin(QueueAdminMixin, JobActions):
     list_display_links = (job_id_column,)
     actions = ("cancel_selected", "retry_now_selected", "run_again_selected", "delete_selected")
     list_filter = ("status", QueueFilter, NameFilter)
+    search_text_fields = (*QueueAdminMixin.search_text_fields, "last_error", "outcome__error")
     list_select_related = False
     ordering = ("-id",)
     fieldsets = (
