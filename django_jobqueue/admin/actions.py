@@ -79,6 +79,7 @@ def again_rows(pks: list[int], *, dead_letters: bool) -> Tally:
     report = run_again(list(shown), dead_letters=dead_letters)
     for pk, new_id in report.started.items():
         tally.done.append((pk, shown[pk], f"Ran again as job {new_id}"))
+        tally.made.append(new_id)
     tally.left.update(WHY[why] for why in report.skipped.values())
     return tally
 
@@ -92,6 +93,7 @@ def requeue_rows(pks: list[int]) -> Tally:
     for pk, job_id in found:
         if job_id in requeued:
             tally.done.append((pk, job_id, f"Requeued: job {job_id} is queued again"))
+            tally.made.append(job_id)
             requeued.discard(job_id)  # two letters of one id: the first one requeued it
         elif job_id in report.skipped:
             tally.left["Skipped {n} whose job is queued or running already: kept."] += 1

@@ -23,12 +23,15 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.admin import ModelAdmin, helpers
 from django.contrib.admin.models import LogEntry
+from django.contrib.admin.utils import quote
 from django.contrib.contenttypes.models import ContentType
 from django.db import router, transaction
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from ..routers import queue_database
 
@@ -47,10 +50,13 @@ class Tally:
 
     done: list[tuple[int, str, str]] = field(default_factory=list)
     left: Counter[str] = field(default_factory=Counter)
+    #: The ids of the jobs the action queued (requeue, run again): one is linked.
+    made: list[str] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
         self.done += other.done
         self.left.update(other.left)
+        self.made += other.made
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,12 @@ def record(
     LogEntry.objects.using(router.db_for_write(LogEntry)).bulk_create(entries)
 
 
+def job_link(job_id: str) -> SafeString:
+    """`` Job <id> (linked).``: the one job an action queued."""
+    url = reverse("admin:django_jobqueue_job_change", args=[quote(job_id)])
+    return format_html(' Job <a href="{}">{}</a>.', url, job_id)
+
+
 def report(
     model_admin: ModelAdmin[Any],
     request: HttpRequest,
@@ -188,11 +200,12 @@ def report(
         model_admin.message_user(
             request,
             format_html(
-                "{} {}{}.{}",
+                "{} {}{}.{}{}",
                 action.past,
                 rows(len(total.done), action.noun),
                 in_batches,
                 f" {action.note}" if action.note else "",
+                job_link(total.made[0]) if len(total.made) == 1 else "",
             ),
             messages.SUCCESS,
         )
