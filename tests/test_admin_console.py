@@ -325,3 +325,23 @@ def test_search_by_id_name_arguments_metadata_and_error(admin_client, run_worker
     assert listed(admin_client, LETTERS, "runtimeerror: CARD") == {letter.job_id}
     assert listed(admin_client, JOBS, "old-") == set(), "text: only the newest rows"
     assert listed(admin_client, JOBS, "always_fails") == {failed.job_id}, "the name"
+
+
+def test_a_batch_costs_the_same_statements_for_few_rows_or_many(admin_client, run_worker):
+    """Run again and delete read, write and log a batch in a fixed number of statements
+    (one history INSERT per batch, not one per row)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(action: str, count: int) -> int:
+        handles = add.enqueue_many([(index, 1) for index in range(count)])
+        Job.objects.filter(job_id__in=[h.id for h in handles]).update(status="completed")
+        pks = list(Job.objects.filter(status="completed").values_list("pk", flat=True))
+        with CaptureQueriesContext(connection) as queries:
+            post(admin_client, JOBS, action, pks, post="yes")
+        Job.objects.all().delete()
+        return len(queries)
+
+    statements("run_again_selected", 1)  # warm: the content type is cached after one use
+    assert statements("run_again_selected", 5) == statements("run_again_selected", 60)
+    assert statements("delete_selected", 5) == statements("delete_selected", 60)
