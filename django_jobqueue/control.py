@@ -10,6 +10,7 @@ run as ``cancelled`` whatever it returns or raises afterwards.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import partial
 
 from asgiref.sync import sync_to_async
@@ -61,6 +62,26 @@ def _cancel(job_id: str, using: str) -> bool:
 async def acancel(job_id: str, *, using: str | None = None) -> bool:
     """Async twin of :func:`cancel`."""
     return await sync_to_async(cancel)(job_id, using=using)
+
+
+def retry_now(job_ids: Iterable[str]) -> list[str]:
+    """Start the queued retries among ``job_ids`` now, without waiting for their back-off
+    (``run_after``); return the ids of those it hurried, in no particular order.
+
+    Only a job that is queued after a failed attempt and still waits is changed; a running,
+    finished or blocked job, one that is ready already and a first run deferred with
+    ``run_after`` are left as they are (not in the list). Workers of their queues are woken
+    when the transaction commits. Paused queues and limits still hold.
+    """
+    ids = [job_id for job_id in dict.fromkeys(job_ids) if isinstance(job_id, str)]
+    using = queue_database()
+    hurried = Job.objects.using(using).retry_now(ids, now=timezone.now())
+    if hurried:
+        queues = {queue for _job_id, queue in hurried}
+        notifier = hub()
+        transaction.on_commit(lambda: notifier.wake_workers(queues), using=using)
+        logger.info("retry now: %d job(s) of queues %s", len(hurried), sorted(queues))
+    return [job_id for job_id, _queue in hurried]
 
 
 #: Queued jobs cancelled per statement by :func:`cancel_queued`.

@@ -323,6 +323,22 @@ def test_the_admin_live_view_reads_the_rows_of_the_database_the_page_shows(split
 
 
 @pytest.mark.django_db(databases=BOTH)
+@pytest.mark.parametrize("action", ["delete_selected", "cancel_selected"])
+def test_the_admin_actions_act_on_the_database_the_list_shows(split, admin_client, action):
+    """The console's actions (admin/bulk.py) run on the rows of the list's database, never on
+    the main database's rows of the same pks."""
+    there, here = other_queue.enqueue(1), add.enqueue(1, 1)
+    pk = Job.objects.using("queue").get(job_id=there.id).pk
+    Job.objects.filter(job_id=here.id).update(id=pk)  # the same pk on both databases
+    url = reverse("admin:django_jobqueue_job_changelist") + "?database=queue"
+    data = {"action": action, "index": "0", "_selected_action": [str(pk)], "post": "yes"}
+    assert admin_client.post(url, data, follow=True).status_code == 200
+    on_queue = Job.objects.using("queue").filter(job_id=there.id)
+    assert not on_queue.exclude(status="cancelled").exists()
+    assert Job.objects.get(job_id=here.id).status == "queued"
+
+
+@pytest.mark.django_db(databases=BOTH)
 def test_the_commands_reach_every_database(split, settings):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
     failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")

@@ -6,15 +6,20 @@ never count the whole table (``show_full_result_count = False`` and a count capp
 from the registered jobs, not from a ``SELECT DISTINCT`` over every row. Detail pages read at
 most :data:`~django_jobqueue.admin.display.VALUE_CAP` characters of each large value.
 
-Jobs are read-only here. Dead letters can be requeued (``change`` permission) and deleted
-(``delete`` permission); requeueing is :func:`django_jobqueue.deadletters.requeue`, one
-transaction per click.
+Rows are read-only here; the console's actions (:mod:`.actions`) go through the library's
+own functions: jobs can be cancelled, retried now and run again (``change`` permission),
+dead letters requeued and run again (``change``), both deleted (``delete``). Each action
+works on the page's selection or on every match ("Select all N"), in batches with a count
+and a confirmation first (:mod:`.bulk`), and writes the admin's history. The search box is
+:mod:`.search`: a job id over the whole table, other text in a bounded window.
 
 * :mod:`.display`: what both admins share (formatting, paginator, filters, columns);
 * :mod:`.jobs`: :class:`JobAdmin`; :mod:`.deadletters`: :class:`DeadLetterAdmin`;
 * :mod:`.overview`: the queue overview page, over :mod:`django_jobqueue.stats`;
 * :mod:`.schedules`: periodic jobs (pause, resume, run now); :mod:`.workers`: live workers;
-* :mod:`.batches`: batches of jobs (``with batch(...)``), their counts and callbacks.
+* :mod:`.batches`: batches of jobs (``with batch(...)``), their counts and callbacks;
+* :mod:`.actions`, :mod:`.bulk`, :mod:`.search`: the console's actions, their batches and
+  confirmation, the search box;
 * :mod:`.live`: what the live list, job page and overview read (``console.js``).
 """
 

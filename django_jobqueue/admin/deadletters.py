@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -19,6 +20,8 @@ from django.utils.safestring import SafeString
 from ..base import DEAD_LETTER_FIELDS
 from ..deadletters import RequeueReport, requeue_report
 from ..models import DeadLetter, Job
+from .actions import DeadLetterActions
+from .bulk import record
 from .display import (
     ERROR_HEAD,
     QueueAdminMixin,
@@ -66,7 +69,7 @@ DEAD_LETTER_LARGE_VALUES = {
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(QueueAdminMixin):
+class DeadLetterAdmin(QueueAdminMixin, DeadLetterActions):
     list_display = (
         job_id_column,
         name_column,
@@ -77,7 +80,8 @@ class DeadLetterAdmin(QueueAdminMixin):
     )
     list_display_links = (job_id_column,)
     list_filter = ("queue", "name")  # the values in the table: letters outlive their code
-    actions = ("requeue_selected", "delete_selected")
+    search_text_fields = (*QueueAdminMixin.search_text_fields, "error")
+    actions = ("requeue_selected", "run_again_selected", "delete_selected")
     fieldsets = (
         (
             None,
@@ -98,9 +102,6 @@ class DeadLetterAdmin(QueueAdminMixin):
         return queryset.defer(*DEAD_LETTER_LARGE_VALUES).annotate(
             **capped_values(**DEAD_LETTER_LARGE_VALUES)
         )
-
-    def has_requeue_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return request.user.has_perm("django_jobqueue.change_deadletter")
 
     # -- columns and fields ------------------------------------------------------------------
 
@@ -134,13 +135,7 @@ class DeadLetterAdmin(QueueAdminMixin):
     def traceback_display(self, letter: DeadLetter) -> SafeString:
         return show_capped(letter, "traceback", is_json=False)
 
-    # -- requeue: the action and the button ---------------------------------------------------
-
-    @admin.action(description="Requeue selected dead letters", permissions=["requeue"])
-    def requeue_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        selected = queryset.count()
-        report = requeue_report(queryset)
-        self._report(request, report, selected)
+    # -- requeue: the button (the actions are in .actions) ---------------------------------
 
     def _report(self, request: HttpRequest, report: RequeueReport, selected: int) -> None:
         if report.requeued:
@@ -203,6 +198,9 @@ class DeadLetterAdmin(QueueAdminMixin):
             self._report(request, RequeueReport(), 0)
             return HttpResponseRedirect(reverse("admin:django_jobqueue_deadletter_changelist"))
         report = requeue_report([letter.pk])
+        if report.requeued:
+            message = f"Requeued: job {letter.job_id} is queued again"
+            record(request, DeadLetter, [(letter.pk, letter.job_id, message)], CHANGE)
         self._report(request, report, 1)
         if report.requeued:
             job = Job.objects.filter(job_id=letter.job_id).only("pk").first()

@@ -25,6 +25,7 @@ from .. import pauses
 from ..base import Status
 from ..registry import registry
 from .databases import DatabaseAdminMixin
+from .search import SEARCH_WINDOW, search
 
 #: The job and dead-letter lists count at most this many matching rows; beyond it the list
 #: says "more than 10,000" and pages past it are reached by narrowing the filters.
@@ -426,19 +427,20 @@ class QueueAdminMixin(DatabaseAdminMixin, NulSafeAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-    search_fields = ("job_id__exact", "name", "metadata")
-    search_help_text = "A job id (exact), or part of a job name or of its metadata."
+    search_fields = ("job_id",)  # shows the box; the search is get_search_results
+    #: Where a search term that is not a job id is looked for (:mod:`.search`).
+    search_text_fields: tuple[str, ...] = ("job_id", "name", "args", "kwargs", "metadata")
+    search_help_text = (
+        f"A job id (exact, any age), or text in the id, name, arguments, metadata or error of "
+        f"the newest {SEARCH_WINDOW:,} rows (older ones: filter by status, queue or name)."
+    )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
     ) -> tuple[QuerySet[Any], bool]:
-        """A whole job id is one index lookup; anything else searches names as well."""
-        term = search_term.strip()
-        if term and " " not in term:
-            by_id = queryset.filter(job_id=term)
-            if by_id.exists():  # an index lookup, not "job_id = x OR name LIKE ..." (a scan)
-                return by_id, False
-        return super().get_search_results(request, queryset, search_term)
+        """A whole job id is one index probe; other text is searched in a bounded window
+        of the newest rows (:func:`.search.search`)."""
+        return search(queryset, search_term, self.search_text_fields), False
 
     def get_object(
         self, request: HttpRequest, object_id: str, from_field: str | None = None

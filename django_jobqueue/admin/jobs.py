@@ -3,18 +3,16 @@ values are cut to size in SQL, and the queue overview under ``overview/``."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db import transaction
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template.defaultfilters import pluralize
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from ..base import Status
-from ..control import cancel
 from ..models import DeadLetter, Job
+from .actions import JobActions
 from .display import (
     NameFilter,
     QueueAdminMixin,
@@ -67,7 +65,7 @@ JOB_LARGE_VALUES = {
 
 
 @admin.register(Job)
-class JobAdmin(QueueAdminMixin):
+class JobAdmin(QueueAdminMixin, JobActions):
     list_display = (
         job_id_column,
         "status_display",
@@ -80,8 +78,9 @@ class JobAdmin(QueueAdminMixin):
         "duration_display",
     )
     list_display_links = (job_id_column,)
-    actions = ("cancel_selected",)
+    actions = ("cancel_selected", "retry_now_selected", "run_again_selected", "delete_selected")
     list_filter = ("status", QueueFilter, NameFilter)
+    search_text_fields = (*QueueAdminMixin.search_text_fields, "last_error", "outcome__error")
     list_select_related = False
     ordering = ("-id",)
     fieldsets = (
@@ -253,34 +252,6 @@ class JobAdmin(QueueAdminMixin):
         if job.status != Status.FAILED:
             return pre("")
         return show_capped(job, "traceback", is_json=False)
-
-    # -- actions -----------------------------------------------------------------------------
-
-    def has_cancel_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return request.user.has_perm("django_jobqueue.change_job")
-
-    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        """Cancel each selected job (``django_jobqueue.cancel``), in one transaction: queued
-        ones at once, running ones asked to stop; finished ones are left as they are."""
-        job_ids = list(queryset.order_by("pk").values_list("job_id", flat=True))
-        with transaction.atomic(using=queryset.db):
-            done = [job_id for job_id in job_ids if cancel(job_id)]
-        skipped = len(job_ids) - len(done)
-        if done:
-            self.message_user(
-                request,
-                f"Cancelled {len(done)} job{pluralize(len(done))} (a running job stops when its "
-                "worker hears of it; it ends 'cancelled').",
-                messages.SUCCESS,
-            )
-        if skipped:
-            self.message_user(
-                request,
-                f"{skipped} job{pluralize(skipped)} had already finished and "
-                f"{'was' if skipped == 1 else 'were'} left unchanged.",
-                messages.WARNING,
-            )
 
     # -- the overview page -------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Cancelling: a job that waits (queued or blocked) at once, a running one by asking its
 worker to stop; and the queue-wide cancel of queued jobs. Each in one transaction with what
-follows the job (its children, its batch)."""
+follows the job (its children, its batch). And the opposite hurry: a queued retry started
+without its wait (:meth:`CancellingQuerySet.retry_now`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,27 @@ class Cancelled(NamedTuple):
 
 
 class CancellingQuerySet(SQLQuerySet):
-    """Cancel jobs: :meth:`cancel` one by its id, :meth:`cancel_queued_rows` many queued ones."""
+    """Cancel jobs: :meth:`cancel` one by its id, :meth:`cancel_queued_rows` many queued ones;
+    :meth:`retry_now` hurries queued retries."""
+
+    def retry_now(self, job_ids: Sequence[str], *, now: datetime) -> list[tuple[str, str]]:
+        """Start the queued retries among ``job_ids`` without their wait: a job that is
+        queued, has had an attempt and waits for its ``run_after`` gets ``run_after`` cleared
+        (one UPDATE, fenced on exactly that, so a job a worker claims meanwhile, or that
+        someone cancels, is left as it is). Returns ``(job_id, queue)`` of each one hurried.
+
+        A first run deferred with ``run_after`` is not a retry and is left waiting.
+        """
+        if not job_ids:
+            return []
+        sql = self._sql()
+        marks = ", ".join(["%s"] * len(job_ids))
+        rows = sql.execute(
+            f"UPDATE {sql.table} SET run_after = NULL WHERE job_id IN ({marks}) "
+            "AND status = %s AND attempts > 0 AND run_after > %s RETURNING job_id, queue",
+            [*job_ids, Status.QUEUED, sql.prep("run_after", now)],
+        )
+        return [(str(job_id), str(queue)) for job_id, queue in rows]
 
     def cancel_queued_rows(self, pks: Sequence[int], *, result_ttl: int, now: datetime) -> int:
         """Cancel the jobs ``pks`` that are still queued (their ``result_ttl`` is
