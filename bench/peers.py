@@ -4,24 +4,32 @@
     python bench/peers.py [--quick] [--runs 3] [--only jobqueue,celery,...]
 
 Run it from the repository root with the project's virtualenv (``.venv/bin/python``). It
-makes ``.venv-peers`` (git-ignored) with Celery, Dramatiq, Huey, Procrastinate and
-django-tasks-db (the pinned versions of ``PEER_REQUIREMENTS``) on first use: the peers
-never enter this project's dependencies. Then, for every run, every queue (in an order
+makes ``.venv-peers`` (git-ignored; ``PEERS_VENV`` names another directory) with Celery,
+Dramatiq, Huey, Procrastinate, django-tasks-db and django-jobqueue's own runtime
+dependencies (the pinned versions of ``PEER_REQUIREMENTS``) on first use: the peers never
+enter this project's dependencies, and every queue runs on the same Python, Django, redis-py
+and psycopg, django-jobqueue from this checkout with what ``pip install
+"django-jobqueue[redis,postgres]"`` brings (not the development extras, such as the
+OpenTelemetry SDK that redis-py imports when it is there). Sources are compiled to bytecode
+first, as an install does. Then, for every run, every queue (in an order
 that rotates between runs, so a noisy minute does not always hit the same one): a fresh
 PostgreSQL database and/or Redis database of its own, and one driver process
 (``bench/peerapps/driver.py``, with the queue's interpreter) that measures the bare one-row
 commit rate, enqueue one by one, the drain from launching the worker commands, worker start
 to first job, and the round trip. The table of medians is printed and written to
-``bench/results/peers.md``; worker logs go to ``bench/results/peers-logs/``.
+``bench/results/peers.md``, with the machine's load average and busy share (the machines
+are shared: compare ratios); worker logs go to ``bench/results/peers-logs/``.
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust; ``PEERS_PG`` overrides the server
 URL) and Redis at 127.0.0.1:6379 (``PEERS_REDIS``). It drops and recreates the databases
-``djq_peers_*`` and flushes Redis databases 10 to 13. Not part of CI.
+``djq_peers_*`` (``PEERS_DB_PREFIX``) and flushes Redis databases 10 to 13 (or the one
+``PEERS_REDIS_DB``). Not part of CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -38,7 +46,7 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PEERS_VENV = ROOT / ".venv-peers"
+PEERS_VENV = Path(os.environ.get("PEERS_VENV") or ROOT / ".venv-peers")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -58,25 +66,42 @@ PEER_REQUIREMENTS = [
     "django-tasks-db[compat]==0.13.0",
     "django-tasks==0.12.0",
     "Django==5.2.20",
+    # django-jobqueue[redis,postgres] from this checkout (on PYTHONPATH), and the bench
+    # settings' dj-database-url.
+    "channels==4.3.2",
+    "channels-redis==4.3.0",
+    "croniter==7.0.0",
+    "dj-database-url==3.1.2",
 ]
 
-#: name -> (own PostgreSQL database or None, own Redis database number or None, peer venv?)
-QUEUES: dict[str, tuple[str | None, int | None, bool]] = {
-    "jobqueue": ("djq_peers_jobqueue", 10, False),
-    "jobqueue-pubsub": ("djq_peers_jobqueue", 10, False),
-    "jobqueue-c4": ("djq_peers_jobqueue", 10, False),
-    "celery": (None, 11, True),
-    "dramatiq": (None, 12, True),
-    "huey": (None, 13, True),
-    "procrastinate": ("djq_peers_procrastinate", None, True),
-    "django-tasks-db": ("djq_peers_tasksdb", None, True),
+#: The PostgreSQL databases' prefix (``PEERS_DB_PREFIX``), and one Redis database for every
+#: queue (``PEERS_REDIS_DB``; flushed before each queue's run) instead of 10 to 13: two runs
+#: side by side on one server (or beside a CI run) must not drop each other's data.
+_PREFIX = os.environ.get("PEERS_DB_PREFIX") or "djq_peers"
+_ONE_REDIS_DB = os.environ.get("PEERS_REDIS_DB")
+
+
+def _redis_db(number: int) -> int:
+    return int(_ONE_REDIS_DB) if _ONE_REDIS_DB else number
+
+
+#: name -> (own PostgreSQL database or None, own Redis database number or None)
+QUEUES: dict[str, tuple[str | None, int | None]] = {
+    "jobqueue": (f"{_PREFIX}_jobqueue", _redis_db(10)),
+    "jobqueue-pubsub": (f"{_PREFIX}_jobqueue", _redis_db(10)),
+    "jobqueue-c4": (f"{_PREFIX}_jobqueue", _redis_db(10)),
+    "celery": (None, _redis_db(11)),
+    "dramatiq": (None, _redis_db(12)),
+    "huey": (None, _redis_db(13)),
+    "procrastinate": (f"{_PREFIX}_procrastinate", None),
+    "django-tasks-db": (f"{_PREFIX}_tasksdb", None),
 }
 LABELS = {
     "jobqueue": "django-jobqueue, defaults",
     "jobqueue-pubsub": "django-jobqueue, RedisPubSubChannelLayer",
     "jobqueue-c4": "django-jobqueue, `--concurrency 4`",
 }
-BARE_DB = "djq_peers_bare"
+BARE_DB = f"{_PREFIX}_bare"
 
 
 def main() -> int:
@@ -100,13 +125,14 @@ def main() -> int:
     rt_bound = 20.0 if args.quick else 60.0
     pg = os.environ.get("PEERS_PG", "postgres://postgres@127.0.0.1:5432")
     redis_url = os.environ.get("PEERS_REDIS", "redis://127.0.0.1:6379")
-    if any(QUEUES[n][2] for n in names):
-        ensure_peer_venv()
+    ensure_peer_venv()
+    compile_sources()
     RESULTS.mkdir(parents=True, exist_ok=True)
     logs = RESULTS / "peers-logs"
     logs.mkdir(exist_ok=True)
     recreate_database(pg, BARE_DB)
     started = time.time()
+    load_before = os.getloadavg()
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for run in range(args.runs):
         order = names[run % len(names) :] + names[: run % len(names)]
@@ -126,7 +152,8 @@ def main() -> int:
             results[name].append(result)
             print("   ", summary(result), flush=True)
     command = "python bench/peers.py " + " ".join(sys.argv[1:])
-    text = render(results, command.strip(), time.time() - started, jobs, roundtrips)
+    loads = (load_before, os.getloadavg())
+    text = render(results, command.strip(), time.time() - started, jobs, roundtrips, loads)
     (RESULTS / "peers.md").write_text(text)
     print()
     print(text)
@@ -147,6 +174,13 @@ def ensure_peer_venv() -> None:
     print(f"installing the peers into {PEERS_VENV.name} ...", flush=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
     stamp.write_text(wanted)
+
+
+def compile_sources() -> None:
+    """Bytecode for this checkout's package and the bench, as an install would have (with
+    ``PYTHONDONTWRITEBYTECODE`` set, every start would compile them again)."""
+    for folder in ("django_jobqueue", "bench"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
 
 
 def admin_url(pg: str) -> str:
@@ -201,9 +235,10 @@ def run_queue(
     logs: Path,
     run: int,
 ) -> dict[str, Any]:
-    database, redis_db, peer = QUEUES[name]
+    database, redis_db = QUEUES[name]
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the peers' installs have their bytecode
     env.update(
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
@@ -231,7 +266,7 @@ def run_queue(
             env["PEERS_DJQ_CONCURRENCY"] = "4"
     elif name == "django-tasks-db":
         env["DJANGO_SETTINGS_MODULE"] = "bench.peerapps.tasksdb_settings"
-    python = str(PEERS_VENV / "bin" / "python") if peer else sys.executable
+    python = str(PEERS_VENV / "bin" / "python")
     out = Path(tempfile.mkstemp(prefix=f"peers-{name}-", suffix=".json")[1])
     cmd = [python, "-m", "bench.peerapps.driver", name, "--out", str(out)]
     cmd += ["--jobs", str(jobs), "--roundtrips", str(roundtrips), "--rt-bound", str(rt_bound)]
@@ -275,8 +310,9 @@ def summary(r: dict[str, Any]) -> str:
         return "FAILED: " + "; ".join(r.get("notes", []))
     return (
         f"bare {r['bare_rate']:,.0f}/s, enqueue {r['enqueue_rate']:,.0f}/s, "
-        f"drain {r.get('drain_rate', float('nan')):,.0f}/s, "
-        f"first job {r.get('first_job_s', float('nan')):.2f} s, "
+        f"drain {r.get('drain_rate', float('nan')):,.0f}/s from spawn, "
+        f"{r.get('steady_rate', float('nan')):,.0f}/s steady, "
+        f"start-up {r.get('first_job_s', float('nan')):.2f} s, "
         f"round trip {r['rt_p50_ms']:.2f} / {r['rt_p99_ms']:.2f} ms"
     )
 
@@ -296,10 +332,12 @@ def render(
     elapsed: float,
     jobs: int,
     roundtrips: int,
+    loads: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> str:
     head = (
-        "| queue | enqueue one by one, jobs/s | bare commits/s, same run | enqueue / bare "
-        "| drain, jobs/s | worker start to first job, s | round trip p50 / p99, ms | runs |"
+        "| queue | round trip p50 / p99, ms | enqueue one by one, jobs/s | bare commits/s, "
+        "same run | enqueue / bare | worker start-up s (spawn -> 1st job) | drain from spawn "
+        "/ steady, jobs/s | runs |"
     )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     started_as: list[str] = []
@@ -316,13 +354,14 @@ def render(
         p50, p99 = _median(rs, "rt_p50_ms"), _median(rs, "rt_p99_ms")
         cells = [
             label,
+            f"{_fmt(p50, '.2f')} / {_fmt(p99, '.2f')}",
             _fmt(_median(rs, "enqueue_rate"), ",.0f"),
             _fmt(_median(rs, "bare_rate"), ",.0f"),
             # Against the bare commit only where the queue's enqueue is a PostgreSQL commit.
             _fmt(_median(rs, "ratio"), ".2f") + "x" if QUEUES[name][0] else "(Redis)",
-            _fmt(_median(rs, "drain_rate"), ",.0f"),
             _fmt(_median(rs, "first_job_s"), ".2f"),
-            f"{_fmt(p50, '.2f')} / {_fmt(p99, '.2f')}",
+            f"{_fmt(_median(rs, 'drain_rate'), ',.0f')} / "
+            f"{_fmt(_median(rs, 'steady_rate'), ',.0f')}",
             f"{len(ok)}/{len(rs)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -334,19 +373,26 @@ def render(
     busy = [r["busy"] for rs in results.values() for r in rs if "busy" in r]
     machine = (
         f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')} UTC, {elapsed:.0f} s; the machine was "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {elapsed:.0f} s; the machine was "
         f"{min(busy):.0%}-{max(busy):.0%} busy (other work) in the second before each measurement"
         if busy
         else f"{os.cpu_count()} cores"
     )
+    if loads:
+        before, after = loads
+        machine += (
+            f"; load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in before)} at the start, "
+            f"{'/'.join(f'{v:.1f}' for v in after)} at the end: a shared machine, compare ratios"
+        )
     out = [
         "# django-jobqueue and its peers, side by side",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine}.  ",
         f"Medians of each queue's runs. {jobs:,} no-op jobs (+20 warm-up) enqueued one by one "
-        f"with no worker running, then drained from launching the worker commands; "
-        f"{roundtrips} sequential enqueue-and-wait calls with one idle worker command.",
+        f"with no worker running, then drained from launching the worker commands (start-up: "
+        f"from the launch to the first job's end; steady: from the first job's end to the "
+        f"last's); {roundtrips} sequential enqueue-and-wait calls with one idle worker command.",
         "",
         *lines,
         "",

@@ -19,10 +19,10 @@ module the first time it is used (PEP 562).
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    __version__: str
     from .batches import batch, get_batch
     from .canvas import chain, group
     from .context import JobContext
@@ -41,11 +41,6 @@ if TYPE_CHECKING:
     )
     from .handles import JobHandle, aget_job, get_job
     from .pauses import apause_queue, aresume_queue, pause_queue, resume_queue
-
-try:
-    __version__ = version("django-jobqueue")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -107,12 +102,23 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name == "__version__":  # read from the installed metadata when asked, not at import
+        value: Any = _version()
+    elif name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
         raise AttributeError(f"module 'django_jobqueue' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("django-jobqueue")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
 
 
 def __dir__() -> list[str]:

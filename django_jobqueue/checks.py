@@ -1,4 +1,5 @@
-"""System checks (``manage.py check``). Each id has a line in docs/reference/checks.md."""
+"""System checks (``manage.py check``), tagged ``compatibility`` and :data:`TAG`. Each id has a
+line in docs/reference/checks.md."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from .periodic import inspect_schedules
 from .registry import registry
 from .routers import APP_LABEL, ROUTER_PATH, QueueRouter
 
+#: This app's checks, the ones ``runjobworker`` runs at start-up (``check --tag django_jobqueue``).
+TAG = APP_LABEL
+
 # -- the JOBQUEUE setting, judged by the table of its keys (conf.Settings) ------------------
 
 #: The id of each fault one key's value can have (docs/reference/checks.md).
@@ -31,7 +35,7 @@ FAULT_IDS = {
 }
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E001: JOBQUEUE is not a dict. E003: an unknown key. E004: a value of the wrong type.
     E005: below its minimum. E006: DEFAULT_QUEUE is not a queue name. E010: NaN or infinite.
@@ -132,7 +136,7 @@ def _heartbeat_errors(user: dict[str, Any]) -> list[Error]:
     return []
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E020: JOBQUEUE['SCHEDULE'] or one of its entries is malformed. E021: a cron
     expression croniter cannot read, or one that never runs (or runs no more). E022: a
@@ -144,7 +148,7 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     ]
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E002: the named channel layer does not exist. W003: its backend cannot be imported.
     W001: it cannot cross processes. W002: redis-py 8's socket timeout."""
@@ -255,7 +259,7 @@ _QUEUE_FAULTS = {
 }
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E060: ``QUEUES`` is not a dict. For one of its entries: E061, a name that is not a
     queue name; E062, not a dict of 'concurrency' and/or 'rate'; E063, a bad 'concurrency';
@@ -280,7 +284,7 @@ def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E013: ``LIMITS`` is malformed. E014: ``LIMITS_CACHE`` is not a django-redis cache.
     E015: a job's ``limit`` key has no entry in ``LIMITS``."""
@@ -358,7 +362,7 @@ def _check_job_limits() -> list[Any]:
     return errors
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_pooler(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """W030 and W031: a PostgreSQL database marked as behind a transaction pooler (Django's
     ``DISABLE_SERVER_SIDE_CURSORS``, which a site behind PgBouncer in transaction pooling mode
@@ -399,7 +403,7 @@ def check_pooler(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return problems
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_context(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E041: an entry of ``JOBQUEUE["CONTEXT"]`` is not a dotted path (a value that is not a
     list is E004). E040: one of its classes cannot be imported (enqueues skip it and log
@@ -431,7 +435,7 @@ def check_context(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 # -- a database of its own (docs/guide/production.md) ----------------------------------------
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, TAG)
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E050: ``JOBQUEUE["DATABASE"]`` is not an alias of ``DATABASES``. E051: it is set but
     ``QueueRouter`` is not in ``DATABASE_ROUTERS``. E053: a router ahead of ``QueueRouter``

@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from croniter import CroniterBadDateError, CroniterError, croniter
+if TYPE_CHECKING:
+    from croniter import croniter
+
+# croniter (and dateutil under it) is imported where an expression is read, not with this
+# module: a process with no schedule (most workers, every web process) never loads it.
 
 __all__ = ["CronError", "NoTick", "check_cron", "latest_tick", "next_tick", "tick_label"]
 
@@ -60,6 +64,8 @@ def check_cron(value: Any, now: datetime | None = None, *, ran_is_enough: bool =
     and the worker's start refuse it)."""
     if not isinstance(value, str) or not value.strip():
         raise CronError(f"a cron expression is a non-empty str like '*/15 * * * *', not {value!r}")
+    from croniter import CroniterError, croniter
+
     try:
         croniter(value)
     except (CroniterError, ValueError, KeyError, TypeError) as exc:
@@ -92,6 +98,8 @@ def check_cron(value: Any, now: datetime | None = None, *, ran_is_enough: bool =
 
 def _step(expression: str, iterator: croniter, forward: bool) -> datetime:
     """The next (or previous) wall-clock time of ``iterator``; :class:`NoTick` if none."""
+    from croniter import CroniterBadDateError
+
     try:
         found = iterator.get_next(datetime) if forward else iterator.get_prev(datetime)
     except CroniterBadDateError:
@@ -147,6 +155,8 @@ def latest_tick(expression: str, now: datetime, zone: tzinfo) -> datetime:
         later = now.astimezone(zone).utcoffset()
         assert offset is not None and later is not None
         wall += offset - later
+    from croniter import croniter
+
     iterator = croniter(expression, wall + _MICRO)
     for _ in range(_STEPS):
         tick = _instant(_step(expression, iterator, forward=False), zone)
@@ -159,6 +169,8 @@ def next_tick(expression: str, after: datetime, zone: tzinfo) -> datetime:
     """The first tick strictly after ``after`` (aware), as an aware UTC datetime;
     :class:`NoTick` if there is none (the schedule's last tick has passed)."""
     wall, _ = _wall(after, zone)
+    from croniter import croniter
+
     iterator = croniter(expression, wall)
     for _ in range(_STEPS):
         tick = _instant(_step(expression, iterator, forward=True), zone)

@@ -19,30 +19,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib import import_module
 from typing import Any
 
 from . import conf
 from .base import ClaimedJob, Ending, NewJob
 
-try:
-    import prometheus_client
-except ImportError:  # pragma: no cover - the metrics extra is not installed
-    prometheus_client = None  # type: ignore[assignment]
+_optional_modules: dict[str, Any] = {}
 
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
-except ImportError:  # pragma: no cover - the otel extra is not installed
-    otel_context = propagate = trace = None  # type: ignore[assignment]
+
+def _optional(name: str) -> Any:
+    """The module ``name`` of an optional extra, imported on first use (not with this module,
+    which every worker and web process imports); None when it is not installed."""
+    try:
+        return _optional_modules[name]
+    except KeyError:
+        pass
+    try:
+        module: Any = import_module(name)
+    except ImportError:
+        module = None
+    _optional_modules[name] = module
+    return module
+
 
 #: Buckets of the run time histogram, in seconds: from a no-op job to a long report.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 TRACER_NAME = "django_jobqueue"
-#: OpenTelemetry's global tracer providers that never record a span.
-_PLACEHOLDERS: tuple[type, ...] = (
-    (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
-)
 
 logger = logging.getLogger("django_jobqueue.telemetry")
 
@@ -55,6 +59,7 @@ class _Instruments:
     (so ``runjobworker --metrics-port`` and multiprocess mode see them)."""
 
     def __init__(self) -> None:
+        prometheus_client = _optional("prometheus_client")
         assert prometheus_client is not None
         labels = ("queue", "name")
         self.finished = prometheus_client.Counter(
@@ -85,7 +90,7 @@ _instruments: _Instruments | None = None
 
 def metrics_enabled() -> bool:
     """True when prometheus-client is installed and ``JOBQUEUE["METRICS"]`` is true."""
-    return prometheus_client is not None and conf.settings.METRICS
+    return conf.settings.METRICS and _optional("prometheus_client") is not None
 
 
 def instruments() -> _Instruments:
@@ -126,7 +131,7 @@ def _count(job: ClaimedJob, ending: Ending, duration: float) -> None:
 
 def tracing_enabled() -> bool:
     """True when opentelemetry-api is installed and ``JOBQUEUE["TRACING"]`` is true."""
-    return trace is not None and conf.settings.TRACING
+    return conf.settings.TRACING and _optional("opentelemetry.trace") is not None
 
 
 @contextmanager
@@ -149,7 +154,7 @@ def enqueue_span(jobs: Sequence[NewJob]) -> Iterator[None]:
     else:
         attributes["messaging.batch.message_count"] = len(jobs)
     with _tracer().start_as_current_span(
-        f"enqueue {first.name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        f"enqueue {first.name}", kind=_trace().SpanKind.PRODUCER, attributes=attributes
     ):
         yield
 
@@ -158,10 +163,10 @@ def current_carrier() -> dict[str, str] | None:
     """The current span's context as W3C headers (``traceparent``, and ``tracestate`` if
     any), or None when tracing is off or the current span does not record (nothing to
     continue)."""
-    if not tracing_enabled() or not trace.get_current_span().is_recording():
+    if not tracing_enabled() or not _trace().get_current_span().is_recording():
         return None
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _optional("opentelemetry.propagate").inject(carrier)
     return carrier or None
 
 
@@ -172,7 +177,8 @@ def continuing(carrier: Any) -> Iterator[None]:
     if not tracing_enabled() or not isinstance(carrier, dict) or not carrier:
         yield
         return
-    token = otel_context.attach(propagate.extract(carrier))
+    otel_context = _optional("opentelemetry.context")
+    token = otel_context.attach(_optional("opentelemetry.propagate").extract(carrier))
     try:
         yield
     finally:
@@ -182,27 +188,36 @@ def continuing(carrier: Any) -> Iterator[None]:
 _tracers: list[Any] = []
 
 
+def _trace() -> Any:
+    """``opentelemetry.trace`` (call only where :func:`tracing_enabled` said True)."""
+    return _optional("opentelemetry.trace")
+
+
 def _provider_set() -> bool:
     """False while OpenTelemetry's global tracer provider is its placeholder (no SDK set one
-    up): every span would be a no-op then, so enqueue skips making one."""
-    return not isinstance(trace.get_tracer_provider(), _PLACEHOLDERS)
+    up): every span would be a no-op then, so enqueue skips making one. Call only where
+    :func:`tracing_enabled` said True."""
+    trace = _trace()
+    placeholders = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    return not isinstance(trace.get_tracer_provider(), placeholders)
 
 
 def _tracer() -> Any:
     """The package's tracer, made once (a proxy until an SDK's provider is set)."""
     if not _tracers:
-        _tracers.append(trace.get_tracer(TRACER_NAME))
+        _tracers.append(_trace().get_tracer(TRACER_NAME))
     return _tracers[0]
 
 
 def _run_span(job: ClaimedJob) -> Any:
     # The producer's span is current (TraceContext.restore); a row written before the trace
     # context moved into ``context`` carries it in its own column (read, never written now).
+    propagate = _optional("opentelemetry.propagate")
     parent = propagate.extract(job.trace_context) if job.trace_context else None
     return _tracer().start_as_current_span(
         f"run {job.name}",
         context=parent,
-        kind=trace.SpanKind.CONSUMER,
+        kind=_trace().SpanKind.CONSUMER,
         attributes={
             "messaging.system": "django_jobqueue",
             "messaging.operation.type": "process",

@@ -40,9 +40,23 @@ def version() -> str:
     name = "RedisPubSubChannelLayer" if layer == "pubsub" else "RedisChannelLayer"
     try:
         own = _version("django-jobqueue")
-    except Exception:
-        own = "this checkout"
+    except Exception:  # not installed: this checkout, on PYTHONPATH
+        own = "checkout " + _commit()
     return f"django-jobqueue {own} ({name})"
+
+
+def _commit() -> str:
+    """The checkout's commit (with ``+`` when its files differ from it), or ``?``."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+" if dirty else "")
 
 
 def describe() -> str:

@@ -168,6 +168,8 @@ def run(name: str, jobs: int, roundtrips: int, rt_bound: float) -> dict[str, Any
             out["notes"].append(f"drain: {len(stamps)} of {total} jobs ran before the bound")
         if stamps:
             out["first_job_s"] = stamps[0] - launched
+        if len(stamps) >= total and stamps[-1] > stamps[0]:
+            out["steady_rate"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
         out["drained"] = len(stamps)
         out["drain_jobs"] = total
         # -- round trip with one idle worker command
