@@ -13,7 +13,7 @@ from django.db import router
 from .routers import APP_LABEL, ROUTER_PATH, queue_aliases
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, APP_LABEL)  # runjobworker runs these (checks.TAG)
 def check_queue_databases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """E054: a queue's ``"database"`` is not an alias of ``DATABASES``. E055: the routers
     refuse to migrate django_jobqueue on it, so its tables would never be made there."""
