@@ -102,7 +102,7 @@ def test_a_migrated_database_is_recognised_in_one_query(django_assert_num_querie
     """Every migration of the app recorded: one query, no migration module loaded."""
     with django_assert_num_queries(1):
         assert runjobworker._all_recorded(connection.alias)
-    runjobworker._require_migrated()
+    runjobworker._require_migrated(connection.alias)
 
 
 @pytest.mark.django_db
@@ -115,4 +115,4 @@ def test_a_migration_not_recorded_sends_the_check_to_the_full_plan():
     last.delete()
     assert not runjobworker._all_recorded(connection.alias)
     with pytest.raises(CommandError, match=f"django_jobqueue.{last.name}.*migrate"):
-        runjobworker._require_migrated()
+        runjobworker._require_migrated(connection.alias)
