@@ -339,6 +339,32 @@ def test_the_admin_actions_act_on_the_database_the_list_shows(split, admin_clien
 
 
 @pytest.mark.django_db(databases=BOTH)
+def test_the_metrics_count_every_database(split, settings):
+    """One scrape (metrics.QueueCollector) covers the queues of every database: their jobs,
+    waits, dead letters and pauses."""
+    pytest.importorskip("prometheus_client")
+    from django_jobqueue.metrics import QueueCollector
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
+    always_fails.using(queue="other", max_attempts=1).enqueue("no")
+    run_jobs()
+    other_queue.enqueue(1)
+    add.enqueue(1, 1)
+    pause_queue("other", reason="split")
+    families = {family.name: family for family in QueueCollector().collect()}
+
+    def samples(name: str) -> dict[tuple[str, ...], float]:
+        return {tuple(s.labels.values()): s.value for s in families[name].samples}
+
+    jobs = samples("jobqueue_jobs")
+    assert jobs[("other", "queued")] == 1 and jobs[("other", "failed")] == 1
+    assert jobs[("default", "queued")] == 1
+    assert set(samples("jobqueue_oldest_waiting_seconds")) == {("other",), ("default",)}
+    assert samples("jobqueue_dead_letter_rows") == {("other",): 1}
+    assert samples("jobqueue_queue_paused")[("other",)] == 1
+
+
+@pytest.mark.django_db(databases=BOTH)
 def test_the_commands_reach_every_database(split, settings):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
     failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")

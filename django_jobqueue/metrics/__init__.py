@@ -32,13 +32,15 @@ from django.utils import timezone
 from .. import stats
 from ..base import ACTIVE, Status
 from ..pauses import paused_queues
+from ..routers import queue_databases
 
 try:
     import prometheus_client
 except ImportError:  # pragma: no cover - the metrics extra is not installed
     prometheus_client = None  # type: ignore[assignment]
 
-#: Finished jobs counted per scrape, over every queue together (active jobs: no cap).
+#: Finished jobs counted per scrape, over every queue of a database together (active jobs: no
+#: cap).
 FINISHED_COUNT_CAP = 10_000
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,7 +61,12 @@ class QueueCollector:
     is scraped by every worker, or each would query the database)."""
 
     def __init__(self, using: str | None = None) -> None:
+        #: One database, or None: every queue database (``JOBQUEUE["QUEUES"]``), whose
+        #: queues are each on one of them, so their rows add up without overlapping.
         self.using = using
+
+    def _aliases(self) -> list[str]:
+        return [self.using] if self.using is not None else queue_databases()
 
     def describe(self) -> list[Any]:
         return []  # no query at registration time
@@ -74,7 +81,12 @@ class QueueCollector:
             "(see jobqueue_jobs_capped).",
             labels=["queue", "status"],
         )
-        counted = stats.job_counts(cap=FINISHED_COUNT_CAP, using=self.using)
+        aliases = self._aliases()
+        counted = [
+            row
+            for alias in aliases
+            for row in stats.job_counts(cap=FINISHED_COUNT_CAP, using=alias)
+        ]
         capped = False
         for row in counted:
             capped = capped or row.capped
@@ -92,7 +104,11 @@ class QueueCollector:
             "Seconds the oldest ready job of each queue has waited (0: none waits).",
             labels=["queue"],
         )
-        waiting = stats.oldest_waiting(now, using=self.using)
+        waiting = {
+            queue: when
+            for alias in aliases
+            for queue, when in stats.oldest_waiting(now, using=alias).items()
+        }
         for queue in sorted({row.queue for row in counted} | set(waiting)):
             oldest.add_metric([queue], stats.waited_seconds(waiting.get(queue), now) or 0.0)
         yield oldest
@@ -101,11 +117,16 @@ class QueueCollector:
             "Dead letters waiting for an operator, by queue.",
             labels=["queue"],
         )
-        for queue, n in sorted(stats.dead_letter_counts(using=self.using).items()):
+        letter_counts: dict[str, int] = {}
+        for alias in aliases:
+            for queue, n in stats.dead_letter_counts(using=alias).items():
+                letter_counts[queue] = letter_counts.get(queue, 0) + n
+        for queue, n in sorted(letter_counts.items()):
             letters.add_metric([queue], n)
         yield letters
         yield from self._paused(counted, waiting)
-        live = live_workers(self.using)
+        counts = [live_workers(alias) for alias in aliases]
+        live = None if None in counts else sum(n for n in counts if n is not None)
         if live is not None:
             yield GaugeMetricFamily(
                 "jobqueue_live_workers", "Workers with a recent heartbeat.", value=live
