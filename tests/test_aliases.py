@@ -365,6 +365,27 @@ def test_the_metrics_count_every_database(split, settings):
 
 
 @pytest.mark.django_db(databases=BOTH)
+def test_the_admin_lists_the_workers_of_each_database(split, admin_client):
+    now = timezone.now()
+    for alias in BOTH:
+        WorkerHeartbeat.objects.using(alias).create(
+            name=f"w-{alias}",
+            host="h",
+            pid=1,
+            queues=[],
+            concurrency=1,
+            scheduling=False,
+            started_at=now,
+            last_seen=now,
+        )
+    url = reverse("admin:django_jobqueue_workerheartbeat_changelist")
+    main = admin_client.get(url).content.decode()
+    assert "w-default" in main and "w-queue" not in main and "?database=queue" in main
+    other = admin_client.get(url, {"database": "queue"}).content.decode()
+    assert "w-queue" in other and "w-default" not in other
+
+
+@pytest.mark.django_db(databases=BOTH)
 def test_the_commands_reach_every_database(split, settings):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
     failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")

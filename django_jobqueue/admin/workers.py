@@ -1,4 +1,5 @@
-"""The live workers: one row per running ``runjobworker`` (its heartbeat), read-only."""
+"""The live workers: one row per running ``runjobworker`` (its heartbeat), read-only; with
+queues on several databases, those of one database at a time (:mod:`.databases`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from ..models import WorkerHeartbeat
+from .databases import DatabaseAdminMixin
 from .display import NulSafeAdmin, human_seconds, short_time
 
 
 @admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(NulSafeAdmin):
+class WorkerHeartbeatAdmin(DatabaseAdminMixin, NulSafeAdmin):
     list_display = (
         "name",
         "host",
