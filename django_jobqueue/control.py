@@ -64,24 +64,26 @@ async def acancel(job_id: str, *, using: str | None = None) -> bool:
     return await sync_to_async(cancel)(job_id, using=using)
 
 
-def retry_now(job_ids: Iterable[str]) -> list[str]:
+def retry_now(job_ids: Iterable[str], *, using: str | None = None) -> list[str]:
     """Start the queued retries among ``job_ids`` now, without waiting for their back-off
     (``run_after``); return the ids of those it hurried, in no particular order.
 
     Only a job that is queued after a failed attempt and still waits is changed; a running,
     finished or blocked job, one that is ready already and a first run deferred with
     ``run_after`` are left as they are (not in the list). Workers of their queues are woken
-    when the transaction commits. Paused queues and limits still hold.
+    when the transaction commits. Paused queues and limits still hold. ``using``: the alias
+    of the jobs' database, if known; else one statement on each queue database.
     """
     ids = [job_id for job_id in dict.fromkeys(job_ids) if isinstance(job_id, str)]
-    using = queue_database()
-    hurried = Job.objects.using(using).retry_now(ids, now=timezone.now())
-    if hurried:
-        queues = {queue for _job_id, queue in hurried}
-        notifier = hub()
-        transaction.on_commit(lambda: notifier.wake_workers(queues), using=using)
-        logger.info("retry now: %d job(s) of queues %s", len(hurried), sorted(queues))
-    return [job_id for job_id, _queue in hurried]
+    started: list[str] = []
+    for alias in [using] if using is not None else queue_databases():
+        hurried = Job.objects.using(alias).retry_now(ids, now=timezone.now()) if ids else []
+        if hurried:
+            queues = {queue for _job_id, queue in hurried}
+            transaction.on_commit(partial(hub().wake_workers, queues), using=alias)
+            logger.info("retry now: %d job(s) of queues %s", len(hurried), sorted(queues))
+            started += [job_id for job_id, _queue in hurried]
+    return started
 
 
 #: Queued jobs cancelled per statement by :func:`cancel_queued`.

@@ -53,16 +53,29 @@ class RunAgainReport:
 
 
 def run_again(
-    sources: Iterable[Job | DeadLetter | int], *, dead_letters: bool = False
+    sources: Iterable[Job | DeadLetter | int],
+    *,
+    dead_letters: bool = False,
+    using: str | None = None,
 ) -> RunAgainReport:
     """Write a new job for each of ``sources`` (jobs, or with ``dead_letters`` dead letters:
     instances or primary keys), with its arguments and options (the module's docstring).
 
-    Returns a :class:`RunAgainReport` keyed by the sources' primary keys.
+    ``using``: the sources' database (primary keys are per database); by default the one
+    the instances were read from, else the queue's database. Returns a
+    :class:`RunAgainReport` keyed by the sources' primary keys.
     """
     model: Any = DeadLetter if dead_letters else Job
-    pks = [item if isinstance(item, int) else item.pk for item in sources]
-    using = queue_database()
+    items = list(sources)
+    if using is None:
+        read_from = {item._state.db for item in items if not isinstance(item, int)}
+        if len(read_from) > 1:
+            raise ValueError(
+                f"run_again() takes the rows of one database at a time, not of "
+                f"{sorted(map(str, read_from))}: call it once per database. Nothing was written."
+            )
+        using = read_from.pop() if read_from and None not in read_from else queue_database()
+    pks = [item if isinstance(item, int) else item.pk for item in items]
     report = RunAgainReport()
     with transaction.atomic(using=using):
         columns = ("pk", "attempt_log", *REQUEUE_FIELDS, *(() if dead_letters else ("status",)))

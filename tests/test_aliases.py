@@ -386,6 +386,28 @@ def test_the_admin_lists_the_workers_of_each_database(split, admin_client):
 
 
 @pytest.mark.django_db(databases=BOTH)
+def test_retry_now_and_run_again_find_the_jobs_of_another_database(split, settings):
+    from django_jobqueue.control import retry_now
+    from django_jobqueue.rerunning import run_again
+
+    settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 3600}
+    waiting = always_fails.using(queue="other", max_attempts=2).enqueue("later")
+    run_jobs()
+    assert waiting.refresh().status == "queued"  # its retry waits an hour
+    assert retry_now([waiting.id]) == [waiting.id]
+    assert Job.objects.using("queue").get(job_id=waiting.id).run_after is None
+    done = other_queue.enqueue(1)
+    run_jobs()
+    report = run_again(Job.objects.using("queue").filter(job_id=done.id))
+    (new_id,) = report.started.values()
+    assert Job.objects.using("queue").filter(job_id=new_id, status="queued").exists()
+    add.enqueue(1, 1)
+    mixed = [Job.objects.using("queue").get(job_id=done.id), Job.objects.using("default").get()]
+    with pytest.raises(ValueError, match="one database at a time"):
+        run_again(mixed)
+
+
+@pytest.mark.django_db(databases=BOTH)
 def test_the_commands_reach_every_database(split, settings):
     settings.JOBQUEUE = {**settings.JOBQUEUE, "RETRY_BACKOFF": 0}
     failed = always_fails.using(queue="other", max_attempts=1).enqueue("x")

@@ -58,7 +58,7 @@ def retry_rows(pks: list[int]) -> Tally:
     """:func:`~django_jobqueue.control.retry_now` on the jobs: their retries start now."""
     tally = Tally()
     found = _ids(Job, pks, "status")
-    hurried = set(retry_now([job_id for _pk, job_id, _status in found]))
+    hurried = set(retry_now([job_id for _pk, job_id, _status in found], using=queue_database()))
     for pk, job_id, status in found:
         if job_id in hurried:
             tally.done.append((pk, job_id, "Retry now: its wait for run_after was skipped"))
@@ -76,7 +76,7 @@ def again_rows(pks: list[int], *, dead_letters: bool) -> Tally:
     options."""
     tally = Tally()
     shown = dict(_ids(DeadLetter if dead_letters else Job, pks))
-    report = run_again(list(shown), dead_letters=dead_letters)
+    report = run_again(list(shown), dead_letters=dead_letters, using=queue_database())
     for pk, new_id in report.started.items():
         tally.done.append((pk, shown[pk], f"Ran again as job {new_id}"))
         tally.made.append(new_id)
