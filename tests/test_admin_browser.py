@@ -20,6 +20,7 @@ from tests.test_browser import (  # noqa: F401 - server_url is a fixture
     CHROMIUM_ARGS,
     IMAGES,
     SCREENSHOTS,
+    log_in,
     pytestmark,
     serve_admin_static,
     server_url,
@@ -86,11 +87,7 @@ def test_the_lists_fit_1280_pixels(server_url, django_user_model, tmp_path):  # 
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.route(re.compile(r".*/admin/(css|js|img)/.*"), serve_admin_static)
-            page.goto(f"{server_url}/admin/login/?next=/admin/django_jobqueue/job/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "admin-pw")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/django_jobqueue/job/")
+            log_in(page, server_url, "/admin/django_jobqueue/job/")
             assert page.is_visible("#nav-sidebar"), "measured with the sidebar open"
             assert page.is_visible("#changelist-filter"), "measured with the filters shown"
             for path, image, columns in [

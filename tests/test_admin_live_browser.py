@@ -26,6 +26,7 @@ from tests.test_browser import (  # noqa: F401 - server_url is a fixture
     CHROMIUM_ARGS,
     IMAGES,
     SCREENSHOTS,
+    log_in,
     pytestmark,
     seed_history,
     serve_admin_static,
@@ -113,11 +114,7 @@ def test_the_list_a_job_and_the_overview_change_without_a_reload(
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.route(re.compile(r".*/static/admin/(css|js|img)/.*"), serve_admin_static)
             page.route(re.compile(r".*/static/django_jobqueue/.*"), serve_package_static)
-            page.goto(f"{base}/admin/login/?next=/admin/django_jobqueue/job/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "admin-pw")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/django_jobqueue/job/")
+            log_in(page, base, "/admin/django_jobqueue/job/")
             wait_js(page, f"window.djqLive.mode === '{mode}'", timeout=10)
             status = cell(page, job_pk, "status_display")
             assert page.evaluate(f"{status}.textContent.trim()") == "Queued"

@@ -13,6 +13,7 @@ import random
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import django.contrib.admin
 import pytest
@@ -64,6 +65,16 @@ def serve_admin_static(route: Route) -> None:
         return
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     route.fulfill(status=200, body=path.read_bytes(), content_type=content_type)
+
+
+def log_in(page: Any, base: str, path: str) -> None:
+    """Log in to the admin as ``admin`` / ``admin-pw`` (the superuser the tests make) and land
+    on ``path`` (``/admin/...``)."""
+    page.goto(f"{base}/admin/login/?next={path}")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin-pw")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"**{path}")
 
 
 @pytest.fixture
@@ -178,11 +189,7 @@ def test_requeue_a_dead_letter_in_the_browser(
             )
             page.route(re.compile(r".*/admin/(css|js|img)/.*"), serve_admin_static)
 
-            page.goto(f"{server_url}/admin/login/?next=/admin/django_jobqueue/deadletter/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "admin-pw")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/django_jobqueue/deadletter/")
+            log_in(page, server_url, "/admin/django_jobqueue/deadletter/")
             row = page.locator("#result_list tbody tr", has_text=handle.id)
             assert row.count() == 1
             assert "ValueError: failing attempt 2" in row.inner_text()

@@ -25,6 +25,7 @@ from tests.test_browser import (  # noqa: F401 - server_url is a fixture
     CHROMIUM_ARGS,
     IMAGES,
     SCREENSHOTS,
+    log_in,
     pytestmark,
     serve_admin_static,
     server_url,
@@ -90,11 +91,7 @@ def test_an_incident_pause_search_select_all_requeue_resume(
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.route(re.compile(r".*/admin/(css|js|img)/.*"), serve_admin_static)
-            page.goto(f"{server_url}/admin/login/?next=/admin/django_jobqueue/job/overview/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "admin-pw")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/django_jobqueue/job/overview/")
+            log_in(page, server_url, "/admin/django_jobqueue/job/overview/")
 
             # 1. Pause the mail queue, saying why.
             row = page.locator("tr[data-queue=emails]")
