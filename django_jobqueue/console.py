@@ -29,15 +29,14 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from . import conf
-from .consumers import ReleasingConsumer
+from .consumers import CLOSE_FORBIDDEN, CLOSE_SLOW, ReleasingConsumer
 from .live import Message, live_jobs
 from .options import JOB_ID_MAX_LENGTH
 
 logger = logging.getLogger("django_jobqueue.console")
 
-CLOSE_FORBIDDEN = 4403
+#: A message that is not ``{"jobs": [...]}`` (the other close codes: :mod:`.consumers`).
 CLOSE_BAD_REQUEST = 4400
-CLOSE_SLOW = 4408
 #: Job ids one socket may watch: more than a list page shows.
 MAX_JOBS = 500
 #: Changes are gathered for this long into one message.
