@@ -73,11 +73,7 @@ def requeue_report(
     announced: list[JobSnapshot] = []
     letters_table = DeadLetter.objects.using(using)
     with transaction.atomic(using=using):
-        if transaction.get_connection(using).vendor == "sqlite":
-            # SQLite has no row locks: take the database's write lock with the transaction's
-            # first statement (an UPDATE of no row), so a concurrent requeue waits here for
-            # this one to commit instead of failing to upgrade its read lock later.
-            letters_table.filter(pk__lt=0).update(attempts=models.F("attempts"))
+        write_lock_first(letters_table)  # a concurrent requeue waits here on SQLite
         pks = _primary_keys(dead_letters)
         if not pks:
             return report
@@ -124,6 +120,20 @@ def requeue_report(
         # logged, never turned into an error (the requeue is done).
         announce(announced, using=using)
     return report
+
+
+def write_lock_first(queryset: models.QuerySet[Any]) -> None:
+    """On SQLite, take the database's write lock now, with an UPDATE of no row of
+    ``queryset``'s table: call it first in a transaction that reads, then writes. SQLite has no
+    row locks, and a transaction that read before another connection committed cannot take
+    the write lock later: it fails at once with "database is locked" (busy timeout or not).
+    Taking it first, the transaction waits for the other one instead. Nothing elsewhere (row
+    locks)."""
+    if transaction.get_connection(queryset.db).vendor == "sqlite":
+        pk = queryset.model._meta.pk.attname
+        queryset.model._default_manager.using(queryset.db).filter(pk__lt=0).update(
+            **{pk: models.F(pk)}
+        )
 
 
 def _primary_keys(

@@ -345,3 +345,40 @@ def test_a_batch_costs_the_same_statements_for_few_rows_or_many(admin_client, ru
     statements("run_again_selected", 1)  # warm: the content type is cached after one use
     assert statements("run_again_selected", 5) == statements("run_again_selected", 60)
     assert statements("delete_selected", 5) == statements("delete_selected", 60)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_takes_sqlites_write_lock_before_it_reads(admin_client, run_worker):
+    """SQLite: a batch that read its rows, then met another connection's commit (a worker's
+    heartbeat), could not take the write lock any more and failed with "database is locked";
+    it takes the lock first, so the other writer waits for it (or gives up, as here)."""
+    import sqlite3
+
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's busy-snapshot behaviour")
+    letter = make_dead_letter(run_worker, "boom")
+    path = connection.settings_dict["NAME"]
+    tried: list[str] = []
+
+    def another_writer_commits_after_the_first_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        first_read = sql.lstrip().upper().startswith("SELECT") and "deadletter" in sql
+        if not tried and first_read and context["connection"].in_atomic_block:  # the batch
+            other = sqlite3.connect(path, timeout=0.2)
+            try:
+                other.execute("INSERT INTO testapp_execution (tag, pid, at) VALUES ('x', 0, 'x')")
+                other.commit()
+                tried.append("committed")
+            except sqlite3.OperationalError:  # the batch holds the write lock already
+                tried.append("waited")
+            finally:
+                other.close()
+        return result
+
+    with connection.execute_wrapper(another_writer_commits_after_the_first_read):
+        response = post(admin_client, LETTERS, "requeue_selected", [letter.pk])
+    assert tried == ["waited"]
+    assert "Requeued 1 dead letter" in " ".join(shown_messages(response))
+    assert get_job(letter.job_id).status == "queued"

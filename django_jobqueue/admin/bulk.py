@@ -33,6 +33,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from ..deadletters import write_lock_first
 from ..routers import routed
 
 #: Rows per batch: one transaction, one statement or a few per verb, one history INSERT.
@@ -116,6 +117,7 @@ def perform(
         # The rows' own database (the list's "database" filter, admin/databases.py): the
         # verbs' queue_database() names it inside (pks are per database).
         with routed(bounded.db), transaction.atomic(using=bounded.db):
+            write_lock_first(bounded)  # SQLite: before the batch's first read
             tally = action.run(pks)
             record(request, model_admin.model, tally.done, action.flag)
         total.add(tally)
