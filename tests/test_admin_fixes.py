@@ -15,6 +15,7 @@ from model_bakery import baker
 
 from django_jobqueue.admin.display import (
     ERROR_HEAD,
+    NAME_CHARS,
     VALUE_CAP,
     error_summary,
     seconds_in_words,
@@ -222,7 +223,7 @@ def test_long_values_in_the_lists_are_cut_with_the_whole_value_on_hover(admin_cl
     long_name = "shop.integrations.partner_api.jobs.synchronise_every_order"
     target = job(name=long_name, queue="partner-integrations")
     html = admin_client.get(JOBS).content.decode()
-    assert f'<span title="{long_name}">…{long_name[-17:]}</span>' in html
+    assert f'<span title="{long_name}">…{long_name[-(NAME_CHARS - 1) :]}</span>' in html
     clip = '<span class="djq-clip" style="max-width: {}ch" title="{}">{}</span>'
     assert clip.format(7, target.job_id, target.job_id) in html, "cut by CSS, whole in the page"
     assert clip.format(8, "partner-integrations", "partner-integrations") in html
