@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Protocol, Union
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import waiting
-from .base import NewJob
 from .exceptions import InvalidJobError
 from .handles import JobHandle, announce
 from .producing import Step, insert_steps
+from .registry import RegisteredJob
 
 
-class Bindable(Protocol):
-    """What a :class:`BoundJob` needs of its job: ``@job``'s ``JobFunction`` has it. Declared
-    here so that this module names no module above it (``decorators`` imports this one)."""
-
-    @property
-    def name(self) -> str: ...
+class Bindable(RegisteredJob, Protocol):
+    """What a :class:`BoundJob` needs of its job: a registered job (``@job``'s
+    ``JobFunction``) with its workflow options. Declared here so that this module names no
+    module above it (``decorators`` imports this one)."""
 
     @property
     def after(self) -> tuple[str, ...]: ...
@@ -38,15 +35,6 @@ class Bindable(Protocol):
     def parent_failure(self) -> str: ...
 
     def using(self, **options: Any) -> Bindable: ...
-
-    def new_job(
-        self,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        job_id: str | None = None,
-        now: datetime | None = None,
-    ) -> NewJob: ...
 
 
 Node = Union["BoundJob", "Chain", "Group"]
