@@ -22,8 +22,9 @@ and a pause reason being typed are left alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from django.contrib.admin import ModelAdmin
 from django.contrib.admin.helpers import AdminReadonlyField
 from django.contrib.admin.utils import display_for_field, lookup_field
 from django.core.exceptions import PermissionDenied
@@ -36,9 +37,6 @@ from ..models import Job
 from .databases import chosen_database
 from .overview import CHART_MINUTES, build_overview
 from .pausing import can_pause
-
-if TYPE_CHECKING:
-    from .jobs import JobAdmin
 
 #: Seconds between two reads of the list or a job's page when polling (no WebSocket).
 POLL_SECONDS = 3
@@ -56,7 +54,7 @@ def _ids(value: str, limit: int) -> list[int]:
     return [int(part) for part in parts]
 
 
-def live_columns(model_admin: JobAdmin, request: HttpRequest) -> list[str | Any]:
+def live_columns(model_admin: ModelAdmin[Job], request: HttpRequest) -> list[str | Any]:
     """The list's columns that change with a job: every ``list_display`` column but the
     links (the job id never changes) and the checkbox."""
     links = set(model_admin.get_list_display_links(request, model_admin.list_display) or ())
@@ -83,7 +81,7 @@ def _cell(column: Any, obj: Any, model_admin: Any) -> str:
 
 
 def rows(
-    model_admin: JobAdmin, request: HttpRequest, pks: Sequence[int], fields: Sequence[str]
+    model_admin: ModelAdmin[Job], request: HttpRequest, pks: Sequence[int], fields: Sequence[str]
 ) -> dict[str, Any]:
     """``{pk: {"status", "cells": {column: html}}}`` of the jobs ``pks`` that exist, reading
     only ``fields`` (the list's own columns), in one query."""
@@ -98,7 +96,9 @@ def rows(
     }
 
 
-def page_fields(model_admin: JobAdmin, request: HttpRequest, pk: int) -> dict[str, Any] | None:
+def page_fields(
+    model_admin: ModelAdmin[Job], request: HttpRequest, pk: int
+) -> dict[str, Any] | None:
     """``{"status", "fields": {name: html}}`` of a job's page (every read-only field, as the
     page renders it); None when the job is gone."""
     job = model_admin.get_object(request, str(pk))
@@ -114,7 +114,7 @@ def page_fields(model_admin: JobAdmin, request: HttpRequest, pk: int) -> dict[st
     return {"status": job.status, "fields": fields}
 
 
-def overview_rows(model_admin: JobAdmin, request: HttpRequest) -> dict[str, Any]:
+def overview_rows(model_admin: ModelAdmin[Job], request: HttpRequest) -> dict[str, Any]:
     """``{"rows": [html of each row, the total last], "more": n}``: the overview's table."""
     overview = build_overview(timezone.now())
     context = {"can_pause": can_pause(model_admin, request), "chart_minutes": CHART_MINUTES}
@@ -127,7 +127,9 @@ def overview_rows(model_admin: JobAdmin, request: HttpRequest) -> dict[str, Any]
     return {"rows": html, "more": overview.more, "as_of": overview.now.isoformat()}
 
 
-def live_view(model_admin: JobAdmin, request: HttpRequest, fields: Sequence[str]) -> JsonResponse:
+def live_view(
+    model_admin: ModelAdmin[Job], request: HttpRequest, fields: Sequence[str]
+) -> JsonResponse:
     """The JSON view described in the module's docstring; staff only (the admin's own
     login check), and whoever may view jobs."""
     if not model_admin.has_view_permission(request):
