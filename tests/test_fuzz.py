@@ -18,6 +18,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+# Hypothesis imports this module lazily, from deep inside its recursive strategy checks; on
+# CPython 3.11 pytest's assertion rewriting of it there can fail with "AST constructor recursion
+# depth mismatch" (seen once in three runs). Imported here, at the top, it is never that deep.
+pytest.importorskip("hypothesis.strategies._internal.flatmapped")
+
 from django_jobqueue import SerializationError  # noqa: E402
 from django_jobqueue.models import Job  # noqa: E402
 from django_jobqueue.serialization import check_call, check_json, check_result  # noqa: E402
